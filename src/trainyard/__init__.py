@@ -1,0 +1,3 @@
+"""Trainyard: an ML job platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Pure data: job specs, resources, lifecycle states. No I/O lives here."""

@@ -1,0 +1,209 @@
+"""The JobSpec: what a user asks to run. Validated strictly; unknown fields are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from trainyard.model.quantity import format_duration, format_memory, parse_duration, parse_memory
+from trainyard.model.states import Priority
+
+MAX_RUNTIME_LIMIT = 24 * 3600.0
+MAX_CPU = 1024.0
+MAX_MEMORY = 16 * 1024**4
+MAX_GPU = 64
+MAX_REPLICAS = 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RETRY_ON_RE = re.compile(r"^(infra|timeout|oom|failed|exit:-?\d{1,3})$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1.0, description="CPU cores (fractions allowed)")
+    memory: int = Field(default=512 * 1024**2, description="bytes; accepts 512Mi, 16Gi, 2G")
+    gpu: int = Field(default=0, description="whole GPUs")
+    gpu_type: str | None = Field(default=None, description="e.g. a100, h100; any type when unset")
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError("cpu must be a number of cores such as 1, 0.5 or 4")
+        try:
+            cpu = float(v)
+        except ValueError:
+            raise ValueError(f"cpu {v!r} is not a number of cores") from None
+        if not (0 < cpu <= MAX_CPU):
+            raise ValueError(f"cpu must be more than 0 and at most {MAX_CPU:g}")
+        return cpu
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> int:
+        if not isinstance(v, int | float | str):
+            raise ValueError("memory must be a size such as 512Mi or 16Gi")
+        n = parse_memory(v)
+        if n <= 0 or n > MAX_MEMORY:
+            raise ValueError("memory must be more than 0 and at most 16Ti")
+        return n
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: int) -> int:
+        if not (0 <= v <= MAX_GPU):
+            raise ValueError(f"gpu must be between 0 and {MAX_GPU}")
+        return v
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,31}", v):
+            raise ValueError("gpu_type must be a short lowercase label such as a100")
+        return v
+
+    @field_serializer("memory")
+    def _ser_memory(self, v: int) -> str:
+        return format_memory(v)
+
+
+class Retry(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: float = Field(default=0.0, description="seconds before the first retry; doubles each time")
+    max_backoff: float = Field(default=600.0)
+    on: tuple[str, ...] = Field(default=("infra",), description="infra, timeout, oom, failed, exit:N")
+
+    @field_validator("backoff", "max_backoff", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        if not isinstance(v, int | float | str):
+            raise ValueError("a duration must look like 30s, 10m or 2h")
+        d = parse_duration(v)
+        if d > 86400:
+            raise ValueError("backoff must be at most 24h")
+        return d
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            if not _RETRY_ON_RE.match(item):
+                raise ValueError(f"retry.on item {item!r} must be infra, timeout, oom, failed or exit:N")
+        return v
+
+    @field_serializer("backoff", "max_backoff")
+    def _ser_dur(self, v: float) -> str:
+        return format_duration(v)
+
+
+class DataSpec(_Strict):
+    region: str | None = None
+    uris: tuple[str, ...] = ()
+    require_region: bool = False
+
+
+class JobSpec(_Strict):
+    name: str | None = Field(default=None, description="a label; not unique")
+    kind: Literal["train", "eval"] = "train"
+    command: tuple[str, ...] = Field(description="argv; nothing goes through a shell unless you write one")
+    image: str | None = None
+    workdir: str | None = Field(default=None, description="an uploaded bundle's key (`yard submit --workdir`)")
+    cwd: str | None = Field(
+        default=None,
+        description="directory the command runs in when no workdir bundle is given and it exists on the "
+        "worker (Slurm's submit-directory convention); `yard submit` sets it to the caller's directory",
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    pool: str | None = None
+    team: str | None = None
+    priority: Priority = Priority.NORMAL
+    max_runtime: float = Field(default=MAX_RUNTIME_LIMIT, description="seconds; accepts 30m, 2h, 24h")
+    retry: Retry = Field(default_factory=Retry)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    preemptible: bool = False
+    data: DataSpec | None = None
+    artifacts: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or not v[0].strip():
+            raise ValueError("command must be a non-empty list of arguments")
+        if len(v) > 4096 or sum(len(a) for a in v) > 256 * 1024:
+            raise ValueError("command is too long")
+        if any("\x00" in a for a in v):
+            raise ValueError("command arguments must not contain NUL bytes")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 512:
+            raise ValueError("at most 512 environment variables")
+        for k, val in v.items():
+            if not _ENV_KEY_RE.match(k):
+                raise ValueError(f"environment variable name {k!r} is not valid")
+            if k.startswith("TRAINYARD_"):
+                raise ValueError(f"environment variable {k!r} is reserved for the platform")
+            if "\x00" in val:
+                raise ValueError(f"environment variable {k!r} must not contain NUL bytes")
+        return v
+
+    @field_validator("pool", "team")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", v):
+            raise ValueError("must be a lowercase label (letters, digits, '.', '_', '-')")
+        return v
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _max_runtime(cls, v: Any) -> float:
+        if not isinstance(v, int | float | str) or isinstance(v, bool):
+            raise ValueError("max_runtime must look like 30m, 2h or 24h")
+        d = parse_duration(v)
+        if d <= 0 or d > MAX_RUNTIME_LIMIT:
+            raise ValueError("max_runtime must be more than 0 and at most 24h")
+        return d
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            if not p or p.startswith("/") or ".." in p.split("/"):
+                raise ValueError(f"artifact path {p!r} must be relative to the job's directory, without '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _gpu_type_needs_gpu(self) -> JobSpec:
+        if self.resources.gpu_type and self.resources.gpu == 0:
+            raise ValueError("resources.gpu_type is set but resources.gpu is 0")
+        return self
+
+    @field_serializer("max_runtime")
+    def _ser_runtime(self, v: float) -> str:
+        return format_duration(v)
+
+    def canonical(self) -> dict[str, Any]:
+        """The normalized spec as JSON-able data: what is stored and returned."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of the normalized spec: two bodies that mean the same job hash the same."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()

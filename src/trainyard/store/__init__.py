@@ -1,0 +1,1 @@
+"""The state store: one interface, one SQL implementation for PostgreSQL and SQLite."""

@@ -1,0 +1,171 @@
+"""Tables. Times are unix seconds (float) so SQLite and PostgreSQL agree to the microsecond."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+teams = sa.Table(
+    "teams",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False, server_default="1"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("team", sa.String(64), sa.ForeignKey("teams.name"), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_name", sa.String(64), sa.ForeignKey("users.name"), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=True),
+    sa.Column("user_name", sa.String(64), nullable=False),
+    sa.Column("team", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("pool", sa.String(64), nullable=True),
+    # Resources are copied out of the spec so the scheduler's snapshot needs no JSON parsing.
+    sa.Column("cpu", sa.Float, nullable=False),
+    sa.Column("memory", sa.BigInteger, nullable=False),
+    sa.Column("gpu", sa.Integer, nullable=False),
+    sa.Column("gpu_type", sa.String(32), nullable=True),
+    sa.Column("max_runtime", sa.Float, nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("spec_hash", sa.String(64), nullable=False),
+    sa.Column("idempotency_key", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("queued_at", sa.Float, nullable=False),  # when it last entered PENDING
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("deadline", sa.Float, nullable=True),  # started_at + max_runtime while running
+    sa.Column("cancel_requested_at", sa.Float, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),  # current attempt number
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),  # attempts of this run using a try
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("worker_id", sa.String(64), nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("pending_reason", sa.Text, nullable=True),
+    sa.Column("not_before", sa.Float, nullable=True),
+    sa.UniqueConstraint("user_name", "idempotency_key", name="uq_jobs_user_idempotency_key"),
+    sa.Index("ix_jobs_status", "status"),
+    sa.Index("ix_jobs_team_id", "team", "id"),
+    sa.Index("ix_jobs_worker", "worker_id"),
+)
+
+job_attempts = sa.Table(
+    "job_attempts",
+    metadata,
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("worker_id", sa.String(64), nullable=False),
+    sa.Column("lease_token", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("gpu_indices", sa.JSON, nullable=False),
+    sa.Column("scheduled_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("stderr_tail", sa.Text, nullable=True),
+    sa.Column("log_bytes", sa.BigInteger, nullable=True),
+    sa.Column("checkpoint_key", sa.Text, nullable=True),
+    sa.Index("ix_job_attempts_worker_status", "worker_id", "status"),
+)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("team", sa.String(64), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("from_status", sa.String(16), nullable=True),
+    sa.Column("to_status", sa.String(16), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index("ix_job_events_job", "job_id", "id"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("topic", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=True),
+    sa.Index("ix_outbox_unsent", "sent_at", "id"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("hostname", sa.String(256), nullable=False),
+    sa.Column("pool", sa.String(64), nullable=False),
+    sa.Column("region", sa.String(64), nullable=True),
+    sa.Column("cpu", sa.Float, nullable=False),
+    sa.Column("memory", sa.BigInteger, nullable=False),
+    sa.Column("gpu", sa.Integer, nullable=False),
+    sa.Column("gpu_type", sa.String(32), nullable=True),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(32), nullable=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float, nullable=False),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+log_chunks = sa.Table(
+    "log_chunks",
+    metadata,
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("start_offset", sa.BigInteger, nullable=False),
+    sa.Column("end_offset", sa.BigInteger, nullable=False),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("stored_size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -1,0 +1,1044 @@
+"""The state store on SQLAlchemy Core: one implementation for PostgreSQL and SQLite.
+
+Every job state change goes through ``_move``: one conditional UPDATE guarded by the current status
+(and the lease token where a worker is involved) plus an event row and an outbox row, all in the
+caller's transaction. A move whose UPDATE matches no row is refused, never applied twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
+
+from trainyard.model import retry as retry_policy
+from trainyard.model.ids import hash_token, new_job_id, new_lease_token, new_token
+from trainyard.model.records import (
+    ArtifactRecord,
+    Attempt,
+    Event,
+    Job,
+    LiveAttempt,
+    LogChunk,
+    OutboxRow,
+    PendingJobRow,
+    User,
+    Worker,
+)
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import LIVE, TERMINAL, AttemptOutcome, JobStatus, sources_of
+from trainyard.store import migrate
+from trainyard.store.schema import (
+    api_tokens,
+    artifacts,
+    job_attempts,
+    job_events,
+    jobs,
+    log_chunks,
+    outbox,
+    teams,
+    users,
+    workers,
+)
+
+TOPIC_SUBMITTED = "job.submitted"
+TOPIC_EVENTS = "job.events"
+EVENT_SCHEMA_VERSION = 1
+_LIVE_NAMES = [s.value for s in LIVE]
+
+
+class StoreError(Exception):
+    """Base of the errors the API maps to HTTP codes."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class IdempotencyConflict(Conflict):
+    pass
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    worker_id: str
+    gpu_indices: tuple[int, ...]
+    expected_attempt: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    attempt: int
+    worker_id: str
+    lease_token: str
+    gpu_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    ok: bool
+    status: JobStatus | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class FinishReport:
+    job_id: str
+    attempt: int
+    lease_token: str
+    worker_id: str
+    outcome: AttemptOutcome
+    exit_code: int | None = None
+    reason: str | None = None
+    stderr_tail: str | None = None
+    artifacts: tuple[tuple[str, int, str, str], ...] = ()  # (path, size, sha256, object_key)
+    log_bytes: int | None = None
+    checkpoint_key: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    kind: str  # cancel | kill_stale | timeout
+    job_id: str
+    attempt: int
+    lease_token: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: Sequence[str] = ()
+    user: str | None = None
+    team: str | None = None
+    name: str | None = None
+    visible_team: str | None = None  # None: every team (admins)
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here; other URLs pass through."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def create_engines(url: str) -> tuple[sa.Engine, sa.Engine]:
+    """A (write, read) engine pair. On SQLite writes take the lock up front (BEGIN IMMEDIATE) so two
+    writers never deadlock on a lock upgrade, while readers use WAL snapshots and never wait."""
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        return engine, engine
+
+    def make(immediate: bool) -> sa.Engine:
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=sa.pool.QueuePool,
+            pool_size=8,
+            max_overflow=16,
+        )
+
+        @sa_event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    return make(True), make(False)
+
+
+def _encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("cursor is not one this API returned") from None
+    if not raw.startswith("j") or len(raw) > 32:
+        raise ValueError("cursor is not one this API returned")
+    return raw
+
+
+class SqlStore:
+    """The source of truth. Thread-safe; every public method is one transaction."""
+
+    def __init__(self, url: str, *, clock: Any = time.time) -> None:
+        self.url = normalize_url(url)
+        self.engine, self.read_engine = create_engines(self.url)
+        self.clock = clock
+        self.dialect = self.engine.dialect.name
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        migrate.upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+    def ping(self) -> bool:
+        with self.read_engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self.read_engine.begin() as conn:
+            yield conn
+
+    # ---- teams, users, tokens ------------------------------------------------------------------
+    def ensure_team(self, name: str, weight: float = 1.0) -> None:
+        with self._tx() as conn:
+            self._ensure_team(conn, name, weight)
+
+    def _ensure_team(self, conn: sa.Connection, name: str, weight: float = 1.0) -> None:
+        if conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is None:
+            conn.execute(teams.insert().values(name=name, weight=weight, created_at=self.clock()))
+
+    def create_user(self, name: str, team: str, role: str = "user") -> str:
+        """Create a user (or add a token to an existing one) and return a new API token."""
+        if role not in ("admin", "user"):
+            raise ValueError("role must be admin or user")
+        token = new_token("ty")
+        now = self.clock()
+        with self._tx() as conn:
+            self._ensure_team(conn, team)
+            existing = conn.execute(sa.select(users).where(users.c.name == name)).first()
+            if existing is None:
+                conn.execute(users.insert().values(name=name, team=team, role=role, created_at=now))
+            elif existing.team != team or existing.role != role:
+                conn.execute(users.update().where(users.c.name == name).values(team=team, role=role))
+            conn.execute(api_tokens.insert().values(token_hash=hash_token(token), user_name=name, created_at=now))
+        return token
+
+    def authenticate(self, token: str) -> User | None:
+        now = self.clock()
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(users.c.name, users.c.team, users.c.role, api_tokens.c.expires_at, api_tokens.c.revoked_at)
+                .select_from(api_tokens.join(users, users.c.name == api_tokens.c.user_name))
+                .where(api_tokens.c.token_hash == hash_token(token))
+            ).first()
+        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at < now):
+            return None
+        return User(name=row.name, team=row.team, role=row.role)
+
+    def get_user(self, name: str) -> User | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == name)).first()
+        return None if row is None else User(name=row.name, team=row.team, role=row.role)
+
+    def team_exists(self, name: str) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is not None
+
+    # ---- the guarded transition ----------------------------------------------------------------
+    def _move(
+        self,
+        conn: sa.Connection,
+        job: sa.Row[Any],
+        to: JobStatus,
+        *,
+        event_type: str | None = None,
+        lease_token: str | None = None,
+        values: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        now: float,
+    ) -> bool:
+        src = JobStatus(job.status)
+        if src not in sources_of(to):
+            return False
+        # The attempt number only grows (on each lease), so it fences a move computed from a stale read.
+        stmt = jobs.update().where(jobs.c.id == job.id, jobs.c.status == src.value, jobs.c.attempt == job.attempt)
+        if lease_token is not None:
+            stmt = stmt.where(jobs.c.lease_token == lease_token)
+        vals = {"status": to.value, "updated_at": now, **(values or {})}
+        if conn.execute(stmt.values(**vals)).rowcount != 1:
+            return False
+        self._event(
+            conn,
+            job_id=job.id,
+            team=job.team,
+            type_=event_type or to.value.lower(),
+            src=src.value,
+            dst=to.value,
+            attempt=int(vals.get("attempt", job.attempt)),
+            data=data or {},
+            now=now,
+        )
+        return True
+
+    def _event(
+        self,
+        conn: sa.Connection,
+        *,
+        job_id: str,
+        team: str,
+        type_: str,
+        src: str | None,
+        dst: str | None,
+        attempt: int,
+        data: dict[str, Any],
+        now: float,
+        topic: str = TOPIC_EVENTS,
+    ) -> None:
+        event_id = str(uuid.uuid4())
+        row = {
+            "event_id": event_id,
+            "job_id": job_id,
+            "team": team,
+            "type": type_,
+            "from_status": src,
+            "to_status": dst,
+            "attempt": attempt,
+            "at": now,
+            "data": data,
+        }
+        conn.execute(job_events.insert().values(**row))
+        payload = {"schema": EVENT_SCHEMA_VERSION, **row}
+        conn.execute(
+            outbox.insert().values(event_id=event_id, topic=topic, key=job_id, payload=payload, created_at=now)
+        )
+
+    def _job_row(self, conn: sa.Connection, job_id: str) -> sa.Row[Any] | None:
+        return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+
+    # ---- jobs: submit, read, cancel, restart ---------------------------------------------------
+    def submit(self, user: User, spec: JobSpec, idempotency_key: str | None = None) -> SubmitResult:
+        now = self.clock()
+        team = spec.team or user.team
+        canonical = spec.model_copy(update={"team": team}).canonical()
+        fingerprint = spec.fingerprint()
+        job_id = new_job_id()
+        try:
+            with self._tx() as conn:
+                if idempotency_key is not None:
+                    prior = self._by_idempotency_key(conn, user.name, idempotency_key)
+                    if prior is not None:
+                        return self._replay(conn, prior, fingerprint)
+                self._ensure_team(conn, team)
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id,
+                        name=spec.name,
+                        user_name=user.name,
+                        team=team,
+                        status=JobStatus.PENDING.value,
+                        priority=spec.priority.rank,
+                        pool=spec.pool,
+                        cpu=spec.resources.cpu,
+                        memory=spec.resources.memory,
+                        gpu=spec.resources.gpu,
+                        gpu_type=spec.resources.gpu_type,
+                        max_runtime=spec.max_runtime,
+                        spec=canonical,
+                        spec_hash=fingerprint,
+                        idempotency_key=idempotency_key,
+                        created_at=now,
+                        updated_at=now,
+                        queued_at=now,
+                    )
+                )
+                self._event(
+                    conn,
+                    job_id=job_id,
+                    team=team,
+                    type_="submitted",
+                    src=None,
+                    dst=JobStatus.PENDING.value,
+                    attempt=0,
+                    data={"user": user.name, "name": spec.name},
+                    now=now,
+                    topic=TOPIC_SUBMITTED,
+                )
+        except sa.exc.IntegrityError:
+            # A concurrent request with the same key won the race: answer as a replay.
+            if idempotency_key is None:
+                raise
+            with self._read() as conn:
+                prior = self._by_idempotency_key(conn, user.name, idempotency_key)
+                if prior is None:
+                    raise
+                return self._replay(conn, prior, fingerprint)
+        job = self.get_job(job_id)
+        assert job is not None
+        return SubmitResult(job=job, created=True)
+
+    def _by_idempotency_key(self, conn: sa.Connection, user: str, key: str) -> sa.Row[Any] | None:
+        return conn.execute(
+            sa.select(jobs.c.id, jobs.c.spec_hash).where(jobs.c.user_name == user, jobs.c.idempotency_key == key)
+        ).first()
+
+    def _replay(self, conn: sa.Connection, prior: sa.Row[Any], fingerprint: str) -> SubmitResult:
+        if prior.spec_hash != fingerprint:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different job spec")
+        job = self._load_job(conn, prior.id)
+        assert job is not None
+        return SubmitResult(job=job, created=False)
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._read() as conn:
+            return self._load_job(conn, job_id)
+
+    def _load_job(self, conn: sa.Connection, job_id: str) -> Job | None:
+        row = self._job_row(conn, job_id)
+        if row is None:
+            return None
+        atts = conn.execute(
+            sa.select(job_attempts).where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.number)
+        ).all()
+        return _job(row, [_attempt(a) for a in atts])
+
+    def list_jobs(self, flt: JobFilter, limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
+        q = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        if flt.status:
+            q = q.where(jobs.c.status.in_(list(flt.status)))
+        if flt.user:
+            q = q.where(jobs.c.user_name == flt.user)
+        if flt.team:
+            q = q.where(jobs.c.team == flt.team)
+        if flt.visible_team is not None:
+            q = q.where(jobs.c.team == flt.visible_team)
+        if flt.name:
+            q = q.where(jobs.c.name == flt.name)
+        if cursor:
+            q = q.where(jobs.c.id < _decode_cursor(cursor))
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+            page = rows[:limit]
+            ids = [r.id for r in page]
+            by_job: dict[str, list[Attempt]] = {i: [] for i in ids}
+            if ids:
+                for a in conn.execute(
+                    sa.select(job_attempts)
+                    .where(job_attempts.c.job_id.in_(ids))
+                    .order_by(job_attempts.c.job_id, job_attempts.c.number)
+                ):
+                    by_job[a.job_id].append(_attempt(a))
+        next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
+        return [_job(r, by_job[r.id]) for r in page], next_cursor
+
+    def cancel(self, job_id: str, actor: str) -> Job:
+        """PENDING jobs end at once; leased ones go to CANCELLING until their worker stops them."""
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._job_row(conn, job_id)
+            if row is None:
+                raise NotFound(job_id)
+            status = JobStatus(row.status)
+            data = {"by": actor}
+            if status is JobStatus.PENDING:
+                self._move(
+                    conn, row, JobStatus.CANCELLED, data=data, now=now,
+                    values={"finished_at": now, "reason": f"cancelled by {actor}", "pending_reason": None},
+                )
+            elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                self._move(
+                    conn, row, JobStatus.CANCELLING, data=data, now=now,
+                    values={"cancel_requested_at": now, "reason": f"cancelled by {actor}"},
+                )
+                conn.execute(
+                    job_attempts.update()
+                    .where(job_attempts.c.job_id == job_id, job_attempts.c.number == row.attempt)
+                    .values(status=JobStatus.CANCELLING.value)
+                )
+            job = self._load_job(conn, job_id)
+        assert job is not None
+        return job
+
+    def restart(self, job_id: str, actor: str) -> Job:
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._job_row(conn, job_id)
+            if row is None:
+                raise NotFound(job_id)
+            if JobStatus(row.status) not in TERMINAL:
+                raise Conflict(f"job {job_id} is {row.status}; only a finished job can be restarted")
+            res = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == row.status)
+                .values(
+                    status=JobStatus.PENDING.value, updated_at=now, queued_at=now, tries=0,
+                    started_at=None, finished_at=None, deadline=None, exit_code=None, reason=None,
+                    lease_token=None, worker_id=None, not_before=None, cancel_requested_at=None,
+                )
+            )
+            if res.rowcount != 1:
+                raise Conflict(f"job {job_id} changed while restarting; try again")
+            self._event(
+                conn, job_id=job_id, team=row.team, type_="restarted", src=row.status,
+                dst=JobStatus.PENDING.value, attempt=row.attempt, data={"by": actor}, now=now,
+            )
+            job = self._load_job(conn, job_id)
+        assert job is not None
+        return job
+
+    def job_events(self, job_id: str, after_id: int = 0) -> list[Event]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(job_events)
+                .where(job_events.c.job_id == job_id, job_events.c.id > after_id)
+                .order_by(job_events.c.id)
+            ).all()
+        return [_event(r) for r in rows]
+
+    def events_since(self, after_id: int, team: str | None = None, limit: int = 1000) -> list[Event]:
+        q = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id).limit(limit)
+        if team is not None:
+            q = q.where(job_events.c.team == team)
+        with self._read() as conn:
+            return [_event(r) for r in conn.execute(q)]
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.id), 0))).scalar_one())
+
+    # ---- scheduling ----------------------------------------------------------------------------
+    def pending_jobs(self, now: float, limit: int = 10000) -> list[PendingJobRow]:
+        q = (
+            sa.select(
+                jobs.c.id, jobs.c.team, jobs.c.user_name, jobs.c.priority, jobs.c.pool, jobs.c.cpu, jobs.c.memory,
+                jobs.c.gpu, jobs.c.gpu_type, jobs.c.queued_at, jobs.c.created_at, jobs.c.attempt,
+            )
+            .where(jobs.c.status == JobStatus.PENDING.value)
+            .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [
+                PendingJobRow(
+                    id=r.id, team=r.team, user=r.user_name, priority=r.priority, pool=r.pool, cpu=r.cpu,
+                    memory=r.memory, gpu=r.gpu, gpu_type=r.gpu_type, queued_at=r.queued_at,
+                    created_at=r.created_at, attempt=r.attempt,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
+        q = (
+            sa.select(
+                job_attempts.c.job_id, job_attempts.c.number, job_attempts.c.worker_id, job_attempts.c.lease_token,
+                jobs.c.status, jobs.c.cpu, jobs.c.memory, job_attempts.c.gpu_indices,
+            )
+            .select_from(job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id))
+            .where(jobs.c.status.in_(_LIVE_NAMES))
+            .where(jobs.c.attempt == job_attempts.c.number)
+        )
+        if worker_id is not None:
+            q = q.where(job_attempts.c.worker_id == worker_id)
+        with self._read() as conn:
+            return [
+                LiveAttempt(
+                    job_id=r.job_id, attempt=r.number, worker_id=r.worker_id, lease_token=r.lease_token,
+                    status=JobStatus(r.status), cpu=r.cpu, memory=r.memory, gpu_indices=tuple(r.gpu_indices),
+                )
+                for r in conn.execute(q)
+            ]
+
+    def lease(self, placements: Iterable[Placement]) -> list[Lease]:
+        """Apply the scheduler's placements in one transaction; each is guarded by status and attempt."""
+        now = self.clock()
+        leases: list[Lease] = []
+        with self._tx() as conn:
+            for p in placements:
+                row = self._job_row(conn, p.job_id)
+                if row is None or row.attempt != p.expected_attempt:
+                    continue
+                if row.not_before is not None and row.not_before > now:
+                    continue
+                token = new_lease_token()
+                number = row.attempt + 1
+                moved = self._move(
+                    conn, row, JobStatus.SCHEDULED, now=now,
+                    values={
+                        "attempt": number, "tries": row.tries + 1, "lease_token": token, "worker_id": p.worker_id,
+                        "pending_reason": None, "not_before": None,
+                    },
+                    data={"worker": p.worker_id, "gpu_indices": list(p.gpu_indices)},
+                )
+                if not moved:
+                    continue
+                conn.execute(
+                    job_attempts.insert().values(
+                        job_id=p.job_id, number=number, worker_id=p.worker_id, lease_token=token,
+                        status=JobStatus.SCHEDULED.value, gpu_indices=list(p.gpu_indices), scheduled_at=now,
+                    )
+                )
+                leases.append(Lease(p.job_id, number, p.worker_id, token, p.gpu_indices))
+        return leases
+
+    def set_pending_reasons(self, reasons: dict[str, str]) -> None:
+        """Record why each pending job waits; written only where the reason changed."""
+        if not reasons:
+            return
+        with self._read() as conn:
+            current = dict(
+                conn.execute(
+                    sa.select(jobs.c.id, jobs.c.pending_reason).where(jobs.c.id.in_(list(reasons)))
+                ).all()
+            )
+        changed = [(j, r) for j, r in reasons.items() if j in current and current[j] != r]
+        if not changed:
+            return
+        with self._tx() as conn:
+            for job_id, reason in changed:
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
+                    .values(pending_reason=reason)
+                )
+
+    # ---- worker reports ------------------------------------------------------------------------
+    def _leased_row(
+        self, conn: sa.Connection, job_id: str, attempt: int, token: str, worker_id: str
+    ) -> sa.Row[Any] | None:
+        row = self._job_row(conn, job_id)
+        if (
+            row is None
+            or row.lease_token != token
+            or row.attempt != attempt
+            or row.worker_id != worker_id
+            or JobStatus(row.status) not in LIVE
+        ):
+            return None
+        return row
+
+    def report_started(self, job_id: str, attempt: int, token: str, worker_id: str) -> ReportResult:
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._leased_row(conn, job_id, attempt, token, worker_id)
+            if row is None:
+                return ReportResult(False, message="lease is not held by this worker")
+            status = JobStatus(row.status)
+            if status is not JobStatus.SCHEDULED:
+                return ReportResult(True, status)  # a repeated report; CANCELLING stays CANCELLING
+            self._move(
+                conn, row, JobStatus.RUNNING, lease_token=token, now=now,
+                values={"started_at": now, "deadline": now + row.max_runtime},
+                data={"worker": worker_id},
+            )
+            conn.execute(
+                job_attempts.update()
+                .where(job_attempts.c.job_id == job_id, job_attempts.c.number == attempt)
+                .values(status=JobStatus.RUNNING.value, started_at=now)
+            )
+        return ReportResult(True, JobStatus.RUNNING)
+
+    def report_finished(self, rep: FinishReport) -> ReportResult:
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._leased_row(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
+            if row is None:
+                # A retried report of an attempt we already closed is answered OK, not STALE.
+                prior = conn.execute(
+                    sa.select(job_attempts.c.outcome, job_attempts.c.lease_token).where(
+                        job_attempts.c.job_id == rep.job_id, job_attempts.c.number == rep.attempt
+                    )
+                ).first()
+                if prior is not None and prior.lease_token == rep.lease_token and prior.outcome == rep.outcome.value:
+                    return ReportResult(True, message="already recorded")
+                return ReportResult(False, message="lease is not held by this worker")
+            for path, size, sha, key in rep.artifacts:
+                conn.execute(
+                    artifacts.insert().values(
+                        job_id=rep.job_id, attempt=rep.attempt, path=path, size=size, sha256=sha,
+                        object_key=key, created_at=now,
+                    )
+                )
+            status = self._close_attempt(conn, row, rep.outcome, rep.exit_code, rep.reason, now,
+                                         stderr_tail=rep.stderr_tail, log_bytes=rep.log_bytes,
+                                         checkpoint_key=rep.checkpoint_key)
+        return ReportResult(True, status)
+
+    def _close_attempt(
+        self,
+        conn: sa.Connection,
+        row: sa.Row[Any],
+        outcome: AttemptOutcome,
+        exit_code: int | None,
+        reason: str | None,
+        now: float,
+        *,
+        stderr_tail: str | None = None,
+        log_bytes: int | None = None,
+        checkpoint_key: str | None = None,
+    ) -> JobStatus:
+        """End the job's current attempt and move the job on: terminal, or back to PENDING."""
+        status = JobStatus(row.status)
+        spec = JobSpec.model_validate(row.spec)
+        cancel_requested = status is JobStatus.CANCELLING
+        if cancel_requested and outcome is not AttemptOutcome.SUCCEEDED:
+            outcome = AttemptOutcome.CANCELLED
+        attempt_status: JobStatus
+        values: dict[str, Any] = {"exit_code": exit_code, "lease_token": None, "deadline": None}
+        data: dict[str, Any] = {"outcome": outcome.value, "exit_code": exit_code, "reason": reason}
+        if outcome is AttemptOutcome.PREEMPTED:
+            self._move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
+            row = self._job_row(conn, row.id)  # type: ignore[assignment]
+            self._move(conn, row, JobStatus.PENDING, event_type="requeued", now=now,
+                       values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None})
+            attempt_status = JobStatus.PREEMPTED
+            final = JobStatus.PENDING
+        else:
+            if outcome is AttemptOutcome.LOST:
+                self._move(conn, row, JobStatus.LOST, now=now, data=data, values={"lease_token": None})
+                row = self._job_row(conn, row.id)  # type: ignore[assignment]
+            decision = retry_policy.decide(spec.retry, outcome, exit_code, row.tries)
+            attempt_status = JobStatus.LOST if outcome is AttemptOutcome.LOST else decision.final_status
+            if decision.retry and not cancel_requested:
+                self._move(
+                    conn, row, JobStatus.PENDING, event_type="retrying", now=now, data=data,
+                    values={**values, "queued_at": now, "worker_id": None, "reason": reason,
+                            "not_before": now + decision.delay_s if decision.delay_s else None},
+                )
+                final = JobStatus.PENDING
+            else:
+                final = decision.final_status
+                self._move(conn, row, final, now=now, data=data,
+                           values={**values, "finished_at": now, "reason": reason or row.reason})
+        conn.execute(
+            job_attempts.update()
+            .where(job_attempts.c.job_id == row.id, job_attempts.c.number == row.attempt)
+            .values(
+                status=attempt_status.value, outcome=outcome.value, finished_at=now, exit_code=exit_code,
+                reason=reason, stderr_tail=stderr_tail, log_bytes=log_bytes, checkpoint_key=checkpoint_key,
+            )
+        )
+        return final
+
+    # ---- workers -------------------------------------------------------------------------------
+    def register_worker(
+        self,
+        *,
+        name: str,
+        hostname: str,
+        pool: str,
+        region: str | None,
+        cpu: float,
+        memory: int,
+        gpu: int,
+        gpu_type: str | None,
+        labels: dict[str, str],
+        version: str | None,
+    ) -> tuple[Worker, str]:
+        """Register (or re-register) by name; returns the worker and a fresh worker credential.
+
+        A worker that re-registers has restarted, so whatever it held before is gone: its live
+        attempts are closed as LOST first, which requeues them under the retry policy.
+        """
+        now = self.clock()
+        token = new_token("tyw")
+        with self._tx() as conn:
+            prior = conn.execute(sa.select(workers).where(workers.c.name == name)).first()
+            vals = dict(
+                hostname=hostname, pool=pool, region=region, cpu=cpu, memory=memory, gpu=gpu, gpu_type=gpu_type,
+                labels=labels, status="ALIVE", version=version, token_hash=hash_token(token), last_heartbeat=now,
+            )
+            if prior is None:
+                worker_id = "w-" + uuid.uuid4().hex[:12]
+                conn.execute(workers.insert().values(id=worker_id, name=name, registered_at=now, **vals))
+            else:
+                worker_id = prior.id
+                self._lose_worker_attempts(conn, worker_id, now, "worker restarted")
+                conn.execute(workers.update().where(workers.c.id == worker_id).values(registered_at=now, **vals))
+            w = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).one()
+        return _worker(w), token
+
+    def worker_by_token(self, token: str) -> Worker | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(workers).where(workers.c.token_hash == hash_token(token))).first()
+        return None if row is None else _worker(row)
+
+    def get_worker(self, worker_id: str) -> Worker | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
+        return None if row is None else _worker(row)
+
+    def list_workers(self, include_dead: bool = True) -> list[Worker]:
+        q = sa.select(workers).order_by(workers.c.name)
+        if not include_dead:
+            q = q.where(workers.c.status != "DEAD")
+        with self._read() as conn:
+            return [_worker(r) for r in conn.execute(q)]
+
+    def touch_workers(self, seen: dict[str, float]) -> None:
+        """Persist last-heartbeat times (batched; the hot path keeps them in the cache)."""
+        if not seen:
+            return
+        with self._tx() as conn:
+            for wid, at in seen.items():
+                conn.execute(
+                    workers.update().where(workers.c.id == wid, workers.c.status != "DEAD").values(last_heartbeat=at)
+                )
+
+    def set_worker_status(self, worker_id: str, status: str) -> None:
+        with self._tx() as conn:
+            conn.execute(workers.update().where(workers.c.id == worker_id).values(status=status))
+
+    def mark_worker_dead(self, worker_id: str, reason: str = "worker stopped sending heartbeats") -> list[str]:
+        """The worker is gone: its live attempts become LOST and their jobs go back under the retry policy."""
+        now = self.clock()
+        with self._tx() as conn:
+            res = conn.execute(
+                workers.update().where(workers.c.id == worker_id, workers.c.status != "DEAD").values(status="DEAD")
+            )
+            if res.rowcount == 0:
+                return []
+            return self._lose_worker_attempts(conn, worker_id, now, reason)
+
+    def _lose_worker_attempts(self, conn: sa.Connection, worker_id: str, now: float, reason: str) -> list[str]:
+        rows = conn.execute(
+            sa.select(jobs).where(jobs.c.worker_id == worker_id, jobs.c.status.in_(_LIVE_NAMES))
+        ).all()
+        for row in rows:
+            self._close_attempt(conn, row, AttemptOutcome.LOST, None, reason, now)
+        return [r.id for r in rows]
+
+    def worker_commands(self, worker_id: str, running: Sequence[tuple[str, int, str]]) -> list[WorkerCommand]:
+        """What a worker must do about the attempts it says it runs, and about cancels it holds."""
+        cmds: list[WorkerCommand] = []
+        ids = [j for j, _, _ in running]
+        with self._read() as conn:
+            rows = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.lease_token, jobs.c.worker_id).where(
+                        sa.or_(
+                            jobs.c.id.in_(ids),
+                            sa.and_(jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.CANCELLING.value),
+                        )
+                    )
+                )
+            }
+        reported = set()
+        for job_id, attempt, token in running:
+            reported.add((job_id, attempt))
+            r = rows.get(job_id)
+            if r is None or r.lease_token != token or r.attempt != attempt or r.worker_id != worker_id:
+                cmds.append(WorkerCommand("kill_stale", job_id, attempt, token, "lease no longer held"))
+            elif r.status == JobStatus.CANCELLING.value:
+                cmds.append(WorkerCommand("cancel", job_id, attempt, token, "cancel requested"))
+        for r in rows.values():
+            if r.status == JobStatus.CANCELLING.value and r.worker_id == worker_id and (r.id, r.attempt) not in reported:
+                cmds.append(WorkerCommand("cancel", r.id, r.attempt, r.lease_token or "", "cancel requested"))
+        return cmds
+
+    def leased_to(self, worker_id: str) -> list[tuple[Job, Attempt]]:
+        """Every attempt a worker holds: re-sent on each lease-stream (re)connect."""
+        with self._read() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.worker_id == worker_id, jobs.c.status.in_(_LIVE_NAMES))
+                    .order_by(jobs.c.id)
+                )
+            ]
+            out = []
+            for job_id in ids:
+                job = self._load_job(conn, job_id)
+                if job is not None and job.attempts:
+                    out.append((job, job.attempts[-1]))
+        return out
+
+    # ---- reconciler ----------------------------------------------------------------------------
+    def expire_overdue(self, now: float, grace: float) -> list[str]:
+        """Backstop for a worker that failed to enforce max_runtime: close such jobs as TIMED_OUT."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(jobs).where(
+                    jobs.c.status.in_([JobStatus.RUNNING.value]), jobs.c.deadline.is_not(None),
+                    jobs.c.deadline + grace < now,
+                )
+            ).all()
+            for row in rows:
+                self._close_attempt(conn, row, AttemptOutcome.TIMED_OUT, None, "exceeded max_runtime", now)
+        return [r.id for r in rows]
+
+    def finish_stuck_cancels(self, now: float, after: float) -> list[str]:
+        """A cancel the worker never confirmed (worker wedged) ends as CANCELLED; its lease is void."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(jobs).where(
+                    jobs.c.status == JobStatus.CANCELLING.value, jobs.c.cancel_requested_at < now - after
+                )
+            ).all()
+            for row in rows:
+                self._close_attempt(conn, row, AttemptOutcome.CANCELLED, None, row.reason or "cancelled", now)
+        return [r.id for r in rows]
+
+    # ---- logs and artifacts --------------------------------------------------------------------
+    def _attempt_token_ok(self, conn: sa.Connection, job_id: str, attempt: int, token: str) -> bool:
+        r = conn.execute(
+            sa.select(job_attempts.c.lease_token).where(
+                job_attempts.c.job_id == job_id, job_attempts.c.number == attempt
+            )
+        ).first()
+        return r is not None and r.lease_token == token
+
+    def attempt_token_ok(self, job_id: str, attempt: int, token: str) -> bool:
+        """An attempt's own lease token (even after it ended) lets its worker upload that attempt's logs."""
+        with self._read() as conn:
+            return self._attempt_token_ok(conn, job_id, attempt, token)
+
+    def add_log_chunk(self, chunk: LogChunk, token: str) -> bool:
+        with self._tx() as conn:
+            if not self._attempt_token_ok(conn, chunk.job_id, chunk.attempt, token):
+                return False
+            exists = conn.execute(
+                sa.select(log_chunks.c.seq).where(
+                    log_chunks.c.job_id == chunk.job_id, log_chunks.c.attempt == chunk.attempt,
+                    log_chunks.c.seq == chunk.seq,
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    log_chunks.insert().values(
+                        job_id=chunk.job_id, attempt=chunk.attempt, seq=chunk.seq, start_offset=chunk.start_offset,
+                        end_offset=chunk.end_offset, object_key=chunk.object_key, stored_size=chunk.stored_size,
+                        created_at=self.clock(),
+                    )
+                )
+        return True
+
+    def log_chunks(self, job_id: str, attempt: int) -> list[LogChunk]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(log_chunks)
+                .where(log_chunks.c.job_id == job_id, log_chunks.c.attempt == attempt)
+                .order_by(log_chunks.c.start_offset)
+            ).all()
+        return [
+            LogChunk(r.job_id, r.attempt, r.seq, r.start_offset, r.end_offset, r.object_key, r.stored_size)
+            for r in rows
+        ]
+
+    def artifacts(self, job_id: str, attempt: int | None = None) -> list[ArtifactRecord]:
+        q = sa.select(artifacts).where(artifacts.c.job_id == job_id)
+        if attempt is not None:
+            q = q.where(artifacts.c.attempt == attempt)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(artifacts.c.attempt, artifacts.c.path)).all()
+        return [ArtifactRecord(r.job_id, r.attempt, r.path, r.size, r.sha256, r.object_key, r.created_at) for r in rows]
+
+    # ---- outbox --------------------------------------------------------------------------------
+    def outbox_unsent(self, limit: int = 500) -> list[OutboxRow]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(outbox).where(outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(limit)
+            ).all()
+        return [OutboxRow(r.id, r.event_id, r.topic, r.key, r.payload) for r in rows]
+
+    def outbox_mark_sent(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self._tx() as conn:
+            conn.execute(outbox.update().where(outbox.c.id.in_(list(ids))).values(sent_at=self.clock()))
+
+    def outbox_lag(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).where(outbox.c.sent_at.is_(None))).scalar_one())
+
+    # ---- fleet and queue views -----------------------------------------------------------------
+    def count_by_status(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))}
+
+    def pending_by_pool_team(self) -> list[tuple[str | None, str, int]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.pool, jobs.c.team, sa.func.count())
+                .where(jobs.c.status == JobStatus.PENDING.value)
+                .group_by(jobs.c.pool, jobs.c.team)
+            ).all()
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    def running_by_team(self) -> list[tuple[str, int, float, int, int]]:
+        """(team, jobs, cpu, memory, gpu) over live jobs."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.team, sa.func.count(), sa.func.sum(jobs.c.cpu), sa.func.sum(jobs.c.memory),
+                          sa.func.sum(jobs.c.gpu))
+                .where(jobs.c.status.in_(_LIVE_NAMES))
+                .group_by(jobs.c.team)
+            ).all()
+        return [(r[0], int(r[1]), float(r[2] or 0), int(r[3] or 0), int(r[4] or 0)) for r in rows]
+
+
+def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:
+    return Job(
+        id=row.id, name=row.name, user=row.user_name, team=row.team, status=JobStatus(row.status),
+        priority=row.priority, pool=row.pool, spec=row.spec, created_at=row.created_at, updated_at=row.updated_at,
+        queued_at=row.queued_at, started_at=row.started_at, finished_at=row.finished_at, attempt=row.attempt,
+        tries=row.tries, worker_id=row.worker_id, exit_code=row.exit_code, reason=row.reason,
+        pending_reason=row.pending_reason, not_before=row.not_before, attempts=attempts, lease_token=row.lease_token,
+    )
+
+
+def _attempt(a: sa.Row[Any]) -> Attempt:
+    return Attempt(
+        job_id=a.job_id, number=a.number, worker_id=a.worker_id, status=a.status, outcome=a.outcome,
+        gpu_indices=list(a.gpu_indices), scheduled_at=a.scheduled_at, started_at=a.started_at,
+        finished_at=a.finished_at, exit_code=a.exit_code, reason=a.reason, stderr_tail=a.stderr_tail,
+        log_bytes=a.log_bytes, lease_token=a.lease_token,
+    )
+
+
+def _event(r: sa.Row[Any]) -> Event:
+    return Event(
+        id=r.id, event_id=r.event_id, job_id=r.job_id, team=r.team, type=r.type, from_status=r.from_status,
+        to_status=r.to_status, attempt=r.attempt, at=r.at, data=r.data,
+    )
+
+
+def _worker(r: sa.Row[Any]) -> Worker:
+    return Worker(
+        id=r.id, name=r.name, hostname=r.hostname, pool=r.pool, region=r.region, cpu=r.cpu, memory=r.memory,
+        gpu=r.gpu, gpu_type=r.gpu_type, labels=dict(r.labels), status=r.status, version=r.version,
+        registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+    )
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
