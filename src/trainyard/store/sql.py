@@ -908,6 +908,14 @@ class SqlStore:
                 self._close_attempt(conn, row, AttemptOutcome.CANCELLED, None, row.reason or "cancelled", now)
         return [r.id for r in rows]
 
+    def checkpoint_key(self, job_id: str, attempt: int) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                sa.select(job_attempts.c.checkpoint_key).where(
+                    job_attempts.c.job_id == job_id, job_attempts.c.number == attempt
+                )
+            ).scalar()
+
     # ---- logs and artifacts --------------------------------------------------------------------
     def _attempt_token_ok(self, conn: sa.Connection, job_id: str, attempt: int, token: str) -> bool:
         r = conn.execute(

@@ -1,0 +1,55 @@
+# One task runner for humans and CI.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up install test lint typecheck proto proto-check unit contract integration e2e bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make up: install and run the whole platform on its embedded defaults (Ctrl-C stops it)
+up: install
+	$(BIN)/yard up $(ARGS)
+
+proto: install
+	$(BIN)/python scripts/gen_protos.py
+
+proto-check: install
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: install
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+## make test: install and run everything CI runs (stub freshness, lint, types, all tests)
+test: install proto-check lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+contract: install
+	$(BIN)/pytest -q tests/contract
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+e2e: install
+	$(BIN)/pytest -q tests/e2e
+
+## make bench: measure and print a table; writes bench/results.json
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,5 @@
+"""``python -m trainyard`` is ``yard``."""
+
+from trainyard.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Hot keys: worker heartbeats and rate limits. One interface; memory and Redis."""

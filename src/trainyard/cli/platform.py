@@ -1,0 +1,230 @@
+"""Platform commands: `yard up` (everything on embedded defaults), `yard server`, `yard worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trainyard.model.quantity import parse_memory
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="state directory (default $TRAINYARD_HOME or ./.trainyard)")]
+
+
+def _home(home: Path | None) -> Path:
+    return (home or Path(os.environ.get("TRAINYARD_HOME", ".trainyard"))).resolve()
+
+
+def _settings(home: Path, **overrides: object) -> object:
+    from trainyard.server.settings import Settings
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(home=home, **values)  # type: ignore[arg-type]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "httpx", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(
+        home: HomeOpt = None,
+        host: Annotated[str, typer.Option(help="address to serve REST on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="REST port")] = 8080,
+        grpc_port: Annotated[int, typer.Option("--grpc-port", help="worker gRPC port")] = 50051,
+        workers: Annotated[int, typer.Option(help="local worker agents to start", min=0, max=64)] = 1,
+        heartbeat_interval: Annotated[float | None, typer.Option(help="seconds between worker heartbeats")] = None,
+        cancel_grace: Annotated[float | None, typer.Option(help="seconds from SIGTERM to SIGKILL")] = None,
+        worker_cpus: Annotated[float | None, typer.Option(help="declared CPUs per local worker")] = None,
+        worker_memory: Annotated[str | None, typer.Option(help="declared memory per local worker, e.g. 8Gi")] = None,
+        worker_gpus: Annotated[int | None, typer.Option(help="declared GPUs per local worker")] = None,
+        worker_gpu_type: Annotated[str | None, typer.Option(help="declared GPU type of local workers")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Run the whole platform: control plane plus local worker agents, each its own process."""
+        _logging(verbose)
+        h = _home(home)
+        settings = _settings(
+            h, host=host, port=port, grpc_port=grpc_port, grpc_host=host,
+            heartbeat_interval=heartbeat_interval, cancel_grace=cancel_grace,
+        )
+        for p_, what in ((port, "REST"), (grpc_port, "worker gRPC")):
+            if not _port_free(host, p_):
+                typer.echo(f"error: port {p_} on {host} ({what}) is in use; pick another with --port/--grpc-port",
+                           err=True)
+                raise typer.Exit(1)
+        worker_args: list[str] = []
+        if worker_cpus is not None:
+            worker_args += ["--cpus", str(worker_cpus)]
+        if worker_memory is not None:
+            worker_args += ["--memory", worker_memory]
+        if worker_gpus is not None:
+            worker_args += ["--gpus", str(worker_gpus)]
+        if worker_gpu_type is not None:
+            worker_args += ["--gpu-type", worker_gpu_type]
+        asyncio.run(_up(settings, h, workers, worker_args))
+
+    @app.command()
+    def server(
+        home: HomeOpt = None,
+        host: Annotated[str | None, typer.Option(help="REST address")] = None,
+        port: Annotated[int | None, typer.Option(help="REST port")] = None,
+        grpc_port: Annotated[int | None, typer.Option("--grpc-port")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Run only the control plane (REST, worker gRPC, scheduler, reconciler, outbox relay)."""
+        from trainyard.server.run import main as serve_main
+
+        _logging(verbose)
+        serve_main(_settings(_home(home), host=host, port=port, grpc_port=grpc_port))  # type: ignore[arg-type]
+
+    @app.command()
+    def worker(
+        server: Annotated[str, typer.Option(envvar="TRAINYARD_SERVER", help="control plane gRPC address")] = (
+            "127.0.0.1:50051"
+        ),
+        home: HomeOpt = None,
+        token_file: Annotated[Path | None, typer.Option(help="file with the worker bootstrap token")] = None,
+        name: Annotated[str | None, typer.Option(help="stable worker name (default: hostname)")] = None,
+        work_dir: Annotated[Path | None, typer.Option(help="local state (default: HOME/workers/NAME)")] = None,
+        cpus: Annotated[float | None, typer.Option(help="declared CPUs (default: detected)")] = None,
+        memory: Annotated[str | None, typer.Option(help="declared memory, e.g. 32Gi (default: detected)")] = None,
+        gpus: Annotated[int | None, typer.Option(help="declared GPUs (default: NVML)")] = None,
+        gpu_type: Annotated[str | None, typer.Option(help="GPU type label, e.g. a100")] = None,
+        pool: Annotated[str, typer.Option(help="worker pool label")] = "default",
+        region: Annotated[str | None, typer.Option(help="region label, e.g. us-east-1")] = None,
+        label: Annotated[list[str] | None, typer.Option(help="extra label K=V (repeatable)")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    ) -> None:
+        """Run a worker agent: leases jobs from the control plane and runs them as local processes."""
+        from trainyard.worker.agent import main as agent_main
+        from trainyard.worker.config import WorkerConfig
+
+        _logging(verbose)
+        h = _home(home)
+        token = os.environ.get("TRAINYARD_WORKER_TOKEN")
+        if not token:
+            path = token_file or h / "worker-token"
+            try:
+                token = path.read_text().strip()
+            except OSError as e:
+                typer.echo(f"error: no worker token: set TRAINYARD_WORKER_TOKEN or --token-file ({e})", err=True)
+                raise typer.Exit(1) from None
+        labels = {}
+        for item in label or []:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                typer.echo(f"error: --label {item!r} must be K=V", err=True)
+                raise typer.Exit(2)
+            labels[k] = v
+        try:
+            mem = parse_memory(memory) if memory is not None else None
+        except ValueError as e:
+            typer.echo(f"error: --memory: {e}", err=True)
+            raise typer.Exit(2) from None
+        wname = name or socket.gethostname()
+        cfg = WorkerConfig(
+            server=server, token=token, name=wname, work_dir=(work_dir or h / "workers" / wname).resolve(),
+            cpus=cpus, memory=mem, gpus=gpus, gpu_type=gpu_type, pool=pool, region=region, labels=labels,
+        )
+        agent_main(cfg)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _up(settings: object, home: Path, n_workers: int, worker_args: list[str]) -> None:
+    from trainyard.server.run import serve
+    from trainyard.server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server_task = asyncio.create_task(serve(settings, stop, ready))
+    ready_wait = asyncio.create_task(ready.wait())
+    await asyncio.wait({server_task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if server_task.done():
+        ready_wait.cancel()
+        server_task.result()
+        return
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(1, n_workers + 1):
+        name = f"local-{i}"
+        cmd = [
+            sys.executable, "-m", "trainyard", "worker",
+            "--server", f"{settings.grpc_host}:{settings.grpc_port}",
+            "--home", str(home), "--name", name, *worker_args,
+        ]
+        log_path = home / "logs" / f"worker-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            # Its own process group, so Ctrl-C reaches the workers through us, in order.
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    token_path = home / "token"
+    print(
+        f"Trainyard is up.\n"
+        f"  REST API   {settings.base_url}  (OpenAPI: {settings.base_url}/openapi.json)\n"
+        f"  workers    {n_workers} local agent(s), gRPC {settings.grpc_host}:{settings.grpc_port}, "
+        f"logs in {home / 'logs'}\n"
+        f"  admin token in {token_path} (the CLI reads it; export TRAINYARD_HOME={home} elsewhere)\n"
+        f"Try:\n"
+        f"  yard submit --cpu 1 --memory 512Mi -- python examples/train_tiny.py --epochs 5\n"
+        f"  yard logs -f <job id>\n"
+        f"Press Ctrl-C to stop.",
+        flush=True,
+    )
+    watcher = asyncio.create_task(_watch_workers(procs, stop))
+    await stop.wait()
+    watcher.cancel()
+    print("Stopping: workers first (running jobs get SIGTERM and a grace period), then the control plane.",
+          flush=True)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.cancel_grace + 15
+    for proc in procs:
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+    with contextlib.suppress(asyncio.CancelledError):
+        await server_task
+    print("Stopped.", flush=True)
+
+
+async def _watch_workers(procs: list[subprocess.Popen[bytes]], stop: asyncio.Event) -> None:
+    reported: set[int] = set()
+    while not stop.is_set():
+        for proc in procs:
+            if proc.pid not in reported and proc.poll() is not None:
+                reported.add(proc.pid)
+                print(f"warning: worker agent pid {proc.pid} exited with {proc.returncode}", file=sys.stderr,
+                      flush=True)
+        await asyncio.sleep(0.5)

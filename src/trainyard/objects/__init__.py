@@ -1,0 +1,1 @@
+"""Object storage: log chunks, artifacts, checkpoints, workdir bundles. One interface; local and S3."""

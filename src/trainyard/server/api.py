@@ -1,0 +1,611 @@
+"""The public REST API (v1): thin handlers over Platform; errors are JSON with field-level details."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trainyard import __version__
+from trainyard.model.records import Job, User
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import TERMINAL, JobStatus
+from trainyard.objects.base import ObjectNotFound, check_key
+from trainyard.server.platform import Platform, RateLimited
+from trainyard.server.views import artifact_json, event_json, job_json, worker_json
+from trainyard.store.sql import Conflict, IdempotencyConflict, JobFilter, NotFound
+
+_STATUSES = {s.value for s in JobStatus}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers
+
+
+def _error(
+    status: int, code: str, message: str, details: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_errors(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, str]]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+class BodyLimit:
+    """Refuse request bodies over a size limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _error(413, "payload_too_large", f"request body is over the {limit} byte limit")(
+                    scope, receive, send
+                )
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, "payload_too_large", f"request body is over the {limit} byte limit")
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+async def current_user(request: Request, authorization: Annotated[str | None, Header()] = None) -> User:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
+    p: Platform = request.app.state.platform
+    user = await p.db(p.store.authenticate, authorization[len("Bearer ") :].strip())
+    if user is None:
+        raise ApiError(401, "unauthenticated", "the token is not valid")
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]
+
+
+def create_app(p: Platform) -> FastAPI:
+    app = FastAPI(
+        title="Trainyard",
+        version=__version__,
+        description="Submit ML jobs, follow them live, fetch their artifacts.",
+    )
+    app.state.platform = p
+    s = p.settings
+
+    def limit_for(path: str) -> int:
+        if path.startswith("/objects/"):
+            return s.object_limit
+        if path == "/v1/workdirs":
+            return s.workdir_limit
+        return s.max_body
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _error(e.status, e.code, e.message, e.details, e.headers)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, e: NotFound) -> JSONResponse:
+        return _error(404, "not_found", f"job {e} not found")
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(_: Request, e: IdempotencyConflict) -> JSONResponse:
+        return _error(409, "idempotency_conflict", str(e))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, e: Conflict) -> JSONResponse:
+        return _error(409, "conflict", str(e))
+
+    @app.exception_handler(PermissionError)
+    async def _forbidden(_: Request, e: PermissionError) -> JSONResponse:
+        return _error(403, "forbidden", str(e))
+
+    @app.exception_handler(RateLimited)
+    async def _rate(_: Request, e: RateLimited) -> JSONResponse:
+        return _error(429, "rate_limited", str(e), headers={"Retry-After": str(max(1, round(e.retry_after)))})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(x) for x in err["loc"][1:]) or str(err["loc"][0]), "message": err["msg"]}
+            for err in e.errors()
+        ]
+        return _error(422, "invalid_request", "the request is not valid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error(e.status_code, code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception) -> JSONResponse:
+        # Database unreachable is a retryable condition, not a server bug.
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(e, OperationalError):
+            return _error(503, "unavailable", "the state store is unavailable", headers={"Retry-After": "2"})
+        return _error(500, "internal", "internal error")
+
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    @app.post("/v1/jobs", status_code=201, tags=["jobs"], summary="Submit a job (body: a JobSpec)")
+    async def submit(
+        request: Request,
+        user: UserDep,
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_spec", "the body must be a JSON object (a JobSpec)")
+        try:
+            spec = JobSpec.model_validate(body)
+        except ValidationError as e:
+            raise ApiError(422, "invalid_spec", "the job spec is not valid", _field_errors(e)) from None
+        await _check_submittable(user, spec)
+        result = await p.submit(user, spec, idempotency_key)
+        return JSONResponse(job_json(result.job), status_code=201 if result.created else 200)
+
+    async def _check_submittable(user: User, spec: JobSpec) -> None:
+        if spec.replicas > 1:
+            raise ApiError(
+                422, "invalid_spec", "the job spec is not valid",
+                [{"field": "replicas", "message": "gang jobs (replicas > 1) are not supported by this scheduler yet"}],
+            )
+        if spec.team and spec.team != user.team:
+            if not user.is_admin:
+                raise ApiError(403, "forbidden", f"you may submit only to your team {user.team!r}")
+            if not await p.db(p.store.team_exists, spec.team):
+                raise ApiError(422, "invalid_spec", "the job spec is not valid",
+                               [{"field": "team", "message": f"team {spec.team!r} does not exist"}])
+        if spec.workdir is not None:
+            team = spec.team or user.team
+            ok = spec.workdir.startswith(f"bundles/{team}/")
+            try:
+                ok = ok and p.objects.exists(check_key(spec.workdir))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ApiError(422, "invalid_spec", "the job spec is not valid",
+                               [{"field": "workdir", "message": "no such uploaded workdir for your team"}])
+
+    @app.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first")
+    async def list_jobs(
+        user: UserDep,
+        status: Annotated[list[str] | None, Query()] = None,
+        user_: Annotated[str | None, Query(alias="user")] = None,
+        team: str | None = None,
+        name: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        statuses = [x.upper() for part in (status or []) for x in part.split(",") if x]
+        bad = [x for x in statuses if x not in _STATUSES]
+        if bad:
+            raise ApiError(422, "invalid_request", "unknown status",
+                           [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad])
+        flt = JobFilter(status=statuses, user=user_, team=team, name=name,
+                        visible_team=None if user.is_admin else user.team)
+        try:
+            jobs, next_cursor = await p.db(p.store.list_jobs, flt, limit, cursor)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", str(e), [{"field": "cursor", "message": str(e)}]) from None
+        return {"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str, user: UserDep) -> dict[str, Any]:
+        return job_json(await p.visible_job(user, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"], summary="Cancel (idempotent)")
+    async def cancel(job_id: str, user: UserDep) -> dict[str, Any]:
+        return job_json(await p.cancel(user, job_id))
+
+    @app.post("/v1/jobs/{job_id}/restart", status_code=202, tags=["jobs"])
+    async def restart(job_id: str, user: UserDep) -> dict[str, Any]:
+        return job_json(await p.restart(user, job_id))
+
+    # ---- events --------------------------------------------------------------------------------
+    @app.get("/v1/jobs/{job_id}/events", tags=["events"], response_model=None)
+    async def job_events(
+        job_id: str, user: UserDep, follow: bool = False, after: Annotated[int, Query(ge=0)] = 0
+    ) -> dict[str, Any] | StreamingResponse:
+        job = await p.visible_job(user, job_id)
+        if not follow:
+            events = await p.db(p.store.job_events, job_id, after)
+            return {"events": [event_json(e) for e in events]}
+        return _sse(_follow_job_events(job, after))
+
+    async def _follow_job_events(job: Job, after: int) -> AsyncIterator[str]:
+        sub = p.bus.subscribe(frozenset({"job.events", "job.submitted"}))
+        try:
+            last = after
+            while True:
+                for e in await p.db(p.store.job_events, job.id, last):
+                    last = e.id
+                    yield _sse_event("job_event", json.dumps(event_json(e)), e.id)
+                current = await p.db(p.store.get_job, job.id)
+                if current is None or current.status in TERMINAL:
+                    yield _sse_event("end", json.dumps({"status": current.status.value if current else None}))
+                    return
+                # The bus is a hint to re-read; a 15 s poll covers a missed one and keeps the stream alive.
+                got = await _next_for_job(sub, job.id, 15.0)
+                if not got:
+                    yield ": keep-alive\n\n"
+        finally:
+            sub.close()
+
+    @app.get("/v1/events", tags=["events"], summary="SSE stream of every job event you may see")
+    async def all_events(user: UserDep, after: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+        team = None if user.is_admin else user.team
+
+        async def gen() -> AsyncIterator[str]:
+            sub = p.bus.subscribe(frozenset({"job.events", "job.submitted"}))
+            try:
+                last = after if after is not None else await p.db(p.store.last_event_id)
+                while True:
+                    for e in await p.db(p.store.events_since, last, team):
+                        last = e.id
+                        yield _sse_event("job_event", json.dumps(event_json(e)), e.id)
+                    if not await _next_any(sub, 15.0):
+                        yield ": keep-alive\n\n"
+            finally:
+                sub.close()
+
+        return _sse(gen())
+
+    # ---- logs ----------------------------------------------------------------------------------
+    @app.get("/v1/jobs/{job_id}/logs", tags=["logs"], response_model=None,
+             summary="Log bytes; follow=true streams until the attempt ends (SSE with Accept: text/event-stream)")
+    async def logs(
+        job_id: str,
+        user: UserDep,
+        request: Request,
+        attempt: Annotated[int | None, Query(ge=1)] = None,
+        since: Annotated[int, Query(ge=0)] = 0,
+        tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
+        follow: bool = False,
+    ) -> Response:
+        job = await p.visible_job(user, job_id)
+        if attempt is not None and attempt > job.attempt:
+            raise ApiError(404, "not_found", f"job {job_id} has no attempt {attempt}")
+        if tail is not None:
+            sl = await p.tail_lines(job, attempt, tail)
+        else:
+            sl = await p.read_log(job, attempt, since)
+        headers = {"X-Trainyard-Attempt": str(sl.attempt), "X-Trainyard-Next-Offset": str(sl.next_offset)}
+        if not follow:
+            return Response(sl.data, media_type="text/plain; charset=utf-8", headers=headers)
+        sse = "text/event-stream" in request.headers.get("accept", "")
+        gen = _follow_logs(job, attempt, sl.offset + len(sl.data) if sl.data else sl.next_offset, sl.data, sse)
+        if sse:
+            return _sse(gen)  # type: ignore[arg-type]
+        return StreamingResponse(gen, media_type="text/plain; charset=utf-8", headers=headers)
+
+    async def _follow_logs(
+        job: Job, attempt: int | None, pos: int, first: bytes, sse: bool
+    ) -> AsyncIterator[bytes | str]:
+        number = attempt if attempt is not None else job.attempt
+        pinned = attempt is not None
+
+        def out(data: bytes, offset: int) -> bytes | str:
+            if sse:
+                text = data.decode("utf-8", "replace")
+                return _sse_event("log", json.dumps({"attempt": number, "offset": offset, "text": text}))
+            return data
+
+        if first:
+            yield out(first, pos - len(first))
+        while True:
+            if number > 0:
+                sl = await p.read_log(job, number, pos)
+                if sl.data:
+                    yield out(sl.data, sl.offset)
+                    pos = sl.offset + len(sl.data)
+            current = await p.db(p.store.get_job, job.id)
+            if current is None:
+                return
+            if number > 0 and not p.attempt_live(current, number):
+                # The attempt ended: its final bytes were sealed before the report; read them once more.
+                sl = await p.read_log(current, number, pos)
+                if sl.data:
+                    yield out(sl.data, sl.offset)
+                if pinned or current.status in TERMINAL:
+                    if sse:
+                        yield _sse_event("end", json.dumps(
+                            {"status": current.status.value, "exit_code": current.exit_code}))
+                    return
+                if current.attempt > number:
+                    number, pos = current.attempt, 0
+                    banner = f"\n[trainyard: attempt {number} on worker {current.worker_id or '?'}]\n"
+                    yield out(banner.encode(), 0) if not sse else _sse_event(
+                        "attempt", json.dumps({"attempt": number, "worker_id": current.worker_id}))
+            elif number == 0 and current.attempt > 0:
+                number, pos = current.attempt, 0
+            job = current
+            if number > 0:
+                await p.tails.wait(job.id, number, 1.0)
+            else:
+                await asyncio.sleep(0.25)
+
+    # ---- artifacts -----------------------------------------------------------------------------
+    @app.get("/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
+    async def list_artifacts(
+        job_id: str, user: UserDep, attempt: Annotated[int | None, Query(ge=1)] = None
+    ) -> dict[str, Any]:
+        await p.visible_job(user, job_id)
+        arts = await p.db(p.store.artifacts, job_id, attempt)
+        if attempt is None and arts:
+            latest = max(a.attempt for a in arts)
+            arts = [a for a in arts if a.attempt == latest]
+        return {"artifacts": [artifact_json(a, p.presign_get(a.object_key)) for a in arts]}
+
+    @app.get("/v1/jobs/{job_id}/artifacts/{path:path}", tags=["artifacts"], response_model=None)
+    async def get_artifact(
+        job_id: str, path: str, user: UserDep, attempt: Annotated[int | None, Query(ge=1)] = None
+    ) -> Response:
+        await p.visible_job(user, job_id)
+        arts = [a for a in await p.db(p.store.artifacts, job_id, attempt) if a.path == path]
+        if not arts:
+            raise ApiError(404, "not_found", f"job {job_id} has no artifact {path!r}")
+        art = max(arts, key=lambda a: a.attempt)
+        return RedirectResponse(p.presign_get(art.object_key), status_code=307)
+
+    @app.get("/v1/jobs/{job_id}/metrics", tags=["metrics"], summary="Scalar series the job logged")
+    async def job_metrics(job_id: str, user: UserDep) -> dict[str, Any]:
+        job = await p.visible_job(user, job_id)
+        series: dict[str, list[dict[str, Any]]] = {}
+        if job.attempt > 0:
+            sl = await p.read_log(job, None, 0)
+            for line in sl.data.splitlines():
+                if not line.startswith(b"TRAINYARD_METRIC "):
+                    continue
+                try:
+                    m = json.loads(line[len(b"TRAINYARD_METRIC ") :])
+                    series.setdefault(str(m["name"]), []).append(
+                        {"step": m.get("step"), "value": float(m["value"])}
+                    )
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return {"job_id": job.id, "attempt": job.attempt, "series": series}
+
+    # ---- workdir bundles -----------------------------------------------------------------------
+    @app.post("/v1/workdirs", status_code=201, tags=["jobs"], summary="Upload a working-directory bundle (tar.gz)")
+    async def upload_workdir(request: Request, user: UserDep) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        size = 0
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as tmp:
+            async for chunk in request.stream():
+                digest.update(chunk)
+                size += len(chunk)
+                tmp.write(chunk)
+            if size == 0:
+                raise ApiError(422, "invalid_request", "the bundle is empty")
+            tmp.seek(0)
+            head = tmp.read(2)
+            if head != b"\x1f\x8b":
+                raise ApiError(422, "invalid_request", "the bundle must be a gzip-compressed tar archive")
+            tmp.seek(0)
+            key = f"bundles/{user.team}/{digest.hexdigest()}.tar.gz"
+            if not p.objects.exists(key):
+                await asyncio.to_thread(p.objects.put, key, tmp.read())
+        return {"workdir": key, "sha256": digest.hexdigest(), "size": size}
+
+    # ---- fleet ---------------------------------------------------------------------------------
+    @app.get("/v1/workers", tags=["fleet"])
+    async def list_workers(user: UserDep) -> dict[str, Any]:
+        workers = await p.db(p.store.list_workers)
+        live = await p.db(p.store.live_attempts)
+        used: dict[str, tuple[float, int, int, int]] = {}
+        for a in live:
+            c, m, g, n = used.get(a.worker_id, (0.0, 0, 0, 0))
+            used[a.worker_id] = (c + a.cpu, m + a.memory, g + len(a.gpu_indices), n + 1)
+        out = []
+        for w in workers:
+            c, m, g, n = used.get(w.id, (0.0, 0, 0, 0))
+            out.append(worker_json(w, (c, m, g), n, p._alive(w.id, w.registered_at)))
+        return {"workers": out}
+
+    @app.get("/v1/queues", tags=["fleet"])
+    async def queues(user: UserDep) -> dict[str, Any]:
+        pending = await p.db(p.store.pending_by_pool_team)
+        running = await p.db(p.store.running_by_team)
+        pools: dict[str, dict[str, Any]] = {}
+        teams: dict[str, dict[str, Any]] = {}
+        for pool, team, n in pending:
+            key = pool or "default"
+            pools.setdefault(key, {"pool": key, "pending": 0, "running": 0})["pending"] += n
+            teams.setdefault(team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0})
+            teams[team]["pending"] += n
+        for team, n, cpu, mem, gpu in running:
+            t = teams.setdefault(team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0})
+            t.update(running=n, cpu=cpu, memory=mem, gpu=gpu)
+        for w in await p.db(p.store.list_workers, False):
+            pools.setdefault(w.pool, {"pool": w.pool, "pending": 0, "running": 0})
+        for a in await p.db(p.store.live_attempts):
+            w = await p.db(p.store.get_worker, a.worker_id)
+            if w is not None:
+                pools.setdefault(w.pool, {"pool": w.pool, "pending": 0, "running": 0})["running"] += 1
+        if not user.is_admin:
+            teams = {k: v for k, v in teams.items() if k == user.team}
+        return {"pools": sorted(pools.values(), key=lambda x: x["pool"]),
+                "teams": sorted(teams.values(), key=lambda x: x["team"])}
+
+    # ---- admin ---------------------------------------------------------------------------------
+    @app.post("/v1/admin/users", status_code=201, tags=["admin"], summary="Create a user and return a token")
+    async def create_user(request: Request, user: UserDep) -> dict[str, Any]:
+        if not user.is_admin:
+            raise ApiError(403, "forbidden", "only admins can create users")
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        details = []
+        name, team, role = body.get("name"), body.get("team"), body.get("role", "user")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
+            details.append({"field": "name", "message": "must be a lowercase name (letters, digits, . _ -)"})
+        if not isinstance(team, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", team):
+            details.append({"field": "team", "message": "must be a lowercase team label"})
+        if role not in ("user", "admin"):
+            details.append({"field": "role", "message": "must be user or admin"})
+        if details:
+            raise ApiError(422, "invalid_request", "the user is not valid", details)
+        token = await p.db(p.store.create_user, name, team, role)
+        return {"name": name, "team": team, "role": role, "token": token}
+
+    # ---- objects (presigned) -------------------------------------------------------------------
+    @app.get("/objects/{key:path}", include_in_schema=False, response_model=None)
+    async def get_object(key: str, method: str = "", expires: str = "", sig: str = "") -> Response:
+        why = p.objects.verify(key, "GET", expires, sig) if method == "GET" else "URL is not for GET"
+        if why:
+            raise ApiError(403, "forbidden", why)
+        try:
+            size = p.objects.size(key)
+        except ObjectNotFound:
+            raise ApiError(404, "not_found", "no such object") from None
+        return StreamingResponse(
+            _iterate_in_thread(p.objects.iter(key)),
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
+
+    @app.put("/objects/{key:path}", include_in_schema=False)
+    async def put_object(
+        key: str, request: Request, method: str = "", expires: str = "", sig: str = ""
+    ) -> dict[str, Any]:
+        why = p.objects.verify(key, "PUT", expires, sig) if method == "PUT" else "URL is not for PUT"
+        if why:
+            raise ApiError(403, "forbidden", why)
+        size = await p.objects.put_stream(key, request.stream(), s.object_limit)
+        return {"key": key, "size": size}
+
+    # ---- operations ----------------------------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], response_model=None)
+    async def readyz() -> Response:
+        try:
+            await p.db(p.store.ping)
+        except Exception as e:
+            return _error(503, "unavailable", f"state store unavailable: {type(e).__name__}",
+                          headers={"Retry-After": "2"})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        data = await asyncio.to_thread(generate_latest, p.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> PlainTextResponse:
+        return PlainTextResponse(
+            f"Trainyard {__version__}: REST API under /v1 (OpenAPI at /openapi.json, docs at /docs)\n"
+        )
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        p.metrics.http_requests.labels(request.method, str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+async def _iterate_in_thread(it: Any) -> AsyncIterator[bytes]:
+    sentinel = object()
+    while True:
+        chunk = await asyncio.to_thread(next, it, sentinel)
+        if chunk is sentinel:
+            return
+        yield chunk
+
+
+async def _next_for_job(sub: Any, job_id: str, timeout: float) -> bool:
+    async def wait() -> bool:
+        async for payload in sub:
+            if payload.get("job_id") == job_id:
+                return True
+        return False
+
+    try:
+        return await asyncio.wait_for(wait(), timeout)
+    except TimeoutError:
+        return False
+
+
+async def _next_any(sub: Any, timeout: float) -> bool:
+    async def wait() -> bool:
+        async for _ in sub:
+            return True
+        return False
+
+    try:
+        return await asyncio.wait_for(wait(), timeout)
+    except TimeoutError:
+        return False
+
+
+def _sse_event(event: str, data: str, id_: int | None = None) -> str:
+    head = f"id: {id_}\n" if id_ is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+def _sse(gen: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

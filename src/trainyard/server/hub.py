@@ -1,0 +1,60 @@
+"""In-process signals between the parts of one control plane.
+
+Notifications are hints; the database is the truth: every loop also polls, so a lost hint only
+costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+
+
+class Kick:
+    """A level-triggered wake-up: many kicks before a wait collapse into one."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class WorkerChannels:
+    """Messages for each connected worker's lease stream (assignments and commands)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, list[asyncio.Queue[pb.LeaseMessage]]] = defaultdict(list)
+
+    def connect(self, worker_id: str) -> asyncio.Queue[pb.LeaseMessage]:
+        q: asyncio.Queue[pb.LeaseMessage] = asyncio.Queue()
+        self._queues[worker_id].append(q)
+        return q
+
+    def disconnect(self, worker_id: str, q: asyncio.Queue[pb.LeaseMessage]) -> None:
+        qs = self._queues.get(worker_id)
+        if qs and q in qs:
+            qs.remove(q)
+            if not qs:
+                del self._queues[worker_id]
+
+    def send(self, worker_id: str, msg: pb.LeaseMessage) -> bool:
+        """Deliver to the worker's newest stream; False when it has none (it gets it on reconnect)."""
+        qs = self._queues.get(worker_id)
+        if not qs:
+            return False
+        qs[-1].put_nowait(msg)
+        return True
+
+    def connected(self, worker_id: str) -> bool:
+        return bool(self._queues.get(worker_id))

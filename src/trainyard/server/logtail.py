@@ -1,0 +1,92 @@
+"""The live tail of each attempt's log, held by the control plane for followers.
+
+Workers push bytes as they are printed; sealed chunks in object storage are the durable copy. The
+tail keeps the newest ``cap`` bytes of each attempt so a follower never waits for a seal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Tail:
+    base: int = 0  # offset of buf[0] in the attempt's log
+    buf: bytearray = field(default_factory=bytearray)
+    ended_at: float | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+
+class LogTails:
+    """Loop-bound: every method runs on the control plane's event loop."""
+
+    def __init__(self, cap: int = 4 << 20, keep_ended_s: float = 3600.0) -> None:
+        self._cap = cap
+        self._keep = keep_ended_s
+        self._tails: dict[tuple[str, int], _Tail] = {}
+
+    def _get(self, job_id: str, attempt: int) -> _Tail:
+        key = (job_id, attempt)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = _Tail()
+        return tail
+
+    def append(self, job_id: str, attempt: int, offset: int, data: bytes) -> int:
+        """Accept bytes at ``offset``; overlap with what is held is ignored. Returns the held end."""
+        tail = self._get(job_id, attempt)
+        if not tail.buf and tail.base == 0 and offset > 0:
+            tail.base = offset  # first push after a control-plane restart: start where the worker is
+        if offset > tail.end:
+            # A gap (bytes we never got): restart the tail at the new offset; sealed chunks cover it.
+            tail.buf.clear()
+            tail.base = offset
+        skip = tail.end - offset
+        if skip < len(data):
+            tail.buf += data[skip:]
+            if len(tail.buf) > self._cap:
+                drop = len(tail.buf) - self._cap
+                del tail.buf[:drop]
+                tail.base += drop
+            self._wake(tail)
+        return tail.end
+
+    def read(self, job_id: str, attempt: int, since: int) -> tuple[int, bytes]:
+        """(offset of the returned bytes, bytes) from ``since`` on, as far as the tail holds them."""
+        tail = self._tails.get((job_id, attempt))
+        if tail is None or since >= tail.end:
+            return since, b""
+        start = max(since, tail.base)
+        return start, bytes(tail.buf[start - tail.base :])
+
+    def end(self, job_id: str, attempt: int) -> int | None:
+        tail = self._tails.get((job_id, attempt))
+        return None if tail is None else tail.end
+
+    def mark_ended(self, job_id: str, attempt: int) -> None:
+        tail = self._get(job_id, attempt)
+        tail.ended_at = time.monotonic()
+        self._wake(tail)
+        self._evict()
+
+    async def wait(self, job_id: str, attempt: int, timeout: float) -> None:
+        tail = self._get(job_id, attempt)
+        try:
+            await asyncio.wait_for(tail.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _wake(self, tail: _Tail) -> None:
+        tail.changed.set()
+        tail.changed = asyncio.Event()
+
+    def _evict(self) -> None:
+        cutoff = time.monotonic() - self._keep
+        for key in [k for k, t in self._tails.items() if t.ended_at is not None and t.ended_at < cutoff]:
+            del self._tails[key]

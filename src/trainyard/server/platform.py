@@ -1,0 +1,332 @@
+"""The composition root: builds every backend from Settings and holds the operations that the REST
+API, the worker service and the background loops share. Route handlers stay thin; the rules live
+here and in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from trainyard.bus.memory import MemoryBus
+from trainyard.cache.memory import MemoryCache
+from trainyard.model.records import Job, User
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
+from trainyard.objects.base import ObjectNotFound
+from trainyard.objects.local import LocalObjectStore
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
+from trainyard.server.hub import Kick, WorkerChannels
+from trainyard.server.logtail import LogTails
+from trainyard.server.metrics import Metrics
+from trainyard.server.settings import Settings, url_secret, worker_bootstrap_token
+from trainyard.store.sql import Lease, NotFound, Placement, SqlStore, SubmitResult
+
+log = logging.getLogger("trainyard.server")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_PRIORITY_NAMES = {p.rank: p.value for p in Priority}
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"submission rate limit reached; retry in {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    attempt: int
+    offset: int
+    data: bytes
+    next_offset: int
+
+
+class Platform:
+    def __init__(self, settings: Settings, *, store: SqlStore | None = None) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = store or SqlStore(settings.db_url)
+        self.objects = LocalObjectStore(settings.objects_dir, url_secret(settings.home), settings.base_url)
+        self.cache = MemoryCache()
+        self.bus = MemoryBus()
+        self.tails = LogTails(settings.log_tail_bytes)
+        self.channels = WorkerChannels()
+        self.kick_scheduler = Kick()
+        self.kick_relay = Kick()
+        self.metrics = Metrics()
+        self.metrics.add_queue_collector(self._queue_snapshot)
+        self.bootstrap_token = worker_bootstrap_token(settings.home)
+        self.started_at = time.time()
+        self._worker_tokens: dict[str, str] = {}  # worker credential -> worker id
+        self._submit_count = 0
+
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking store call off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _changed(self) -> None:
+        self.kick_relay.set()
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def can_see(self, user: User, job: Job) -> bool:
+        return user.is_admin or job.team == user.team
+
+    async def visible_job(self, user: User, job_id: str) -> Job:
+        job = await self.db(self.store.get_job, job_id)
+        if job is None or not self.can_see(user, job):
+            raise NotFound(job_id)
+        return job
+
+    async def submit(self, user: User, spec: JobSpec, idempotency_key: str | None) -> SubmitResult:
+        if self.settings.submit_rate > 0:
+            wait = self.cache.take(f"submit:{user.name}", self.settings.submit_rate, self.settings.submit_burst)
+            if wait > 0:
+                raise RateLimited(wait)
+        result = await self.db(self.store.submit, user, spec, idempotency_key)
+        if result.created:
+            self.metrics.submitted.inc()
+            self.kick_scheduler.set()
+            self._changed()
+        return result
+
+    async def cancel(self, user: User, job_id: str) -> Job:
+        await self.visible_job(user, job_id)
+        job = await self.db(self.store.cancel, job_id, user.name)
+        if job.status is JobStatus.CANCELLING and job.worker_id and job.lease_token:
+            self.channels.send(
+                job.worker_id,
+                pb.LeaseMessage(
+                    command=pb.Command(
+                        kind=pb.Command.CANCEL, job_id=job.id, attempt=job.attempt,
+                        lease_token=job.lease_token, reason=f"cancelled by {user.name}",
+                    )
+                ),
+            )
+        self._changed()
+        return job
+
+    async def restart(self, user: User, job_id: str) -> Job:
+        job = await self.visible_job(user, job_id)
+        if not user.is_admin and job.user != user.name:
+            raise PermissionError("only the job's owner or an admin can restart it")
+        job = await self.db(self.store.restart, job_id, user.name)
+        self.kick_scheduler.set()
+        self._changed()
+        return job
+
+    # ---- logs ----------------------------------------------------------------------------------
+    def _read_chunks(self, job_id: str, attempt: int, since: int) -> tuple[int, bytes, int]:
+        """Sealed bytes from ``since``: (offset, bytes, sealed end)."""
+        chunks = self.store.log_chunks(job_id, attempt)
+        out = bytearray()
+        start: int | None = None
+        sealed_end = 0
+        for c in chunks:
+            sealed_end = max(sealed_end, c.end_offset)
+            if c.end_offset <= since:
+                continue
+            if start is not None and c.start_offset != start + len(out):
+                break  # a hole in the index: stop; the tail or a later read fills it
+            try:
+                raw = gzip.decompress(self.objects.get(c.object_key))
+            except (ObjectNotFound, OSError) as e:
+                log.warning("log chunk %s unreadable: %s", c.object_key, e)
+                break
+            lo = max(since, c.start_offset) - c.start_offset
+            if start is None:
+                start = c.start_offset + lo
+            out += raw[lo:]
+        return (start if start is not None else since), bytes(out), sealed_end
+
+    async def read_log(self, job: Job, attempt: int | None, since: int) -> LogSlice:
+        number = attempt if attempt is not None else job.attempt
+        if number <= 0:
+            return LogSlice(0, since, b"", since)
+        offset, data, sealed_end = await self.db(self._read_chunks, job.id, number, since)
+        pos = offset + len(data)
+        t_off, t_data = self.tails.read(job.id, number, max(pos, since))
+        if t_data:
+            if not data:
+                offset = t_off
+            elif t_off > pos:
+                data += f"\n[trainyard: {t_off - pos} bytes of log unavailable]\n".encode()
+            data += t_data
+            pos = t_off + len(t_data)
+        return LogSlice(number, offset, data, max(pos, since))
+
+    async def tail_lines(self, job: Job, attempt: int | None, lines: int) -> LogSlice:
+        whole = await self.read_log(job, attempt, 0)
+        data = whole.data
+        if lines <= 0:
+            return LogSlice(whole.attempt, whole.next_offset, b"", whole.next_offset)
+        cut = len(data)
+        if data.endswith(b"\n"):
+            cut -= 1
+        for _ in range(lines):
+            cut = data.rfind(b"\n", 0, cut)
+            if cut < 0:
+                break
+        start = 0 if cut < 0 else cut + 1
+        return LogSlice(whole.attempt, whole.offset + start, data[start:], whole.next_offset)
+
+    def attempt_live(self, job: Job, attempt: int) -> bool:
+        if attempt != job.attempt:
+            return False
+        return job.status in LIVE
+
+    # ---- artifacts and bundles -----------------------------------------------------------------
+    def presign_get(self, key: str) -> str:
+        return self.objects.presign(key, "GET", self.settings.url_ttl)
+
+    # ---- scheduling ----------------------------------------------------------------------------
+    def _alive(self, worker_id: str, registered_at: float) -> bool:
+        last = self.cache.last_heartbeat(worker_id)
+        if last is not None:
+            return True
+        # No heartbeat key (e.g. just after a control-plane restart): allow the full grace period.
+        grace = 3 * self.settings.heartbeat_interval
+        return time.time() - max(self.started_at, registered_at) < grace
+
+    def schedule_once(self) -> list[Lease]:
+        """One scheduler cycle (blocking; run in a thread): snapshot → pure placement → guarded leases."""
+        t0 = time.perf_counter()
+        now = time.time()
+        store = self.store
+        pending = store.pending_jobs(now)
+        if not pending:
+            return []
+        live = store.live_attempts()
+        used: dict[str, tuple[float, int, set[int]]] = {}
+        for a in live:
+            cpu, mem, gpus = used.get(a.worker_id, (0.0, 0, set()))
+            used[a.worker_id] = (cpu + a.cpu, mem + a.memory, gpus | set(a.gpu_indices))
+        workers = []
+        for w in store.list_workers(include_dead=False):
+            cpu, mem, gpus = used.get(w.id, (0.0, 0, set()))
+            workers.append(
+                WorkerCapacity(
+                    id=w.id, pool=w.pool, cpu=w.cpu, memory=w.memory, gpu=w.gpu, gpu_type=w.gpu_type,
+                    used_cpu=cpu, used_memory=mem, used_gpus=frozenset(gpus),
+                    schedulable=w.status == "ALIVE" and self._alive(w.id, w.registered_at),
+                )
+            )
+        demands = [
+            JobDemand(
+                id=p.id, priority=p.priority, queued_at=p.queued_at, cpu=p.cpu, memory=p.memory, gpu=p.gpu,
+                gpu_type=p.gpu_type, pool=p.pool, attempt=p.attempt,
+            )
+            for p in pending
+        ]
+        decisions = schedule(demands, workers)
+        leases = store.lease(
+            Placement(a.job_id, a.worker_id, a.gpu_indices, a.attempt) for a in decisions.placements
+        )
+        store.set_pending_reasons(decisions.reasons)
+        by_id = {p.id: p for p in pending}
+        for lease in leases:
+            p = by_id[lease.job_id]
+            self.metrics.wait.labels(p.pool or "default", _PRIORITY_NAMES.get(p.priority, "normal")).observe(
+                max(0.0, now - p.queued_at)
+            )
+        self.metrics.cycle.observe(time.perf_counter() - t0)
+        return leases
+
+    async def dispatch(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            msg = await self.db(self.assignment_message, lease.job_id, lease.attempt)
+            if msg is not None:
+                self.channels.send(lease.worker_id, msg)
+        if leases:
+            self._changed()
+
+    def assignment_message(self, job_id: str, attempt: int) -> pb.LeaseMessage | None:
+        job = self.store.get_job(job_id)
+        if job is None or job.attempt != attempt or job.status not in LIVE or not job.attempts:
+            return None
+        return pb.LeaseMessage(assignment=self.build_assignment(job))
+
+    def build_assignment(self, job: Job) -> pb.Assignment:
+        spec = JobSpec.model_validate(job.spec)
+        att = job.attempts[-1]
+        env = dict(spec.env)
+        env.update(
+            {
+                "TRAINYARD_JOB_ID": job.id,
+                "TRAINYARD_ATTEMPT": str(att.number),
+                "TRAINYARD_JOB_NAME": job.name or "",
+                "TRAINYARD_TEAM": job.team,
+                "TRAINYARD_USER": job.user,
+            }
+        )
+        resume = ""
+        for prior in reversed(job.attempts[:-1]):
+            key = self.store.checkpoint_key(job.id, prior.number)
+            if key:
+                resume = self.presign_get(key)
+                break
+        return pb.Assignment(
+            job_id=job.id,
+            attempt=att.number,
+            lease_token=att.lease_token,
+            command=list(spec.command),
+            env=env,
+            gpu_indices=att.gpu_indices,
+            cpu=spec.resources.cpu,
+            memory=spec.resources.memory,
+            max_runtime_s=spec.max_runtime,
+            workdir_url=self.presign_get(spec.workdir) if spec.workdir else "",
+            cwd=spec.cwd or "",
+            artifact_paths=list(spec.artifacts),
+            resume_from_url=resume,
+            image=spec.image or "",
+            name=job.name or "",
+        )
+
+    # ---- reconciler ----------------------------------------------------------------------------
+    def reconcile_once(self) -> list[str]:
+        """Dead workers' attempts → LOST (then retried or failed); overdue runs; unconfirmed cancels."""
+        now = time.time()
+        touched: list[str] = []
+        beats: dict[str, float] = {}
+        for w in self.store.list_workers(include_dead=False):
+            last = self.cache.last_heartbeat(w.id)
+            if last is not None:
+                beats[w.id] = last
+                continue
+            if not self._alive(w.id, w.registered_at):
+                log.warning("worker %s (%s) missed its heartbeats; declaring it dead", w.name, w.id)
+                self.metrics.heartbeats_missed.inc()
+                touched += self.store.mark_worker_dead(w.id)
+        self.store.touch_workers(beats)
+        grace = self.settings.cancel_grace + 2 * self.settings.heartbeat_interval
+        touched += self.store.expire_overdue(now, grace)
+        touched += self.store.finish_stuck_cancels(now, grace + 30)
+        return touched
+
+    # ---- outbox relay --------------------------------------------------------------------------
+    async def relay_once(self) -> int:
+        rows = await self.db(self.store.outbox_unsent, 1000)
+        for r in rows:
+            await self.bus.publish(r.topic, r.key, r.payload)
+            if r.payload.get("to_status") in {s.value for s in TERMINAL}:
+                self.metrics.finished.labels(r.payload["to_status"]).inc()
+        await self.db(self.store.outbox_mark_sent, [r.id for r in rows])
+        return len(rows)
+
+    # ---- views ---------------------------------------------------------------------------------
+    def _queue_snapshot(self) -> dict[str, Any]:
+        pending: dict[str, int] = {}
+        for pool, _team, n in self.store.pending_by_pool_team():
+            pending[pool or "default"] = pending.get(pool or "default", 0) + n
+        return {
+            "by_status": self.store.count_by_status(),
+            "pending_by_pool": pending,
+            "outbox_lag": self.store.outbox_lag(),
+        }

@@ -1,0 +1,108 @@
+"""Run a control plane: REST (uvicorn) and worker gRPC on one event loop, plus the leader loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvicorn
+
+from trainyard.server.api import create_app
+from trainyard.server.platform import Platform
+from trainyard.server.settings import Settings, write_private
+from trainyard.server.worker_service import start_grpc
+
+log = logging.getLogger("trainyard.server")
+
+
+def bootstrap(settings: Settings) -> Platform:
+    """Migrate the store and make sure an admin token exists in ``home/token``."""
+    platform = Platform(settings)
+    platform.store.migrate()
+    token_file = settings.home / "token"
+    if not token_file.exists() or platform.store.authenticate(token_file.read_text().strip()) is None:
+        token = platform.store.create_user("admin", "default", "admin")
+        write_private(token_file, token + "\n")
+    write_private(settings.home / "url", settings.base_url + "\n")
+    return platform
+
+
+async def _loop(name: str, kick: object, interval: float, step: object, stop: asyncio.Event) -> None:
+    """Run ``step`` whenever kicked or every ``interval``; errors are logged and retried, never fatal."""
+    while not stop.is_set():
+        try:
+            await step()  # type: ignore[operator]
+        except Exception:
+            log.exception("%s loop step failed; retrying", name)
+            await asyncio.sleep(min(interval, 1.0))
+        if kick is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+        else:
+            await kick.wait(interval)  # type: ignore[attr-defined]
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    platform = await asyncio.to_thread(bootstrap, settings)
+    grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
+    app = create_app(platform)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="off",
+        timeout_graceful_shutdown=2, access_log=False,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    async def schedule_step() -> None:
+        leases = await asyncio.to_thread(platform.schedule_once)
+        await platform.dispatch(leases)
+
+    async def reconcile_step() -> None:
+        if await asyncio.to_thread(platform.reconcile_once):
+            platform.kick_scheduler.set()
+            platform.kick_relay.set()
+
+    async def relay_step() -> None:
+        while await platform.relay_once() >= 1000:
+            pass
+
+    hb = settings.heartbeat_interval
+    tasks = [
+        asyncio.create_task(server.serve(), name="rest"),
+        asyncio.create_task(
+            _loop("scheduler", platform.kick_scheduler, settings.scheduler_interval, schedule_step, stop)
+        ),
+        asyncio.create_task(_loop("reconciler", None, max(0.05, hb / 2), reconcile_step, stop)),
+        asyncio.create_task(_loop("relay", platform.kick_relay, 1.0, relay_step, stop)),
+    ]
+    while not server.started:
+        if tasks[0].done():
+            await grpc_server.stop(0)
+            tasks[0].result()
+            raise OSError(f"cannot serve REST on {settings.host}:{settings.port}")
+        await asyncio.sleep(0.02)
+    log.info("control plane up: REST %s, worker gRPC %s:%d", settings.base_url, settings.grpc_host, grpc_port)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    server.should_exit = True
+    for t in tasks[1:]:
+        t.cancel()
+    await grpc_server.stop(1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    platform.store.close()
+
+
+def main(settings: Settings) -> None:
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(run())

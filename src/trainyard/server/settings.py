@@ -1,0 +1,85 @@
+"""Control-plane settings: one place, read from TRAINYARD_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainyard.model.quantity import parse_memory
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    home: Path = Field(default=Path(".trainyard"), description="all embedded state lives here")
+    database_url: str | None = Field(default=None, description="default: SQLite in home")
+    object_store: str | None = Field(default=None, description="default: file://<home>/objects")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    public_url: str | None = Field(default=None, description="base of presigned URLs; default http://host:port")
+    heartbeat_interval: float = 10.0
+    cancel_grace: float = 10.0
+    scheduler_interval: float = 1.0
+    max_body: int = 1 << 20
+    workdir_limit: int = 100 << 20
+    object_limit: int = 5 << 30
+    url_ttl: float = 600.0
+    submit_rate: float = 0.0  # submissions per second per user; 0 = unlimited
+    submit_burst: float = 50.0
+    log_tail_bytes: int = 4 << 20
+
+    @field_validator("max_body", "workdir_limit", "object_limit", "log_tail_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> object:
+        return parse_memory(v) if isinstance(v, str) else v
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / 'trainyard.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def objects_dir(self) -> Path:
+        if self.object_store and self.object_store.startswith("file://"):
+            return Path(self.object_store[len("file://") :])
+        return self.home / "objects"
+
+
+def _secret_file(path: Path, make: str) -> str:
+    """Read a secret kept in home, creating it (mode 600) the first time."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(make + "\n")
+    return make
+
+
+def url_secret(home: Path) -> bytes:
+    return _secret_file(home / "secret", secrets.token_hex(32)).encode()
+
+
+def worker_bootstrap_token(home: Path) -> str:
+    """The token worker agents present to Register; distinct from every user token."""
+    env = os.environ.get("TRAINYARD_WORKER_TOKEN")
+    if env:
+        return env
+    return _secret_file(home / "worker-token", "tyb_" + secrets.token_urlsafe(32))
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)

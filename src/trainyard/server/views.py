@@ -1,0 +1,102 @@
+"""JSON shapes of the public REST API, rendered from store records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from trainyard.model.records import ArtifactRecord, Attempt, Event, Job, Worker
+from trainyard.model.states import Priority
+
+_PRIORITY = {p.rank: p.value for p in Priority}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "worker_id": a.worker_id,
+        "status": a.status,
+        "outcome": a.outcome,
+        "gpu_indices": a.gpu_indices,
+        "scheduled_at": iso(a.scheduled_at),
+        "started_at": iso(a.started_at),
+        "finished_at": iso(a.finished_at),
+        "exit_code": a.exit_code,
+        "reason": a.reason,
+        "stderr_tail": a.stderr_tail,
+        "log_bytes": a.log_bytes,
+    }
+
+
+def job_json(j: Job) -> dict[str, Any]:
+    base = f"/v1/jobs/{j.id}"
+    return {
+        "id": j.id,
+        "name": j.name,
+        "status": j.status.value,
+        "user": j.user,
+        "team": j.team,
+        "priority": _PRIORITY.get(j.priority, "normal"),
+        "pool": j.pool,
+        "spec": j.spec,
+        "created_at": iso(j.created_at),
+        "updated_at": iso(j.updated_at),
+        "started_at": iso(j.started_at),
+        "finished_at": iso(j.finished_at),
+        "attempt": j.attempt,
+        "exit_code": j.exit_code,
+        "reason": j.reason,
+        "pending_reason": j.pending_reason if j.status.value == "PENDING" else None,
+        "retry_after": iso(j.not_before),
+        "worker_id": j.worker_id,
+        "attempts": [attempt_json(a) for a in j.attempts],
+        "urls": {
+            "self": base,
+            "logs": f"{base}/logs",
+            "artifacts": f"{base}/artifacts",
+            "events": f"{base}/events",
+        },
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "event_id": e.event_id,
+        "job_id": e.job_id,
+        "team": e.team,
+        "type": e.type,
+        "from_status": e.from_status,
+        "to_status": e.to_status,
+        "attempt": e.attempt,
+        "at": iso(e.at),
+        "data": e.data,
+    }
+
+
+def artifact_json(a: ArtifactRecord, url: str) -> dict[str, Any]:
+    return {"path": a.path, "size": a.size, "sha256": a.sha256, "attempt": a.attempt, "url": url}
+
+
+def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, alive: bool) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "name": w.name,
+        "hostname": w.hostname,
+        "pool": w.pool,
+        "region": w.region,
+        "status": w.status if (alive or w.status == "DEAD") else "UNRESPONSIVE",
+        "capacity": {"cpu": w.cpu, "memory": w.memory, "gpu": w.gpu, "gpu_type": w.gpu_type},
+        "allocated": {"cpu": allocated[0], "memory": allocated[1], "gpu": allocated[2]},
+        "running": running,
+        "labels": w.labels,
+        "version": w.version,
+        "registered_at": iso(w.registered_at),
+        "last_heartbeat": iso(w.last_heartbeat),
+    }

@@ -1,0 +1,259 @@
+"""The worker gRPC service: the only way a worker agent touches the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from trainyard.model.ids import hash_token
+from trainyard.model.records import LogChunk, Worker
+from trainyard.model.states import AttemptOutcome
+from trainyard.objects.base import check_key
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
+from trainyard.server.platform import Platform
+from trainyard.store.sql import FinishReport
+
+log = logging.getLogger("trainyard.worker_service")
+
+_COMMAND_KINDS = {"cancel": pb.Command.CANCEL, "kill_stale": pb.Command.KILL_STALE, "timeout": pb.Command.TIMEOUT}
+_OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return ""
+
+
+class WorkerService(pbg.WorkerServiceServicer):
+    def __init__(self, platform: Platform) -> None:
+        self.p = platform
+
+    async def _worker(self, context: grpc.aio.ServicerContext) -> Worker:  # type: ignore[type-arg]
+        """The calling worker, from its credential; aborts UNAUTHENTICATED otherwise."""
+        token = _bearer(context)
+        wid = self.p._worker_tokens.get(token)
+        worker = await self.p.db(self.p.store.get_worker, wid) if wid else None
+        if worker is None and token:
+            worker = await self.p.db(self.p.store.worker_by_token, token)
+            if worker is not None:
+                self.p._worker_tokens[token] = worker.id
+        if worker is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid worker credential is required")
+            raise AssertionError("unreachable")
+        return worker
+
+    async def Register(  # noqa: N802
+        self,
+        request: pb.RegisterRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.RegisterResponse:
+        token = _bearer(context)
+        if not token or hash_token(token) != hash_token(self.p.bootstrap_token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the worker bootstrap token is required")
+        cap = request.capacity
+        if not request.name or cap.cpu <= 0 or cap.memory <= 0 or cap.gpu < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name and a positive capacity are required")
+        worker, credential = await self.p.db(
+            self.p.store.register_worker,
+            name=request.name,
+            hostname=request.hostname or request.name,
+            pool=request.pool or "default",
+            region=request.region or None,
+            cpu=cap.cpu,
+            memory=cap.memory,
+            gpu=cap.gpu,
+            gpu_type=cap.gpu_type or None,
+            labels=dict(request.labels),
+            version=request.version or None,
+        )
+        for old in [t for t, w in self.p._worker_tokens.items() if w == worker.id]:
+            del self.p._worker_tokens[old]
+        self.p._worker_tokens[credential] = worker.id
+        self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
+        log.info("worker %s registered as %s (%s cpu, %s gpu)", request.name, worker.id, cap.cpu, cap.gpu)
+        self.p.kick_scheduler.set()
+        return pb.RegisterResponse(
+            worker_id=worker.id,
+            worker_token=credential,
+            heartbeat_interval_s=self.p.settings.heartbeat_interval,
+            cancel_grace_s=self.p.settings.cancel_grace,
+        )
+
+    async def Heartbeat(  # noqa: N802
+        self,
+        request: pb.HeartbeatRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.HeartbeatResponse:
+        worker = await self._worker(context)
+        if worker.status == "DEAD":
+            # Declared dead while it was away: its attempts were requeued. It must register anew
+            # (which kills anything it still runs through KILL_STALE on the next heartbeat).
+            return pb.HeartbeatResponse(known=False)
+        self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
+        running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
+        cmds = await self.p.db(self.p.store.worker_commands, worker.id, running)
+        return pb.HeartbeatResponse(
+            known=True,
+            commands=[
+                pb.Command(
+                    kind=_COMMAND_KINDS[c.kind], job_id=c.job_id, attempt=c.attempt,
+                    lease_token=c.lease_token, reason=c.reason,
+                )
+                for c in cmds
+            ],
+        )
+
+    async def Lease(  # noqa: N802
+        self,
+        request: pb.LeaseRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[pb.LeaseMessage]:
+        worker = await self._worker(context)
+        queue = self.p.channels.connect(worker.id)
+        try:
+            # Re-send everything this worker holds: it dedupes by (job, attempt).
+            held = await self.p.db(self.p.store.leased_to, worker.id)
+            for job, _attempt in held:
+                yield pb.LeaseMessage(assignment=await self.p.db(self.p.build_assignment, job))
+            self.p.kick_scheduler.set()
+            while True:
+                msg = await queue.get()
+                yield msg
+        finally:
+            self.p.channels.disconnect(worker.id, queue)
+
+    async def Report(  # noqa: N802
+        self,
+        request: pb.ReportRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.ReportResponse:
+        worker = await self._worker(context)
+        store = self.p.store
+        if request.phase == pb.ReportRequest.STARTED:
+            res = await self.p.db(
+                store.report_started, request.job_id, request.attempt, request.lease_token, worker.id
+            )
+        elif request.phase == pb.ReportRequest.FINISHED:
+            if request.outcome not in _OUTCOMES:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outcome {request.outcome!r}")
+            try:
+                for a in request.artifacts:
+                    check_key(a.object_key)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            rep = FinishReport(
+                job_id=request.job_id,
+                attempt=request.attempt,
+                lease_token=request.lease_token,
+                worker_id=worker.id,
+                outcome=AttemptOutcome(request.outcome),
+                exit_code=request.exit_code if request.has_exit_code else None,
+                reason=request.reason or None,
+                stderr_tail=request.stderr_tail[-4096:].decode("utf-8", "replace") or None,
+                artifacts=tuple((a.path, a.size, a.sha256, a.object_key) for a in request.artifacts),
+                log_bytes=request.log_bytes,
+                checkpoint_key=request.checkpoint_key or None,
+            )
+            res = await self.p.db(store.report_finished, rep)
+            if res.ok:
+                self.p.tails.mark_ended(request.job_id, request.attempt)
+                self.p.kick_scheduler.set()
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "phase must be STARTED or FINISHED")
+        if res.ok:
+            self.p.kick_relay.set()
+            return pb.ReportResponse(result=pb.ReportResponse.OK, message=res.message)
+        return pb.ReportResponse(result=pb.ReportResponse.STALE, message=res.message)
+
+    async def PushLogs(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.LogData],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[pb.LogAck]:
+        await self._worker(context)
+        verified: dict[tuple[str, int], bool] = {}
+        async for msg in request_iterator:
+            key = (msg.job_id, msg.attempt)
+            ok = verified.get(key)
+            if ok is None:
+                ok = verified[key] = await self.p.db(
+                    self.p.store.attempt_token_ok, msg.job_id, msg.attempt, msg.lease_token
+                )
+            if not ok:
+                yield pb.LogAck(job_id=msg.job_id, attempt=msg.attempt, offset=msg.offset, stale=True)
+                continue
+            end = self.p.tails.append(msg.job_id, msg.attempt, msg.offset, msg.data)
+            yield pb.LogAck(job_id=msg.job_id, attempt=msg.attempt, offset=end)
+
+    async def GetUrls(  # noqa: N802
+        self,
+        request: pb.UrlRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.UrlResponse:
+        await self._worker(context)
+        ok = await self.p.db(self.p.store.attempt_token_ok, request.job_id, request.attempt, request.lease_token)
+        if not ok:
+            return pb.UrlResponse(stale=True)
+        base = f"jobs/{request.job_id}/{request.attempt}"
+        urls = []
+        for name in request.names:
+            try:
+                if request.purpose == pb.UrlRequest.LOG_CHUNK:
+                    key = f"{base}/logs/{int(name):08d}.log.gz"
+                elif request.purpose == pb.UrlRequest.ARTIFACT:
+                    key = check_key(f"{base}/artifacts/{name}")
+                elif request.purpose == pb.UrlRequest.CHECKPOINT:
+                    key = check_key(f"{base}/checkpoint/{name}")
+                else:
+                    raise ValueError("unknown purpose")
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name!r}: {e}")
+            urls.append(
+                pb.SignedUrl(
+                    name=name,
+                    url=self.p.objects.presign(key, "PUT", self.p.settings.url_ttl),
+                    object_key=key,
+                )
+            )
+        return pb.UrlResponse(urls=urls)
+
+    async def SealLogChunk(  # noqa: N802
+        self,
+        request: pb.SealLogChunkRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.ReportResponse:
+        await self._worker(context)
+        expected = f"jobs/{request.job_id}/{request.attempt}/logs/{request.seq:08d}.log.gz"
+        if request.object_key != expected or request.end_offset < request.start_offset:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk key or offsets do not match")
+        chunk = LogChunk(
+            job_id=request.job_id, attempt=request.attempt, seq=request.seq, start_offset=request.start_offset,
+            end_offset=request.end_offset, object_key=request.object_key, stored_size=request.stored_size,
+        )
+        ok = await self.p.db(self.p.store.add_log_chunk, chunk, request.lease_token)
+        result = pb.ReportResponse.OK if ok else pb.ReportResponse.STALE
+        return pb.ReportResponse(result=result)
+
+
+async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.keepalive_time_ms", 20000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+        ]
+    )
+    pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for workers on {host}:{port}")
+    await server.start()
+    await asyncio.sleep(0)
+    return server, bound

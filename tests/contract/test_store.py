@@ -1,0 +1,320 @@
+"""The store contract: the same behaviour on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from trainyard.model.records import LogChunk, User
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import AttemptOutcome, JobStatus
+from trainyard.store.schema import api_tokens, outbox
+from trainyard.store.sql import (
+    Conflict,
+    FinishReport,
+    IdempotencyConflict,
+    JobFilter,
+    NotFound,
+    Placement,
+    SqlStore,
+)
+
+ALICE = User("alice", "vision", "user")
+BOB = User("bob", "nlp", "user")
+
+
+def spec(**kw: object) -> JobSpec:
+    return JobSpec.model_validate({"command": ["python", "train.py"], **kw})
+
+
+def worker(store: SqlStore, name: str = "w1", **kw: object) -> str:
+    args: dict[str, object] = dict(
+        name=name, hostname=name, pool="default", region=None, cpu=8, memory=32 << 30, gpu=0, gpu_type=None,
+        labels={}, version="t",
+    )
+    args.update(kw)
+    w, _ = store.register_worker(**args)  # type: ignore[arg-type]
+    return w.id
+
+
+def lease_one(store: SqlStore, job_id: str, worker_id: str) -> tuple[int, str]:
+    job = store.get_job(job_id)
+    assert job is not None
+    leases = store.lease([Placement(job_id, worker_id, (), job.attempt)])
+    assert len(leases) == 1
+    return leases[0].attempt, leases[0].lease_token
+
+
+def finish(store: SqlStore, job_id: str, attempt: int, token: str, wid: str, outcome: AttemptOutcome,
+           exit_code: int | None = 0) -> JobStatus | None:
+    res = store.report_finished(FinishReport(job_id, attempt, token, wid, outcome, exit_code))
+    assert res.ok
+    return res.status
+
+
+def test_submit_get_and_events(store: SqlStore) -> None:
+    job = store.submit(ALICE, spec(name="r50")).job
+    assert job.status is JobStatus.PENDING and job.team == "vision" and job.user == "alice"
+    assert job.spec["command"] == ["python", "train.py"] and job.spec["team"] == "vision"
+    got = store.get_job(job.id)
+    assert got is not None and got.id == job.id and got.attempts == []
+    events = store.job_events(job.id)
+    assert [e.type for e in events] == ["submitted"] and events[0].to_status == "PENDING"
+    assert store.get_job("j-nope") is None
+
+
+def test_idempotency_replay_and_conflict(store: SqlStore) -> None:
+    a = store.submit(ALICE, spec(), "key-1")
+    b = store.submit(ALICE, spec(), "key-1")
+    assert a.created and not b.created and a.job.id == b.job.id
+    with pytest.raises(IdempotencyConflict):
+        store.submit(ALICE, spec(name="other"), "key-1")
+    # Keys are per user.
+    c = store.submit(BOB, spec(), "key-1")
+    assert c.created and c.job.id != a.job.id
+
+
+def test_idempotency_under_concurrency(store: SqlStore) -> None:
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            ids.append(store.submit(ALICE, spec(), "same").job.id)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(ids)) == 1
+    jobs, _ = store.list_jobs(JobFilter())
+    assert len(jobs) == 1
+
+
+def test_list_newest_first_filters_and_cursor(store: SqlStore) -> None:
+    made = [store.submit(ALICE if i % 2 else BOB, spec(name=f"j{i}")).job.id for i in range(7)]
+    page1, cur = store.list_jobs(JobFilter(), limit=3)
+    assert [j.id for j in page1] == made[::-1][:3] and cur
+    page2, cur2 = store.list_jobs(JobFilter(), limit=3, cursor=cur)
+    page3, cur3 = store.list_jobs(JobFilter(), limit=3, cursor=cur2)
+    assert [j.id for j in page1 + page2 + page3] == made[::-1] and cur3 is None
+    mine, _ = store.list_jobs(JobFilter(visible_team="vision"))
+    assert {j.team for j in mine} == {"vision"} and len(mine) == 3
+    named, _ = store.list_jobs(JobFilter(name="j4"))
+    assert [j.id for j in named] == [made[4]]
+    with pytest.raises(ValueError):
+        store.list_jobs(JobFilter(), cursor="garbage!!")
+
+
+def test_full_lifecycle_and_stale_reports(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job.id, wid)
+    assert store.report_started(job.id, attempt, "wrong-token", wid).ok is False
+    assert store.report_started(job.id, attempt, token, wid).status is JobStatus.RUNNING
+    assert store.report_started(job.id, attempt, token, wid).ok  # repeated report is harmless
+    assert store.report_finished(FinishReport(job.id, attempt, "old", wid, AttemptOutcome.SUCCEEDED, 0)).ok is False
+    assert finish(store, job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED) is JobStatus.SUCCEEDED
+    # The same report again (a retry after a lost answer) is acknowledged, not applied twice.
+    again = store.report_finished(FinishReport(job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED, 0))
+    assert again.ok
+    done = store.get_job(job.id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.exit_code == 0
+    assert [e.type for e in store.job_events(job.id)] == ["submitted", "scheduled", "running", "succeeded"]
+
+
+def test_lease_is_guarded(store: SqlStore) -> None:
+    w1, w2 = worker(store, "w1"), worker(store, "w2")
+    job = store.submit(ALICE, spec()).job
+    first = store.lease([Placement(job.id, w1, (), 0)])
+    second = store.lease([Placement(job.id, w2, (), 0)])
+    assert len(first) == 1 and second == []
+    j = store.get_job(job.id)
+    assert j is not None and j.worker_id == w1 and len(j.attempts) == 1
+
+
+def test_concurrent_leases_one_winner(store: SqlStore) -> None:
+    workers = [worker(store, f"w{i}") for i in range(4)]
+    job = store.submit(ALICE, spec()).job
+    won: list[int] = []
+
+    def go(w: str) -> None:
+        won.append(len(store.lease([Placement(job.id, w, (), 0)])))
+
+    threads = [threading.Thread(target=go, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == [0, 0, 0, 1]
+
+
+def test_cancel_pending_running_and_finished(store: SqlStore) -> None:
+    wid = worker(store)
+    pending = store.submit(ALICE, spec()).job
+    assert store.cancel(pending.id, "alice").status is JobStatus.CANCELLED
+    running = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, running.id, wid)
+    store.report_started(running.id, attempt, token, wid)
+    assert store.cancel(running.id, "alice").status is JobStatus.CANCELLING
+    assert store.cancel(running.id, "alice").status is JobStatus.CANCELLING  # idempotent
+    cmds = store.worker_commands(wid, [(running.id, attempt, token)])
+    assert [c.kind for c in cmds] == ["cancel"]
+    assert finish(store, running.id, attempt, token, wid, AttemptOutcome.FAILED, -15) is JobStatus.CANCELLED
+    assert store.cancel(running.id, "alice").status is JobStatus.CANCELLED
+    with pytest.raises(NotFound):
+        store.cancel("jnope", "alice")
+
+
+def test_restart_only_finished(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    with pytest.raises(Conflict):
+        store.restart(job.id, "alice")
+    attempt, token = lease_one(store, job.id, wid)
+    finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 1)
+    again = store.restart(job.id, "alice")
+    assert again.status is JobStatus.PENDING and again.exit_code is None
+    attempt2, token2 = lease_one(store, job.id, wid)
+    assert attempt2 == 2 and token2 != token
+
+
+def test_dead_worker_requeues_then_fails_when_retries_run_out(store: SqlStore) -> None:
+    job = store.submit(ALICE, spec(retry={"max_attempts": 2})).job
+    for n in (1, 2):
+        wid = worker(store, f"w{n}")
+        attempt, token = lease_one(store, job.id, wid)
+        store.report_started(job.id, attempt, token, wid)
+        assert store.mark_worker_dead(wid) == [job.id]
+        assert store.mark_worker_dead(wid) == []  # once
+        # The dead worker's late report is refused.
+        late = store.report_finished(FinishReport(job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED, 0))
+        assert late.ok is False
+    final = store.get_job(job.id)
+    assert final is not None and final.status is JobStatus.FAILED
+    assert [a.status for a in final.attempts] == ["LOST", "LOST"]
+    types = [e.type for e in store.job_events(job.id)]
+    assert types.count("lost") == 2 and "retrying" in types and types[-1] == "failed"
+
+
+def test_user_failure_retry_policy(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec(retry={"max_attempts": 3, "on": ["exit:3"]})).job
+    attempt, token = lease_one(store, job.id, wid)
+    assert finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 3) is JobStatus.PENDING
+    attempt, token = lease_one(store, job.id, wid)
+    assert finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 4) is JobStatus.FAILED
+
+
+def test_backoff_delays_the_retry(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec(retry={"max_attempts": 3, "on": ["failed"], "backoff": "1h", "max_backoff": "2h"})).job
+    attempt, token = lease_one(store, job.id, wid)
+    finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 1)
+    j = store.get_job(job.id)
+    assert j is not None and j.not_before is not None and j.not_before > j.updated_at + 1700
+    assert store.pending_jobs(now=j.updated_at) == []
+    assert store.lease([Placement(job.id, wid, (), j.attempt)]) == []
+
+
+def test_preemption_requeues_without_using_a_try(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec(retry={"max_attempts": 1})).job
+    for _ in range(3):
+        attempt, token = lease_one(store, job.id, wid)
+        store.report_started(job.id, attempt, token, wid)
+        assert finish(store, job.id, attempt, token, wid, AttemptOutcome.PREEMPTED, 143) is JobStatus.PENDING
+    j = store.get_job(job.id)
+    assert j is not None and j.tries == 0 and [a.status for a in j.attempts] == ["PREEMPTED"] * 3
+
+
+def test_worker_commands_kill_stale(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job.id, wid)
+    cmds = store.worker_commands(wid, [(job.id, attempt, "not-the-token"), ("jgone", 1, "x")])
+    assert sorted(c.kind for c in cmds) == ["kill_stale", "kill_stale"]
+    assert store.worker_commands(wid, [(job.id, attempt, token)]) == []
+
+
+def test_reregistering_worker_loses_its_attempts(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    lease_one(store, job.id, wid)
+    wid2 = worker(store)  # same name: the agent restarted
+    assert wid2 == wid
+    j = store.get_job(job.id)
+    assert j is not None and j.status is JobStatus.PENDING and j.attempts[0].status == "LOST"
+
+
+def test_overdue_and_stuck_cancel(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec(max_runtime="1s")).job
+    attempt, token = lease_one(store, job.id, wid)
+    store.report_started(job.id, attempt, token, wid)
+    j = store.get_job(job.id)
+    assert j is not None and j.started_at is not None
+    assert store.expire_overdue(j.started_at + 0.5, grace=0) == []
+    assert store.expire_overdue(j.started_at + 5, grace=1) == [job.id]
+    assert store.get_job(job.id).status is JobStatus.TIMED_OUT  # type: ignore[union-attr]
+    job2 = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job2.id, wid)
+    store.cancel(job2.id, "alice")
+    j2 = store.get_job(job2.id)
+    assert j2 is not None
+    assert store.finish_stuck_cancels(j2.updated_at + 1, after=60) == []
+    assert store.finish_stuck_cancels(j2.updated_at + 120, after=60) == [job2.id]
+    assert store.get_job(job2.id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_logs_and_artifacts_are_indexed(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job.id, wid)
+    key = f"jobs/{job.id}/{attempt}/logs/00000000.log.gz"
+    assert not store.add_log_chunk(LogChunk(job.id, attempt, 0, 0, 10, key, 5), "bad")
+    assert store.add_log_chunk(LogChunk(job.id, attempt, 0, 0, 10, key, 5), token)
+    assert store.add_log_chunk(LogChunk(job.id, attempt, 0, 0, 10, key, 5), token)  # idempotent
+    assert [(c.start_offset, c.end_offset) for c in store.log_chunks(job.id, attempt)] == [(0, 10)]
+    store.report_finished(
+        FinishReport(job.id, attempt, token, wid, AttemptOutcome.FAILED, 2,
+                     artifacts=(("model.npz", 12, "ab" * 32, f"jobs/{job.id}/1/artifacts/model.npz"),),
+                     stderr_tail="Traceback: boom")
+    )
+    arts = store.artifacts(job.id)
+    assert [(a.path, a.size) for a in arts] == [("model.npz", 12)]
+    j = store.get_job(job.id)
+    assert j is not None and j.attempts[0].stderr_tail == "Traceback: boom"
+
+
+def test_outbox_has_one_row_per_event(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job.id, wid)
+    rows = store.outbox_unsent()
+    assert [r.topic for r in rows] == ["job.submitted", "job.events"]
+    assert {r.payload["schema"] for r in rows} == {1} and len({r.event_id for r in rows}) == 2
+    store.outbox_mark_sent([r.id for r in rows])
+    assert store.outbox_unsent() == [] and store.outbox_lag() == 0
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one() == 2
+
+
+def test_tokens_are_stored_hashed(store: SqlStore) -> None:
+    token = store.create_user("carol", "vision", "admin")
+    assert store.authenticate(token) == User("carol", "vision", "admin")
+    assert store.authenticate(token + "x") is None
+    with store.engine.connect() as c:
+        stored = [r[0] for r in c.execute(sa.select(api_tokens.c.token_hash))]
+    assert token not in stored and len(stored) == 1
+    w, cred = store.register_worker(
+        name="wx", hostname="h", pool="default", region=None, cpu=1, memory=1 << 30, gpu=0, gpu_type=None,
+        labels={}, version=None,
+    )
+    assert store.worker_by_token(cred) == w and store.authenticate(cred) is None
