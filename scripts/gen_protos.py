@@ -18,9 +18,15 @@ def generate(dest: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_ROOT}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
             f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
-            f"--python_out={dest}", f"--grpc_python_out={dest}", f"--mypy_out={dest}", *protos,
+            f"--python_out={dest}",
+            f"--grpc_python_out={dest}",
+            f"--mypy_out={dest}",
+            *protos,
         ],
         check=True,
     )

@@ -31,8 +31,16 @@ def spec(**kw: object) -> JobSpec:
 
 def worker(store: SqlStore, name: str = "w1", **kw: object) -> str:
     args: dict[str, object] = dict(
-        name=name, hostname=name, pool="default", region=None, cpu=8, memory=32 << 30, gpu=0, gpu_type=None,
-        labels={}, version="t",
+        name=name,
+        hostname=name,
+        pool="default",
+        region=None,
+        cpu=8,
+        memory=32 << 30,
+        gpu=0,
+        gpu_type=None,
+        labels={},
+        version="t",
     )
     args.update(kw)
     w, _ = store.register_worker(**args)  # type: ignore[arg-type]
@@ -47,8 +55,15 @@ def lease_one(store: SqlStore, job_id: str, worker_id: str) -> tuple[int, str]:
     return leases[0].attempt, leases[0].lease_token
 
 
-def finish(store: SqlStore, job_id: str, attempt: int, token: str, wid: str, outcome: AttemptOutcome,
-           exit_code: int | None = 0) -> JobStatus | None:
+def finish(
+    store: SqlStore,
+    job_id: str,
+    attempt: int,
+    token: str,
+    wid: str,
+    outcome: AttemptOutcome,
+    exit_code: int | None = 0,
+) -> JobStatus | None:
     res = store.report_finished(FinishReport(job_id, attempt, token, wid, outcome, exit_code))
     assert res.ok
     return res.status
@@ -119,7 +134,10 @@ def test_full_lifecycle_and_stale_reports(store: SqlStore) -> None:
     assert store.report_started(job.id, attempt, "wrong-token", wid).ok is False
     assert store.report_started(job.id, attempt, token, wid).status is JobStatus.RUNNING
     assert store.report_started(job.id, attempt, token, wid).ok  # repeated report is harmless
-    assert store.report_finished(FinishReport(job.id, attempt, "old", wid, AttemptOutcome.SUCCEEDED, 0)).ok is False
+    assert (
+        store.report_finished(FinishReport(job.id, attempt, "old", wid, AttemptOutcome.SUCCEEDED, 0)).ok
+        is False
+    )
     assert finish(store, job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED) is JobStatus.SUCCEEDED
     # The same report again (a retry after a lost answer) is acknowledged, not applied twice.
     again = store.report_finished(FinishReport(job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED, 0))
@@ -214,7 +232,9 @@ def test_user_failure_retry_policy(store: SqlStore) -> None:
 
 def test_backoff_delays_the_retry(store: SqlStore) -> None:
     wid = worker(store)
-    job = store.submit(ALICE, spec(retry={"max_attempts": 3, "on": ["failed"], "backoff": "1h", "max_backoff": "2h"})).job
+    job = store.submit(
+        ALICE, spec(retry={"max_attempts": 3, "on": ["failed"], "backoff": "1h", "max_backoff": "2h"})
+    ).job
     attempt, token = lease_one(store, job.id, wid)
     finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 1)
     j = store.get_job(job.id)
@@ -264,7 +284,7 @@ def test_overdue_and_stuck_cancel(store: SqlStore) -> None:
     assert store.expire_overdue(j.started_at + 5, grace=1) == [job.id]
     assert store.get_job(job.id).status is JobStatus.TIMED_OUT  # type: ignore[union-attr]
     job2 = store.submit(ALICE, spec()).job
-    attempt, token = lease_one(store, job2.id, wid)
+    lease_one(store, job2.id, wid)
     store.cancel(job2.id, "alice")
     j2 = store.get_job(job2.id)
     assert j2 is not None
@@ -283,9 +303,16 @@ def test_logs_and_artifacts_are_indexed(store: SqlStore) -> None:
     assert store.add_log_chunk(LogChunk(job.id, attempt, 0, 0, 10, key, 5), token)  # idempotent
     assert [(c.start_offset, c.end_offset) for c in store.log_chunks(job.id, attempt)] == [(0, 10)]
     store.report_finished(
-        FinishReport(job.id, attempt, token, wid, AttemptOutcome.FAILED, 2,
-                     artifacts=(("model.npz", 12, "ab" * 32, f"jobs/{job.id}/1/artifacts/model.npz"),),
-                     stderr_tail="Traceback: boom")
+        FinishReport(
+            job.id,
+            attempt,
+            token,
+            wid,
+            AttemptOutcome.FAILED,
+            2,
+            artifacts=(("model.npz", 12, "ab" * 32, f"jobs/{job.id}/1/artifacts/model.npz"),),
+            stderr_tail="Traceback: boom",
+        )
     )
     arts = store.artifacts(job.id)
     assert [(a.path, a.size) for a in arts] == [("model.npz", 12)]
@@ -296,7 +323,7 @@ def test_logs_and_artifacts_are_indexed(store: SqlStore) -> None:
 def test_outbox_has_one_row_per_event(store: SqlStore) -> None:
     wid = worker(store)
     job = store.submit(ALICE, spec()).job
-    attempt, token = lease_one(store, job.id, wid)
+    lease_one(store, job.id, wid)
     rows = store.outbox_unsent()
     assert [r.topic for r in rows] == ["job.submitted", "job.events"]
     assert {r.payload["schema"] for r in rows} == {1} and len({r.event_id for r in rows}) == 2
@@ -314,7 +341,15 @@ def test_tokens_are_stored_hashed(store: SqlStore) -> None:
         stored = [r[0] for r in c.execute(sa.select(api_tokens.c.token_hash))]
     assert token not in stored and len(stored) == 1
     w, cred = store.register_worker(
-        name="wx", hostname="h", pool="default", region=None, cpu=1, memory=1 << 30, gpu=0, gpu_type=None,
-        labels={}, version=None,
+        name="wx",
+        hostname="h",
+        pool="default",
+        region=None,
+        cpu=1,
+        memory=1 << 30,
+        gpu=0,
+        gpu_type=None,
+        labels={},
+        version=None,
     )
     assert store.worker_by_token(cred) == w and store.authenticate(cred) is None

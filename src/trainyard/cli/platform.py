@@ -18,7 +18,9 @@ import typer
 
 from trainyard.model.quantity import parse_memory
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="state directory (default $TRAINYARD_HOME or ./.trainyard)")]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="state directory (default $TRAINYARD_HOME or ./.trainyard)")
+]
 
 
 def _home(home: Path | None) -> Path:
@@ -50,25 +52,38 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="REST port")] = 8080,
         grpc_port: Annotated[int, typer.Option("--grpc-port", help="worker gRPC port")] = 50051,
         workers: Annotated[int, typer.Option(help="local worker agents to start", min=0, max=64)] = 1,
-        heartbeat_interval: Annotated[float | None, typer.Option(help="seconds between worker heartbeats")] = None,
+        heartbeat_interval: Annotated[
+            float | None, typer.Option(help="seconds between worker heartbeats")
+        ] = None,
         cancel_grace: Annotated[float | None, typer.Option(help="seconds from SIGTERM to SIGKILL")] = None,
         worker_cpus: Annotated[float | None, typer.Option(help="declared CPUs per local worker")] = None,
-        worker_memory: Annotated[str | None, typer.Option(help="declared memory per local worker, e.g. 8Gi")] = None,
+        worker_memory: Annotated[
+            str | None, typer.Option(help="declared memory per local worker, e.g. 8Gi")
+        ] = None,
         worker_gpus: Annotated[int | None, typer.Option(help="declared GPUs per local worker")] = None,
-        worker_gpu_type: Annotated[str | None, typer.Option(help="declared GPU type of local workers")] = None,
+        worker_gpu_type: Annotated[
+            str | None, typer.Option(help="declared GPU type of local workers")
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run the whole platform: control plane plus local worker agents, each its own process."""
         _logging(verbose)
         h = _home(home)
         settings = _settings(
-            h, host=host, port=port, grpc_port=grpc_port, grpc_host=host,
-            heartbeat_interval=heartbeat_interval, cancel_grace=cancel_grace,
+            h,
+            host=host,
+            port=port,
+            grpc_port=grpc_port,
+            grpc_host=host,
+            heartbeat_interval=heartbeat_interval,
+            cancel_grace=cancel_grace,
         )
         for p_, what in ((port, "REST"), (grpc_port, "worker gRPC")):
             if not _port_free(host, p_):
-                typer.echo(f"error: port {p_} on {host} ({what}) is in use; pick another with --port/--grpc-port",
-                           err=True)
+                typer.echo(
+                    f"error: port {p_} on {host} ({what}) is in use; pick another with --port/--grpc-port",
+                    err=True,
+                )
                 raise typer.Exit(1)
         worker_args: list[str] = []
         if worker_cpus is not None:
@@ -103,9 +118,13 @@ def register(app: typer.Typer) -> None:
         home: HomeOpt = None,
         token_file: Annotated[Path | None, typer.Option(help="file with the worker bootstrap token")] = None,
         name: Annotated[str | None, typer.Option(help="stable worker name (default: hostname)")] = None,
-        work_dir: Annotated[Path | None, typer.Option(help="local state (default: HOME/workers/NAME)")] = None,
+        work_dir: Annotated[
+            Path | None, typer.Option(help="local state (default: HOME/workers/NAME)")
+        ] = None,
         cpus: Annotated[float | None, typer.Option(help="declared CPUs (default: detected)")] = None,
-        memory: Annotated[str | None, typer.Option(help="declared memory, e.g. 32Gi (default: detected)")] = None,
+        memory: Annotated[
+            str | None, typer.Option(help="declared memory, e.g. 32Gi (default: detected)")
+        ] = None,
         gpus: Annotated[int | None, typer.Option(help="declared GPUs (default: NVML)")] = None,
         gpu_type: Annotated[str | None, typer.Option(help="GPU type label, e.g. a100")] = None,
         pool: Annotated[str, typer.Option(help="worker pool label")] = "default",
@@ -125,7 +144,9 @@ def register(app: typer.Typer) -> None:
             try:
                 token = path.read_text().strip()
             except OSError as e:
-                typer.echo(f"error: no worker token: set TRAINYARD_WORKER_TOKEN or --token-file ({e})", err=True)
+                typer.echo(
+                    f"error: no worker token: set TRAINYARD_WORKER_TOKEN or --token-file ({e})", err=True
+                )
                 raise typer.Exit(1) from None
         labels = {}
         for item in label or []:
@@ -141,8 +162,17 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         wname = name or socket.gethostname()
         cfg = WorkerConfig(
-            server=server, token=token, name=wname, work_dir=(work_dir or h / "workers" / wname).resolve(),
-            cpus=cpus, memory=mem, gpus=gpus, gpu_type=gpu_type, pool=pool, region=region, labels=labels,
+            server=server,
+            token=token,
+            name=wname,
+            work_dir=(work_dir or h / "workers" / wname).resolve(),
+            cpus=cpus,
+            memory=mem,
+            gpus=gpus,
+            gpu_type=gpu_type,
+            pool=pool,
+            region=region,
+            labels=labels,
         )
         agent_main(cfg)
 
@@ -178,9 +208,17 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
     for i in range(1, n_workers + 1):
         name = f"local-{i}"
         cmd = [
-            sys.executable, "-m", "trainyard", "worker",
-            "--server", f"{settings.grpc_host}:{settings.grpc_port}",
-            "--home", str(home), "--name", name, *worker_args,
+            sys.executable,
+            "-m",
+            "trainyard",
+            "worker",
+            "--server",
+            f"{settings.grpc_host}:{settings.grpc_port}",
+            "--home",
+            str(home),
+            "--name",
+            name,
+            *worker_args,
         ]
         log_path = home / "logs" / f"worker-{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +241,10 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
     watcher = asyncio.create_task(_watch_workers(procs, stop))
     await stop.wait()
     watcher.cancel()
-    print("Stopping: workers first (running jobs get SIGTERM and a grace period), then the control plane.",
-          flush=True)
+    print(
+        "Stopping: workers first (running jobs get SIGTERM and a grace period), then the control plane.",
+        flush=True,
+    )
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -225,6 +265,9 @@ async def _watch_workers(procs: list[subprocess.Popen[bytes]], stop: asyncio.Eve
         for proc in procs:
             if proc.pid not in reported and proc.poll() is not None:
                 reported.add(proc.pid)
-                print(f"warning: worker agent pid {proc.pid} exited with {proc.returncode}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"warning: worker agent pid {proc.pid} exited with {proc.returncode}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         await asyncio.sleep(0.5)

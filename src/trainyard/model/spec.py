@@ -80,6 +80,15 @@ class Retry(_Strict):
     max_backoff: float = Field(default=600.0)
     on: tuple[str, ...] = Field(default=("infra",), description="infra, timeout, oom, failed, exit:N")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean True; DESIGN.md's JobSpec writes it bare.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
+
     @field_validator("backoff", "max_backoff", mode="before")
     @classmethod
     def _dur(cls, v: Any) -> float:
@@ -114,7 +123,9 @@ class JobSpec(_Strict):
     kind: Literal["train", "eval"] = "train"
     command: tuple[str, ...] = Field(description="argv; nothing goes through a shell unless you write one")
     image: str | None = None
-    workdir: str | None = Field(default=None, description="an uploaded bundle's key (`yard submit --workdir`)")
+    workdir: str | None = Field(
+        default=None, description="an uploaded bundle's key (`yard submit --workdir`)"
+    )
     cwd: str | None = Field(
         default=None,
         description="directory the command runs in when no workdir bundle is given and it exists on the "
@@ -136,7 +147,9 @@ class JobSpec(_Strict):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and not _NAME_RE.match(v):
-            raise ValueError("name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            raise ValueError(
+                "name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
         return v
 
     @field_validator("command")

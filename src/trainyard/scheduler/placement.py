@@ -134,11 +134,15 @@ def _pending_reason(j: JobDemand, workers: list[WorkerCapacity], free: list[_Fre
         biggest = max(eligible, key=lambda w: (w.gpu, w.cpu, w.memory))
         return (
             f"needs {_describe(j)} on one worker; the largest registered is {biggest.cpu:g} cpu, "
-            f"{format_memory(biggest.memory)} memory, {biggest.gpu} gpu; it cannot run until a bigger worker joins"
+            f"{format_memory(biggest.memory)} memory, {biggest.gpu} gpu; "
+            "it cannot run until a bigger worker joins"
         )
     fits_free = [f for f in free if _eligible(f.w, j)]
     if j.gpu:
         largest = max((len(f.gpus) for f in fits_free), default=0)
         if largest < j.gpu:
-            return f"waiting for capacity: needs {j.gpu}×{j.gpu_type or 'gpu'} on one worker; largest free is {largest} (queue position {position})"
+            return (
+                f"waiting for capacity: needs {j.gpu}×{j.gpu_type or 'gpu'} on one worker; "
+                f"largest free is {largest} (queue position {position})"
+            )
     return f"waiting for capacity: needs {_describe(j)} (queue position {position})"

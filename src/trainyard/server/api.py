@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -48,7 +48,10 @@ class ApiError(Exception):
 
 
 def _error(
-    status: int, code: str, message: str, details: list[dict[str, str]] | None = None,
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or []}}
@@ -175,7 +178,6 @@ def create_app(p: Platform) -> FastAPI:
             return _error(503, "unavailable", "the state store is unavailable", headers={"Retry-After": "2"})
         return _error(500, "internal", "internal error")
 
-
     # ---- jobs ----------------------------------------------------------------------------------
     @app.post("/v1/jobs", status_code=201, tags=["jobs"], summary="Submit a job (body: a JobSpec)")
     async def submit(
@@ -201,15 +203,26 @@ def create_app(p: Platform) -> FastAPI:
     async def _check_submittable(user: User, spec: JobSpec) -> None:
         if spec.replicas > 1:
             raise ApiError(
-                422, "invalid_spec", "the job spec is not valid",
-                [{"field": "replicas", "message": "gang jobs (replicas > 1) are not supported by this scheduler yet"}],
+                422,
+                "invalid_spec",
+                "the job spec is not valid",
+                [
+                    {
+                        "field": "replicas",
+                        "message": "gang jobs (replicas > 1) are not supported by this scheduler yet",
+                    }
+                ],
             )
         if spec.team and spec.team != user.team:
             if not user.is_admin:
                 raise ApiError(403, "forbidden", f"you may submit only to your team {user.team!r}")
             if not await p.db(p.store.team_exists, spec.team):
-                raise ApiError(422, "invalid_spec", "the job spec is not valid",
-                               [{"field": "team", "message": f"team {spec.team!r} does not exist"}])
+                raise ApiError(
+                    422,
+                    "invalid_spec",
+                    "the job spec is not valid",
+                    [{"field": "team", "message": f"team {spec.team!r} does not exist"}],
+                )
         if spec.workdir is not None:
             team = spec.team or user.team
             ok = spec.workdir.startswith(f"bundles/{team}/")
@@ -218,8 +231,12 @@ def create_app(p: Platform) -> FastAPI:
             except ValueError:
                 ok = False
             if not ok:
-                raise ApiError(422, "invalid_spec", "the job spec is not valid",
-                               [{"field": "workdir", "message": "no such uploaded workdir for your team"}])
+                raise ApiError(
+                    422,
+                    "invalid_spec",
+                    "the job spec is not valid",
+                    [{"field": "workdir", "message": "no such uploaded workdir for your team"}],
+                )
 
     @app.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first")
     async def list_jobs(
@@ -234,10 +251,19 @@ def create_app(p: Platform) -> FastAPI:
         statuses = [x.upper() for part in (status or []) for x in part.split(",") if x]
         bad = [x for x in statuses if x not in _STATUSES]
         if bad:
-            raise ApiError(422, "invalid_request", "unknown status",
-                           [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad])
-        flt = JobFilter(status=statuses, user=user_, team=team, name=name,
-                        visible_team=None if user.is_admin else user.team)
+            raise ApiError(
+                422,
+                "invalid_request",
+                "unknown status",
+                [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad],
+            )
+        flt = JobFilter(
+            status=statuses,
+            user=user_,
+            team=team,
+            name=name,
+            visible_team=None if user.is_admin else user.team,
+        )
         try:
             jobs, next_cursor = await p.db(p.store.list_jobs, flt, limit, cursor)
         except ValueError as e:
@@ -287,7 +313,9 @@ def create_app(p: Platform) -> FastAPI:
             sub.close()
 
     @app.get("/v1/events", tags=["events"], summary="SSE stream of every job event you may see")
-    async def all_events(user: UserDep, after: Annotated[int | None, Query(ge=0)] = None) -> StreamingResponse:
+    async def all_events(
+        user: UserDep, after: Annotated[int | None, Query(ge=0)] = None
+    ) -> StreamingResponse:
         team = None if user.is_admin else user.team
 
         async def gen() -> AsyncIterator[str]:
@@ -306,8 +334,12 @@ def create_app(p: Platform) -> FastAPI:
         return _sse(gen())
 
     # ---- logs ----------------------------------------------------------------------------------
-    @app.get("/v1/jobs/{job_id}/logs", tags=["logs"], response_model=None,
-             summary="Log bytes; follow=true streams until the attempt ends (SSE with Accept: text/event-stream)")
+    @app.get(
+        "/v1/jobs/{job_id}/logs",
+        tags=["logs"],
+        response_model=None,
+        summary="Log bytes; follow=true streams until the attempt ends (SSE with Accept: text/event-stream)",
+    )
     async def logs(
         job_id: str,
         user: UserDep,
@@ -328,7 +360,9 @@ def create_app(p: Platform) -> FastAPI:
         if not follow:
             return Response(sl.data, media_type="text/plain; charset=utf-8", headers=headers)
         sse = "text/event-stream" in request.headers.get("accept", "")
-        gen = _follow_logs(job, attempt, sl.offset + len(sl.data) if sl.data else sl.next_offset, sl.data, sse)
+        gen = _follow_logs(
+            job, attempt, sl.offset + len(sl.data) if sl.data else sl.next_offset, sl.data, sse
+        )
         if sse:
             return _sse(gen)  # type: ignore[arg-type]
         return StreamingResponse(gen, media_type="text/plain; charset=utf-8", headers=headers)
@@ -363,14 +397,21 @@ def create_app(p: Platform) -> FastAPI:
                     yield out(sl.data, sl.offset)
                 if pinned or current.status in TERMINAL:
                     if sse:
-                        yield _sse_event("end", json.dumps(
-                            {"status": current.status.value, "exit_code": current.exit_code}))
+                        yield _sse_event(
+                            "end",
+                            json.dumps({"status": current.status.value, "exit_code": current.exit_code}),
+                        )
                     return
                 if current.attempt > number:
                     number, pos = current.attempt, 0
                     banner = f"\n[trainyard: attempt {number} on worker {current.worker_id or '?'}]\n"
-                    yield out(banner.encode(), 0) if not sse else _sse_event(
-                        "attempt", json.dumps({"attempt": number, "worker_id": current.worker_id}))
+                    yield (
+                        out(banner.encode(), 0)
+                        if not sse
+                        else _sse_event(
+                            "attempt", json.dumps({"attempt": number, "worker_id": current.worker_id})
+                        )
+                    )
             elif number == 0 and current.attempt > 0:
                 number, pos = current.attempt, 0
             job = current
@@ -421,7 +462,9 @@ def create_app(p: Platform) -> FastAPI:
         return {"job_id": job.id, "attempt": job.attempt, "series": series}
 
     # ---- workdir bundles -----------------------------------------------------------------------
-    @app.post("/v1/workdirs", status_code=201, tags=["jobs"], summary="Upload a working-directory bundle (tar.gz)")
+    @app.post(
+        "/v1/workdirs", status_code=201, tags=["jobs"], summary="Upload a working-directory bundle (tar.gz)"
+    )
     async def upload_workdir(request: Request, user: UserDep) -> dict[str, Any]:
         digest = hashlib.sha256()
         size = 0
@@ -466,21 +509,28 @@ def create_app(p: Platform) -> FastAPI:
         for pool, team, n in pending:
             key = pool or "default"
             pools.setdefault(key, {"pool": key, "pending": 0, "running": 0})["pending"] += n
-            teams.setdefault(team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0})
+            teams.setdefault(
+                team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0}
+            )
             teams[team]["pending"] += n
         for team, n, cpu, mem, gpu in running:
-            t = teams.setdefault(team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0})
+            t = teams.setdefault(
+                team, {"team": team, "pending": 0, "running": 0, "cpu": 0.0, "memory": 0, "gpu": 0}
+            )
             t.update(running=n, cpu=cpu, memory=mem, gpu=gpu)
         for w in await p.db(p.store.list_workers, False):
             pools.setdefault(w.pool, {"pool": w.pool, "pending": 0, "running": 0})
+        pool_of = {w.id: w.pool for w in await p.db(p.store.list_workers)}
         for a in await p.db(p.store.live_attempts):
-            w = await p.db(p.store.get_worker, a.worker_id)
-            if w is not None:
-                pools.setdefault(w.pool, {"pool": w.pool, "pending": 0, "running": 0})["running"] += 1
+            if a.worker_id in pool_of:
+                pool = pool_of[a.worker_id]
+                pools.setdefault(pool, {"pool": pool, "pending": 0, "running": 0})["running"] += 1
         if not user.is_admin:
             teams = {k: v for k, v in teams.items() if k == user.team}
-        return {"pools": sorted(pools.values(), key=lambda x: x["pool"]),
-                "teams": sorted(teams.values(), key=lambda x: x["team"])}
+        return {
+            "pools": sorted(pools.values(), key=lambda x: x["pool"]),
+            "teams": sorted(teams.values(), key=lambda x: x["team"]),
+        }
 
     # ---- admin ---------------------------------------------------------------------------------
     @app.post("/v1/admin/users", status_code=201, tags=["admin"], summary="Create a user and return a token")
@@ -503,6 +553,7 @@ def create_app(p: Platform) -> FastAPI:
             details.append({"field": "role", "message": "must be user or admin"})
         if details:
             raise ApiError(422, "invalid_request", "the user is not valid", details)
+        assert isinstance(name, str) and isinstance(team, str) and isinstance(role, str)
         token = await p.db(p.store.create_user, name, team, role)
         return {"name": name, "team": team, "role": role, "token": token}
 
@@ -542,8 +593,12 @@ def create_app(p: Platform) -> FastAPI:
         try:
             await p.db(p.store.ping)
         except Exception as e:
-            return _error(503, "unavailable", f"state store unavailable: {type(e).__name__}",
-                          headers={"Retry-After": "2"})
+            return _error(
+                503,
+                "unavailable",
+                f"state store unavailable: {type(e).__name__}",
+                headers={"Retry-After": "2"},
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["ops"])
@@ -566,11 +621,10 @@ def create_app(p: Platform) -> FastAPI:
     return app
 
 
-async def _iterate_in_thread(it: Any) -> AsyncIterator[bytes]:
-    sentinel = object()
+async def _iterate_in_thread(it: Iterator[bytes]) -> AsyncIterator[bytes]:
     while True:
-        chunk = await asyncio.to_thread(next, it, sentinel)
-        if chunk is sentinel:
+        chunk = await asyncio.to_thread(next, it, b"")
+        if not chunk:
             return
         yield chunk
 

@@ -7,6 +7,7 @@ tail keeps the newest ``cap`` bytes of each attempt so a follower never waits fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -77,10 +78,8 @@ class LogTails:
 
     async def wait(self, job_id: str, attempt: int, timeout: float) -> None:
         tail = self._get(job_id, attempt)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tail.changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def _wake(self, tail: _Tail) -> None:
         tail.changed.set()

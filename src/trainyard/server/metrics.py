@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -45,7 +45,9 @@ class Metrics:
         self.heartbeats_missed = Counter(
             "trainyard_worker_heartbeats_missed", "Workers declared dead after missing heartbeats", registry=r
         )
-        self.http_requests = Counter("trainyard_http_requests", "REST requests", ["method", "code"], registry=r)
+        self.http_requests = Counter(
+            "trainyard_http_requests", "REST requests", ["method", "code"], registry=r
+        )
 
     def add_queue_collector(self, read: Callable[[], dict[str, object]]) -> None:
         self.registry.register(_QueueCollector(read))

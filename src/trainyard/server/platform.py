@@ -86,7 +86,9 @@ class Platform:
 
     async def submit(self, user: User, spec: JobSpec, idempotency_key: str | None) -> SubmitResult:
         if self.settings.submit_rate > 0:
-            wait = self.cache.take(f"submit:{user.name}", self.settings.submit_rate, self.settings.submit_burst)
+            wait = self.cache.take(
+                f"submit:{user.name}", self.settings.submit_rate, self.settings.submit_burst
+            )
             if wait > 0:
                 raise RateLimited(wait)
         result = await self.db(self.store.submit, user, spec, idempotency_key)
@@ -104,8 +106,11 @@ class Platform:
                 job.worker_id,
                 pb.LeaseMessage(
                     command=pb.Command(
-                        kind=pb.Command.CANCEL, job_id=job.id, attempt=job.attempt,
-                        lease_token=job.lease_token, reason=f"cancelled by {user.name}",
+                        kind=pb.Command.CANCEL,
+                        job_id=job.id,
+                        attempt=job.attempt,
+                        lease_token=job.lease_token,
+                        reason=f"cancelled by {user.name}",
                     )
                 ),
             )
@@ -149,7 +154,7 @@ class Platform:
         number = attempt if attempt is not None else job.attempt
         if number <= 0:
             return LogSlice(0, since, b"", since)
-        offset, data, sealed_end = await self.db(self._read_chunks, job.id, number, since)
+        offset, data, _sealed_end = await self.db(self._read_chunks, job.id, number, since)
         pos = offset + len(data)
         t_off, t_data = self.tails.read(job.id, number, max(pos, since))
         if t_data:
@@ -212,15 +217,29 @@ class Platform:
             cpu, mem, gpus = used.get(w.id, (0.0, 0, set()))
             workers.append(
                 WorkerCapacity(
-                    id=w.id, pool=w.pool, cpu=w.cpu, memory=w.memory, gpu=w.gpu, gpu_type=w.gpu_type,
-                    used_cpu=cpu, used_memory=mem, used_gpus=frozenset(gpus),
+                    id=w.id,
+                    pool=w.pool,
+                    cpu=w.cpu,
+                    memory=w.memory,
+                    gpu=w.gpu,
+                    gpu_type=w.gpu_type,
+                    used_cpu=cpu,
+                    used_memory=mem,
+                    used_gpus=frozenset(gpus),
                     schedulable=w.status == "ALIVE" and self._alive(w.id, w.registered_at),
                 )
             )
         demands = [
             JobDemand(
-                id=p.id, priority=p.priority, queued_at=p.queued_at, cpu=p.cpu, memory=p.memory, gpu=p.gpu,
-                gpu_type=p.gpu_type, pool=p.pool, attempt=p.attempt,
+                id=p.id,
+                priority=p.priority,
+                queued_at=p.queued_at,
+                cpu=p.cpu,
+                memory=p.memory,
+                gpu=p.gpu,
+                gpu_type=p.gpu_type,
+                pool=p.pool,
+                attempt=p.attempt,
             )
             for p in pending
         ]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -29,6 +30,15 @@ def bootstrap(settings: Settings) -> Platform:
     return platform
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn would take over SIGINT/SIGTERM and re-raise them after its shutdown; the caller owns
+    signals here, so `yard up` can stop its workers before the control plane."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _loop(name: str, kick: object, interval: float, step: object, stop: asyncio.Event) -> None:
     """Run ``step`` whenever kicked or every ``interval``; errors are logged and retried, never fatal."""
     while not stop.is_set():
@@ -44,17 +54,23 @@ async def _loop(name: str, kick: object, interval: float, step: object, stop: as
             await kick.wait(interval)  # type: ignore[attr-defined]
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None
+) -> None:
     stop = stop or asyncio.Event()
     platform = await asyncio.to_thread(bootstrap, settings)
     grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
     app = create_app(platform)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="off",
-        timeout_graceful_shutdown=2, access_log=False,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        access_log=False,
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _QuietServer(config)
 
     async def schedule_step() -> None:
         leases = await asyncio.to_thread(platform.schedule_once)

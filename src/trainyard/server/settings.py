@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     port: int = 8080
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
-    public_url: str | None = Field(default=None, description="base of presigned URLs; default http://host:port")
+    public_url: str | None = Field(
+        default=None, description="base of presigned URLs; default http://host:port"
+    )
     heartbeat_interval: float = 10.0
     cancel_grace: float = 10.0
     scheduler_interval: float = 1.0

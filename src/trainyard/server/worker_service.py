@@ -19,7 +19,11 @@ from trainyard.store.sql import FinishReport
 
 log = logging.getLogger("trainyard.worker_service")
 
-_COMMAND_KINDS = {"cancel": pb.Command.CANCEL, "kill_stale": pb.Command.KILL_STALE, "timeout": pb.Command.TIMEOUT}
+_COMMAND_KINDS = {
+    "cancel": pb.Command.CANCEL,
+    "kill_stale": pb.Command.KILL_STALE,
+    "timeout": pb.Command.TIMEOUT,
+}
 _OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
 
 
@@ -48,7 +52,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             raise AssertionError("unreachable")
         return worker
 
-    async def Register(  # noqa: N802
+    async def Register(
         self,
         request: pb.RegisterRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -85,7 +89,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             cancel_grace_s=self.p.settings.cancel_grace,
         )
 
-    async def Heartbeat(  # noqa: N802
+    async def Heartbeat(
         self,
         request: pb.HeartbeatRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -102,14 +106,17 @@ class WorkerService(pbg.WorkerServiceServicer):
             known=True,
             commands=[
                 pb.Command(
-                    kind=_COMMAND_KINDS[c.kind], job_id=c.job_id, attempt=c.attempt,
-                    lease_token=c.lease_token, reason=c.reason,
+                    kind=_COMMAND_KINDS[c.kind],
+                    job_id=c.job_id,
+                    attempt=c.attempt,
+                    lease_token=c.lease_token,
+                    reason=c.reason,
                 )
                 for c in cmds
             ],
         )
 
-    async def Lease(  # noqa: N802
+    async def Lease(
         self,
         request: pb.LeaseRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -128,7 +135,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         finally:
             self.p.channels.disconnect(worker.id, queue)
 
-    async def Report(  # noqa: N802
+    async def Report(
         self,
         request: pb.ReportRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -171,7 +178,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             return pb.ReportResponse(result=pb.ReportResponse.OK, message=res.message)
         return pb.ReportResponse(result=pb.ReportResponse.STALE, message=res.message)
 
-    async def PushLogs(  # noqa: N802
+    async def PushLogs(
         self,
         request_iterator: AsyncIterator[pb.LogData],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -191,13 +198,15 @@ class WorkerService(pbg.WorkerServiceServicer):
             end = self.p.tails.append(msg.job_id, msg.attempt, msg.offset, msg.data)
             yield pb.LogAck(job_id=msg.job_id, attempt=msg.attempt, offset=end)
 
-    async def GetUrls(  # noqa: N802
+    async def GetUrls(
         self,
         request: pb.UrlRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.UrlResponse:
         await self._worker(context)
-        ok = await self.p.db(self.p.store.attempt_token_ok, request.job_id, request.attempt, request.lease_token)
+        ok = await self.p.db(
+            self.p.store.attempt_token_ok, request.job_id, request.attempt, request.lease_token
+        )
         if not ok:
             return pb.UrlResponse(stale=True)
         base = f"jobs/{request.job_id}/{request.attempt}"
@@ -223,7 +232,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             )
         return pb.UrlResponse(urls=urls)
 
-    async def SealLogChunk(  # noqa: N802
+    async def SealLogChunk(
         self,
         request: pb.SealLogChunkRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -233,8 +242,13 @@ class WorkerService(pbg.WorkerServiceServicer):
         if request.object_key != expected or request.end_offset < request.start_offset:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk key or offsets do not match")
         chunk = LogChunk(
-            job_id=request.job_id, attempt=request.attempt, seq=request.seq, start_offset=request.start_offset,
-            end_offset=request.end_offset, object_key=request.object_key, stored_size=request.stored_size,
+            job_id=request.job_id,
+            attempt=request.attempt,
+            seq=request.seq,
+            start_offset=request.start_offset,
+            end_offset=request.end_offset,
+            object_key=request.object_key,
+            stored_size=request.stored_size,
         )
         ok = await self.p.db(self.p.store.add_log_chunk, chunk, request.lease_token)
         result = pb.ReportResponse.OK if ok else pb.ReportResponse.STALE
@@ -250,7 +264,7 @@ async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
         ]
     )
-    pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)
+    pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for workers on {host}:{port}")

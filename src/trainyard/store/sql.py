@@ -248,14 +248,18 @@ class SqlStore:
                 conn.execute(users.insert().values(name=name, team=team, role=role, created_at=now))
             elif existing.team != team or existing.role != role:
                 conn.execute(users.update().where(users.c.name == name).values(team=team, role=role))
-            conn.execute(api_tokens.insert().values(token_hash=hash_token(token), user_name=name, created_at=now))
+            conn.execute(
+                api_tokens.insert().values(token_hash=hash_token(token), user_name=name, created_at=now)
+            )
         return token
 
     def authenticate(self, token: str) -> User | None:
         now = self.clock()
         with self._read() as conn:
             row = conn.execute(
-                sa.select(users.c.name, users.c.team, users.c.role, api_tokens.c.expires_at, api_tokens.c.revoked_at)
+                sa.select(
+                    users.c.name, users.c.team, users.c.role, api_tokens.c.expires_at, api_tokens.c.revoked_at
+                )
                 .select_from(api_tokens.join(users, users.c.name == api_tokens.c.user_name))
                 .where(api_tokens.c.token_hash == hash_token(token))
             ).first()
@@ -289,7 +293,9 @@ class SqlStore:
         if src not in sources_of(to):
             return False
         # The attempt number only grows (on each lease), so it fences a move computed from a stale read.
-        stmt = jobs.update().where(jobs.c.id == job.id, jobs.c.status == src.value, jobs.c.attempt == job.attempt)
+        stmt = jobs.update().where(
+            jobs.c.id == job.id, jobs.c.status == src.value, jobs.c.attempt == job.attempt
+        )
         if lease_token is not None:
             stmt = stmt.where(jobs.c.lease_token == lease_token)
         vals = {"status": to.value, "updated_at": now, **(values or {})}
@@ -337,7 +343,9 @@ class SqlStore:
         conn.execute(job_events.insert().values(**row))
         payload = {"schema": EVENT_SCHEMA_VERSION, **row}
         conn.execute(
-            outbox.insert().values(event_id=event_id, topic=topic, key=job_id, payload=payload, created_at=now)
+            outbox.insert().values(
+                event_id=event_id, topic=topic, key=job_id, payload=payload, created_at=now
+            )
         )
 
     def _job_row(self, conn: sa.Connection, job_id: str) -> sa.Row[Any] | None:
@@ -406,7 +414,9 @@ class SqlStore:
 
     def _by_idempotency_key(self, conn: sa.Connection, user: str, key: str) -> sa.Row[Any] | None:
         return conn.execute(
-            sa.select(jobs.c.id, jobs.c.spec_hash).where(jobs.c.user_name == user, jobs.c.idempotency_key == key)
+            sa.select(jobs.c.id, jobs.c.spec_hash).where(
+                jobs.c.user_name == user, jobs.c.idempotency_key == key
+            )
         ).first()
 
     def _replay(self, conn: sa.Connection, prior: sa.Row[Any], fingerprint: str) -> SubmitResult:
@@ -429,7 +439,9 @@ class SqlStore:
         ).all()
         return _job(row, [_attempt(a) for a in atts])
 
-    def list_jobs(self, flt: JobFilter, limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
+    def list_jobs(
+        self, flt: JobFilter, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
         q = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
         if flt.status:
             q = q.where(jobs.c.status.in_(list(flt.status)))
@@ -469,12 +481,20 @@ class SqlStore:
             data = {"by": actor}
             if status is JobStatus.PENDING:
                 self._move(
-                    conn, row, JobStatus.CANCELLED, data=data, now=now,
+                    conn,
+                    row,
+                    JobStatus.CANCELLED,
+                    data=data,
+                    now=now,
                     values={"finished_at": now, "reason": f"cancelled by {actor}", "pending_reason": None},
                 )
             elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
                 self._move(
-                    conn, row, JobStatus.CANCELLING, data=data, now=now,
+                    conn,
+                    row,
+                    JobStatus.CANCELLING,
+                    data=data,
+                    now=now,
                     values={"cancel_requested_at": now, "reason": f"cancelled by {actor}"},
                 )
                 conn.execute(
@@ -498,16 +518,33 @@ class SqlStore:
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status == row.status)
                 .values(
-                    status=JobStatus.PENDING.value, updated_at=now, queued_at=now, tries=0,
-                    started_at=None, finished_at=None, deadline=None, exit_code=None, reason=None,
-                    lease_token=None, worker_id=None, not_before=None, cancel_requested_at=None,
+                    status=JobStatus.PENDING.value,
+                    updated_at=now,
+                    queued_at=now,
+                    tries=0,
+                    started_at=None,
+                    finished_at=None,
+                    deadline=None,
+                    exit_code=None,
+                    reason=None,
+                    lease_token=None,
+                    worker_id=None,
+                    not_before=None,
+                    cancel_requested_at=None,
                 )
             )
             if res.rowcount != 1:
                 raise Conflict(f"job {job_id} changed while restarting; try again")
             self._event(
-                conn, job_id=job_id, team=row.team, type_="restarted", src=row.status,
-                dst=JobStatus.PENDING.value, attempt=row.attempt, data={"by": actor}, now=now,
+                conn,
+                job_id=job_id,
+                team=row.team,
+                type_="restarted",
+                src=row.status,
+                dst=JobStatus.PENDING.value,
+                attempt=row.attempt,
+                data={"by": actor},
+                now=now,
             )
             job = self._load_job(conn, job_id)
         assert job is not None
@@ -531,14 +568,26 @@ class SqlStore:
 
     def last_event_id(self) -> int:
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.id), 0))).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.coalesce(sa.func.max(job_events.c.id), 0))).scalar_one()
+            )
 
     # ---- scheduling ----------------------------------------------------------------------------
     def pending_jobs(self, now: float, limit: int = 10000) -> list[PendingJobRow]:
         q = (
             sa.select(
-                jobs.c.id, jobs.c.team, jobs.c.user_name, jobs.c.priority, jobs.c.pool, jobs.c.cpu, jobs.c.memory,
-                jobs.c.gpu, jobs.c.gpu_type, jobs.c.queued_at, jobs.c.created_at, jobs.c.attempt,
+                jobs.c.id,
+                jobs.c.team,
+                jobs.c.user_name,
+                jobs.c.priority,
+                jobs.c.pool,
+                jobs.c.cpu,
+                jobs.c.memory,
+                jobs.c.gpu,
+                jobs.c.gpu_type,
+                jobs.c.queued_at,
+                jobs.c.created_at,
+                jobs.c.attempt,
             )
             .where(jobs.c.status == JobStatus.PENDING.value)
             .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
@@ -548,9 +597,18 @@ class SqlStore:
         with self._read() as conn:
             return [
                 PendingJobRow(
-                    id=r.id, team=r.team, user=r.user_name, priority=r.priority, pool=r.pool, cpu=r.cpu,
-                    memory=r.memory, gpu=r.gpu, gpu_type=r.gpu_type, queued_at=r.queued_at,
-                    created_at=r.created_at, attempt=r.attempt,
+                    id=r.id,
+                    team=r.team,
+                    user=r.user_name,
+                    priority=r.priority,
+                    pool=r.pool,
+                    cpu=r.cpu,
+                    memory=r.memory,
+                    gpu=r.gpu,
+                    gpu_type=r.gpu_type,
+                    queued_at=r.queued_at,
+                    created_at=r.created_at,
+                    attempt=r.attempt,
                 )
                 for r in conn.execute(q)
             ]
@@ -558,8 +616,14 @@ class SqlStore:
     def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
         q = (
             sa.select(
-                job_attempts.c.job_id, job_attempts.c.number, job_attempts.c.worker_id, job_attempts.c.lease_token,
-                jobs.c.status, jobs.c.cpu, jobs.c.memory, job_attempts.c.gpu_indices,
+                job_attempts.c.job_id,
+                job_attempts.c.number,
+                job_attempts.c.worker_id,
+                job_attempts.c.lease_token,
+                jobs.c.status,
+                jobs.c.cpu,
+                jobs.c.memory,
+                job_attempts.c.gpu_indices,
             )
             .select_from(job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id))
             .where(jobs.c.status.in_(_LIVE_NAMES))
@@ -570,8 +634,14 @@ class SqlStore:
         with self._read() as conn:
             return [
                 LiveAttempt(
-                    job_id=r.job_id, attempt=r.number, worker_id=r.worker_id, lease_token=r.lease_token,
-                    status=JobStatus(r.status), cpu=r.cpu, memory=r.memory, gpu_indices=tuple(r.gpu_indices),
+                    job_id=r.job_id,
+                    attempt=r.number,
+                    worker_id=r.worker_id,
+                    lease_token=r.lease_token,
+                    status=JobStatus(r.status),
+                    cpu=r.cpu,
+                    memory=r.memory,
+                    gpu_indices=tuple(r.gpu_indices),
                 )
                 for r in conn.execute(q)
             ]
@@ -590,10 +660,17 @@ class SqlStore:
                 token = new_lease_token()
                 number = row.attempt + 1
                 moved = self._move(
-                    conn, row, JobStatus.SCHEDULED, now=now,
+                    conn,
+                    row,
+                    JobStatus.SCHEDULED,
+                    now=now,
                     values={
-                        "attempt": number, "tries": row.tries + 1, "lease_token": token, "worker_id": p.worker_id,
-                        "pending_reason": None, "not_before": None,
+                        "attempt": number,
+                        "tries": row.tries + 1,
+                        "lease_token": token,
+                        "worker_id": p.worker_id,
+                        "pending_reason": None,
+                        "not_before": None,
                     },
                     data={"worker": p.worker_id, "gpu_indices": list(p.gpu_indices)},
                 )
@@ -601,8 +678,13 @@ class SqlStore:
                     continue
                 conn.execute(
                     job_attempts.insert().values(
-                        job_id=p.job_id, number=number, worker_id=p.worker_id, lease_token=token,
-                        status=JobStatus.SCHEDULED.value, gpu_indices=list(p.gpu_indices), scheduled_at=now,
+                        job_id=p.job_id,
+                        number=number,
+                        worker_id=p.worker_id,
+                        lease_token=token,
+                        status=JobStatus.SCHEDULED.value,
+                        gpu_indices=list(p.gpu_indices),
+                        scheduled_at=now,
                     )
                 )
                 leases.append(Lease(p.job_id, number, p.worker_id, token, p.gpu_indices))
@@ -613,11 +695,12 @@ class SqlStore:
         if not reasons:
             return
         with self._read() as conn:
-            current = dict(
-                conn.execute(
+            current: dict[str, str | None] = {
+                r.id: r.pending_reason
+                for r in conn.execute(
                     sa.select(jobs.c.id, jobs.c.pending_reason).where(jobs.c.id.in_(list(reasons)))
-                ).all()
-            )
+                )
+            }
         changed = [(j, r) for j, r in reasons.items() if j in current and current[j] != r]
         if not changed:
             return
@@ -654,7 +737,11 @@ class SqlStore:
             if status is not JobStatus.SCHEDULED:
                 return ReportResult(True, status)  # a repeated report; CANCELLING stays CANCELLING
             self._move(
-                conn, row, JobStatus.RUNNING, lease_token=token, now=now,
+                conn,
+                row,
+                JobStatus.RUNNING,
+                lease_token=token,
+                now=now,
                 values={"started_at": now, "deadline": now + row.max_runtime},
                 data={"worker": worker_id},
             )
@@ -676,19 +763,36 @@ class SqlStore:
                         job_attempts.c.job_id == rep.job_id, job_attempts.c.number == rep.attempt
                     )
                 ).first()
-                if prior is not None and prior.lease_token == rep.lease_token and prior.outcome == rep.outcome.value:
+                if (
+                    prior is not None
+                    and prior.lease_token == rep.lease_token
+                    and prior.outcome == rep.outcome.value
+                ):
                     return ReportResult(True, message="already recorded")
                 return ReportResult(False, message="lease is not held by this worker")
             for path, size, sha, key in rep.artifacts:
                 conn.execute(
                     artifacts.insert().values(
-                        job_id=rep.job_id, attempt=rep.attempt, path=path, size=size, sha256=sha,
-                        object_key=key, created_at=now,
+                        job_id=rep.job_id,
+                        attempt=rep.attempt,
+                        path=path,
+                        size=size,
+                        sha256=sha,
+                        object_key=key,
+                        created_at=now,
                     )
                 )
-            status = self._close_attempt(conn, row, rep.outcome, rep.exit_code, rep.reason, now,
-                                         stderr_tail=rep.stderr_tail, log_bytes=rep.log_bytes,
-                                         checkpoint_key=rep.checkpoint_key)
+            status = self._close_attempt(
+                conn,
+                row,
+                rep.outcome,
+                rep.exit_code,
+                rep.reason,
+                now,
+                stderr_tail=rep.stderr_tail,
+                log_bytes=rep.log_bytes,
+                checkpoint_key=rep.checkpoint_key,
+            )
         return ReportResult(True, status)
 
     def _close_attempt(
@@ -716,8 +820,14 @@ class SqlStore:
         if outcome is AttemptOutcome.PREEMPTED:
             self._move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
             row = self._job_row(conn, row.id)  # type: ignore[assignment]
-            self._move(conn, row, JobStatus.PENDING, event_type="requeued", now=now,
-                       values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None})
+            self._move(
+                conn,
+                row,
+                JobStatus.PENDING,
+                event_type="requeued",
+                now=now,
+                values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None},
+            )
             attempt_status = JobStatus.PREEMPTED
             final = JobStatus.PENDING
         else:
@@ -728,21 +838,43 @@ class SqlStore:
             attempt_status = JobStatus.LOST if outcome is AttemptOutcome.LOST else decision.final_status
             if decision.retry and not cancel_requested:
                 self._move(
-                    conn, row, JobStatus.PENDING, event_type="retrying", now=now, data=data,
-                    values={**values, "queued_at": now, "worker_id": None, "reason": reason,
-                            "not_before": now + decision.delay_s if decision.delay_s else None},
+                    conn,
+                    row,
+                    JobStatus.PENDING,
+                    event_type="retrying",
+                    now=now,
+                    data=data,
+                    values={
+                        **values,
+                        "queued_at": now,
+                        "worker_id": None,
+                        "reason": reason,
+                        "not_before": now + decision.delay_s if decision.delay_s else None,
+                    },
                 )
                 final = JobStatus.PENDING
             else:
                 final = decision.final_status
-                self._move(conn, row, final, now=now, data=data,
-                           values={**values, "finished_at": now, "reason": reason or row.reason})
+                self._move(
+                    conn,
+                    row,
+                    final,
+                    now=now,
+                    data=data,
+                    values={**values, "finished_at": now, "reason": reason or row.reason},
+                )
         conn.execute(
             job_attempts.update()
             .where(job_attempts.c.job_id == row.id, job_attempts.c.number == row.attempt)
             .values(
-                status=attempt_status.value, outcome=outcome.value, finished_at=now, exit_code=exit_code,
-                reason=reason, stderr_tail=stderr_tail, log_bytes=log_bytes, checkpoint_key=checkpoint_key,
+                status=attempt_status.value,
+                outcome=outcome.value,
+                finished_at=now,
+                exit_code=exit_code,
+                reason=reason,
+                stderr_tail=stderr_tail,
+                log_bytes=log_bytes,
+                checkpoint_key=checkpoint_key,
             )
         )
         return final
@@ -772,8 +904,18 @@ class SqlStore:
         with self._tx() as conn:
             prior = conn.execute(sa.select(workers).where(workers.c.name == name)).first()
             vals = dict(
-                hostname=hostname, pool=pool, region=region, cpu=cpu, memory=memory, gpu=gpu, gpu_type=gpu_type,
-                labels=labels, status="ALIVE", version=version, token_hash=hash_token(token), last_heartbeat=now,
+                hostname=hostname,
+                pool=pool,
+                region=region,
+                cpu=cpu,
+                memory=memory,
+                gpu=gpu,
+                gpu_type=gpu_type,
+                labels=labels,
+                status="ALIVE",
+                version=version,
+                token_hash=hash_token(token),
+                last_heartbeat=now,
             )
             if prior is None:
                 worker_id = "w-" + uuid.uuid4().hex[:12]
@@ -781,7 +923,9 @@ class SqlStore:
             else:
                 worker_id = prior.id
                 self._lose_worker_attempts(conn, worker_id, now, "worker restarted")
-                conn.execute(workers.update().where(workers.c.id == worker_id).values(registered_at=now, **vals))
+                conn.execute(
+                    workers.update().where(workers.c.id == worker_id).values(registered_at=now, **vals)
+                )
             w = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).one()
         return _worker(w), token
 
@@ -809,25 +953,33 @@ class SqlStore:
         with self._tx() as conn:
             for wid, at in seen.items():
                 conn.execute(
-                    workers.update().where(workers.c.id == wid, workers.c.status != "DEAD").values(last_heartbeat=at)
+                    workers.update()
+                    .where(workers.c.id == wid, workers.c.status != "DEAD")
+                    .values(last_heartbeat=at)
                 )
 
     def set_worker_status(self, worker_id: str, status: str) -> None:
         with self._tx() as conn:
             conn.execute(workers.update().where(workers.c.id == worker_id).values(status=status))
 
-    def mark_worker_dead(self, worker_id: str, reason: str = "worker stopped sending heartbeats") -> list[str]:
+    def mark_worker_dead(
+        self, worker_id: str, reason: str = "worker stopped sending heartbeats"
+    ) -> list[str]:
         """The worker is gone: its live attempts become LOST and their jobs go back under the retry policy."""
         now = self.clock()
         with self._tx() as conn:
             res = conn.execute(
-                workers.update().where(workers.c.id == worker_id, workers.c.status != "DEAD").values(status="DEAD")
+                workers.update()
+                .where(workers.c.id == worker_id, workers.c.status != "DEAD")
+                .values(status="DEAD")
             )
             if res.rowcount == 0:
                 return []
             return self._lose_worker_attempts(conn, worker_id, now, reason)
 
-    def _lose_worker_attempts(self, conn: sa.Connection, worker_id: str, now: float, reason: str) -> list[str]:
+    def _lose_worker_attempts(
+        self, conn: sa.Connection, worker_id: str, now: float, reason: str
+    ) -> list[str]:
         rows = conn.execute(
             sa.select(jobs).where(jobs.c.worker_id == worker_id, jobs.c.status.in_(_LIVE_NAMES))
         ).all()
@@ -843,10 +995,14 @@ class SqlStore:
             rows = {
                 r.id: r
                 for r in conn.execute(
-                    sa.select(jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.lease_token, jobs.c.worker_id).where(
+                    sa.select(
+                        jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.lease_token, jobs.c.worker_id
+                    ).where(
                         sa.or_(
                             jobs.c.id.in_(ids),
-                            sa.and_(jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.CANCELLING.value),
+                            sa.and_(
+                                jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.CANCELLING.value
+                            ),
                         )
                     )
                 )
@@ -860,7 +1016,11 @@ class SqlStore:
             elif r.status == JobStatus.CANCELLING.value:
                 cmds.append(WorkerCommand("cancel", job_id, attempt, token, "cancel requested"))
         for r in rows.values():
-            if r.status == JobStatus.CANCELLING.value and r.worker_id == worker_id and (r.id, r.attempt) not in reported:
+            if (
+                r.status == JobStatus.CANCELLING.value
+                and r.worker_id == worker_id
+                and (r.id, r.attempt) not in reported
+            ):
                 cmds.append(WorkerCommand("cancel", r.id, r.attempt, r.lease_token or "", "cancel requested"))
         return cmds
 
@@ -888,7 +1048,8 @@ class SqlStore:
         with self._tx() as conn:
             rows = conn.execute(
                 sa.select(jobs).where(
-                    jobs.c.status.in_([JobStatus.RUNNING.value]), jobs.c.deadline.is_not(None),
+                    jobs.c.status.in_([JobStatus.RUNNING.value]),
+                    jobs.c.deadline.is_not(None),
                     jobs.c.deadline + grace < now,
                 )
             ).all()
@@ -936,15 +1097,21 @@ class SqlStore:
                 return False
             exists = conn.execute(
                 sa.select(log_chunks.c.seq).where(
-                    log_chunks.c.job_id == chunk.job_id, log_chunks.c.attempt == chunk.attempt,
+                    log_chunks.c.job_id == chunk.job_id,
+                    log_chunks.c.attempt == chunk.attempt,
                     log_chunks.c.seq == chunk.seq,
                 )
             ).first()
             if exists is None:
                 conn.execute(
                     log_chunks.insert().values(
-                        job_id=chunk.job_id, attempt=chunk.attempt, seq=chunk.seq, start_offset=chunk.start_offset,
-                        end_offset=chunk.end_offset, object_key=chunk.object_key, stored_size=chunk.stored_size,
+                        job_id=chunk.job_id,
+                        attempt=chunk.attempt,
+                        seq=chunk.seq,
+                        start_offset=chunk.start_offset,
+                        end_offset=chunk.end_offset,
+                        object_key=chunk.object_key,
+                        stored_size=chunk.stored_size,
                         created_at=self.clock(),
                     )
                 )
@@ -968,7 +1135,10 @@ class SqlStore:
             q = q.where(artifacts.c.attempt == attempt)
         with self._read() as conn:
             rows = conn.execute(q.order_by(artifacts.c.attempt, artifacts.c.path)).all()
-        return [ArtifactRecord(r.job_id, r.attempt, r.path, r.size, r.sha256, r.object_key, r.created_at) for r in rows]
+        return [
+            ArtifactRecord(r.job_id, r.attempt, r.path, r.size, r.sha256, r.object_key, r.created_at)
+            for r in rows
+        ]
 
     # ---- outbox --------------------------------------------------------------------------------
     def outbox_unsent(self, limit: int = 500) -> list[OutboxRow]:
@@ -986,12 +1156,17 @@ class SqlStore:
 
     def outbox_lag(self) -> int:
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).where(outbox.c.sent_at.is_(None))).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.count()).where(outbox.c.sent_at.is_(None))).scalar_one()
+            )
 
     # ---- fleet and queue views -----------------------------------------------------------------
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:
-            return {r[0]: int(r[1]) for r in conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))}
+            return {
+                r[0]: int(r[1])
+                for r in conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
+            }
 
     def pending_by_pool_team(self) -> list[tuple[str | None, str, int]]:
         with self._read() as conn:
@@ -1006,8 +1181,13 @@ class SqlStore:
         """(team, jobs, cpu, memory, gpu) over live jobs."""
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(jobs.c.team, sa.func.count(), sa.func.sum(jobs.c.cpu), sa.func.sum(jobs.c.memory),
-                          sa.func.sum(jobs.c.gpu))
+                sa.select(
+                    jobs.c.team,
+                    sa.func.count(),
+                    sa.func.sum(jobs.c.cpu),
+                    sa.func.sum(jobs.c.memory),
+                    sa.func.sum(jobs.c.gpu),
+                )
                 .where(jobs.c.status.in_(_LIVE_NAMES))
                 .group_by(jobs.c.team)
             ).all()
@@ -1016,35 +1196,81 @@ class SqlStore:
 
 def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:
     return Job(
-        id=row.id, name=row.name, user=row.user_name, team=row.team, status=JobStatus(row.status),
-        priority=row.priority, pool=row.pool, spec=row.spec, created_at=row.created_at, updated_at=row.updated_at,
-        queued_at=row.queued_at, started_at=row.started_at, finished_at=row.finished_at, attempt=row.attempt,
-        tries=row.tries, worker_id=row.worker_id, exit_code=row.exit_code, reason=row.reason,
-        pending_reason=row.pending_reason, not_before=row.not_before, attempts=attempts, lease_token=row.lease_token,
+        id=row.id,
+        name=row.name,
+        user=row.user_name,
+        team=row.team,
+        status=JobStatus(row.status),
+        priority=row.priority,
+        pool=row.pool,
+        spec=row.spec,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempt=row.attempt,
+        tries=row.tries,
+        worker_id=row.worker_id,
+        exit_code=row.exit_code,
+        reason=row.reason,
+        pending_reason=row.pending_reason,
+        not_before=row.not_before,
+        attempts=attempts,
+        lease_token=row.lease_token,
     )
 
 
 def _attempt(a: sa.Row[Any]) -> Attempt:
     return Attempt(
-        job_id=a.job_id, number=a.number, worker_id=a.worker_id, status=a.status, outcome=a.outcome,
-        gpu_indices=list(a.gpu_indices), scheduled_at=a.scheduled_at, started_at=a.started_at,
-        finished_at=a.finished_at, exit_code=a.exit_code, reason=a.reason, stderr_tail=a.stderr_tail,
-        log_bytes=a.log_bytes, lease_token=a.lease_token,
+        job_id=a.job_id,
+        number=a.number,
+        worker_id=a.worker_id,
+        status=a.status,
+        outcome=a.outcome,
+        gpu_indices=list(a.gpu_indices),
+        scheduled_at=a.scheduled_at,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        exit_code=a.exit_code,
+        reason=a.reason,
+        stderr_tail=a.stderr_tail,
+        log_bytes=a.log_bytes,
+        lease_token=a.lease_token,
     )
 
 
 def _event(r: sa.Row[Any]) -> Event:
     return Event(
-        id=r.id, event_id=r.event_id, job_id=r.job_id, team=r.team, type=r.type, from_status=r.from_status,
-        to_status=r.to_status, attempt=r.attempt, at=r.at, data=r.data,
+        id=r.id,
+        event_id=r.event_id,
+        job_id=r.job_id,
+        team=r.team,
+        type=r.type,
+        from_status=r.from_status,
+        to_status=r.to_status,
+        attempt=r.attempt,
+        at=r.at,
+        data=r.data,
     )
 
 
 def _worker(r: sa.Row[Any]) -> Worker:
     return Worker(
-        id=r.id, name=r.name, hostname=r.hostname, pool=r.pool, region=r.region, cpu=r.cpu, memory=r.memory,
-        gpu=r.gpu, gpu_type=r.gpu_type, labels=dict(r.labels), status=r.status, version=r.version,
-        registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+        id=r.id,
+        name=r.name,
+        hostname=r.hostname,
+        pool=r.pool,
+        region=r.region,
+        cpu=r.cpu,
+        memory=r.memory,
+        gpu=r.gpu,
+        gpu_type=r.gpu_type,
+        labels=dict(r.labels),
+        status=r.status,
+        version=r.version,
+        registered_at=r.registered_at,
+        last_heartbeat=r.last_heartbeat,
     )
 
 

@@ -27,7 +27,9 @@ class Lifecycle(RuleBasedStateMachine):
         self.store.migrate()
         self.jobs: list[str] = []
         self.workers: list[str] = []
-        self.tokens: list[tuple[str, int, str, str]] = []  # every lease ever granted: (job, attempt, token, worker)
+        self.tokens: list[
+            tuple[str, int, str, str]
+        ] = []  # every lease ever granted: (job, attempt, token, worker)
         self.seen: dict[str, JobStatus] = {}
         self.runs: dict[str, int] = {}  # restarts per job: a success is counted once per run
         self.successes: dict[tuple[str, int], int] = {}
@@ -44,8 +46,16 @@ class Lifecycle(RuleBasedStateMachine):
     @rule()
     def add_worker(self) -> None:
         w, _ = self.store.register_worker(
-            name=f"w{len(self.workers)}", hostname="h", pool="default", region=None, cpu=4, memory=1 << 32,
-            gpu=0, gpu_type=None, labels={}, version=None,
+            name=f"w{len(self.workers)}",
+            hostname="h",
+            pool="default",
+            region=None,
+            cpu=4,
+            memory=1 << 32,
+            gpu=0,
+            gpu_type=None,
+            labels={},
+            version=None,
         )
         self.workers.append(w.id)
 

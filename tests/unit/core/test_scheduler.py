@@ -10,19 +10,39 @@ from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
 GI = 1 << 30
 
 
-def job(id_: str, *, prio: int = 1, at: float = 0.0, cpu: float = 1, mem: int = GI, gpu: int = 0,
-        gpu_type: str | None = None, pool: str | None = None) -> JobDemand:
+def job(
+    id_: str,
+    *,
+    prio: int = 1,
+    at: float = 0.0,
+    cpu: float = 1,
+    mem: int = GI,
+    gpu: int = 0,
+    gpu_type: str | None = None,
+    pool: str | None = None,
+) -> JobDemand:
     return JobDemand(id_, prio, at, cpu, mem, gpu, gpu_type, pool, 0)
 
 
-def node(id_: str, *, cpu: float = 8, mem: int = 32 * GI, gpu: int = 0, gpu_type: str | None = None,
-         pool: str = "default", used_gpus: frozenset[int] = frozenset(), used_cpu: float = 0) -> WorkerCapacity:
+def node(
+    id_: str,
+    *,
+    cpu: float = 8,
+    mem: int = 32 * GI,
+    gpu: int = 0,
+    gpu_type: str | None = None,
+    pool: str = "default",
+    used_gpus: frozenset[int] = frozenset(),
+    used_cpu: float = 0,
+) -> WorkerCapacity:
     return WorkerCapacity(id_, pool, cpu, mem, gpu, gpu_type, used_cpu=used_cpu, used_gpus=used_gpus)
 
 
 def test_priority_then_age() -> None:
-    d = schedule([job("old", at=1, cpu=4), job("new-high", prio=2, at=5, cpu=4), job("newer", at=3, cpu=4)],
-                 [node("w", cpu=8)])
+    d = schedule(
+        [job("old", at=1, cpu=4), job("new-high", prio=2, at=5, cpu=4), job("newer", at=3, cpu=4)],
+        [node("w", cpu=8)],
+    )
     assert [p.job_id for p in d.placements] == ["new-high", "old"]
     assert "queue position 3" in d.reasons["newer"]
 
@@ -30,7 +50,10 @@ def test_priority_then_age() -> None:
 def test_best_fit_keeps_big_nodes_whole() -> None:
     d = schedule(
         [job("one", gpu=1, gpu_type="a100"), job("eight", gpu=8, gpu_type="a100")],
-        [node("big", gpu=8, gpu_type="a100"), node("small", gpu=2, gpu_type="a100", used_gpus=frozenset({0}))],
+        [
+            node("big", gpu=8, gpu_type="a100"),
+            node("small", gpu=2, gpu_type="a100", used_gpus=frozenset({0})),
+        ],
     )
     placed = {p.job_id: (p.worker_id, p.gpu_indices) for p in d.placements}
     assert placed == {"one": ("small", (1,)), "eight": ("big", tuple(range(8)))}
@@ -38,8 +61,12 @@ def test_best_fit_keeps_big_nodes_whole() -> None:
 
 def test_hard_constraints_and_reasons() -> None:
     d = schedule(
-        [job("h100", gpu=1, gpu_type="h100"), job("huge", cpu=64), job("gpu-pool", pool="gpu"),
-         job("later", gpu=4, gpu_type="a100")],
+        [
+            job("h100", gpu=1, gpu_type="h100"),
+            job("huge", cpu=64),
+            job("gpu-pool", pool="gpu"),
+            job("later", gpu=4, gpu_type="a100"),
+        ],
         [node("a", gpu=4, gpu_type="a100", used_gpus=frozenset({0, 1}))],
     )
     assert d.placements == []
@@ -87,7 +114,9 @@ nodes_st = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(jobs_st, nodes_st)
-def test_placements_respect_capacity_and_constraints(jobs: list[JobDemand], nodes: list[WorkerCapacity]) -> None:
+def test_placements_respect_capacity_and_constraints(
+    jobs: list[JobDemand], nodes: list[WorkerCapacity]
+) -> None:
     d = schedule(jobs, nodes)
     by_job = {j.id: j for j in jobs}
     by_node = {w.id: w for w in nodes}

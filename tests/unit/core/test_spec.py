@@ -22,12 +22,21 @@ def errors(body: dict[str, object]) -> dict[str, str]:
 def test_design_example_parses() -> None:
     s = JobSpec.model_validate(
         {
-            "name": "resnet50-cifar", "kind": "train", "command": ["python", "train.py", "--epochs", "3"],
-            "image": None, "workdir": None, "env": {"LR": "0.1"},
-            "resources": {"cpu": 4, "memory": "16Gi", "gpu": 1, "gpu_type": "a100"}, "pool": "gpu",
-            "team": "vision", "priority": "normal", "max_runtime": "24h",
-            "retry": {"max_attempts": 3, "backoff": "30s", "on": ["infra", "exit:137"]}, "replicas": 1,
-            "preemptible": True, "data": {"region": "us-east-1", "uris": ["s3://datasets/cifar"]},
+            "name": "resnet50-cifar",
+            "kind": "train",
+            "command": ["python", "train.py", "--epochs", "3"],
+            "image": None,
+            "workdir": None,
+            "env": {"LR": "0.1"},
+            "resources": {"cpu": 4, "memory": "16Gi", "gpu": 1, "gpu_type": "a100"},
+            "pool": "gpu",
+            "team": "vision",
+            "priority": "normal",
+            "max_runtime": "24h",
+            "retry": {"max_attempts": 3, "backoff": "30s", "on": ["infra", "exit:137"]},
+            "replicas": 1,
+            "preemptible": True,
+            "data": {"region": "us-east-1", "uris": ["s3://datasets/cifar"]},
             "artifacts": ["outputs/"],
         }
     )
@@ -59,7 +68,9 @@ def test_bad_specs_name_the_field(body: dict[str, object], field: str) -> None:
 
 
 def test_quantities() -> None:
-    assert parse_memory("512Mi") == 512 << 20 and parse_memory("2G") == 2_000_000_000 and parse_memory(10) == 10
+    assert (
+        parse_memory("512Mi") == 512 << 20 and parse_memory("2G") == 2_000_000_000 and parse_memory(10) == 10
+    )
     assert parse_duration("1h30m") == 5400 and parse_duration("90") == 90
     for bad in ("lots", "-1Gi", "5 parsecs"):
         with pytest.raises(ValueError):

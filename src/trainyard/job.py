@@ -1,0 +1,350 @@
+"""The in-job helper: what a training script imports to cooperate with Trainyard.
+
+Jobs import this module, so it uses only the standard library and does nothing at import time.
+Every function also works outside the platform (a plain ``python train.py``), falling back to
+``./checkpoints`` and ``./artifacts`` in the current directory.
+
+Environment set by the agent::
+
+    TRAINYARD_JOB_ID          the job's id
+    TRAINYARD_ATTEMPT         1 for the first run, 2 after the first retry, ...
+    TRAINYARD_CHECKPOINT_DIR  where to write checkpoints (persists across attempts)
+    TRAINYARD_RESUME_FROM     set when resuming: a checkpoint directory, or one checkpoint
+    TRAINYARD_ARTIFACT_DIR    files left here are uploaded when the job ends
+
+Checkpoint format (the caller serializes; numpy users pass the bytes of an ``.npz``)::
+
+    <dir>/ckpt-00000042          save_checkpoint(b"...", step=42): the bytes, as given
+    <dir>/ckpt-00000042/<key>    save_checkpoint({"model": b"...", "optim": b"..."}, 42): one file a key
+    <dir>/latest                 the name of the newest checkpoint written, plus a newline
+
+Each checkpoint is written under a temporary name starting with ``.tmp-`` and renamed into place,
+so a checkpoint name that exists is complete; a write killed halfway leaves at most a ``.tmp-``
+entry, which readers ignore. ``latest`` is written the same way, after the checkpoint itself.
+
+Metrics: ``log_metric`` appends ``{"name", "value", "step", "time"}`` lines to
+``<artifact dir>/metrics.jsonl`` and prints ``TRAINYARD_METRIC {"name": ..., "value": ..., "step": ...}``
+to stdout, which the platform parses out of the job's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+__all__ = [
+    "METRIC_PREFIX",
+    "artifact_dir",
+    "attempt",
+    "checkpoint_dir",
+    "install_preemption_handler",
+    "job_id",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "log_metric",
+    "preempted",
+    "resume_from",
+    "save_checkpoint",
+]
+
+METRIC_PREFIX = "TRAINYARD_METRIC "
+LATEST_POINTER = "latest"
+DEFAULT_KEEP = 3
+_TMP_PREFIX = ".tmp-"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
+
+
+def _env(name: str) -> str | None:
+    # An empty variable is treated as unset: agents and shells often export "" for "none".
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def job_id() -> str | None:
+    """The platform's id for this job, or None when running outside Trainyard."""
+    return _env("TRAINYARD_JOB_ID")
+
+
+def attempt() -> int:
+    """This attempt's number, 1-based; 1 outside the platform."""
+    raw = _env("TRAINYARD_ATTEMPT")
+    if raw is None:
+        return 1
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"TRAINYARD_ATTEMPT is not an integer: {raw!r}") from None
+
+
+def _dir_from_env(var: str, default: str) -> Path:
+    path = Path(_env(var) or default)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir() -> Path:
+    """TRAINYARD_CHECKPOINT_DIR, else ./checkpoints; created if missing."""
+    return _dir_from_env("TRAINYARD_CHECKPOINT_DIR", "checkpoints")
+
+
+def artifact_dir() -> Path:
+    """TRAINYARD_ARTIFACT_DIR, else ./artifacts; created if missing."""
+    return _dir_from_env("TRAINYARD_ARTIFACT_DIR", "artifacts")
+
+
+def resume_from() -> Path | None:
+    """TRAINYARD_RESUME_FROM when it is set and exists, else None."""
+    raw = _env("TRAINYARD_RESUME_FROM")
+    if raw is None:
+        return None
+    path = Path(raw)
+    return path if path.exists() else None
+
+
+# --- preemption -------------------------------------------------------------------------------
+
+_preempted = threading.Event()
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Only set the flag: the training loop decides when it is safe to checkpoint and exit.
+    _preempted.set()
+
+
+def install_preemption_handler() -> None:
+    """Make SIGTERM set the flag ``preempted()`` reads instead of killing the process.
+
+    The job should then save a checkpoint and exit with code 143 (128 + SIGTERM), which is what
+    the platform expects from a job that was told to stop. Calling this again does nothing.
+    Must be called from the main thread, like any ``signal.signal``.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _installed = True
+
+
+def preempted() -> bool:
+    """True once SIGTERM has arrived after ``install_preemption_handler()``."""
+    return _preempted.is_set()
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME_RE.match(name) or name.startswith(_TMP_PREFIX) or name in (".", ".."):
+        raise ValueError(f"invalid checkpoint {what}: {name!r}")
+
+
+def _entry_name(name: str, step: int) -> str:
+    return f"{name}-{step:08d}"
+
+
+def _entry_re(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}-(\d{{8,}})$")
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not every platform lets a directory be opened for this.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _atomic_write_bytes(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+    os.close(fd)
+    try:
+        _write_file(Path(tmp), data)
+        os.replace(tmp, target)
+    except BaseException:
+        _remove(Path(tmp))
+        raise
+
+
+def _atomic_write_dir(target: Path, files: Mapping[str, bytes]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
+    try:
+        for key, data in files.items():
+            _write_file(tmp / key, data)
+        _fsync_dir(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # rename() cannot replace a non-empty directory, so the old one (same step, saved
+            # again) is moved aside first; readers fall back to an older step meanwhile.
+            if not target.exists():
+                raise
+            old = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
+            os.replace(target, old / "old")
+            os.replace(tmp, target)
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _entries(directory: Path, name: str) -> list[tuple[int, Path]]:
+    pattern = _entry_re(name)
+    found: list[tuple[int, Path]] = []
+    try:
+        children = list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for child in children:
+        m = pattern.match(child.name)
+        if m:
+            found.append((int(m.group(1)), child))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def save_checkpoint(
+    state: Mapping[str, bytes] | bytes,
+    step: int,
+    name: str = "ckpt",
+    *,
+    directory: Path | None = None,
+    keep: int = DEFAULT_KEEP,
+) -> Path:
+    """Write a checkpoint atomically as ``<name>-<step:08d>`` and point ``latest`` at it.
+
+    ``state`` is either the serialized bytes (one file) or a mapping of file name to bytes (a
+    directory of files). Saving a step that exists replaces it. Afterwards only the ``keep``
+    highest steps of ``name`` remain, plus the one just written if it is lower.
+    Returns the checkpoint's path.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    _check_name(name, "name")
+    target_dir = directory if directory is not None else checkpoint_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / _entry_name(name, step)
+
+    if isinstance(state, bytes | bytearray | memoryview):
+        _atomic_write_bytes(target, bytes(state))
+    else:
+        files: dict[str, bytes] = {}
+        for key, data in state.items():
+            _check_name(key, "key")
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(f"checkpoint value for {key!r} must be bytes, got {type(data).__name__}")
+            files[key] = bytes(data)
+        _atomic_write_dir(target, files)
+    _atomic_write_bytes(target_dir / LATEST_POINTER, (target.name + "\n").encode())
+    _fsync_dir(target_dir)
+
+    for entry_step, path in _entries(target_dir, name)[:-keep]:
+        if entry_step != step:
+            _remove(path)
+    return target
+
+
+def _latest_in(directory: Path, name: str) -> Path | None:
+    pattern = _entry_re(name)
+    if pattern.match(directory.name) and directory.parent != directory:
+        # TRAINYARD_RESUME_FROM may name one checkpoint rather than the directory holding it.
+        return directory
+    if not directory.is_dir():
+        return None
+    try:
+        pointed = (directory / LATEST_POINTER).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        pointed = ""
+    if pointed and pattern.match(pointed) and (directory / pointed).exists():
+        return directory / pointed
+    entries = _entries(directory, name)
+    return entries[-1][1] if entries else None
+
+
+def latest_checkpoint(search: Path | None = None, name: str = "ckpt") -> Path | None:
+    """The newest complete checkpoint, or None.
+
+    With ``search`` given, looks only there. Otherwise looks in ``resume_from()`` first (which
+    may be a checkpoint directory or one checkpoint), then in ``checkpoint_dir()``. Within a
+    directory, ``latest`` wins when it names a checkpoint that exists; else the highest step.
+    """
+    if search is not None:
+        return _latest_in(Path(search), name)
+    resume = resume_from()
+    if resume is not None:
+        found = _latest_in(resume, name)
+        if found is not None:
+            return found
+    return _latest_in(checkpoint_dir(), name)
+
+
+def load_checkpoint(path: Path) -> bytes | dict[str, bytes]:
+    """Read back what ``save_checkpoint`` wrote: the bytes, or the mapping of key to bytes."""
+    path = Path(path)
+    if path.is_dir():
+        return {child.name: child.read_bytes() for child in sorted(path.iterdir()) if child.is_file()}
+    return path.read_bytes()
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+_metric_lock = threading.Lock()
+
+
+def log_metric(name: str, value: float, step: int | None = None) -> None:
+    """Record a scalar: a line in ``metrics.jsonl`` and a ``TRAINYARD_METRIC`` line on stdout.
+
+    NaN and infinities are recorded as null, since strict JSON has no spelling for them.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("metric name must be a non-empty string")
+    number = float(value)
+    clean: float | None = number if math.isfinite(number) else None
+    step_value = None if step is None else int(step)
+    record = {"name": name, "value": clean, "step": step_value, "time": time.time()}
+    line = json.dumps(record, allow_nan=False)
+    printed = json.dumps({"name": name, "value": clean, "step": step_value}, allow_nan=False)
+    path = artifact_dir() / "metrics.jsonl"
+    with _metric_lock:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        # Flushed so the line reaches the log (and the platform's parser) while the job runs.
+        sys.stdout.write(METRIC_PREFIX + printed + "\n")
+        sys.stdout.flush()
