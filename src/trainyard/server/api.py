@@ -105,7 +105,7 @@ async def current_user(request: Request, authorization: Annotated[str | None, He
     if not authorization or not authorization.startswith("Bearer "):
         raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
     p: Platform = request.app.state.platform
-    user = await p.db(p.store.authenticate, authorization[len("Bearer ") :].strip())
+    user = await p.authenticate(authorization[len("Bearer ") :].strip())
     if user is None:
         raise ApiError(401, "unauthenticated", "the token is not valid")
     return user

@@ -31,6 +31,7 @@ log = logging.getLogger("trainyard.server")
 P = ParamSpec("P")
 T = TypeVar("T")
 
+AUTH_CACHE_TTL_S = 5.0
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
 
@@ -65,7 +66,20 @@ class Platform:
         self.bootstrap_token = worker_bootstrap_token(settings.home)
         self.started_at = time.time()
         self._worker_tokens: dict[str, str] = {}  # worker credential -> worker id
-        self._submit_count = 0
+        self._auth_cache: dict[str, tuple[User, float]] = {}
+
+    async def authenticate(self, token: str) -> User | None:
+        """Token → user, cached for a few seconds: a revoked token stops working within the TTL."""
+        now = time.monotonic()
+        hit = self._auth_cache.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user = await self.db(self.store.authenticate, token)
+        if user is not None:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[token] = (user, now + AUTH_CACHE_TTL_S)
+        return user
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call off the event loop."""
@@ -257,55 +271,40 @@ class Platform:
         self.metrics.cycle.observe(time.perf_counter() - t0)
         return leases
 
-    async def dispatch(self, leases: list[Lease]) -> None:
+    def dispatch(self, leases: list[Lease]) -> None:
         for lease in leases:
-            msg = await self.db(self.assignment_message, lease.job_id, lease.attempt)
-            if msg is not None:
-                self.channels.send(lease.worker_id, msg)
+            self.channels.send(lease.worker_id, pb.LeaseMessage(assignment=self.build_assignment(lease)))
         if leases:
             self._changed()
 
-    def assignment_message(self, job_id: str, attempt: int) -> pb.LeaseMessage | None:
-        job = self.store.get_job(job_id)
-        if job is None or job.attempt != attempt or job.status not in LIVE or not job.attempts:
-            return None
-        return pb.LeaseMessage(assignment=self.build_assignment(job))
-
-    def build_assignment(self, job: Job) -> pb.Assignment:
-        spec = JobSpec.model_validate(job.spec)
-        att = job.attempts[-1]
+    def build_assignment(self, lease: Lease) -> pb.Assignment:
+        spec = JobSpec.model_validate(lease.spec)
         env = dict(spec.env)
         env.update(
             {
-                "TRAINYARD_JOB_ID": job.id,
-                "TRAINYARD_ATTEMPT": str(att.number),
-                "TRAINYARD_JOB_NAME": job.name or "",
-                "TRAINYARD_TEAM": job.team,
-                "TRAINYARD_USER": job.user,
+                "TRAINYARD_JOB_ID": lease.job_id,
+                "TRAINYARD_ATTEMPT": str(lease.attempt),
+                "TRAINYARD_JOB_NAME": lease.name or "",
+                "TRAINYARD_TEAM": lease.team,
+                "TRAINYARD_USER": lease.user,
             }
         )
-        resume = ""
-        for prior in reversed(job.attempts[:-1]):
-            key = self.store.checkpoint_key(job.id, prior.number)
-            if key:
-                resume = self.presign_get(key)
-                break
         return pb.Assignment(
-            job_id=job.id,
-            attempt=att.number,
-            lease_token=att.lease_token,
+            job_id=lease.job_id,
+            attempt=lease.attempt,
+            lease_token=lease.lease_token,
             command=list(spec.command),
             env=env,
-            gpu_indices=att.gpu_indices,
+            gpu_indices=lease.gpu_indices,
             cpu=spec.resources.cpu,
             memory=spec.resources.memory,
             max_runtime_s=spec.max_runtime,
             workdir_url=self.presign_get(spec.workdir) if spec.workdir else "",
             cwd=spec.cwd or "",
             artifact_paths=list(spec.artifacts),
-            resume_from_url=resume,
+            resume_from_url=self.presign_get(lease.resume_key) if lease.resume_key else "",
             image=spec.image or "",
-            name=job.name or "",
+            name=lease.name or "",
         )
 
     # ---- reconciler ----------------------------------------------------------------------------

@@ -74,7 +74,7 @@ async def serve(
 
     async def schedule_step() -> None:
         leases = await asyncio.to_thread(platform.schedule_once)
-        await platform.dispatch(leases)
+        platform.dispatch(leases)
 
     async def reconcile_step() -> None:
         if await asyncio.to_thread(platform.reconcile_once):

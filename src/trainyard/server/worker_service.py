@@ -126,8 +126,8 @@ class WorkerService(pbg.WorkerServiceServicer):
         try:
             # Re-send everything this worker holds: it dedupes by (job, attempt).
             held = await self.p.db(self.p.store.leased_to, worker.id)
-            for job, _attempt in held:
-                yield pb.LeaseMessage(assignment=await self.p.db(self.p.build_assignment, job))
+            for lease in held:
+                yield pb.LeaseMessage(assignment=self.p.build_assignment(lease))
             self.p.kick_scheduler.set()
             while True:
                 msg = await queue.get()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -88,11 +89,18 @@ class Placement:
 
 @dataclass(frozen=True)
 class Lease:
+    """A granted lease with everything the worker's assignment needs."""
+
     job_id: str
     attempt: int
     worker_id: str
     lease_token: str
     gpu_indices: tuple[int, ...]
+    spec: dict[str, Any]
+    name: str | None
+    team: str
+    user: str
+    resume_key: str | None  # newest checkpoint of an earlier attempt
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,8 @@ class SqlStore:
         self.engine, self.read_engine = create_engines(self.url)
         self.clock = clock
         self.dialect = self.engine.dialect.name
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._teams: set[str] = set()  # teams known to exist: spares a lookup per submission
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -218,7 +228,13 @@ class SqlStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        # SQLite has one writer at a time. Queue this process's writers on a lock that wakes the next
+        # one at once, instead of SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        with self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextmanager
@@ -358,35 +374,33 @@ class SqlStore:
         canonical = spec.model_copy(update={"team": team}).canonical()
         fingerprint = spec.fingerprint()
         job_id = new_job_id()
+        row = dict(
+            id=job_id,
+            name=spec.name,
+            user_name=user.name,
+            team=team,
+            status=JobStatus.PENDING.value,
+            priority=spec.priority.rank,
+            pool=spec.pool,
+            cpu=spec.resources.cpu,
+            memory=spec.resources.memory,
+            gpu=spec.resources.gpu,
+            gpu_type=spec.resources.gpu_type,
+            max_runtime=spec.max_runtime,
+            spec=canonical,
+            spec_hash=fingerprint,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            queued_at=now,
+        )
         try:
+            # The common case has no prior job under the key: insert and let the unique index
+            # catch a replay, rather than paying a lookup on every submission.
             with self._tx() as conn:
-                if idempotency_key is not None:
-                    prior = self._by_idempotency_key(conn, user.name, idempotency_key)
-                    if prior is not None:
-                        return self._replay(conn, prior, fingerprint)
-                self._ensure_team(conn, team)
-                conn.execute(
-                    jobs.insert().values(
-                        id=job_id,
-                        name=spec.name,
-                        user_name=user.name,
-                        team=team,
-                        status=JobStatus.PENDING.value,
-                        priority=spec.priority.rank,
-                        pool=spec.pool,
-                        cpu=spec.resources.cpu,
-                        memory=spec.resources.memory,
-                        gpu=spec.resources.gpu,
-                        gpu_type=spec.resources.gpu_type,
-                        max_runtime=spec.max_runtime,
-                        spec=canonical,
-                        spec_hash=fingerprint,
-                        idempotency_key=idempotency_key,
-                        created_at=now,
-                        updated_at=now,
-                        queued_at=now,
-                    )
-                )
+                if team not in self._teams:
+                    self._ensure_team(conn, team)
+                conn.execute(jobs.insert().values(**row))
                 self._event(
                     conn,
                     job_id=job_id,
@@ -400,7 +414,7 @@ class SqlStore:
                     topic=TOPIC_SUBMITTED,
                 )
         except sa.exc.IntegrityError:
-            # A concurrent request with the same key won the race: answer as a replay.
+            # The key was used before (a replay, or a concurrent request that won the race).
             if idempotency_key is None:
                 raise
             with self._read() as conn:
@@ -408,8 +422,29 @@ class SqlStore:
                 if prior is None:
                     raise
                 return self._replay(conn, prior, fingerprint)
-        job = self.get_job(job_id)
-        assert job is not None
+        self._teams.add(team)
+        job = Job(
+            id=job_id,
+            name=spec.name,
+            user=user.name,
+            team=team,
+            status=JobStatus.PENDING,
+            priority=spec.priority.rank,
+            pool=spec.pool,
+            spec=canonical,
+            created_at=now,
+            updated_at=now,
+            queued_at=now,
+            started_at=None,
+            finished_at=None,
+            attempt=0,
+            tries=0,
+            worker_id=None,
+            exit_code=None,
+            reason=None,
+            pending_reason=None,
+            not_before=None,
+        )
         return SubmitResult(job=job, created=True)
 
     def _by_idempotency_key(self, conn: sa.Connection, user: str, key: str) -> sa.Row[Any] | None:
@@ -687,8 +722,29 @@ class SqlStore:
                         scheduled_at=now,
                     )
                 )
-                leases.append(Lease(p.job_id, number, p.worker_id, token, p.gpu_indices))
+                leases.append(
+                    Lease(
+                        p.job_id,
+                        number,
+                        p.worker_id,
+                        token,
+                        p.gpu_indices,
+                        row.spec,
+                        row.name,
+                        row.team,
+                        row.user_name,
+                        self._resume_key(conn, p.job_id) if row.attempt else None,
+                    )
+                )
         return leases
+
+    def _resume_key(self, conn: sa.Connection, job_id: str) -> str | None:
+        return conn.execute(
+            sa.select(job_attempts.c.checkpoint_key)
+            .where(job_attempts.c.job_id == job_id, job_attempts.c.checkpoint_key.is_not(None))
+            .order_by(job_attempts.c.number.desc())
+            .limit(1)
+        ).scalar()
 
     def set_pending_reasons(self, reasons: dict[str, str]) -> None:
         """Record why each pending job waits; written only where the reason changed."""
@@ -1024,23 +1080,35 @@ class SqlStore:
                 cmds.append(WorkerCommand("cancel", r.id, r.attempt, r.lease_token or "", "cancel requested"))
         return cmds
 
-    def leased_to(self, worker_id: str) -> list[tuple[Job, Attempt]]:
+    def leased_to(self, worker_id: str) -> list[Lease]:
         """Every attempt a worker holds: re-sent on each lease-stream (re)connect."""
         with self._read() as conn:
-            ids = [
-                r.id
-                for r in conn.execute(
-                    sa.select(jobs.c.id)
-                    .where(jobs.c.worker_id == worker_id, jobs.c.status.in_(_LIVE_NAMES))
-                    .order_by(jobs.c.id)
+            rows = conn.execute(
+                sa.select(jobs, job_attempts.c.gpu_indices)
+                .select_from(
+                    jobs.join(
+                        job_attempts,
+                        sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt),
+                    )
                 )
+                .where(jobs.c.worker_id == worker_id, jobs.c.status.in_(_LIVE_NAMES))
+                .order_by(jobs.c.id)
+            ).all()
+            return [
+                Lease(
+                    r.id,
+                    r.attempt,
+                    worker_id,
+                    r.lease_token,
+                    tuple(r.gpu_indices),
+                    r.spec,
+                    r.name,
+                    r.team,
+                    r.user_name,
+                    self._resume_key(conn, r.id) if r.attempt > 1 else None,
+                )
+                for r in rows
             ]
-            out = []
-            for job_id in ids:
-                job = self._load_job(conn, job_id)
-                if job is not None and job.attempts:
-                    out.append((job, job.attempts[-1]))
-        return out
 
     # ---- reconciler ----------------------------------------------------------------------------
     def expire_overdue(self, now: float, grace: float) -> list[str]:
@@ -1068,14 +1136,6 @@ class SqlStore:
             for row in rows:
                 self._close_attempt(conn, row, AttemptOutcome.CANCELLED, None, row.reason or "cancelled", now)
         return [r.id for r in rows]
-
-    def checkpoint_key(self, job_id: str, attempt: int) -> str | None:
-        with self._read() as conn:
-            return conn.execute(
-                sa.select(job_attempts.c.checkpoint_key).where(
-                    job_attempts.c.job_id == job_id, job_attempts.c.number == attempt
-                )
-            ).scalar()
 
     # ---- logs and artifacts --------------------------------------------------------------------
     def _attempt_token_ok(self, conn: sa.Connection, job_id: str, attempt: int, token: str) -> bool:

@@ -1,0 +1,276 @@
+"""Trainyard benchmarks: print a table and write bench/results.json.
+
+Each scenario starts the real platform (`yard up`, the control plane plus one agent process) from
+this interpreter, on free loopback ports, in a temp home. Clients run in this process.
+
+  submit_rate_{sqlite,postgres}  8 concurrent clients POSTing /v1/jobs (jobs/s; p50/p99 latency ms)
+  dispatch_latency               submit → the worker reported the process started, idle worker (ms)
+  trivial_e2e_rate               500 `true` jobs through one agent, submit to all SUCCEEDED (jobs/s)
+  spawn_floor                    bare rate this machine starts and reaps `true` from Python (jobs/s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PG_ADMIN = os.environ.get("TRAINYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
+
+
+@contextlib.contextmanager
+def postgres_db() -> Iterator[str]:
+    import sqlalchemy as sa
+
+    admin_url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    name = f"ty_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def platform(database_url: str | None = None, workers: int = 1) -> Iterator[httpx.Client]:
+    with tempfile.TemporaryDirectory(prefix="ty-bench-") as tmp:
+        home = Path(tmp) / "home"
+        port, grpc_port = free_port(), free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if database_url:
+            env["TRAINYARD_DATABASE_URL"] = database_url
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trainyard",
+                "up",
+                "--home",
+                str(home),
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                "--workers",
+                str(workers),
+                "--worker-cpus",
+                "64",
+                "--worker-memory",
+                "256Gi",
+                "--heartbeat-interval",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Press Ctrl-C"):
+                break
+        else:
+            raise RuntimeError("yard up did not start")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining its output
+        token = (home / "token").read_text().strip()
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len(client.get("/v1/workers").json()["workers"]) >= workers:
+                break
+            time.sleep(0.1)
+        try:
+            yield client
+        finally:
+            client.close()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+TRIVIAL = {"command": ["true"], "resources": {"cpu": 0.1, "memory": "16Mi"}}
+
+
+def bench_submit(client: httpx.Client, total: int, clients: int = 8) -> dict[str, Any]:
+    """Submits only: a job that cannot be placed (pool with no workers) keeps the scheduler out of it."""
+    body = {"command": ["true"], "pool": "nowhere"}
+    lat: list[float] = []
+    lock = threading.Lock()
+    per = total // clients
+    base_url, headers = str(client.base_url), dict(client.headers)
+
+    def run() -> None:
+        mine = []
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as c:
+            for _ in range(per):
+                t0 = time.perf_counter()
+                r = c.post("/v1/jobs", json=body)
+                mine.append(time.perf_counter() - t0)
+                assert r.status_code == 201, r.text
+        with lock:
+            lat.extend(mine)
+
+    # Warm up connections and code paths.
+    for _ in range(20):
+        client.post("/v1/jobs", json=body)
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = [x * 1000 for x in lat]
+    return {
+        "value": len(lat) / wall,
+        "unit": "jobs/s",
+        "p50": pct(ms, 50),
+        "p99": pct(ms, 99),
+        "n": len(lat),
+        "latency_unit": "ms",
+    }
+
+
+def _ts(s: str) -> float:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def bench_dispatch(client: httpx.Client, n: int) -> dict[str, Any]:
+    lat = []
+    for _ in range(n):
+        job = client.post("/v1/jobs", json=TRIVIAL).json()
+        while True:
+            j = client.get(f"/v1/jobs/{job['id']}").json()
+            if j["attempts"] and j["attempts"][0]["started_at"]:
+                lat.append((_ts(j["attempts"][0]["started_at"]) - _ts(j["created_at"])) * 1000)
+                break
+            time.sleep(0.005)
+        while client.get(f"/v1/jobs/{job['id']}").json()["status"] not in ("SUCCEEDED", "FAILED"):
+            time.sleep(0.01)
+    return {"value": statistics.median(lat), "unit": "ms", "p50": pct(lat, 50), "p99": pct(lat, 99), "n": n}
+
+
+def bench_trivial(client: httpx.Client, n: int, clients: int = 4) -> dict[str, Any]:
+    """Submitted by a few concurrent clients; the clock runs from the first submit to the last finish."""
+    base_url, headers = str(client.base_url), dict(client.headers)
+
+    def run(count: int) -> None:
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as c:
+            for _ in range(count):
+                assert c.post("/v1/jobs", json=TRIVIAL).status_code == 201
+
+    threads = [threading.Thread(target=run, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    submitted = time.perf_counter() - t0
+    unfinished = {"status": ["PENDING", "SCHEDULED", "RUNNING", "CANCELLING"], "limit": 1}
+    while client.get("/v1/jobs", params=unfinished).json()["jobs"]:
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    failed = len(client.get("/v1/jobs", params={"status": "FAILED", "limit": 1000}).json()["jobs"])
+    return {
+        "value": n / wall,
+        "unit": "jobs/s",
+        "n": n,
+        "submit_seconds": submitted,
+        "wall_seconds": wall,
+        "failed": failed,
+    }
+
+
+def bench_floor(n: int) -> dict[str, Any]:
+    rates = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            subprocess.run(["true"], check=True)
+        rates.append(n / (time.perf_counter() - t0))
+    return {"value": statistics.median(rates), "unit": "jobs/s", "n": n, "runs": 3}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--submits", type=int, default=2000)
+    ap.add_argument("--dispatch", type=int, default=50)
+    ap.add_argument("--trivial", type=int, default=500)
+    ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.submits, args.dispatch, args.trivial = 400, 10, 100
+    results: list[dict[str, Any]] = []
+
+    floor = {"name": "spawn_floor", **bench_floor(500)}
+    results.append(floor)
+    with platform() as c:
+        results.append({"name": "submit_rate_sqlite", **bench_submit(c, args.submits)})
+    with postgres_db() as url, platform(url) as c:
+        results.append({"name": "submit_rate_postgres", **bench_submit(c, args.submits)})
+    with platform() as c:
+        results.append({"name": "dispatch_latency", **bench_dispatch(c, args.dispatch)})
+    with platform() as c:
+        trivial = bench_trivial(c, args.trivial)
+        trivial["baseline"] = {"name": "spawn_floor", "value": floor["value"]}
+        trivial["ratio_to_floor"] = trivial["value"] / floor["value"]
+        results.append({"name": "trivial_e2e_rate", **trivial})
+
+    out = HERE / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{'metric':<24}{'value':>12}  {'unit':<8}{'p50':>10}{'p99':>10}{'n':>7}  note")
+    for r in results:
+        note = ""
+        if r["name"] == "trivial_e2e_rate":
+            note = f"{100 * r['ratio_to_floor']:.0f}% of spawn_floor; failed={r['failed']}"
+        if r["name"].startswith("submit_rate"):
+            note = "latency in ms"
+        p50 = f"{r['p50']:.1f}" if "p50" in r else "-"
+        p99 = f"{r['p99']:.1f}" if "p99" in r else "-"
+        print(f"{r['name']:<24}{r['value']:>12.1f}  {r['unit']:<8}{p50:>10}{p99:>10}{r['n']:>7}  {note}")
+    print(f"wrote {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

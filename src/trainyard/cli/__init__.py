@@ -1,0 +1,1 @@
+"""`yard`, the command line; the entry point is :func:`trainyard.cli.main.main`."""

@@ -1,0 +1,676 @@
+"""The Python SDK: a small synchronous client over Trainyard's REST API (v1).
+
+Every method returns the server's JSON as plain dicts. Failures raise :class:`TrainyardError`
+(or one of its subclasses) carrying the server's error code, message and field-level details.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeAlias
+from urllib.parse import quote, urljoin
+
+import httpx
+from pydantic import ValidationError
+
+from trainyard import __version__
+from trainyard.client.bundle import make_bundle
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import TERMINAL
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_HOME = ".trainyard"
+
+Job: TypeAlias = dict[str, Any]
+Records: TypeAlias = list[dict[str, Any]]
+JobPage: TypeAlias = tuple[list[dict[str, Any]], str | None]
+Details: TypeAlias = list[dict[str, str]]
+_Paths: TypeAlias = list[Path]
+_Statuses: TypeAlias = str | list[str] | tuple[str, ...] | None
+_Params: TypeAlias = list[tuple[str, str | int]]
+
+_TRANSIENT_STATUS = frozenset({502, 503, 504})
+_CHUNK = 1024 * 1024
+
+
+class TrainyardError(Exception):
+    """A request failed. ``status`` is the HTTP status, or 0 when no response came back."""
+
+    def __init__(self, status: int, code: str, message: str, details: Details | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details: Details = list(details or [])
+
+    def __str__(self) -> str:
+        lines = [self.message] + [f"  {d.get('field', '')}: {d.get('message', '')}" for d in self.details]
+        return "\n".join(lines)
+
+
+class Unauthorized(TrainyardError):
+    """401: no token, or a token the server does not know."""
+
+
+class Forbidden(TrainyardError):
+    """403: the caller may not do this (another user's job, an admin-only call)."""
+
+
+class NotFound(TrainyardError):
+    """404: unknown, or not visible to the caller."""
+
+
+class Conflict(TrainyardError):
+    """409: an idempotency key reused with another body, or a restart of an unfinished job."""
+
+
+class PayloadTooLarge(TrainyardError):
+    """413: the spec or the workdir bundle is over the server's limit."""
+
+
+class ValidationFailed(TrainyardError):
+    """422 from the server, or a spec refused by the same checks before it was sent."""
+
+
+class RateLimited(TrainyardError):
+    """429: over a rate limit or submission quota; ``retry_after`` is in seconds when the server says."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Details | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, code, message, details)
+        self.retry_after = retry_after
+
+
+class ConnectionFailed(TrainyardError):
+    """No response: the server is down, unreachable, or the connection dropped."""
+
+
+class IntegrityError(TrainyardError):
+    """A downloaded artifact does not match the size or sha256 the server listed."""
+
+
+_BY_STATUS: dict[int, type[TrainyardError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: ValidationFailed,
+}
+
+
+def spec_error(exc: ValidationError) -> ValidationFailed:
+    """Pydantic's errors in the server's shape, so local and remote refusals print alike."""
+    details: Details = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        details.append({"field": field, "message": msg})
+    return ValidationFailed(422, "invalid_spec", "invalid job spec", details)
+
+
+def validate_spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:
+    """A JobSpec from a mapping, checked as the server would; raises ValidationFailed."""
+    if isinstance(spec, JobSpec):
+        return spec
+    try:
+        return JobSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise spec_error(exc) from None
+
+
+def job_exit_code(job: Mapping[str, Any]) -> int:
+    """The shell exit status that best reports a finished job (for `yard logs -f` and `yard wait`).
+
+    A job that did not succeed never maps to 0, even when its process exited 0 (an upload failed,
+    say), and a signal death -N maps to 128+N as a shell would report it.
+    """
+    status = job.get("status")
+    code = job.get("exit_code")
+    if status == "SUCCEEDED":
+        return 0
+    fallback = 130 if status == "CANCELLED" else 1
+    if not isinstance(code, int) or isinstance(code, bool):
+        return fallback
+    if code < 0:
+        code = 128 - code
+    code &= 0xFF
+    return code or fallback
+
+
+def _error_from(resp: httpx.Response) -> TrainyardError:
+    code = f"http_{resp.status_code}"
+    message = resp.reason_phrase or f"HTTP {resp.status_code}"
+    details: Details = []
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        text = resp.text.strip()
+        if text:
+            message = text[:500]
+    else:
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            code = str(err.get("code") or code)
+            message = str(err.get("message") or message)
+            for d in err.get("details") or []:
+                if isinstance(d, dict):
+                    details.append({"field": str(d.get("field", "")), "message": str(d.get("message", ""))})
+    if resp.status_code == 429:
+        return RateLimited(resp.status_code, code, message, details, _retry_after(resp))
+    cls = _BY_STATUS.get(resp.status_code, TrainyardError)
+    return cls(resp.status_code, code, message, details)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str | None, str]]:
+    """(event, id, data) triples from a text/event-stream body."""
+    event, eid = "message", None
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, eid, "\n".join(data)
+            event, eid, data = "message", None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            eid = value
+    if data:
+        yield event, eid, "\n".join(data)
+
+
+class Client:
+    """A connection to a Trainyard control plane.
+
+    Configuration, first match wins: the arguments; ``TRAINYARD_URL`` / ``TRAINYARD_TOKEN``; the
+    files ``url`` and ``token`` in ``home`` (``TRAINYARD_HOME``, default ``./.trainyard``, where
+    `yard up` writes them); ``http://127.0.0.1:8080``. ``transport`` replaces the network, for tests.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        home: str | os.PathLike[str] | None = None,
+        timeout: float = 30,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        reconnect_delay: float = 1.0,
+        max_reconnects: int = 30,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.home = Path(home or os.environ.get("TRAINYARD_HOME") or DEFAULT_HOME)
+        self.url = (url or os.environ.get("TRAINYARD_URL") or self._home_file("url") or DEFAULT_URL).rstrip(
+            "/"
+        )
+        self.token = token or os.environ.get("TRAINYARD_TOKEN") or self._home_file("token")
+        self.timeout = timeout
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnects = max_reconnects
+        self.poll_interval = poll_interval
+        headers = {"User-Agent": f"trainyard/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport, follow_redirects=True
+        )
+        # Presigned URLs carry their own signature; our bearer token must not leak to object storage.
+        self._bare = httpx.Client(
+            headers={"User-Agent": headers["User-Agent"]},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+        )
+
+    def _home_file(self, name: str) -> str | None:
+        try:
+            text = (self.home / name).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return text or None
+
+    def close(self) -> None:
+        self._http.close()
+        self._bare.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _fail(self, resp: httpx.Response) -> TrainyardError:
+        err = _error_from(resp)
+        if isinstance(err, Unauthorized) and not self.token:
+            err.message += (
+                " (no token configured: set TRAINYARD_TOKEN or write it to "
+                f"{self.home / 'token'}; `yard up` does this for you)"
+            )
+        return err
+
+    def _unreachable(self, exc: httpx.TransportError) -> ConnectionFailed:
+        return ConnectionFailed(
+            0, "unreachable", f"cannot reach the Trainyard server at {self.url}: {exc or type(exc).__name__}"
+        )
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if resp.status_code >= 400:
+            raise self._fail(resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        body = self._request(method, path, **kw).json()
+        if not isinstance(body, dict):
+            raise TrainyardError(0, "bad_response", f"{method} {path}: expected a JSON object")
+        return body
+
+    @staticmethod
+    def _job_path(job_id: str, suffix: str = "") -> str:
+        return f"/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec | Mapping[str, Any], idempotency_key: str | None = None) -> Job:
+        """Submit a job; with an ``idempotency_key`` a repeat returns the same job instead of a new one."""
+        checked = validate_spec(spec)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        # Only the fields the caller set travel, so the server's defaults (team, say) apply.
+        body = checked.model_dump(mode="json", exclude_unset=True)
+        tries = 4 if idempotency_key else 1
+        for n in range(1, tries + 1):
+            try:
+                return self._json("POST", "/v1/jobs", json=body, headers=headers)
+            except ConnectionFailed as exc:
+                # Only a keyed submit may be resent (a replay gets the same job), and only when the
+                # request may have reached the server; a refused connection is reported at once.
+                if n == tries or isinstance(exc.__cause__, httpx.ConnectError):
+                    raise
+                time.sleep(self.reconnect_delay * n)
+        raise AssertionError("unreachable")
+
+    def get(self, job_id: str) -> Job:
+        return self._json("GET", self._job_path(job_id))
+
+    def list(
+        self,
+        status: _Statuses = None,
+        user: str | None = None,
+        team: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
+        params: _Params = [("limit", limit)]
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        params += [("status", s) for s in statuses]
+        for key, value in (("user", user), ("team", team), ("name", name), ("cursor", cursor)):
+            if value:
+                params.append((key, value))
+        body = self._json("GET", "/v1/jobs", params=params)
+        return list(body.get("jobs") or []), body.get("next_cursor") or None
+
+    def iter_jobs(
+        self,
+        status: _Statuses = None,
+        user: str | None = None,
+        team: str | None = None,
+        name: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Every matching job, newest first, fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            jobs, cursor = self.list(status, user, team, name, page_size, cursor)
+            yield from jobs
+            if not cursor or not jobs:
+                return
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask for the job to stop; idempotent, and a finished job stays as it was."""
+        return self._json("DELETE", self._job_path(job_id))
+
+    def restart(self, job_id: str) -> Job:
+        """Run a finished job again as a new attempt."""
+        return self._json("POST", self._job_path(job_id, "/restart"))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Poll until the job reaches a terminal state; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.2, self.poll_interval)
+        while True:
+            job = self.get(job_id)
+            if job.get("status") in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.get('status')} after {timeout:g}s")
+            pause = delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, max(self.poll_interval, 0.2) * 5)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def events(self, job_id: str) -> Records:
+        """The job's state history, oldest first."""
+        return list(self._json("GET", self._job_path(job_id, "/events")).get("events") or [])
+
+    def follow_events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job's events as they happen (history first); ends when the job is terminal.
+
+        A dropped stream is reopened with ``Last-Event-ID``; events already seen are skipped by
+        their id, so a server that replays from the start is handled too.
+        """
+        return self._follow_sse(self._job_path(job_id, "/events"), {"follow": "true"})
+
+    def all_events(self) -> Iterator[dict[str, Any]]:
+        """Every job event the caller may see, as it happens (runs until the caller stops)."""
+        return self._follow_sse("/v1/events", {})
+
+    def _follow_sse(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        last_id: int | None = None
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = str(last_id)
+            try:
+                with self._http.stream("GET", path, params=params, headers=headers, timeout=None) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        if resp.status_code not in _TRANSIENT_STATUS:
+                            raise self._fail(resp)
+                        raise httpx.RemoteProtocolError(f"HTTP {resp.status_code}")
+                    for kind, eid, data in _sse(resp.iter_lines()):
+                        if kind == "end":
+                            return
+                        if kind not in ("job_event", "message"):
+                            continue
+                        event = json.loads(data)
+                        num = event.get("id") if isinstance(event, dict) else None
+                        if num is None and eid is not None and eid.isdigit():
+                            num = int(eid)
+                        if isinstance(num, int):
+                            if last_id is not None and num <= last_id:
+                                continue
+                            last_id = num
+                        failures = 0
+                        yield event
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > self.max_reconnects:
+                    raise self._unreachable(exc) from exc
+                time.sleep(self.reconnect_delay * min(failures, 5))
+                continue
+            # A clean end without `event: end` means the server went away gracefully: reopen.
+            failures += 1
+            if failures > self.max_reconnects:
+                raise ConnectionFailed(0, "stream_ended", f"event stream {path} keeps ending early")
+            time.sleep(self.reconnect_delay * min(failures, 5))
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def logs(self, job_id: str, attempt: int | None = None, since: int = 0, tail: int | None = None) -> bytes:
+        """The output logged so far (latest attempt by default), as raw bytes."""
+        params: dict[str, int] = {}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if since:
+            params["since"] = since
+        if tail is not None:
+            params["tail"] = tail
+        return self._request("GET", self._job_path(job_id, "/logs"), params=params).content
+
+    def follow_logs(
+        self,
+        job_id: str,
+        attempt: int | None = None,
+        since: int = 0,
+        *,
+        tail: int | None = None,
+        on_attempt: Callable[[int], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Live output until the attempt ends, reconnecting from the last byte received.
+
+        With ``attempt=None`` it follows the latest attempt and then each retry in turn until the
+        job is terminal; ``on_attempt(n)`` is called when it moves on to attempt ``n``.
+        """
+        path = self._job_path(job_id, "/logs")
+        pinned = attempt is not None
+        current = attempt
+        received = since
+        failures = 0
+        if current is None:
+            current = self._await_attempt(job_id, 0)
+            if current is None:
+                # Terminal without ever running: whatever the server holds is all there is.
+                yield self.logs(job_id, tail=tail)
+                return
+        if tail is not None:
+            # Byte offsets are only known for a plain read, so the tail is read first and followed after.
+            resp = self._request("GET", path, params={"attempt": current, "tail": tail})
+            offset = resp.headers.get("X-Trainyard-Next-Offset", "")
+            if offset.isdigit():
+                received = int(offset)
+                if resp.content:
+                    yield resp.content
+        while True:
+            params: dict[str, int | str] = {"follow": "true", "attempt": current, "since": received}
+            try:
+                with self._http.stream("GET", path, params=params, timeout=None) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        if resp.status_code not in _TRANSIENT_STATUS:
+                            raise self._fail(resp)
+                        raise httpx.RemoteProtocolError(f"HTTP {resp.status_code}")
+                    for chunk in resp.iter_bytes():
+                        if chunk:
+                            received += len(chunk)
+                            failures = 0
+                            yield chunk
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > self.max_reconnects:
+                    raise self._unreachable(exc) from exc
+                time.sleep(self.reconnect_delay * min(failures, 5))
+                continue
+
+            job = self.get(job_id)
+            if not self._attempt_over(job, current):
+                # The stream ended but the attempt did not: the server restarted or closed early.
+                failures += 1
+                if failures > self.max_reconnects:
+                    raise ConnectionFailed(
+                        0, "stream_ended", f"log stream of job {job_id} keeps ending early"
+                    )
+                time.sleep(self.reconnect_delay * min(failures, 5))
+                continue
+            if pinned:
+                return
+            nxt = self._await_attempt(job_id, current, job)
+            if nxt is None:
+                return
+            current, received, failures = nxt, 0, 0
+            if on_attempt is not None:
+                on_attempt(current)
+
+    @staticmethod
+    def _attempt_over(job: Mapping[str, Any], number: int) -> bool:
+        if job.get("status") in TERMINAL:
+            return True
+        for att in job.get("attempts") or []:
+            if att.get("number") == number:
+                return att.get("finished_at") is not None
+        # The attempt is not listed (pruned, or a server that omits attempts): trust the job counter.
+        return int(job.get("attempt") or 0) > number
+
+    def _await_attempt(self, job_id: str, after: int, job: Job | None = None) -> int | None:
+        """The number of the first attempt after ``after`` once it exists; None if the job ends first."""
+        while True:
+            if job is None:
+                job = self.get(job_id)
+            number = int(job.get("attempt") or 0)
+            if number > after:
+                return number
+            if job.get("status") in TERMINAL:
+                return None
+            job = None
+            time.sleep(self.poll_interval)
+
+    # -- artifacts ------------------------------------------------------------------------------
+
+    def artifacts(self, job_id: str, attempt: int | None = None) -> Records:
+        """The job's artifacts: path, size, sha256, attempt and a short-lived download url."""
+        params = {"attempt": attempt} if attempt is not None else {}
+        return list(
+            self._json("GET", self._job_path(job_id, "/artifacts"), params=params).get("artifacts") or []
+        )
+
+    def download_artifacts(
+        self, job_id: str, dest_dir: str | os.PathLike[str], attempt: int | None = None
+    ) -> _Paths:
+        """Download every artifact under ``dest_dir``, checking each against its listed sha256.
+
+        A file whose bytes do not match is deleted and IntegrityError raised. Paths that would land
+        outside ``dest_dir`` are refused before anything is written.
+        """
+        dest = Path(dest_dir)
+        items = self.artifacts(job_id, attempt)
+        targets = [_safe_target(dest, str(item.get("path", ""))) for item in items]
+        written: _Paths = []
+        for item, target in zip(items, targets, strict=True):
+            self._download_one(job_id, item, target)
+            written.append(target)
+        return written
+
+    def _download_one(self, job_id: str, item: Mapping[str, Any], target: Path) -> None:
+        rel = str(item["path"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with part.open("wb") as fh:
+                for chunk in self._artifact_stream(job_id, item):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    fh.write(chunk)
+            want_sha = item.get("sha256")
+            want_size = item.get("size")
+            if want_sha and digest.hexdigest() != str(want_sha).lower():
+                raise IntegrityError(
+                    0,
+                    "checksum_mismatch",
+                    f"artifact {rel}: sha256 {digest.hexdigest()} does not match the listed {want_sha}",
+                )
+            if isinstance(want_size, int) and size != want_size:
+                raise IntegrityError(
+                    0, "size_mismatch", f"artifact {rel}: got {size} bytes, the server listed {want_size}"
+                )
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def _artifact_stream(self, job_id: str, item: Mapping[str, Any]) -> Iterator[bytes]:
+        rel = str(item["path"])
+        api_path = self._job_path(job_id, "/artifacts/" + quote(rel, safe="/"))
+        url = item.get("url")
+        if url:
+            full = urljoin(self.url + "/", str(url))
+            try:
+                with self._bare.stream("GET", full) as resp:
+                    if resp.status_code < 400:
+                        yield from resp.iter_bytes(_CHUNK)
+                        return
+                    resp.read()
+                    # An expired presigned URL is not fatal: the API path signs a fresh one.
+                    if resp.status_code not in (401, 403):
+                        raise self._fail(resp)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
+        try:
+            with self._http.stream("GET", api_path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._fail(resp)
+                yield from resp.iter_bytes(_CHUNK)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    # -- workdirs, fleet, admin -----------------------------------------------------------------
+
+    def upload_workdir(self, path: str | os.PathLike[str], limit_bytes: int | None = None) -> str:
+        """Bundle a directory, upload it, and return the key to put in ``JobSpec.workdir``."""
+        data = make_bundle(Path(path), limit_bytes)
+        body = self._json(
+            "POST", "/v1/workdirs", content=data, headers={"Content-Type": "application/gzip"}, timeout=None
+        )
+        return str(body["workdir"])
+
+    def workers(self) -> Records:
+        return list(self._json("GET", "/v1/workers").get("workers") or [])
+
+    def queues(self) -> dict[str, Any]:
+        """Pending and running counts per pool, and per-team use."""
+        return self._json("GET", "/v1/queues")
+
+    def create_user(self, name: str, team: str, role: str = "user") -> str:
+        """Create a user (admin only) and return their API token."""
+        body = self._json("POST", "/v1/admin/users", json={"name": name, "team": team, "role": role})
+        return str(body["token"])
+
+
+def _safe_target(dest: Path, rel: str) -> Path:
+    """Where artifact ``rel`` goes under ``dest``; refuses absolute paths, '..' and symlinked escapes."""
+    pure = PurePosixPath(rel)
+    if not rel or "\\" in rel or pure.is_absolute() or ".." in pure.parts or "\x00" in rel:
+        raise IntegrityError(
+            0, "unsafe_path", f"artifact path {rel!r} would escape {dest}; refusing to download"
+        )
+    target = dest.joinpath(*pure.parts)
+    root = dest.resolve()
+    resolved = target.resolve()
+    if resolved == root or root not in resolved.parents:
+        raise IntegrityError(
+            0, "unsafe_path", f"artifact path {rel!r} would escape {dest}; refusing to download"
+        )
+    return target
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,334 @@
+"""`yard worker`: registers with the control plane, takes leased attempts and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections import OrderedDict
+
+import grpc
+import grpc.aio
+import httpx
+
+from trainyard import __version__
+from trainyard.model.states import AttemptOutcome
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.attempt import AttemptContext, AttemptRunner, attempt_dir
+from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity
+from trainyard.worker.executors.base import Executor
+from trainyard.worker.executors.process import ProcessExecutor
+from trainyard.worker.logship import LogShipper
+from trainyard.worker.rpc import PERMANENT, ControlPlane
+from trainyard.worker.transfer import Transfers
+
+log = logging.getLogger(__name__)
+
+AttemptKey = tuple[str, int]
+
+_REMEMBERED_ATTEMPTS = 100_000
+"""Finished attempts remembered so that a lease re-sent after its final report does not run again."""
+
+_STOP_COMMANDS = {
+    pb.Command.CANCEL: AttemptOutcome.CANCELLED,
+    pb.Command.TIMEOUT: AttemptOutcome.TIMED_OUT,
+    pb.Command.PREEMPT: AttemptOutcome.PREEMPTED,
+}
+
+
+class RegistrationRefused(Exception):
+    """The control plane refused this worker's bootstrap token or registration."""
+
+
+class Agent:
+    """The worker agent; ``run`` returns once ``stop`` is set and its attempts were stopped and reported."""
+
+    def __init__(self, cfg: WorkerConfig, *, executor: Executor | None = None) -> None:
+        self.cfg = cfg
+        self.executor: Executor = executor or ProcessExecutor()
+        self.draining = False
+        self.runners: dict[AttemptKey, AttemptRunner] = {}
+        self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
+        self._finished: OrderedDict[AttemptKey, None] = OrderedDict()
+        self._restarted: set[AttemptKey] = set()
+        self._capacity: NodeCapacity | None = None
+        self._register_lock = asyncio.Lock()
+        self._lease_call: grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage] | None = None
+        self._rpc: ControlPlane | None = None
+        self._ctx: AttemptContext | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        # Before taking work: a previous agent's jobs must not run alongside the ones we are about to start.
+        self._restarted = set(self.executor.reap_orphans(cfg.work_dir))
+        self._capacity = await asyncio.to_thread(detect_capacity, cfg)
+        background: list[asyncio.Task[None]] = []
+        async with (
+            grpc.aio.insecure_channel(cfg.server) as channel,
+            httpx.AsyncClient(timeout=cfg.http_timeout_s) as http,
+        ):
+            rpc = ControlPlane(
+                channel,
+                bootstrap_token=cfg.token,
+                rpc_timeout_s=cfg.rpc_timeout_s,
+                backoff_initial_s=cfg.backoff_initial_s,
+                backoff_max_s=cfg.backoff_max_s,
+            )
+            rpc.on_unauthenticated = self._reregister
+            self._rpc = rpc
+            shipper = LogShipper(rpc, flush_s=cfg.log_flush_s)
+            transfers = Transfers(http, attempts=cfg.upload_attempts, backoff=rpc.backoff)
+            self._ctx = AttemptContext(cfg, rpc, transfers, shipper, self.executor)
+            try:
+                registering = asyncio.create_task(self._register(initial=True))
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not registering.done():
+                    registering.cancel()
+                    return
+                stopping.cancel()
+                registering.result()
+                background = [
+                    asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                    asyncio.create_task(self._lease_loop(), name="lease"),
+                    asyncio.create_task(shipper.run(), name="log-shipper"),
+                ]
+                await stop.wait()
+                await self._shutdown(background[1])
+            finally:
+                for runner in self.runners.values():
+                    runner.kill_now()
+                for task in [*background, *self._tasks.values()]:
+                    task.cancel()
+                await asyncio.gather(*background, *self._tasks.values(), return_exceptions=True)
+
+    async def _shutdown(self, lease: asyncio.Task[None]) -> None:
+        """Take no more work, stop the jobs with their grace, report them, then return."""
+        self.draining = True
+        lease.cancel()
+        log.info("stopping: %d attempt(s) running", len(self.runners))
+        for runner in list(self.runners.values()):
+            # Preempted, not cancelled: the user did not ask for it, and the job goes back to the queue.
+            runner.request_stop(AttemptOutcome.PREEMPTED, "the worker is shutting down")
+        tasks = list(self._tasks.values())
+        if tasks:
+            grace = self.cfg.cancel_grace_s
+            if grace is None:
+                grace = self._rpc.session.cancel_grace_s if self._rpc and self._rpc.session else 10.0
+            _, pending = await asyncio.wait(tasks, timeout=grace + self.cfg.shutdown_timeout_s)
+            if pending:
+                log.warning("gave up waiting for %d attempt(s) to report", len(pending))
+
+    # -- registration ----------------------------------------------------------------------------------
+
+    def _register_request(self) -> pb.RegisterRequest:
+        cap = self._capacity
+        assert cap is not None
+        return pb.RegisterRequest(
+            name=self.cfg.name,
+            hostname=socket.gethostname(),
+            capacity=pb.Capacity(cpu=cap.cpus, memory=cap.memory, gpu=cap.gpus, gpu_type=cap.gpu_type or ""),
+            pool=self.cfg.pool,
+            region=self.cfg.region or "",
+            labels=self.cfg.labels,
+            version=__version__,
+        )
+
+    async def _register(self, *, initial: bool = False) -> None:
+        rpc = self._rpc
+        assert rpc is not None
+        backoff = rpc.backoff()
+        while True:
+            try:
+                session = await rpc.register(self._register_request())
+                log.info(
+                    "registered as worker %s (heartbeat every %gs)",
+                    session.worker_id,
+                    session.heartbeat_interval_s,
+                )
+                return
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                refused = code in PERMANENT or code == grpc.StatusCode.UNAUTHENTICATED
+                if initial and refused:
+                    raise RegistrationRefused(f"{code.name}: {e.details()}") from e
+                log.warning(
+                    "cannot register with %s (%s: %s); retrying", self.cfg.server, code.name, e.details()
+                )
+            await backoff.sleep()
+
+    async def _reregister(self, seen_generation: int) -> None:
+        rpc = self._rpc
+        assert rpc is not None and self._ctx is not None
+        async with self._register_lock:
+            if rpc.generation != seen_generation:
+                return  # someone registered again meanwhile
+            log.warning("the control plane does not know this worker; registering again")
+            await self._register()
+        # Streams opened with the old credential would stay silent or be refused.
+        self._reconnect_streams()
+
+    def _reconnect_streams(self) -> None:
+        if self._lease_call is not None:
+            self._lease_call.cancel()
+        if self._ctx is not None:
+            self._ctx.shipper.reconnect()
+
+    # -- loops ------------------------------------------------------------------------------------------
+
+    def _running(self) -> list[pb.RunningAttempt]:
+        return [r.running_attempt() for r in self.runners.values() if not r.forgotten]
+
+    async def _heartbeat_loop(self) -> None:
+        rpc = self._rpc
+        assert rpc is not None
+        backoff = rpc.backoff()
+        failing = False
+        while True:
+            generation = rpc.generation
+            try:
+                resp = await rpc.heartbeat(self._running)
+            except grpc.aio.AioRpcError as e:
+                if not failing:
+                    log.warning("heartbeat failed (%s: %s); jobs keep running", e.code().name, e.details())
+                failing = True
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    await self._reregister(generation)
+                await backoff.sleep()
+                continue
+            if failing:
+                # The control plane is back; a silent network failure may have left our streams dead.
+                log.info("control plane reachable again")
+                failing = False
+                backoff.reset()
+                self._reconnect_streams()
+            if not resp.known:
+                await self._reregister(generation)
+            for cmd in resp.commands:
+                self._command(cmd)
+            interval = rpc.session.heartbeat_interval_s if rpc.session else 5.0
+            await asyncio.sleep(interval)
+
+    async def _lease_loop(self) -> None:
+        rpc = self._rpc
+        assert rpc is not None
+        backoff = rpc.backoff()
+        while True:
+            generation = rpc.generation
+            call = rpc.lease()
+            self._lease_call = call
+            try:
+                async for msg in call:
+                    backoff.reset()
+                    kind = msg.WhichOneof("msg")
+                    if kind == "assignment":
+                        self._accept(msg.assignment)
+                    elif kind == "command":
+                        self._command(msg.command)
+                log.info("lease stream ended; reconnecting")
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    await self._reregister(generation)
+                elif code != grpc.StatusCode.CANCELLED:
+                    log.warning("lease stream failed (%s: %s); reconnecting", code.name, e.details())
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    call.cancel()
+                    raise
+                # We cancelled the call ourselves to reopen the stream.
+                continue
+            finally:
+                self._lease_call = None
+            await backoff.sleep()
+
+    # -- work -------------------------------------------------------------------------------------------
+
+    def _accept(self, a: pb.Assignment) -> None:
+        key = (a.job_id, a.attempt)
+        # The control plane re-sends every leased attempt on reconnect: never start one twice.
+        if key in self.runners or key in self._finished:
+            return
+        if self.draining:
+            log.info("draining: not starting %s/%d", *key)
+            return
+        assert self._ctx is not None
+        restarted = key in self._restarted or attempt_dir(self.cfg.work_dir, *key).exists()
+        runner = AttemptRunner(self._ctx, a, restarted=restarted)
+        self.runners[key] = runner
+        task = asyncio.get_running_loop().create_task(runner.run(), name=f"attempt {key[0]}/{key[1]}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._done(key, t))
+
+    def _done(self, key: AttemptKey, task: asyncio.Task[None]) -> None:
+        self.runners.pop(key, None)
+        self._tasks.pop(key, None)
+        self._finished[key] = None
+        if len(self._finished) > _REMEMBERED_ATTEMPTS:
+            self._finished.popitem(last=False)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("attempt %s/%d crashed", *key, exc_info=task.exception())
+
+    def _command(self, cmd: pb.Command) -> None:
+        if cmd.kind == pb.Command.DRAIN:
+            if not self.draining:
+                log.info("draining: no new work will be taken")
+            self.draining = True
+            return
+        for runner in list(self.runners.values()):
+            a = runner.a
+            if a.job_id != cmd.job_id or (cmd.attempt and cmd.attempt != a.attempt):
+                continue
+            if cmd.lease_token and cmd.lease_token != a.lease_token:
+                continue
+            if cmd.kind == pb.Command.KILL_STALE:
+                runner.kill_stale()
+            elif cmd.kind in _STOP_COMMANDS:
+                outcome = _STOP_COMMANDS[cmd.kind]
+                runner.request_stop(outcome, cmd.reason or _DEFAULT_REASONS[outcome])
+
+
+_DEFAULT_REASONS = {
+    AttemptOutcome.CANCELLED: "cancelled",
+    AttemptOutcome.TIMED_OUT: "timed out",
+    AttemptOutcome.PREEMPTED: "preempted",
+}
+
+
+async def run_agent(cfg: WorkerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set (forever when None), then stop its jobs and return."""
+    await Agent(cfg).run(stop or asyncio.Event())
+
+
+def main(cfg: WorkerConfig) -> None:
+    """Run the agent in the foreground: SIGTERM/SIGINT stops it cleanly, a second one kills the jobs now."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: killing jobs now", signal.Signals(signum).name)
+                task.cancel()
+            else:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await run_agent(cfg, stop)
+
+    # A second signal cancels the main task; the agent has killed its jobs by the time it surfaces.
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(_main())

@@ -1,0 +1,361 @@
+"""One attempt from assignment to final report: prepare, spawn, supervise, upload, report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainyard.model.states import AttemptOutcome
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.config import WorkerConfig
+from trainyard.worker.executors.base import Executor, ExitStatus, LaunchSpec, RunHandle, StartFailed
+from trainyard.worker.files import (
+    ArtifactFile,
+    UnsafeArchive,
+    collect_artifacts,
+    has_entries,
+    pack_dir,
+    unpack_tar,
+)
+from trainyard.worker.logship import LogSealer, LogShipper
+from trainyard.worker.rpc import ControlPlane, StaleLease
+from trainyard.worker.spool import LogSpool
+from trainyard.worker.transfer import TransferError, Transfers
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.tar.gz"
+
+_DRAIN_TIMEOUT_S = 2.0
+"""How long a finished attempt's directory waits for the live log push to read its last bytes."""
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What every attempt shares with the agent."""
+
+    cfg: WorkerConfig
+    rpc: ControlPlane
+    transfers: Transfers
+    shipper: LogShipper
+    executor: Executor
+
+
+def attempt_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
+    return work_dir / "jobs" / job_id / str(attempt)
+
+
+class AttemptRunner:
+    """Runs one assignment. Stop requests may come at any time, before the spawn included."""
+
+    def __init__(self, ctx: AttemptContext, assignment: pb.Assignment, *, restarted: bool = False) -> None:
+        self.ctx = ctx
+        self.a = assignment
+        self.key = (assignment.job_id, assignment.attempt)
+        self.dir = attempt_dir(ctx.cfg.work_dir, assignment.job_id, assignment.attempt)
+        self.restarted = restarted
+        """The attempt ran under an earlier agent on this node (whose processes were killed at start-up)."""
+        self.stop_outcome: AttemptOutcome | None = None
+        self.stop_reason = ""
+        self.forgotten = False
+        """The lease is gone (STALE, KILL_STALE): no more reports, no uploads."""
+        self.handle: RunHandle | None = None
+        self.spool = LogSpool(self.dir / "log", ctx.cfg.max_log_bytes, on_data=self._on_log)
+        self.sealer: LogSealer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    def running_attempt(self) -> pb.RunningAttempt:
+        return pb.RunningAttempt(job_id=self.a.job_id, attempt=self.a.attempt, lease_token=self.a.lease_token)
+
+    def request_stop(self, outcome: AttemptOutcome, reason: str) -> None:
+        """Stop the job with the grace period; the first stop request decides the outcome."""
+        if self.forgotten or self.stop_outcome is not None:
+            return
+        self.stop_outcome = outcome
+        self.stop_reason = reason
+        if self.handle is not None:
+            self._spawn(self._stop_handle(self.handle))
+
+    def kill_stale(self) -> None:
+        """The attempt is not ours any more: kill it at once and say nothing more about it."""
+        self.forgotten = True
+        if self.handle is not None:
+            self.handle.kill()
+        self.ctx.shipper.drop(self.key)
+
+    def kill_now(self) -> None:
+        if self.handle is not None:
+            self.handle.kill()
+
+    def _grace_s(self) -> float:
+        if self.ctx.cfg.cancel_grace_s is not None:
+            return self.ctx.cfg.cancel_grace_s
+        session = self.ctx.rpc.session
+        return session.cancel_grace_s if session else 10.0
+
+    async def _stop_handle(self, handle: RunHandle) -> None:
+        await handle.stop(self._grace_s())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_log(self) -> None:
+        self.ctx.shipper.notify()
+        if self.sealer is not None:
+            self.sealer.notify()
+
+    # -- the attempt ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            self.kill_now()
+            raise
+        except Exception:
+            # Whatever broke is the agent's fault, not the job's: say so, so that the server can retry it.
+            log.exception("attempt %s/%d failed inside the agent", *self.key)
+            self.kill_now()
+            if not self.forgotten:
+                await self._finish_report(AttemptOutcome.INFRA, "worker agent error", None)
+        finally:
+            self.spool.close()
+        if self.forgotten and not self.ctx.cfg.keep_attempt_dirs:
+            # The live tail may still be pushing the last bytes from the spool file.
+            await self.ctx.shipper.drained(self.key, _DRAIN_TIMEOUT_S)
+            await self._remove_dir()
+        self.ctx.shipper.drop(self.key)
+
+    async def _run(self) -> None:
+        a = self.a
+        if self.restarted:
+            await self._finish_report(
+                AttemptOutcome.INFRA, "the worker agent restarted while the attempt was running", None
+            )
+            return
+        self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool)
+        self.sealer = LogSealer(
+            self.ctx.rpc,
+            self.ctx.transfers,
+            self.spool,
+            job_id=a.job_id,
+            attempt=a.attempt,
+            lease_token=a.lease_token,
+            seal_bytes=self.ctx.cfg.seal_bytes,
+            interval_s=self.ctx.cfg.seal_interval_s,
+            max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
+            on_stale=self.kill_stale,
+        )
+        started_at = time.monotonic()
+        try:
+            spec = await self._prepare()
+            if self.forgotten:
+                return
+            if self.stop_outcome is not None:
+                await self._finish_report(self.stop_outcome, self.stop_reason, None)
+                return
+            handle = await self.ctx.executor.start(spec, self.spool)
+        except StartFailed as e:
+            await self._finish_report(AttemptOutcome.START_FAILED, str(e), None)
+            return
+        self.handle = handle
+        if self.forgotten:
+            handle.kill()
+        elif self.stop_outcome is not None:
+            self._spawn(self._stop_handle(handle))
+        started = asyncio.get_running_loop().create_task(self._report_started())
+        status = await self._supervise(handle, started_at)
+        self.ctx.shipper.finish(self.key)
+        await started
+        if self.forgotten:
+            return
+        if self.stop_outcome is not None:
+            outcome, reason = self.stop_outcome, self.stop_reason
+        elif status.ok:
+            outcome, reason = AttemptOutcome.SUCCEEDED, ""
+        else:
+            outcome, reason = AttemptOutcome.FAILED, status.describe()
+        await self._finish_report(outcome, reason, status, cwd=spec.cwd)
+
+    async def _supervise(self, handle: RunHandle, started_at: float) -> ExitStatus:
+        limit = self.a.max_runtime_s
+        if limit > 0:
+            try:
+                return await asyncio.wait_for(
+                    handle.wait(), max(0.0, limit - (time.monotonic() - started_at))
+                )
+            except TimeoutError:
+                self.request_stop(AttemptOutcome.TIMED_OUT, f"exceeded max runtime of {limit:g}s")
+        return await handle.wait()
+
+    async def _prepare(self) -> LaunchSpec:
+        a = self.a
+        ckpt, arts, work = self.dir / "checkpoints", self.dir / "artifacts", self.dir / "work"
+        for d in (ckpt, arts, work):
+            d.mkdir(parents=True, exist_ok=True)
+        cwd = work
+        if a.workdir_url:
+            await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
+        elif a.cwd and Path(a.cwd).is_dir():
+            cwd = Path(a.cwd)
+        resume_dir: Path | None = None
+        if a.resume_from_url:
+            resume_dir = self.dir / "resume"
+            await self._fetch_bundle(a.resume_from_url, self.dir / "resume.tar.gz", resume_dir, "checkpoint")
+        return LaunchSpec(
+            job_id=a.job_id,
+            attempt=a.attempt,
+            command=tuple(a.command),
+            env=dict(a.env),
+            cwd=cwd,
+            attempt_dir=self.dir,
+            checkpoint_dir=ckpt,
+            artifact_dir=arts,
+            resume_dir=resume_dir,
+            gpu_indices=tuple(a.gpu_indices),
+            cpu=a.cpu,
+            memory=a.memory,
+            image=a.image,
+        )
+
+    async def _fetch_bundle(self, url: str, archive: Path, dest: Path, what: str) -> None:
+        try:
+            await self.ctx.transfers.get_file(url, archive)
+        except TransferError as e:
+            raise StartFailed(f"{what} download failed: {e}") from e
+        try:
+            await asyncio.to_thread(unpack_tar, archive, dest)
+        except UnsafeArchive as e:
+            raise StartFailed(f"{what} unpack failed: {e}") from e
+        finally:
+            archive.unlink(missing_ok=True)
+
+    async def _report_started(self) -> None:
+        resp = await self.ctx.rpc.report(
+            pb.ReportRequest(
+                job_id=self.a.job_id,
+                attempt=self.a.attempt,
+                lease_token=self.a.lease_token,
+                phase=pb.ReportRequest.STARTED,
+                at=time.time(),
+            )
+        )
+        if resp.result == pb.ReportResponse.STALE:
+            log.warning("attempt %s/%d is stale: killing it", *self.key)
+            self.kill_stale()
+
+    async def _finish_report(
+        self, outcome: AttemptOutcome, reason: str, status: ExitStatus | None, *, cwd: Path | None = None
+    ) -> None:
+        finished_at = time.time()
+        artifacts: list[pb.Artifact] = []
+        checkpoint_key = ""
+        stopping = self.stop_outcome is not None
+        problems: list[str] = []
+        try:
+            if self.sealer is not None:
+                try:
+                    await self.sealer.finish()
+                except TransferError as e:
+                    problems.append(f"log upload failed: {e}")
+            if cwd is not None or self.handle is not None:
+                try:
+                    artifacts = await self._upload_artifacts(cwd or self.dir / "work")
+                except TransferError as e:
+                    problems.append(f"artifact upload failed: {e}")
+            if outcome is not AttemptOutcome.SUCCEEDED:
+                try:
+                    checkpoint_key = await self._upload_checkpoint()
+                except TransferError as e:
+                    problems.append(f"checkpoint upload failed: {e}")
+        except StaleLease:
+            self.kill_stale()
+            return
+        if self.forgotten:
+            return
+        if problems:
+            note = "; ".join(problems)
+            if stopping or outcome in (AttemptOutcome.START_FAILED, AttemptOutcome.INFRA):
+                reason = f"{reason}; {note}" if reason else note
+            else:
+                # The job's results did not reach storage: the run cannot count as the job's own outcome.
+                outcome, reason = AttemptOutcome.INFRA, note
+        req = pb.ReportRequest(
+            job_id=self.a.job_id,
+            attempt=self.a.attempt,
+            lease_token=self.a.lease_token,
+            phase=pb.ReportRequest.FINISHED,
+            outcome=outcome.value,
+            reason=reason,
+            stderr_tail=self.spool.stderr_tail,
+            artifacts=artifacts,
+            log_bytes=self.spool.size,
+            checkpoint_key=checkpoint_key,
+            at=finished_at,
+        )
+        if status is not None and (status.returncode is not None or status.signal is not None):
+            req.exit_code = status.exit_code
+            req.has_exit_code = True
+        resp = await self.ctx.rpc.report(req)
+        if resp.result == pb.ReportResponse.STALE:
+            log.info("final report for %s/%d answered stale", *self.key)
+        self.forgotten = True
+
+    async def _upload_artifacts(self, cwd: Path) -> list[pb.Artifact]:
+        arts = self.dir / "artifacts"
+        if not self.a.artifact_paths and not has_entries(arts):
+            return []
+        files: list[ArtifactFile] = await asyncio.to_thread(
+            collect_artifacts, arts, cwd, list(self.a.artifact_paths)
+        )
+        if not files:
+            return []
+        urls = await self.ctx.rpc.get_urls(
+            self.a.job_id, self.a.attempt, self.a.lease_token, pb.UrlRequest.ARTIFACT, [f.name for f in files]
+        )
+        out: list[pb.Artifact] = []
+        for f in files:
+            signed = urls.get(f.name)
+            if signed is None:
+                raise TransferError(f"no upload URL for artifact {f.name}")
+            await self.ctx.transfers.put_file(signed.url, f.path)
+            out.append(pb.Artifact(path=f.name, size=f.size, sha256=f.sha256, object_key=signed.object_key))
+        return out
+
+    async def _upload_checkpoint(self) -> str:
+        ckpt = self.dir / "checkpoints"
+        if not has_entries(ckpt):
+            return ""
+        archive = self.dir / CHECKPOINT_NAME
+        try:
+            await asyncio.to_thread(pack_dir, ckpt, archive)
+        except OSError as e:
+            raise TransferError(f"cannot pack checkpoint: {e}") from e
+        try:
+            urls = await self.ctx.rpc.get_urls(
+                self.a.job_id, self.a.attempt, self.a.lease_token, pb.UrlRequest.CHECKPOINT, [CHECKPOINT_NAME]
+            )
+            signed = urls.get(CHECKPOINT_NAME)
+            if signed is None:
+                raise TransferError("no upload URL for the checkpoint")
+            await self.ctx.transfers.put_file(signed.url, archive, "application/gzip")
+            return signed.object_key
+        finally:
+            archive.unlink(missing_ok=True)
+
+    async def _remove_dir(self) -> None:
+        self.spool.close()
+        await asyncio.to_thread(shutil.rmtree, self.dir, True)
+        with contextlib.suppress(OSError):  # another attempt of the job may still use it
+            self.dir.parent.rmdir()

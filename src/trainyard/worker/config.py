@@ -1,0 +1,147 @@
+"""The worker agent's settings and the detection of this node's capacity."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything `yard worker` needs; the CLI builds one, tests build their own."""
+
+    server: str
+    """gRPC address of the control plane, e.g. ``127.0.0.1:50051``."""
+    token: str
+    """Bootstrap worker token, exchanged by Register for this worker's own credential."""
+    name: str
+    """Stable worker name: re-registering with the same name keeps the worker id."""
+    work_dir: Path
+    """All local state: attempt directories (log spool, checkpoints, artifacts, unpacked workdirs)."""
+    cpus: float | None = None
+    """None: detect from the CPU affinity mask."""
+    memory: int | None = None
+    """Bytes; None: detect from /proc/meminfo."""
+    gpus: int | None = None
+    """None: detect via NVML (0 when pynvml or a driver is missing)."""
+    gpu_type: str | None = None
+    """None: derived from the NVML device name (``a100``, ``h100``), when there are GPUs."""
+    pool: str = "default"
+    region: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    max_log_bytes: int = 1 << 30
+    """Per-attempt cap on the log spool; past it a marker line is written and output is dropped."""
+
+    # Tunables. The defaults are the production values; tests shrink them.
+    log_flush_s: float = 0.1
+    """Longest a live log byte waits before it is pushed."""
+    seal_bytes: int = 1 << 20
+    """Unsealed bytes that trigger a log chunk upload."""
+    seal_interval_s: float = 5.0
+    """Longest unsealed bytes wait for a chunk upload."""
+    seal_max_bytes: int = 8 << 20
+    """Largest single chunk, so an outage's backlog is not gzipped in one piece."""
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    rpc_timeout_s: float = 15.0
+    http_timeout_s: float = 120.0
+    upload_attempts: int = 4
+    """Tries per HTTP upload or download before the attempt is reported as an infra failure."""
+    shutdown_timeout_s: float = 30.0
+    """On stop, how long to wait for final reports after the jobs were stopped."""
+    keep_attempt_dirs: bool = False
+    """Keep an attempt's directory after its final report was accepted (for debugging)."""
+    cancel_grace_s: float | None = None
+    """Override the control plane's cancel grace (SIGTERM to SIGKILL)."""
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    cpus: float
+    memory: int
+    gpus: int
+    gpu_type: str | None
+
+
+def detect_capacity(cfg: WorkerConfig) -> NodeCapacity:
+    """Fill in what the config leaves unset; declared values always win (GPUs without hardware too)."""
+    cpus = cfg.cpus if cfg.cpus is not None else detect_cpus()
+    memory = cfg.memory if cfg.memory is not None else detect_memory()
+    gpus, gpu_type = cfg.gpus, cfg.gpu_type
+    if gpus is None or (gpu_type is None and gpus > 0):
+        found, name = detect_gpus()
+        if gpus is None:
+            gpus = found
+        if gpu_type is None and gpus > 0 and name is not None:
+            gpu_type = gpu_type_from_name(name)
+    return NodeCapacity(cpus=cpus, memory=memory, gpus=gpus, gpu_type=gpu_type)
+
+
+def detect_cpus() -> float:
+    try:
+        return float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return float(os.cpu_count() or 1)
+
+
+def detect_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def detect_gpus() -> tuple[int, str | None]:
+    """Count GPUs and name the first; (0, None) when NVML is not installed or finds no driver."""
+    try:
+        nvml = importlib.import_module("pynvml")
+    except ImportError:
+        return 0, None
+    try:
+        nvml.nvmlInit()
+    except Exception as e:  # NVMLError has many subclasses; any of them means "no usable GPUs"
+        log.info("NVML unavailable, assuming no GPUs: %s", e)
+        return 0, None
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+        name: str | None = None
+        if count:
+            raw = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(0))
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return count, name
+    except Exception as e:
+        log.warning("NVML query failed, assuming no GPUs: %s", e)
+        return 0, None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            log.debug("nvmlShutdown failed", exc_info=True)
+
+
+_VENDOR_WORDS = {"nvidia", "tesla", "geforce", "quadro"}
+
+
+def gpu_type_from_name(name: str) -> str | None:
+    """``NVIDIA A100-SXM4-80GB`` → ``a100``, ``NVIDIA GeForce RTX 4090`` → ``rtx4090``."""
+    words = [w for w in re.split(r"[\s\-_]+", name.lower()) if w and w not in _VENDOR_WORDS]
+    label = ""
+    for w in words:
+        label += re.sub(r"[^a-z0-9]", "", w)
+        if any(c.isdigit() for c in label):
+            break
+    label = label[:32]
+    return label or None

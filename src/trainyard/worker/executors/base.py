@@ -1,0 +1,95 @@
+"""The executor port: the few primitives the agent needs to run, stop and watch one attempt."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class StartFailed(Exception):
+    """The command could not be started (not found, not executable, bad working directory)."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One attempt, ready to run: its directories exist and its bundle is unpacked."""
+
+    job_id: str
+    attempt: int
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    """The assignment's environment (the spec's env, TRAINYARD_JOB_ID, TRAINYARD_ATTEMPT, ...)."""
+    cwd: Path
+    attempt_dir: Path
+    checkpoint_dir: Path
+    artifact_dir: Path
+    resume_dir: Path | None = None
+    """Where the checkpoint to resume from was unpacked, when resuming."""
+    gpu_indices: tuple[int, ...] = ()
+    cpu: float = 0.0
+    memory: int = 0
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the main process ended: an exit code, or the signal that killed it."""
+
+    returncode: int | None = None
+    signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention (128 + signal), so that retry rules such as ``exit:137`` match kills."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.returncode if self.returncode is not None else -1
+
+    @property
+    def ok(self) -> bool:
+        return self.signal is None and self.returncode == 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                return f"killed by signal {self.signal}"
+            return f"killed by signal {self.signal} ({name})"
+        return f"exit code {self.returncode}"
+
+
+class LogSink(Protocol):
+    def write(self, stream: int, data: bytes) -> None:
+        """Take bytes from stdout (1) or stderr (2) as they arrive."""
+
+
+class RunHandle(Protocol):
+    """A started attempt."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> ExitStatus:
+        """Return once the main process exited, nothing of it is left and its output is drained."""
+        ...
+
+    async def stop(self, grace_s: float) -> None:
+        """Ask everything the attempt started to stop; force it after ``grace_s``. Returns when stopped."""
+        ...
+
+    def kill(self) -> None:
+        """Kill everything the attempt started, at once; does not wait."""
+
+
+class Executor(Protocol):
+    async def start(self, spec: LaunchSpec, sink: LogSink) -> RunHandle:
+        """Start the command; raise StartFailed when it cannot start at all."""
+        ...
+
+    def reap_orphans(self, work_dir: Path) -> list[tuple[str, int]]:
+        """Kill what a previous agent on this node left running; return those attempts' keys."""
+        ...

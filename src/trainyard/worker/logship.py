@@ -1,0 +1,294 @@
+"""Live log push over one PushLogs stream for all attempts, and sealing of log chunks into storage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.rpc import ControlPlane, StaleLease
+from trainyard.worker.spool import LogSpool
+from trainyard.worker.transfer import TransferError, Transfers
+
+log = logging.getLogger(__name__)
+
+AttemptKey = tuple[str, int]
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest LogData payload: well under gRPC's default 4 MiB message limit."""
+
+
+@dataclass(eq=False)
+class _Feed:
+    job_id: str
+    attempt: int
+    lease_token: str
+    spool: LogSpool
+    sent: int = 0
+    acked: int = 0
+    finished: bool = False
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LogShipper:
+    """Pushes every attempt's new log bytes on one bidi stream; resends from the last ack on reconnect.
+
+    The stream is opened on the first byte of output, so jobs that print nothing cost no log RPCs.
+    After a send it waits ``flush_s`` before the next, so output is coalesced into few messages while
+    still reaching the control plane well within a second.
+    """
+
+    def __init__(self, rpc: ControlPlane, *, flush_s: float) -> None:
+        self._rpc = rpc
+        self._flush_s = flush_s
+        self._feeds: dict[AttemptKey, _Feed] = {}
+        self._dirty = asyncio.Event()
+        self._call: grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck] | None = None
+
+    def add(self, job_id: str, attempt: int, lease_token: str, spool: LogSpool) -> None:
+        self._feeds[(job_id, attempt)] = _Feed(job_id, attempt, lease_token, spool)
+
+    def notify(self) -> None:
+        self._dirty.set()
+
+    def finish(self, key: AttemptKey) -> None:
+        """No more output will come: push what is left, then forget the attempt (its chunks are sealed)."""
+        feed = self._feeds.get(key)
+        if feed is None:
+            return
+        if feed.sent >= feed.spool.size:
+            self.drop(key)
+        else:
+            feed.finished = True
+            self._dirty.set()
+
+    def drop(self, key: AttemptKey) -> None:
+        feed = self._feeds.pop(key, None)
+        if feed is not None:
+            feed.gone.set()
+
+    async def drained(self, key: AttemptKey, timeout_s: float) -> None:
+        """Wait (a bounded time) until a finished attempt's last bytes went out, before its spool goes."""
+        feed = self._feeds.get(key)
+        if feed is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.gone.wait(), timeout_s)
+
+    def reconnect(self) -> None:
+        """Open a new stream (after a re-registration or an outage), resending from the last acks."""
+        if self._call is not None:
+            self._call.cancel()
+
+    async def run(self) -> None:
+        backoff = self._rpc.backoff()
+        while True:
+            await self._dirty.wait()
+            if not self._pending():
+                self._dirty.clear()
+                continue
+            call = self._rpc.push_logs()
+            self._call = call
+            for feed in self._feeds.values():
+                feed.sent = feed.acked
+            receiver = asyncio.create_task(self._receive(call))
+            try:
+                await self._pump(call, receiver)
+                backoff.reset()
+            except grpc.aio.AioRpcError as e:
+                log.warning("log stream failed (%s: %s); reconnecting", e.code().name, e.details())
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except asyncio.InvalidStateError:
+                log.debug("log stream closed while writing; reconnecting")
+            except Exception:
+                # The shipper must outlive any surprise: jobs keep running and the spool keeps the bytes.
+                log.exception("log stream broke; reconnecting")
+            finally:
+                self._call = None
+                receiver.cancel()
+                call.cancel()
+            await backoff.sleep()
+
+    def _pending(self) -> bool:
+        return any(f.sent < f.spool.size or f.finished for f in self._feeds.values())
+
+    async def _pump(
+        self, call: grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck], receiver: asyncio.Task[None]
+    ) -> None:
+        while True:
+            self._dirty.clear()
+            for key, feed in list(self._feeds.items()):
+                while feed.sent < feed.spool.size:
+                    end = min(feed.spool.size, feed.sent + MAX_MESSAGE_BYTES)
+                    try:
+                        data = feed.spool.read(feed.sent, end)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        # The spool went away with its attempt directory; the sealed chunks hold it all.
+                        feed.finished = True
+                        break
+                    await call.write(
+                        pb.LogData(
+                            job_id=feed.job_id,
+                            attempt=feed.attempt,
+                            lease_token=feed.lease_token,
+                            offset=feed.sent,
+                            data=data,
+                        )
+                    )
+                    feed.sent += len(data)
+                if feed.finished and self._feeds.get(key) is feed:
+                    self.drop(key)
+            if receiver.done():
+                receiver.result()
+                return
+            await asyncio.sleep(self._flush_s)
+            if not self._dirty.is_set():
+                waiter = asyncio.create_task(self._dirty.wait())
+                try:
+                    await asyncio.wait({waiter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+
+    async def _receive(self, call: grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck]) -> None:
+        async for ack in call:
+            feed = self._feeds.get((ack.job_id, ack.attempt))
+            if feed is None:
+                continue
+            if ack.stale:
+                log.info("log push for %s/%d refused as stale", ack.job_id, ack.attempt)
+                self.drop((ack.job_id, ack.attempt))
+                continue
+            feed.acked = max(feed.acked, ack.offset)
+
+
+class LogSealer:
+    """Uploads one attempt's log in gzip chunks (seq 0, 1, ...) and indexes each with SealLogChunk.
+
+    A chunk is sealed once ``seal_bytes`` are unsealed or the oldest unsealed byte is ``interval_s``
+    old, and whatever is left is sealed by ``finish`` at the end of the attempt. The background task
+    exists only while there are unsealed bytes.
+    """
+
+    def __init__(
+        self,
+        rpc: ControlPlane,
+        transfers: Transfers,
+        spool: LogSpool,
+        *,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        seal_bytes: int,
+        interval_s: float,
+        max_chunk_bytes: int,
+        on_stale: Callable[[], None],
+    ) -> None:
+        self._rpc = rpc
+        self._transfers = transfers
+        self._spool = spool
+        self._job_id = job_id
+        self._attempt = attempt
+        self._lease_token = lease_token
+        self._seal_bytes = seal_bytes
+        self._interval_s = interval_s
+        self._max_chunk = max(1, max_chunk_bytes)
+        self._on_stale = on_stale
+        self.sealed = 0
+        self.seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._finishing = False
+        self._first_unsealed_at = 0.0
+
+    def notify(self) -> None:
+        if self._finishing:
+            return
+        if self._task is None:
+            self._first_unsealed_at = time.monotonic()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        elif self._spool.size - self.sealed >= self._seal_bytes:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        try:
+            while not self._finishing:
+                deadline = self._first_unsealed_at + self._interval_s
+                while self._spool.size - self.sealed < self._seal_bytes and not self._finishing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), remaining)
+                    except TimeoutError:
+                        break
+                if self._finishing:
+                    return
+                try:
+                    await self.seal_available()
+                except TransferError as e:
+                    log.warning("log chunk upload for %s/%d failed: %s", self._job_id, self._attempt, e)
+                except StaleLease:
+                    self._finishing = True
+                    self._on_stale()
+                    return
+                except Exception:
+                    # finish() seals the same bytes again; a periodic chunk is only an early copy.
+                    log.exception("log chunk seal for %s/%d failed", self._job_id, self._attempt)
+                self._first_unsealed_at = time.monotonic()
+                if self.sealed >= self._spool.size:
+                    return
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def finish(self) -> None:
+        """Seal everything left. Raises TransferError or StaleLease."""
+        self._finishing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.seal_available()
+
+    async def seal_available(self) -> None:
+        while self.sealed < self._spool.size:
+            start, end = self.sealed, min(self._spool.size, self.sealed + self._max_chunk)
+            raw = self._spool.read(start, end)
+            if not raw:
+                return
+            end = start + len(raw)
+            gz = await asyncio.to_thread(gzip.compress, raw, 6, mtime=0)
+            name = str(self.seq)
+            urls = await self._rpc.get_urls(
+                self._job_id, self._attempt, self._lease_token, pb.UrlRequest.LOG_CHUNK, [name]
+            )
+            signed = urls.get(name)
+            if signed is None:
+                raise TransferError(f"no upload URL for log chunk {name}")
+            await self._transfers.put_bytes(signed.url, gz, "application/gzip")
+            await self._rpc.seal(
+                pb.SealLogChunkRequest(
+                    job_id=self._job_id,
+                    attempt=self._attempt,
+                    lease_token=self._lease_token,
+                    seq=self.seq,
+                    start_offset=start,
+                    end_offset=end,
+                    object_key=signed.object_key,
+                    stored_size=len(gz),
+                )
+            )
+            self.sealed = end
+            self.seq += 1

@@ -1,0 +1,214 @@
+"""Typed calls to the control plane's WorkerService, with this worker's credential and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_SERVICE = "/trainyard.v1.WorkerService/"
+
+PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Errors that another try will not fix. Everything else (UNAVAILABLE above all) is an outage to wait out."""
+
+
+class StaleLease(Exception):
+    """The control plane says this attempt is no longer this worker's."""
+
+
+class Backoff:
+    """Exponential backoff with jitter, so a fleet does not reconnect in lockstep after an outage."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._next = initial_s
+
+    def reset(self) -> None:
+        self._next = self.initial_s
+
+    async def sleep(self) -> None:
+        delay = self._next * random.uniform(0.5, 1.0)
+        self._next = min(self.max_s, self._next * 2)
+        await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What Register handed out."""
+
+    worker_id: str
+    token: str
+    heartbeat_interval_s: float
+    cancel_grace_s: float
+
+
+class ControlPlane:
+    """The WorkerService over one channel. Unary calls retry through outages until they are answered."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        bootstrap_token: str,
+        rpc_timeout_s: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self._bootstrap_token = bootstrap_token
+        self._timeout = rpc_timeout_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self.session: Session | None = None
+        self.generation = 0
+        """Bumped by every Register; a caller that saw an old generation knows its stream is stale."""
+        self.on_unauthenticated: Callable[[int], Awaitable[None]] | None = None
+        """Called with the generation whose credential was refused; expected to register again."""
+        ch = channel
+        self._register: grpc.aio.UnaryUnaryMultiCallable[pb.RegisterRequest, pb.RegisterResponse] = (
+            ch.unary_unary(
+                _SERVICE + "Register", pb.RegisterRequest.SerializeToString, pb.RegisterResponse.FromString
+            )
+        )
+        self._heartbeat: grpc.aio.UnaryUnaryMultiCallable[pb.HeartbeatRequest, pb.HeartbeatResponse] = (
+            ch.unary_unary(
+                _SERVICE + "Heartbeat", pb.HeartbeatRequest.SerializeToString, pb.HeartbeatResponse.FromString
+            )
+        )
+        self._lease: grpc.aio.UnaryStreamMultiCallable[pb.LeaseRequest, pb.LeaseMessage] = ch.unary_stream(
+            _SERVICE + "Lease", pb.LeaseRequest.SerializeToString, pb.LeaseMessage.FromString
+        )
+        self._report: grpc.aio.UnaryUnaryMultiCallable[pb.ReportRequest, pb.ReportResponse] = ch.unary_unary(
+            _SERVICE + "Report", pb.ReportRequest.SerializeToString, pb.ReportResponse.FromString
+        )
+        self._push_logs: grpc.aio.StreamStreamMultiCallable[pb.LogData, pb.LogAck] = ch.stream_stream(
+            _SERVICE + "PushLogs", pb.LogData.SerializeToString, pb.LogAck.FromString
+        )
+        self._get_urls: grpc.aio.UnaryUnaryMultiCallable[pb.UrlRequest, pb.UrlResponse] = ch.unary_unary(
+            _SERVICE + "GetUrls", pb.UrlRequest.SerializeToString, pb.UrlResponse.FromString
+        )
+        self._seal: grpc.aio.UnaryUnaryMultiCallable[pb.SealLogChunkRequest, pb.ReportResponse] = (
+            ch.unary_unary(
+                _SERVICE + "SealLogChunk",
+                pb.SealLogChunkRequest.SerializeToString,
+                pb.ReportResponse.FromString,
+            )
+        )
+
+    @property
+    def worker_id(self) -> str:
+        return self.session.worker_id if self.session else ""
+
+    def backoff(self) -> Backoff:
+        return Backoff(*self._backoff)
+
+    def _metadata(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
+        if token is None:
+            token = self.session.token if self.session else self._bootstrap_token
+        return (("authorization", f"Bearer {token}"),)
+
+    async def register(self, req: pb.RegisterRequest) -> Session:
+        """One Register call with the bootstrap token; errors are the caller's to handle."""
+        resp = await self._register(
+            req, metadata=self._metadata(self._bootstrap_token), timeout=self._timeout
+        )
+        self.session = Session(
+            worker_id=resp.worker_id,
+            token=resp.worker_token,
+            heartbeat_interval_s=resp.heartbeat_interval_s if resp.heartbeat_interval_s > 0 else 5.0,
+            cancel_grace_s=resp.cancel_grace_s if resp.cancel_grace_s > 0 else 10.0,
+        )
+        self.generation += 1
+        return self.session
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        build: Callable[[], Req],
+        *,
+        retry: bool = True,
+    ) -> Resp:
+        backoff = self.backoff()
+        failures = 0
+        while True:
+            generation = self.generation
+            try:
+                return await method(build(), metadata=self._metadata(), timeout=self._timeout)
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                if code in PERMANENT or not retry:
+                    raise
+                if code == grpc.StatusCode.UNAUTHENTICATED and self.on_unauthenticated is not None:
+                    await self.on_unauthenticated(generation)
+                failures += 1
+                # The first failure of an outage is worth a line; the retries that follow are not.
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "control plane call failed (%s: %s); retrying", code.name, e.details())
+            await backoff.sleep()
+
+    async def heartbeat(self, running: Callable[[], list[pb.RunningAttempt]]) -> pb.HeartbeatResponse:
+        return await self._call(
+            self._heartbeat,
+            lambda: pb.HeartbeatRequest(worker_id=self.worker_id, running=running()),
+            retry=False,
+        )
+
+    def lease(self) -> grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage]:
+        return self._lease(pb.LeaseRequest(worker_id=self.worker_id), metadata=self._metadata())
+
+    def push_logs(self) -> grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck]:
+        return self._push_logs(None, metadata=self._metadata())
+
+    async def report(self, req: pb.ReportRequest) -> pb.ReportResponse:
+        """Send until answered; the worker id is filled in per try, as a re-registration may change it."""
+
+        def build() -> pb.ReportRequest:
+            req.worker_id = self.worker_id
+            return req
+
+        return await self._call(self._report, build)
+
+    async def get_urls(
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        purpose: pb.UrlRequest.Purpose.ValueType,
+        names: list[str],
+    ) -> dict[str, pb.SignedUrl]:
+        resp = await self._call(
+            self._get_urls,
+            lambda: pb.UrlRequest(
+                job_id=job_id, attempt=attempt, lease_token=lease_token, purpose=purpose, names=names
+            ),
+        )
+        if resp.stale:
+            raise StaleLease(f"{job_id}/{attempt}")
+        return {u.name: u for u in resp.urls}
+
+    async def seal(self, req: pb.SealLogChunkRequest) -> None:
+        resp = await self._call(self._seal, lambda: req)
+        if resp.result == pb.ReportResponse.STALE:
+            raise StaleLease(f"{req.job_id}/{req.attempt}")

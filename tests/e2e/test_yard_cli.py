@@ -1,0 +1,216 @@
+"""End to end: `yard up` in a temp home on free ports, driven only through the `yard` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import REPO, free_port, wait_for
+
+YARD = [sys.executable, "-m", "trainyard"]
+
+
+class Yard:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "TRAINYARD_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("TRAINYARD_URL", None)
+        self.env.pop("TRAINYARD_TOKEN", None)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*YARD, *args], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"yard {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.run("get", job_id, "-o", "json").stdout)
+        return data
+
+    def wait(self, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
+        result: dict[str, Any] = wait_for(
+            lambda: (j := self.job(job_id))["status"] in statuses and j,
+            timeout,
+            0.2,
+            f"{job_id} in {statuses}",
+        )
+        return result
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Yard, subprocess.Popen[str]]]:
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *YARD,
+            "up",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--workers",
+            "2",
+            "--heartbeat-interval",
+            "0.3",
+            "--cancel-grace",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    banner = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+        if line.startswith("Press Ctrl-C"):
+            break
+    text = "".join(banner)
+    assert "Trainyard is up." in text and f"127.0.0.1:{port}" in text and "yard submit" in text, text
+    assert (home / "token").stat().st_mode & 0o777 == 0o600
+    yard = Yard(home)
+    wait_for(
+        lambda: len(json.loads(yard.run("workers", "-o", "json").stdout)["workers"]) == 2, 30, 0.2, "workers"
+    )
+    yield yard, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_tiny_training_job_logs_artifacts(up: tuple[Yard, subprocess.Popen[str]], tmp_path: Path) -> None:
+    yard, _ = up
+    job_id = yard.run(
+        "submit",
+        "--cpu",
+        "1",
+        "--memory",
+        "512Mi",
+        "--name",
+        "tiny",
+        "--",
+        sys.executable,
+        "examples/train_tiny.py",
+        "--epochs",
+        "5",
+        "--sleep",
+        "0.2",
+    ).stdout.strip()
+    assert job_id.startswith("j") and "\n" not in job_id
+    follow = yard.run("logs", "-f", job_id, timeout=90)
+    assert follow.returncode == 0
+    for epoch in range(1, 6):
+        assert f"epoch {epoch}/5" in follow.stdout
+    job = yard.job(job_id)
+    assert job["status"] == "SUCCEEDED" and job["attempts"][0]["exit_code"] == 0
+    assert "epoch 5/5" in yard.run("logs", job_id, "--tail", "3").stdout
+    listing = yard.run("artifacts", job_id).stdout
+    assert "model.npz" in listing and "metrics.json" in listing
+    dest = tmp_path / "dl"
+    out = yard.run("artifacts", job_id, "--download", str(dest)).stdout
+    assert (dest / "model.npz").stat().st_size > 0 and "verified" in out
+    assert job_id in yard.run("ls").stdout
+    human = yard.run("get", job_id).stdout
+    assert "SUCCEEDED" in human
+
+
+def test_failed_job_exit_code_flows_to_logs_f(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, _ = up
+    job_id = yard.run(
+        "submit", "--", sys.executable, "-c", "import sys; print('bye'); sys.exit(7)"
+    ).stdout.strip()
+    follow = yard.run("logs", "-f", job_id, check=False, timeout=60)
+    assert follow.returncode == 7 and "bye" in follow.stdout
+
+
+def test_cancel_stops_a_running_sleep(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, _ = up
+    job_id = yard.run("submit", "--", "sleep", "300").stdout.strip()
+    yard.wait(job_id, {"RUNNING"})
+    yard.run("cancel", job_id)
+    job = yard.wait(job_id, {"CANCELLED"}, 15)
+    assert job["status"] == "CANCELLED"
+
+
+def test_bad_spec_is_refused_clearly(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, _ = up
+    bad = yard.run("submit", "--memory", "lots", "--", "true", check=False)
+    assert bad.returncode != 0 and "memory" in bad.stderr
+
+
+def test_kill_9_agent_reruns_job_on_the_other(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, _ = up
+    job_id = yard.run(
+        "submit",
+        "--retries",
+        "2",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; print('working', flush=True); time.sleep(3); print('finished')",
+    ).stdout.strip()
+    job = yard.wait(job_id, {"RUNNING"})
+    worker_id = job["attempts"][0]["worker_id"]
+    workers = json.loads(yard.run("workers", "-o", "json").stdout)["workers"]
+    name = next(w["name"] for w in workers if w["id"] == worker_id)
+    pid = _agent_pid(yard.home, name)
+    os.kill(pid, signal.SIGKILL)
+    job = yard.wait(job_id, {"SUCCEEDED", "FAILED"}, 60)
+    assert job["status"] == "SUCCEEDED", job
+    assert len(job["attempts"]) == 2 and job["attempts"][0]["status"] == "LOST"
+    assert job["attempts"][1]["worker_id"] != worker_id
+    shown = yard.run("get", job_id).stdout
+    assert "LOST" in shown and "SUCCEEDED" in shown
+
+
+def test_ctrl_c_stops_everything(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, proc = up
+    agents = [p for p in _agent_pids(yard.home)]
+    assert agents
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    wait_for(lambda: not _agent_pids(yard.home), 10, 0.1, "agents to exit")
+
+
+def _agent_pids(home: Path) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and str(home).encode() in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+def _agent_pid(home: Path, name: str) -> int:
+    for pid in _agent_pids(home):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if name.encode() in cmd:
+            return pid
+    raise AssertionError(f"no agent process named {name}")

@@ -1,0 +1,178 @@
+"""Test harness: a real control plane and real worker agents on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trainyard.server.run import serve
+from trainyard.server.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+YARD = [sys.executable, "-m", "trainyard"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ControlPlane:
+    """The control plane in this process, on its own event loop thread."""
+
+    def __init__(self, home: Path, **overrides: Any) -> None:
+        self.home = home
+        self.port = free_port()
+        self.grpc_port = free_port()
+        defaults: dict[str, Any] = {"heartbeat_interval": 0.3, "cancel_grace": 2.0, "scheduler_interval": 0.2}
+        defaults.update(overrides)
+        self.settings = Settings(home=home, port=self.port, grpc_port=self.grpc_port, **defaults)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def token(self) -> str:
+        return (self.home / "token").read_text().strip()
+
+    def start(self) -> ControlPlane:
+        ready = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                self._loop = asyncio.get_running_loop()
+                self._stop = asyncio.Event()
+                started = asyncio.Event()
+                task = asyncio.create_task(serve(self.settings, self._stop, started))
+                await started.wait()
+                ready.set()
+                await task
+
+            try:
+                asyncio.run(main())
+            except BaseException as e:  # surfaced by start()/stop()
+                self._error = e
+                ready.set()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread:
+            self._thread.join(15)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token or self.token}"}, timeout=30
+        )
+
+
+class Agent:
+    """A real `yard worker` process."""
+
+    def __init__(self, cp: ControlPlane, name: str, *args: str) -> None:
+        self.name = name
+        self.log = cp.home / f"agent-{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*YARD, "worker", "--server", cp.grpc, "--home", str(cp.home), "--name", name, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        # Leave no job processes behind, whatever the test did.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def job_status(c: httpx.Client, job_id: str) -> str:
+    return str(c.get(f"/v1/jobs/{job_id}").json()["status"])
+
+
+def wait_status(c: httpx.Client, job_id: str, statuses: set[str], timeout: float = 30.0) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        job: dict[str, Any] = c.get(f"/v1/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    result: dict[str, Any] = wait_for(check, timeout, 0.05, f"job {job_id} to reach {statuses}")
+    return result
+
+
+@contextlib.contextmanager
+def platform(
+    tmp: Path, agents: int = 1, agent_args: tuple[str, ...] = (), **overrides: Any
+) -> Iterator[tuple[ControlPlane, list[Agent]]]:
+    cp = ControlPlane(tmp / "home", **overrides).start()
+    started = [Agent(cp, f"agent-{i}", *agent_args) for i in range(1, agents + 1)]
+    try:
+        with cp.client() as c:
+            wait_for(
+                lambda: sum(w["status"] == "ALIVE" for w in c.get("/v1/workers").json()["workers"]) >= agents,
+                30,
+                0.05,
+                "agents to register",
+            )
+        yield cp, started
+    finally:
+        for a in started:
+            a.stop()
+        cp.stop()
