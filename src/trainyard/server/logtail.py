@@ -31,6 +31,7 @@ class LogTails:
         self._cap = cap
         self._keep = keep_ended_s
         self._tails: dict[tuple[str, int], _Tail] = {}
+        self._last_evict = 0.0
 
     def _get(self, job_id: str, attempt: int) -> _Tail:
         key = (job_id, attempt)
@@ -86,6 +87,10 @@ class LogTails:
         tail.changed = asyncio.Event()
 
     def _evict(self) -> None:
-        cutoff = time.monotonic() - self._keep
+        now = time.monotonic()
+        if now - self._last_evict < 10.0:
+            return
+        self._last_evict = now
+        cutoff = now - self._keep
         for key in [k for k, t in self._tails.items() if t.ended_at is not None and t.ended_at < cutoff]:
             del self._tails[key]

@@ -12,15 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import sqlalchemy as sa
+
 from trainyard.bus.memory import MemoryBus
 from trainyard.cache.memory import MemoryCache
-from trainyard.model.records import Job, User
+from trainyard.model.records import Job, User, Worker
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
 from trainyard.objects.base import ObjectNotFound
 from trainyard.objects.local import LocalObjectStore
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
+from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.logtail import LogTails
 from trainyard.server.metrics import Metrics
@@ -65,8 +68,11 @@ class Platform:
         self.metrics.add_queue_collector(self._queue_snapshot)
         self.bootstrap_token = worker_bootstrap_token(settings.home)
         self.started_at = time.time()
-        self._worker_tokens: dict[str, str] = {}  # worker credential -> worker id
+        # worker credential -> (worker, cache expiry); a death or re-registration evicts at once
+        self._worker_tokens: dict[str, tuple[Worker, float]] = {}
         self._auth_cache: dict[str, tuple[User, float]] = {}
+        self._reasons: dict[str, str] = {}  # pending reasons as last written
+        self.writes = GroupCommit(self.store)
 
     async def authenticate(self, token: str) -> User | None:
         """Token → user, cached for a few seconds: a revoked token stops working within the TTL."""
@@ -80,6 +86,12 @@ class Platform:
                 self._auth_cache.clear()
             self._auth_cache[token] = (user, now + AUTH_CACHE_TTL_S)
         return user
+
+    def forget_worker(self, worker_id: str) -> None:
+        # Called from the reconciler's thread too: iterate over a copy, remove tolerantly.
+        for token, (w, _) in list(self._worker_tokens.items()):
+            if w.id == worker_id:
+                self._worker_tokens.pop(token, None)
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call off the event loop."""
@@ -105,7 +117,14 @@ class Platform:
             )
             if wait > 0:
                 raise RateLimited(wait)
-        result = await self.db(self.store.submit, user, spec, idempotency_key)
+        store = self.store
+        try:
+            job = await self.writes.run(lambda conn: store.insert_job_in(conn, user, spec, idempotency_key))
+            result = SubmitResult(job=job, created=True)
+        except sa.exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            result = await self.db(store.replay, user, spec, idempotency_key)
         if result.created:
             self.metrics.submitted.inc()
             self.kick_scheduler.set()
@@ -261,7 +280,10 @@ class Platform:
         leases = store.lease(
             Placement(a.job_id, a.worker_id, a.gpu_indices, a.attempt) for a in decisions.placements
         )
-        store.set_pending_reasons(decisions.reasons)
+        # Write only reasons that changed since the last cycle; most cycles change few.
+        changed = {j: r for j, r in decisions.reasons.items() if self._reasons.get(j) != r}
+        store.set_pending_reasons(changed)
+        self._reasons = dict(decisions.reasons)
         by_id = {p.id: p for p in pending}
         for lease in leases:
             p = by_id[lease.job_id]
@@ -322,6 +344,7 @@ class Platform:
                 log.warning("worker %s (%s) missed its heartbeats; declaring it dead", w.name, w.id)
                 self.metrics.heartbeats_missed.inc()
                 touched += self.store.mark_worker_dead(w.id)
+                self.forget_worker(w.id)
         self.store.touch_workers(beats)
         grace = self.settings.cancel_grace + 2 * self.settings.heartbeat_interval
         touched += self.store.expire_overdue(now, grace)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterator
 
 import uvicorn
@@ -73,8 +74,12 @@ async def serve(
     server = _QuietServer(config)
 
     async def schedule_step() -> None:
+        t0 = time.monotonic()
         leases = await asyncio.to_thread(platform.schedule_once)
         platform.dispatch(leases)
+        # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
+        # a long queue (a slow cycle) cannot keep the scheduler thread busy all the time.
+        await asyncio.sleep(max(0.01, 2 * (time.monotonic() - t0)))
 
     async def reconcile_step() -> None:
         if await asyncio.to_thread(platform.reconcile_once):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,6 +25,7 @@ _COMMAND_KINDS = {
     "kill_stale": pb.Command.KILL_STALE,
     "timeout": pb.Command.TIMEOUT,
 }
+WORKER_CACHE_TTL_S = 5.0
 _OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
 
 
@@ -41,12 +43,13 @@ class WorkerService(pbg.WorkerServiceServicer):
     async def _worker(self, context: grpc.aio.ServicerContext) -> Worker:  # type: ignore[type-arg]
         """The calling worker, from its credential; aborts UNAUTHENTICATED otherwise."""
         token = _bearer(context)
-        wid = self.p._worker_tokens.get(token)
-        worker = await self.p.db(self.p.store.get_worker, wid) if wid else None
+        now = time.monotonic()
+        hit = self.p._worker_tokens.get(token)
+        worker = hit[0] if hit is not None and hit[1] > now else None
         if worker is None and token:
             worker = await self.p.db(self.p.store.worker_by_token, token)
             if worker is not None:
-                self.p._worker_tokens[token] = worker.id
+                self.p._worker_tokens[token] = (worker, now + WORKER_CACHE_TTL_S)
         if worker is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid worker credential is required")
             raise AssertionError("unreachable")
@@ -76,9 +79,8 @@ class WorkerService(pbg.WorkerServiceServicer):
             labels=dict(request.labels),
             version=request.version or None,
         )
-        for old in [t for t, w in self.p._worker_tokens.items() if w == worker.id]:
-            del self.p._worker_tokens[old]
-        self.p._worker_tokens[credential] = worker.id
+        self.p.forget_worker(worker.id)
+        self.p._worker_tokens[credential] = (worker, time.monotonic() + WORKER_CACHE_TTL_S)
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         log.info("worker %s registered as %s (%s cpu, %s gpu)", request.name, worker.id, cap.cpu, cap.gpu)
         self.p.kick_scheduler.set()
@@ -143,8 +145,10 @@ class WorkerService(pbg.WorkerServiceServicer):
         worker = await self._worker(context)
         store = self.p.store
         if request.phase == pb.ReportRequest.STARTED:
-            res = await self.p.db(
-                store.report_started, request.job_id, request.attempt, request.lease_token, worker.id
+            res = await self.p.writes.run(
+                lambda conn: store.report_started_in(
+                    conn, request.job_id, request.attempt, request.lease_token, worker.id
+                )
             )
         elif request.phase == pb.ReportRequest.FINISHED:
             if request.outcome not in _OUTCOMES:
@@ -167,7 +171,7 @@ class WorkerService(pbg.WorkerServiceServicer):
                 log_bytes=request.log_bytes,
                 checkpoint_key=request.checkpoint_key or None,
             )
-            res = await self.p.db(store.report_finished, rep)
+            res = await self.p.writes.run(lambda conn: store.report_finished_in(conn, rep))
             if res.ok:
                 self.p.tails.mark_ended(request.job_id, request.attempt)
                 self.p.kick_scheduler.set()

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -292,6 +292,19 @@ class SqlStore:
         with self._read() as conn:
             return conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is not None
 
+    def apply_batch(self, ops: Sequence[Callable[[sa.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Group commit: run several independent writes in one transaction, each in its own savepoint,
+        so one failing (say, an idempotency-key conflict) leaves the others applied."""
+        out: list[tuple[bool, Any]] = []
+        with self._tx() as conn:
+            for op in ops:
+                try:
+                    with conn.begin_nested():
+                        out.append((True, op(conn)))
+                except (sa.exc.IntegrityError, StoreError, ValueError) as e:
+                    out.append((False, e))
+        return out
+
     # ---- the guarded transition ----------------------------------------------------------------
     def _move(
         self,
@@ -369,10 +382,33 @@ class SqlStore:
 
     # ---- jobs: submit, read, cancel, restart ---------------------------------------------------
     def submit(self, user: User, spec: JobSpec, idempotency_key: str | None = None) -> SubmitResult:
+        try:
+            # The common case has no prior job under the key: insert and let the unique index
+            # catch a replay, rather than paying a lookup on every submission.
+            with self._tx() as conn:
+                job = self.insert_job_in(conn, user, spec, idempotency_key)
+        except sa.exc.IntegrityError:
+            # The key was used before (a replay, or a concurrent request that won the race).
+            if idempotency_key is None:
+                raise
+            return self.replay(user, spec, idempotency_key)
+        return SubmitResult(job=job, created=True)
+
+    def replay(self, user: User, spec: JobSpec, idempotency_key: str) -> SubmitResult:
+        """The answer to a submission whose Idempotency-Key is taken: the same job, or a conflict."""
+        with self._read() as conn:
+            prior = self._by_idempotency_key(conn, user.name, idempotency_key)
+            if prior is None:
+                raise StoreError("idempotency key vanished while replaying")
+            return self._replay(conn, prior, spec.fingerprint())
+
+    def insert_job_in(
+        self, conn: sa.Connection, user: User, spec: JobSpec, idempotency_key: str | None
+    ) -> Job:
+        """Insert a new PENDING job; raises IntegrityError when the user's idempotency key is taken."""
         now = self.clock()
         team = spec.team or user.team
         canonical = spec.model_copy(update={"team": team}).canonical()
-        fingerprint = spec.fingerprint()
         job_id = new_job_id()
         row = dict(
             id=job_id,
@@ -388,42 +424,29 @@ class SqlStore:
             gpu_type=spec.resources.gpu_type,
             max_runtime=spec.max_runtime,
             spec=canonical,
-            spec_hash=fingerprint,
+            spec_hash=spec.fingerprint(),
             idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
             queued_at=now,
         )
-        try:
-            # The common case has no prior job under the key: insert and let the unique index
-            # catch a replay, rather than paying a lookup on every submission.
-            with self._tx() as conn:
-                if team not in self._teams:
-                    self._ensure_team(conn, team)
-                conn.execute(jobs.insert().values(**row))
-                self._event(
-                    conn,
-                    job_id=job_id,
-                    team=team,
-                    type_="submitted",
-                    src=None,
-                    dst=JobStatus.PENDING.value,
-                    attempt=0,
-                    data={"user": user.name, "name": spec.name},
-                    now=now,
-                    topic=TOPIC_SUBMITTED,
-                )
-        except sa.exc.IntegrityError:
-            # The key was used before (a replay, or a concurrent request that won the race).
-            if idempotency_key is None:
-                raise
-            with self._read() as conn:
-                prior = self._by_idempotency_key(conn, user.name, idempotency_key)
-                if prior is None:
-                    raise
-                return self._replay(conn, prior, fingerprint)
+        if team not in self._teams:
+            self._ensure_team(conn, team)
+        conn.execute(jobs.insert().values(**row))
+        self._event(
+            conn,
+            job_id=job_id,
+            team=team,
+            type_="submitted",
+            src=None,
+            dst=JobStatus.PENDING.value,
+            attempt=0,
+            data={"user": user.name, "name": spec.name},
+            now=now,
+            topic=TOPIC_SUBMITTED,
+        )
         self._teams.add(team)
-        job = Job(
+        return Job(
             id=job_id,
             name=spec.name,
             user=user.name,
@@ -445,7 +468,6 @@ class SqlStore:
             pending_reason=None,
             not_before=None,
         )
-        return SubmitResult(job=job, created=True)
 
     def _by_idempotency_key(self, conn: sa.Connection, user: str, key: str) -> sa.Row[Any] | None:
         return conn.execute(
@@ -747,21 +769,11 @@ class SqlStore:
         ).scalar()
 
     def set_pending_reasons(self, reasons: dict[str, str]) -> None:
-        """Record why each pending job waits; written only where the reason changed."""
+        """Record why each pending job waits (jobs that left PENDING meanwhile are left alone)."""
         if not reasons:
             return
-        with self._read() as conn:
-            current: dict[str, str | None] = {
-                r.id: r.pending_reason
-                for r in conn.execute(
-                    sa.select(jobs.c.id, jobs.c.pending_reason).where(jobs.c.id.in_(list(reasons)))
-                )
-            }
-        changed = [(j, r) for j, r in reasons.items() if j in current and current[j] != r]
-        if not changed:
-            return
         with self._tx() as conn:
-            for job_id, reason in changed:
+            for job_id, reason in reasons.items():
                 conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
@@ -784,71 +796,79 @@ class SqlStore:
         return row
 
     def report_started(self, job_id: str, attempt: int, token: str, worker_id: str) -> ReportResult:
-        now = self.clock()
         with self._tx() as conn:
-            row = self._leased_row(conn, job_id, attempt, token, worker_id)
-            if row is None:
-                return ReportResult(False, message="lease is not held by this worker")
-            status = JobStatus(row.status)
-            if status is not JobStatus.SCHEDULED:
-                return ReportResult(True, status)  # a repeated report; CANCELLING stays CANCELLING
-            self._move(
-                conn,
-                row,
-                JobStatus.RUNNING,
-                lease_token=token,
-                now=now,
-                values={"started_at": now, "deadline": now + row.max_runtime},
-                data={"worker": worker_id},
-            )
-            conn.execute(
-                job_attempts.update()
-                .where(job_attempts.c.job_id == job_id, job_attempts.c.number == attempt)
-                .values(status=JobStatus.RUNNING.value, started_at=now)
-            )
+            return self.report_started_in(conn, job_id, attempt, token, worker_id)
+
+    def report_started_in(
+        self, conn: sa.Connection, job_id: str, attempt: int, token: str, worker_id: str
+    ) -> ReportResult:
+        now = self.clock()
+        row = self._leased_row(conn, job_id, attempt, token, worker_id)
+        if row is None:
+            return ReportResult(False, message="lease is not held by this worker")
+        status = JobStatus(row.status)
+        if status is not JobStatus.SCHEDULED:
+            return ReportResult(True, status)  # a repeated report; CANCELLING stays CANCELLING
+        self._move(
+            conn,
+            row,
+            JobStatus.RUNNING,
+            lease_token=token,
+            now=now,
+            values={"started_at": now, "deadline": now + row.max_runtime},
+            data={"worker": worker_id},
+        )
+        conn.execute(
+            job_attempts.update()
+            .where(job_attempts.c.job_id == job_id, job_attempts.c.number == attempt)
+            .values(status=JobStatus.RUNNING.value, started_at=now)
+        )
         return ReportResult(True, JobStatus.RUNNING)
 
     def report_finished(self, rep: FinishReport) -> ReportResult:
-        now = self.clock()
         with self._tx() as conn:
-            row = self._leased_row(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
-            if row is None:
-                # A retried report of an attempt we already closed is answered OK, not STALE.
-                prior = conn.execute(
-                    sa.select(job_attempts.c.outcome, job_attempts.c.lease_token).where(
-                        job_attempts.c.job_id == rep.job_id, job_attempts.c.number == rep.attempt
-                    )
-                ).first()
-                if (
-                    prior is not None
-                    and prior.lease_token == rep.lease_token
-                    and prior.outcome == rep.outcome.value
-                ):
-                    return ReportResult(True, message="already recorded")
-                return ReportResult(False, message="lease is not held by this worker")
-            for path, size, sha, key in rep.artifacts:
-                conn.execute(
-                    artifacts.insert().values(
-                        job_id=rep.job_id,
-                        attempt=rep.attempt,
-                        path=path,
-                        size=size,
-                        sha256=sha,
-                        object_key=key,
-                        created_at=now,
-                    )
+            return self.report_finished_in(conn, rep)
+
+    def report_finished_in(self, conn: sa.Connection, rep: FinishReport) -> ReportResult:
+        now = self.clock()
+        row = self._leased_row(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
+        if row is None:
+            # A retried report of an attempt we already closed is answered OK, not STALE.
+            prior = conn.execute(
+                sa.select(job_attempts.c.outcome, job_attempts.c.lease_token).where(
+                    job_attempts.c.job_id == rep.job_id, job_attempts.c.number == rep.attempt
                 )
-            status = self._close_attempt(
-                conn,
-                row,
-                rep.outcome,
-                rep.exit_code,
-                rep.reason,
-                now,
-                stderr_tail=rep.stderr_tail,
-                log_bytes=rep.log_bytes,
-                checkpoint_key=rep.checkpoint_key,
+            ).first()
+            if (
+                prior is not None
+                and prior.lease_token == rep.lease_token
+                and prior.outcome == rep.outcome.value
+            ):
+                return ReportResult(True, message="already recorded")
+            return ReportResult(False, message="lease is not held by this worker")
+        for path, size, sha, key in rep.artifacts:
+            conn.execute(
+                artifacts.insert().values(
+                    job_id=rep.job_id,
+                    attempt=rep.attempt,
+                    path=path,
+                    size=size,
+                    sha256=sha,
+                    object_key=key,
+                    created_at=now,
+                )
             )
+        status = self._close_attempt(
+            conn,
+            row,
+            rep.outcome,
+            rep.exit_code,
+            rep.reason,
+            now,
+            stderr_tail=rep.stderr_tail,
+            log_bytes=rep.log_bytes,
+            checkpoint_key=rep.checkpoint_key,
+        )
         return ReportResult(True, status)
 
     def _close_attempt(
