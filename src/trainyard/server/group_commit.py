@@ -1,7 +1,7 @@
 """Group commit: concurrent writes from many requests share one database transaction.
 
 One writer task takes everything queued while the previous batch was committing and applies it in a
-single transaction (each op in its own savepoint). Under load this turns N BEGIN/COMMIT round trips
+single transaction. Under load this turns N BEGIN/COMMIT round trips
 and N thread hops into one, without delaying a lone request: an idle writer starts at once.
 """
 
@@ -44,7 +44,7 @@ class GroupCommit:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 try:
                     results = await asyncio.to_thread(self._store.apply_batch, [op for op, _ in batch])
-                except Exception as e:  # the whole transaction failed (database down): fail every op
+                except Exception as e:  # the transaction failed (database down, or a lone op's error)
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(e)

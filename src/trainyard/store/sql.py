@@ -293,16 +293,22 @@ class SqlStore:
             return conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is not None
 
     def apply_batch(self, ops: Sequence[Callable[[sa.Connection], Any]]) -> list[tuple[bool, Any]]:
-        """Group commit: run several independent writes in one transaction, each in its own savepoint,
-        so one failing (say, an idempotency-key conflict) leaves the others applied."""
+        """Group commit: run several independent writes in one transaction. Failures are rare (an
+        idempotency-key replay), so no savepoint is paid per op: when one op raises, the batch is
+        rolled back and each op runs again in a transaction of its own."""
+        try:
+            with self._tx() as conn:
+                return [(True, op(conn)) for op in ops]
+        except (sa.exc.IntegrityError, StoreError, ValueError):
+            if len(ops) == 1:
+                raise
         out: list[tuple[bool, Any]] = []
-        with self._tx() as conn:
-            for op in ops:
-                try:
-                    with conn.begin_nested():
-                        out.append((True, op(conn)))
-                except (sa.exc.IntegrityError, StoreError, ValueError) as e:
-                    out.append((False, e))
+        for op in ops:
+            try:
+                with self._tx() as conn:
+                    out.append((True, op(conn)))
+            except (sa.exc.IntegrityError, StoreError, ValueError) as e:
+                out.append((False, e))
         return out
 
     # ---- the guarded transition ----------------------------------------------------------------

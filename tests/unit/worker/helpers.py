@@ -79,3 +79,13 @@ def kill_quietly(pid: int) -> None:
         os.kill(pid, 9)
     except ProcessLookupError:
         pass
+
+
+async def wait_gone_async(pid: int, timeout: float = 5.0) -> bool:
+    """wait_gone for tests whose agent shares the event loop: it must keep running meanwhile."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

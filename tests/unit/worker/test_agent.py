@@ -19,7 +19,7 @@ from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker import RegistrationRefused, WorkerConfig, run_agent
 
 from .fake_control_plane import BOOTSTRAP, FakeWorkerService, ObjectStore, start_server
-from .helpers import PY, alive, kill_quietly, wait_gone
+from .helpers import PY, alive, kill_quietly, wait_gone_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,7 +224,7 @@ def test_heartbeat_commands_preempt_and_kill_stale(tmp_path: Path) -> None:
             done = await svc.wait_finished("j4", timeout=5)
             assert (done.outcome, done.reason) == ("preempted", "spot reclaim")
             try:
-                assert wait_gone(pid5)
+                assert await wait_gone_async(pid5)
             finally:
                 kill_quietly(pid5)
             await svc.wait_for(lambda: all(len(h.running) == 0 for h in svc.rec.heartbeats[-1:]))
@@ -320,10 +320,12 @@ def test_stale_started_report_kills_the_job(tmp_path: Path) -> None:
             script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
             svc.assign(_assignment("j11", [PY, "-c", script]))
             await svc.wait_for(lambda: pb.ReportRequest.STARTED in svc.phases("j11"))
-            await svc.wait_for(lambda: any(len(h.running) == 0 for h in svc.rec.heartbeats[-1:]), timeout=5)
+            seen = len(svc.rec.heartbeats)
+            await svc.wait_for(lambda: len(svc.rec.heartbeats) > seen + 1, timeout=5)
+            assert len(svc.rec.heartbeats[-1].running) == 0
             if pid_file.exists():
                 pid = int(pid_file.read_text())
-                assert wait_gone(pid)
+                assert await wait_gone_async(pid)
             assert svc.phases("j11") == [pb.ReportRequest.STARTED]
 
     asyncio.run(main())
@@ -394,7 +396,7 @@ def test_stop_preempts_running_jobs_and_reports_them(tmp_path: Path) -> None:
         done = svc.finished("j14")
         assert done is not None and done.outcome == "preempted"
         pid = int(pid_file.read_text())
-        assert not alive(pid) or wait_gone(pid)
+        assert not alive(pid) or await wait_gone_async(pid)
         assert cfg.work_dir.exists()
 
     asyncio.run(main())
