@@ -202,13 +202,17 @@ class AttemptRunner:
     async def _prepare(self) -> LaunchSpec:
         a = self.a
         ckpt, arts, work = self.dir / "checkpoints", self.dir / "artifacts", self.dir / "work"
-        for d in (ckpt, arts, work):
-            d.mkdir(parents=True, exist_ok=True)
+        # Plain mkdirs, and work/ only when used: directory syscalls are much of a trivial job's cost.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ckpt.mkdir(exist_ok=True)
+        arts.mkdir(exist_ok=True)
         cwd = work
         if a.workdir_url:
             await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
         elif a.cwd and Path(a.cwd).is_dir():
             cwd = Path(a.cwd)
+        else:
+            work.mkdir(exist_ok=True)
         resume_dir: Path | None = None
         if a.resume_from_url:
             resume_dir = self.dir / "resume"
