@@ -45,6 +45,8 @@ def _logging(verbose: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    _register_admin()
+
     @app.command()
     def up(
         home: HomeOpt = None,
@@ -175,6 +177,30 @@ def register(app: typer.Typer) -> None:
             labels=labels,
         )
         agent_main(cfg)
+
+
+def _register_admin() -> None:
+    from trainyard.cli.main import admin_app
+
+    @admin_app.command("migrate")
+    def migrate(home: HomeOpt = None) -> None:
+        """Apply database migrations (TRAINYARD_DATABASE_URL, else SQLite in home); safe to repeat."""
+        from trainyard.server.settings import Settings
+        from trainyard.store.sql import SqlStore
+
+        import sqlalchemy as sa
+
+        settings = Settings(home=_home(home))
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = SqlStore(settings.db_url)
+        try:
+            store.migrate()
+        except sa.exc.OperationalError as e:
+            typer.echo(f"error: cannot reach the database: {e.orig}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            store.close()
+        typer.echo(f"database at {store.engine.url.render_as_string(hide_password=True)} is up to date")
 
 
 def _port_free(host: str, port: int) -> bool:
