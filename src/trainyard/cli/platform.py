@@ -185,10 +185,10 @@ def _register_admin() -> None:
     @admin_app.command("migrate")
     def migrate(home: HomeOpt = None) -> None:
         """Apply database migrations (TRAINYARD_DATABASE_URL, else SQLite in home); safe to repeat."""
+        import sqlalchemy as sa
+
         from trainyard.server.settings import Settings
         from trainyard.store.sql import SqlStore
-
-        import sqlalchemy as sa
 
         settings = Settings(home=_home(home))
         settings.home.mkdir(parents=True, exist_ok=True)
