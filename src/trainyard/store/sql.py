@@ -57,6 +57,24 @@ EVENT_SCHEMA_VERSION = 1
 _LIVE_NAMES = [s.value for s in LIVE]
 
 
+# Hot-path statements are built once: constructing a Core statement per call costs ~5x executing
+# a prebuilt one (cache-key generation and coercions), and these run several times per job.
+_MOVE = jobs.update().where(
+    jobs.c.id == sa.bindparam("g_id"),
+    jobs.c.status == sa.bindparam("g_status"),
+    jobs.c.attempt == sa.bindparam("g_attempt"),
+)
+_MOVE_FENCED = _MOVE.where(jobs.c.lease_token == sa.bindparam("g_token"))
+_SELECT_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("s_id"))
+_INSERT_JOB = jobs.insert()
+_INSERT_EVENT = job_events.insert()
+_INSERT_OUTBOX = outbox.insert()
+_INSERT_ATTEMPT = job_attempts.insert()
+_UPDATE_ATTEMPT = job_attempts.update().where(
+    job_attempts.c.job_id == sa.bindparam("a_job"), job_attempts.c.number == sa.bindparam("a_number")
+)
+
+
 class StoreError(Exception):
     """Base of the errors the API maps to HTTP codes."""
 
@@ -328,13 +346,13 @@ class SqlStore:
         if src not in sources_of(to):
             return False
         # The attempt number only grows (on each lease), so it fences a move computed from a stale read.
-        stmt = jobs.update().where(
-            jobs.c.id == job.id, jobs.c.status == src.value, jobs.c.attempt == job.attempt
-        )
-        if lease_token is not None:
-            stmt = stmt.where(jobs.c.lease_token == lease_token)
         vals = {"status": to.value, "updated_at": now, **(values or {})}
-        if conn.execute(stmt.values(**vals)).rowcount != 1:
+        guard = {"g_id": job.id, "g_status": src.value, "g_attempt": job.attempt}
+        if lease_token is None:
+            stmt = _MOVE
+        else:
+            stmt, guard["g_token"] = _MOVE_FENCED, lease_token
+        if conn.execute(stmt, {**vals, **guard}).rowcount != 1:
             return False
         self._event(
             conn,
@@ -375,16 +393,15 @@ class SqlStore:
             "at": now,
             "data": data,
         }
-        conn.execute(job_events.insert().values(**row))
+        conn.execute(_INSERT_EVENT, row)
         payload = {"schema": EVENT_SCHEMA_VERSION, **row}
         conn.execute(
-            outbox.insert().values(
-                event_id=event_id, topic=topic, key=job_id, payload=payload, created_at=now
-            )
+            _INSERT_OUTBOX,
+            {"event_id": event_id, "topic": topic, "key": job_id, "payload": payload, "created_at": now},
         )
 
     def _job_row(self, conn: sa.Connection, job_id: str) -> sa.Row[Any] | None:
-        return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        return conn.execute(_SELECT_JOB, {"s_id": job_id}).first()
 
     # ---- jobs: submit, read, cancel, restart ---------------------------------------------------
     def submit(self, user: User, spec: JobSpec, idempotency_key: str | None = None) -> SubmitResult:
@@ -438,7 +455,7 @@ class SqlStore:
         )
         if team not in self._teams:
             self._ensure_team(conn, team)
-        conn.execute(jobs.insert().values(**row))
+        conn.execute(_INSERT_JOB, row)
         self._event(
             conn,
             job_id=job_id,
@@ -740,15 +757,16 @@ class SqlStore:
                 if not moved:
                     continue
                 conn.execute(
-                    job_attempts.insert().values(
-                        job_id=p.job_id,
-                        number=number,
-                        worker_id=p.worker_id,
-                        lease_token=token,
-                        status=JobStatus.SCHEDULED.value,
-                        gpu_indices=list(p.gpu_indices),
-                        scheduled_at=now,
-                    )
+                    _INSERT_ATTEMPT,
+                    {
+                        "job_id": p.job_id,
+                        "number": number,
+                        "worker_id": p.worker_id,
+                        "lease_token": token,
+                        "status": JobStatus.SCHEDULED.value,
+                        "gpu_indices": list(p.gpu_indices),
+                        "scheduled_at": now,
+                    },
                 )
                 leases.append(
                     Lease(
@@ -825,9 +843,8 @@ class SqlStore:
             data={"worker": worker_id},
         )
         conn.execute(
-            job_attempts.update()
-            .where(job_attempts.c.job_id == job_id, job_attempts.c.number == attempt)
-            .values(status=JobStatus.RUNNING.value, started_at=now)
+            _UPDATE_ATTEMPT,
+            {"a_job": job_id, "a_number": attempt, "status": JobStatus.RUNNING.value, "started_at": now},
         )
         return ReportResult(True, JobStatus.RUNNING)
 
@@ -946,18 +963,19 @@ class SqlStore:
                     values={**values, "finished_at": now, "reason": reason or row.reason},
                 )
         conn.execute(
-            job_attempts.update()
-            .where(job_attempts.c.job_id == row.id, job_attempts.c.number == row.attempt)
-            .values(
-                status=attempt_status.value,
-                outcome=outcome.value,
-                finished_at=now,
-                exit_code=exit_code,
-                reason=reason,
-                stderr_tail=stderr_tail,
-                log_bytes=log_bytes,
-                checkpoint_key=checkpoint_key,
-            )
+            _UPDATE_ATTEMPT,
+            {
+                "a_job": row.id,
+                "a_number": row.attempt,
+                "status": attempt_status.value,
+                "outcome": outcome.value,
+                "finished_at": now,
+                "exit_code": exit_code,
+                "reason": reason,
+                "stderr_tail": stderr_tail,
+                "log_bytes": log_bytes,
+                "checkpoint_key": checkpoint_key,
+            },
         )
         return final
 
