@@ -353,3 +353,19 @@ def test_tokens_are_stored_hashed(store: SqlStore) -> None:
         version=None,
     )
     assert store.worker_by_token(cred) == w and store.authenticate(cred) is None
+
+
+def test_undelivered_lease_is_requeued_as_infra(store: SqlStore) -> None:
+    wid = worker(store)
+    job = store.submit(ALICE, spec()).job
+    attempt, token = lease_one(store, job.id, wid)
+    assert not store.requeue_undelivered(job.id, attempt, "other-token")
+    assert store.requeue_undelivered(job.id, attempt, token)
+    assert not store.requeue_undelivered(job.id, attempt, token)  # once
+    j = store.get_job(job.id)
+    assert j is not None and j.status is JobStatus.PENDING
+    assert j.attempts[0].outcome == "infra" and "never acknowledged" in (j.attempts[0].reason or "")
+    # Once started, a lease is no longer "undelivered".
+    attempt, token = lease_one(store, job.id, wid)
+    store.report_started(job.id, attempt, token, wid)
+    assert not store.requeue_undelivered(job.id, attempt, token)

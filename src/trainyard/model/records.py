@@ -138,6 +138,7 @@ class LiveAttempt:
     cpu: float
     memory: int
     gpu_indices: tuple[int, ...]
+    scheduled_at: float = 0.0
 
 
 @dataclass(frozen=True)

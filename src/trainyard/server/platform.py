@@ -73,6 +73,7 @@ class Platform:
         self._auth_cache: dict[str, tuple[User, float]] = {}
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self.writes = GroupCommit(self.store)
+        self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
 
     async def authenticate(self, token: str) -> User | None:
         """Token → user, cached for a few seconds: a revoked token stops working within the TTL."""
@@ -86,6 +87,12 @@ class Platform:
                 self._auth_cache.clear()
             self._auth_cache[token] = (user, now + AUTH_CACHE_TTL_S)
         return user
+
+    def held_seen(self, running: list[tuple[str, int, str]]) -> None:
+        """A heartbeat listed these attempts: their worker has them, even if not started yet."""
+        now = time.time()
+        for job_id, attempt, _ in running:
+            self._held[(job_id, attempt)] = now
 
     def forget_worker(self, worker_id: str) -> None:
         # Called from the reconciler's thread too: iterate over a copy, remove tolerantly.
@@ -347,9 +354,33 @@ class Platform:
                 self.forget_worker(w.id)
         self.store.touch_workers(beats)
         grace = self.settings.cancel_grace + 2 * self.settings.heartbeat_interval
+        touched += self._requeue_undelivered(now)
         touched += self.store.expire_overdue(now, grace)
         touched += self.store.finish_stuck_cancels(now, grace + 30)
         return touched
+
+    def _requeue_undelivered(self, now: float) -> list[str]:
+        """A lease whose worker never mentions it (the assignment was lost on the way) is an
+        infrastructure failure after a few heartbeats, not a job stuck in SCHEDULED forever."""
+        window = 3 * self.settings.heartbeat_interval + 5.0
+        stuck = [
+            a
+            for a in self.store.live_attempts()
+            if a.status is JobStatus.SCHEDULED
+            and now - self._held.get((a.job_id, a.attempt), 0.0) > window
+            and now - a.scheduled_at > window
+            and now - self.started_at > window
+        ]
+        out = []
+        for a in stuck:
+            if self.store.requeue_undelivered(a.job_id, a.attempt, a.lease_token):
+                log.warning(
+                    "job %s attempt %d never reached worker %s; requeued", a.job_id, a.attempt, a.worker_id
+                )
+                out.append(a.job_id)
+        if len(self._held) > 100_000:
+            self._held = {k: v for k, v in self._held.items() if now - v < window}
+        return out
 
     # ---- outbox relay --------------------------------------------------------------------------
     async def relay_once(self) -> int:

@@ -89,6 +89,8 @@ async def serve(
     async def relay_step() -> None:
         while await platform.relay_once() >= 1000:
             pass
+        # Batch the events of the next few milliseconds into one read and one mark.
+        await asyncio.sleep(0.02)
 
     hb = settings.heartbeat_interval
     tasks = [

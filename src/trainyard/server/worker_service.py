@@ -103,6 +103,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             return pb.HeartbeatResponse(known=False)
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
+        self.p.held_seen(running)
         cmds = await self.p.db(self.p.store.worker_commands, worker.id, running)
         return pb.HeartbeatResponse(
             known=True,

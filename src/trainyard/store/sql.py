@@ -704,6 +704,7 @@ class SqlStore:
                 jobs.c.cpu,
                 jobs.c.memory,
                 job_attempts.c.gpu_indices,
+                job_attempts.c.scheduled_at,
             )
             .select_from(job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id))
             .where(jobs.c.status.in_(_LIVE_NAMES))
@@ -722,6 +723,7 @@ class SqlStore:
                     cpu=r.cpu,
                     memory=r.memory,
                     gpu_indices=tuple(r.gpu_indices),
+                    scheduled_at=r.scheduled_at,
                 )
                 for r in conn.execute(q)
             ]
@@ -1168,6 +1170,23 @@ class SqlStore:
             for row in rows:
                 self._close_attempt(conn, row, AttemptOutcome.TIMED_OUT, None, "exceeded max_runtime", now)
         return [r.id for r in rows]
+
+    def requeue_undelivered(self, job_id: str, attempt: int, token: str) -> bool:
+        """Close a SCHEDULED attempt its worker never acknowledged as an infrastructure failure."""
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._job_row(conn, job_id)
+            if (
+                row is None
+                or row.status != JobStatus.SCHEDULED.value
+                or row.attempt != attempt
+                or row.lease_token != token
+            ):
+                return False
+            self._close_attempt(
+                conn, row, AttemptOutcome.INFRA, None, "the worker never acknowledged the assignment", now
+            )
+        return True
 
     def finish_stuck_cancels(self, now: float, after: float) -> list[str]:
         """A cancel the worker never confirmed (worker wedged) ends as CANCELLED; its lease is void."""
