@@ -143,6 +143,7 @@ class Agent:
         rpc = self._rpc
         assert rpc is not None
         backoff = rpc.backoff()
+        failures = 0
         while True:
             try:
                 session = await rpc.register(self._register_request())
@@ -157,8 +158,14 @@ class Agent:
                 refused = code in PERMANENT or code == grpc.StatusCode.UNAUTHENTICATED
                 if initial and refused:
                     raise RegistrationRefused(f"{code.name}: {e.details()}") from e
-                log.warning(
-                    "cannot register with %s (%s: %s); retrying", self.cfg.server, code.name, e.details()
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "cannot register with %s (%s: %s); retrying",
+                    self.cfg.server,
+                    code.name,
+                    e.details(),
                 )
             await backoff.sleep()
 
@@ -199,6 +206,12 @@ class Agent:
                 failing = True
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
                     await self._reregister(generation)
+                await backoff.sleep()
+                continue
+            except Exception:
+                # Never let a surprise end the heartbeat: the control plane would declare the jobs lost.
+                log.exception("heartbeat failed")
+                failing = True
                 await backoff.sleep()
                 continue
             if failing:
@@ -244,6 +257,8 @@ class Agent:
                     raise
                 # We cancelled the call ourselves to reopen the stream.
                 continue
+            except Exception:
+                log.exception("lease stream broke; reconnecting")
             finally:
                 self._lease_call = None
             await backoff.sleep()

@@ -52,6 +52,18 @@ def attempt_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
     return work_dir / "jobs" / job_id / str(attempt)
 
 
+def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
+    try:
+        adir.mkdir()
+    except FileNotFoundError:
+        adir.mkdir(parents=True)
+    except FileExistsError:
+        pass
+    for d in subdirs:
+        if d is not None:
+            d.mkdir(exist_ok=True)
+
+
 class AttemptRunner:
     """Runs one assignment. Stop requests may come at any time, before the spawn included."""
 
@@ -202,17 +214,14 @@ class AttemptRunner:
     async def _prepare(self) -> LaunchSpec:
         a = self.a
         ckpt, arts, work = self.dir / "checkpoints", self.dir / "artifacts", self.dir / "work"
-        # Plain mkdirs, and work/ only when used: directory syscalls are much of a trivial job's cost.
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ckpt.mkdir(exist_ok=True)
-        arts.mkdir(exist_ok=True)
         cwd = work
+        if not a.workdir_url and a.cwd and Path(a.cwd).is_dir():
+            cwd = Path(a.cwd)
+        # Directory syscalls are much of a trivial job's cost on a journaling disk: few of them, and off
+        # the event loop so that other attempts spawn and report meanwhile.
+        await asyncio.to_thread(_make_dirs, self.dir, ckpt, arts, work if cwd == work else None)
         if a.workdir_url:
             await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
-        elif a.cwd and Path(a.cwd).is_dir():
-            cwd = Path(a.cwd)
-        else:
-            work.mkdir(exist_ok=True)
         resume_dir: Path | None = None
         if a.resume_from_url:
             resume_dir = self.dir / "resume"

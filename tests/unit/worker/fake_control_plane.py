@@ -84,6 +84,8 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         self.leased: dict[tuple[str, int], pb.Assignment] = {}
         self.stale_on_started: set[tuple[str, int]] = set()
         self.heartbeat_commands: list[pb.Command] = []
+        self.known = True
+        self.token = "worker-token"
         self._streams: list[asyncio.Queue[pb.LeaseMessage | None]] = []
         self.changed = asyncio.Event()
 
@@ -138,21 +140,22 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         if not self._auth(context, BOOTSTRAP):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad bootstrap token")
         self.rec.registers.append(request)
+        self.known = True
         self._note()
         return pb.RegisterResponse(
-            worker_id="w-1", worker_token="worker-token", heartbeat_interval_s=0.2, cancel_grace_s=0.5
+            worker_id="w-1", worker_token=self.token, heartbeat_interval_s=0.2, cancel_grace_s=0.5
         )
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
-        if not self._auth(context, "worker-token"):
+        if not self._auth(context, self.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         self.rec.heartbeats.append(request)
         cmds, self.heartbeat_commands = self.heartbeat_commands, []
         self._note()
-        return pb.HeartbeatResponse(commands=cmds, known=True)
+        return pb.HeartbeatResponse(commands=cmds, known=self.known)
 
     async def Lease(self, request: pb.LeaseRequest, context: Any) -> Any:
-        if not self._auth(context, "worker-token") or request.worker_id != "w-1":
+        if not self._auth(context, self.token) or request.worker_id != "w-1":
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         self.rec.lease_connects += 1
         self._note()
@@ -167,7 +170,7 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
             self._streams.remove(q)
 
     async def Report(self, request: pb.ReportRequest, context: Any) -> pb.ReportResponse:
-        if not self._auth(context, "worker-token") or request.worker_id != "w-1":
+        if not self._auth(context, self.token) or request.worker_id != "w-1":
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         self.rec.reports.append(request)
         self._note()
@@ -179,7 +182,7 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         return pb.ReportResponse(result=pb.ReportResponse.OK)
 
     async def PushLogs(self, request_iterator: Any, context: Any) -> Any:
-        if not self._auth(context, "worker-token"):
+        if not self._auth(context, self.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         async for d in request_iterator:
             self.rec.log_messages += 1
@@ -191,7 +194,7 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
             yield pb.LogAck(job_id=d.job_id, attempt=d.attempt, offset=len(buf))
 
     async def GetUrls(self, request: pb.UrlRequest, context: Any) -> pb.UrlResponse:
-        if not self._auth(context, "worker-token"):
+        if not self._auth(context, self.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         self.rec.url_requests.append(request)
         self._note()
@@ -203,7 +206,7 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         return pb.UrlResponse(urls=urls)
 
     async def SealLogChunk(self, request: pb.SealLogChunkRequest, context: Any) -> pb.ReportResponse:
-        if not self._auth(context, "worker-token"):
+        if not self._auth(context, self.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad worker token")
         self.rec.seals.append(request)
         self._note()

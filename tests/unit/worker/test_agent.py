@@ -415,3 +415,24 @@ def test_a_refused_bootstrap_token_fails_fast(tmp_path: Path) -> None:
             objects.close()
 
     asyncio.run(main())
+
+
+def test_an_unknown_worker_registers_again_and_keeps_its_jobs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with agent(tmp_path) as (svc, _, _):
+            go = tmp_path / "go"
+            script = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)"
+            svc.assign(_assignment("j15", [PY, "-c", script]))
+            await svc.wait_for(lambda: pb.ReportRequest.STARTED in svc.phases("j15"))
+            connects = svc.rec.lease_connects
+            # The control plane forgot us and rotated credentials: old-token calls are refused.
+            svc.token = "rotated-token"
+            svc.known = False
+            await svc.wait_for(lambda: len(svc.rec.registers) >= 2)
+            await svc.wait_for(lambda: svc.rec.lease_connects > connects)
+            go.touch()
+            done = await svc.wait_finished("j15")
+            assert done.outcome == "succeeded"
+            assert svc.phases("j15") == [pb.ReportRequest.STARTED, pb.ReportRequest.FINISHED]
+
+    asyncio.run(main())
