@@ -277,3 +277,12 @@ def test_killed_agent_job_runs_again_elsewhere(tmp_path: Path) -> None:
         assert [a["status"] for a in job["attempts"]] == ["LOST", "SUCCEEDED"]
         assert job["attempts"][0]["worker_id"] != job["attempts"][1]["worker_id"]
         assert b"started" in c.get(f"/v1/jobs/{job_id}/logs", params={"attempt": 1}).content
+
+
+def test_instant_job_still_records_its_start(c: httpx.Client) -> None:
+    # The agent merges a very short run's STARTED report into FINISHED; the history stays complete.
+    job_id = submit(c, ["true"])
+    job = wait_status(c, job_id, DONE)
+    assert job["status"] == "SUCCEEDED" and job["started_at"] and job["attempts"][0]["started_at"]
+    types = [e["type"] for e in c.get(f"/v1/jobs/{job_id}/events").json()["events"]]
+    assert types == ["submitted", "scheduled", "running", "succeeded"]

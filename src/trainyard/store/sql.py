@@ -857,6 +857,14 @@ class SqlStore:
     def report_finished_in(self, conn: sa.Connection, rep: FinishReport) -> ReportResult:
         now = self.clock()
         row = self._leased_row(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
+        if (
+            row is not None
+            and row.status == JobStatus.SCHEDULED.value
+            and rep.outcome not in (AttemptOutcome.START_FAILED, AttemptOutcome.INFRA)
+        ):
+            # The worker merged a very short run's STARTED report into this one: record both.
+            self.report_started_in(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
+            row = self._job_row(conn, rep.job_id)
         if row is None:
             # A retried report of an attempt we already closed is answered OK, not STALE.
             prior = conn.execute(

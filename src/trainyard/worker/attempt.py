@@ -48,6 +48,10 @@ class AttemptContext:
     executor: Executor
 
 
+STARTED_COALESCE_S = 0.01
+"""How long the STARTED report waits to be merged into FINISHED when the process ends at once."""
+
+
 def attempt_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
     return work_dir / "jobs" / job_id / str(attempt)
 
@@ -186,8 +190,10 @@ class AttemptRunner:
             handle.kill()
         elif self.stop_outcome is not None:
             self._spawn(self._stop_handle(handle))
-        started = asyncio.get_running_loop().create_task(self._report_started())
+        exited = asyncio.Event()
+        started = asyncio.get_running_loop().create_task(self._report_started(exited))
         status = await self._supervise(handle, started_at)
+        exited.set()
         self.ctx.shipper.finish(self.key)
         await started
         if self.forgotten:
@@ -254,7 +260,13 @@ class AttemptRunner:
         finally:
             archive.unlink(missing_ok=True)
 
-    async def _report_started(self) -> None:
+    async def _report_started(self, exited: asyncio.Event) -> None:
+        # A process that is over within a few milliseconds is reported once, as finished (the control
+        # plane records it as started too): one report instead of two for the shortest jobs.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exited.wait(), STARTED_COALESCE_S)
+        if exited.is_set():
+            return
         resp = await self.ctx.rpc.report(
             pb.ReportRequest(
                 job_id=self.a.job_id,

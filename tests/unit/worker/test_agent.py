@@ -295,7 +295,7 @@ def test_workdir_bundle_and_resume(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_a_trivial_job_costs_two_reports_and_nothing_else(tmp_path: Path) -> None:
+def test_a_trivial_job_costs_at_most_two_reports_and_nothing_else(tmp_path: Path) -> None:
     async def main() -> None:
         async with agent(tmp_path) as (svc, _, _):
             for i in range(20):
@@ -307,7 +307,9 @@ def test_a_trivial_job_costs_two_reports_and_nothing_else(tmp_path: Path) -> Non
             assert svc.rec.log_messages == 0
             assert svc.rec.url_requests == []
             assert svc.rec.seals == []
-            assert len(svc.rec.reports) == 40
+            # STARTED is merged into FINISHED when the process is over within a few milliseconds.
+            finished = [r for r in svc.rec.reports if r.phase == pb.ReportRequest.FINISHED]
+            assert len(finished) == 20 and len(svc.rec.reports) <= 40
 
     asyncio.run(main())
 
