@@ -95,7 +95,7 @@ def schedule(pending: list[JobDemand], workers: list[WorkerCapacity]) -> Decisio
         for w in workers
         if w.schedulable
     ]
-    for position, j in enumerate(order(pending), start=1):
+    for j in order(pending):
         candidates = [f for f in free if _eligible(f.w, j) and f.fits(j)]
         if candidates:
             # Best fit: least free GPUs left, then least free CPU share, then memory; ties by id.
@@ -114,11 +114,13 @@ def schedule(pending: list[JobDemand], workers: list[WorkerCapacity]) -> Decisio
             best.memory -= j.memory
             out.placements.append(Assignment(j.id, best.w.id, gpus, j.attempt))
             continue
-        out.reasons[j.id] = _pending_reason(j, workers, free, position)
+        out.reasons[j.id] = _pending_reason(j, workers, free)
     return out
 
 
-def _pending_reason(j: JobDemand, workers: list[WorkerCapacity], free: list[_Free], position: int) -> str:
+def _pending_reason(j: JobDemand, workers: list[WorkerCapacity], free: list[_Free]) -> str:
+    # A reason names no queue position: positions shift whenever a job ahead starts, and storing them
+    # would rewrite every waiting job's row on every cycle.
     live = [w for w in workers if w.schedulable]
     if not any(_could_ever_fit(w, j) for w in live):
         if not live:
@@ -143,6 +145,6 @@ def _pending_reason(j: JobDemand, workers: list[WorkerCapacity], free: list[_Fre
         if largest < j.gpu:
             return (
                 f"waiting for capacity: needs {j.gpu}×{j.gpu_type or 'gpu'} on one worker; "
-                f"largest free is {largest} (queue position {position})"
+                f"largest free is {largest}"
             )
-    return f"waiting for capacity: needs {_describe(j)} (queue position {position})"
+    return f"waiting for capacity: needs {_describe(j)}"

@@ -44,7 +44,7 @@ def test_priority_then_age() -> None:
         [node("w", cpu=8)],
     )
     assert [p.job_id for p in d.placements] == ["new-high", "old"]
-    assert "queue position 3" in d.reasons["newer"]
+    assert d.reasons["newer"] == "waiting for capacity: needs 4 cpu, 1Gi memory"
 
 
 def test_best_fit_keeps_big_nodes_whole() -> None:
