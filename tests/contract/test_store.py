@@ -369,3 +369,22 @@ def test_undelivered_lease_is_requeued_as_infra(store: SqlStore) -> None:
     attempt, token = lease_one(store, job.id, wid)
     store.report_started(job.id, attempt, token, wid)
     assert not store.requeue_undelivered(job.id, attempt, token)
+
+
+def test_group_commit_isolates_a_failing_op(store: SqlStore) -> None:
+    first = store.submit(ALICE, spec(), "dup").job
+
+    def ok(conn: sa.Connection) -> str:
+        return store.insert_job_in(conn, ALICE, spec(name="fine"), None).id
+
+    def conflict(conn: sa.Connection) -> str:
+        return store.insert_job_in(conn, ALICE, spec(), "dup").id
+
+    def boom(conn: sa.Connection) -> str:
+        raise KeyError("a bug in one op")
+
+    results = store.apply_batch([ok, conflict, boom, ok])
+    assert [r[0] for r in results] == [True, False, False, True]
+    assert isinstance(results[1][1], sa.exc.IntegrityError) and isinstance(results[2][1], KeyError)
+    jobs, _ = store.list_jobs(JobFilter())
+    assert {j.id for j in jobs} == {first.id, results[0][1], results[3][1]}

@@ -317,7 +317,9 @@ class SqlStore:
         try:
             with self._tx() as conn:
                 return [(True, op(conn)) for op in ops]
-        except (sa.exc.IntegrityError, StoreError, ValueError):
+        except sa.exc.OperationalError:
+            raise  # the database is unreachable: every op fails alike
+        except Exception:
             if len(ops) == 1:
                 raise
         out: list[tuple[bool, Any]] = []
@@ -325,7 +327,7 @@ class SqlStore:
             try:
                 with self._tx() as conn:
                     out.append((True, op(conn)))
-            except (sa.exc.IntegrityError, StoreError, ValueError) as e:
+            except Exception as e:
                 out.append((False, e))
         return out
 
