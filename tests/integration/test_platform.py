@@ -286,3 +286,17 @@ def test_instant_job_still_records_its_start(c: httpx.Client) -> None:
     assert job["status"] == "SUCCEEDED" and job["started_at"] and job["attempts"][0]["started_at"]
     types = [e["type"] for e in c.get(f"/v1/jobs/{job_id}/events").json()["events"]]
     assert types == ["submitted", "scheduled", "running", "succeeded"]
+
+
+def test_large_log_spans_chunks_and_reads_back_exactly(c: httpx.Client) -> None:
+    # ~3 MiB of numbered lines: sealed as several chunks, streamed back in slices, tailed from the end.
+    code = "import sys\nfor i in range(300000):\n    sys.stdout.write(f'line {i:06d}\\n')\n"
+    job_id = submit(c, py(code))
+    assert wait_status(c, job_id, DONE, 60)["status"] == "SUCCEEDED"
+    expected = "".join(f"line {i:06d}\n" for i in range(300000)).encode()
+    r = c.get(f"/v1/jobs/{job_id}/logs")
+    assert r.content == expected and r.headers["x-trainyard-next-offset"] == str(len(expected))
+    assert c.get(f"/v1/jobs/{job_id}/logs", params={"tail": 3}).content == expected[-36:]
+    assert c.get(f"/v1/jobs/{job_id}/logs", params={"tail": 0}).content == b""
+    assert c.get(f"/v1/jobs/{job_id}/logs", params={"tail": 400000}).content == expected
+    assert c.get(f"/v1/jobs/{job_id}/logs", params={"since": len(expected) - 12}).content == expected[-12:]

@@ -376,8 +376,15 @@ def create_app(p: Platform) -> FastAPI:
             raise ApiError(404, "not_found", f"job {job_id} has no attempt {attempt}")
         if tail is not None:
             sl = await p.tail_lines(job, attempt, tail)
-        else:
+        elif follow:
             sl = await p.read_log(job, attempt, since)
+        else:
+            number = attempt if attempt is not None else job.attempt
+            end = max(since, await p.log_end(job, number))
+            headers = {"X-Trainyard-Attempt": str(number), "X-Trainyard-Next-Offset": str(end)}
+            return StreamingResponse(
+                _log_range(job, number, since, end), media_type="text/plain; charset=utf-8", headers=headers
+            )
         headers = {"X-Trainyard-Attempt": str(sl.attempt), "X-Trainyard-Next-Offset": str(sl.next_offset)}
         if not follow:
             return Response(sl.data, media_type="text/plain; charset=utf-8", headers=headers)
@@ -388,6 +395,15 @@ def create_app(p: Platform) -> FastAPI:
         if sse:
             return _sse(gen)  # type: ignore[arg-type]
         return StreamingResponse(gen, media_type="text/plain; charset=utf-8", headers=headers)
+
+    async def _log_range(job: Job, number: int, pos: int, end: int) -> AsyncIterator[bytes]:
+        while pos < end:
+            sl = await p.read_log(job, number, pos)
+            if not sl.data:
+                return
+            data = sl.data[: end - sl.offset]
+            yield data
+            pos = sl.offset + len(data)
 
     async def _follow_logs(
         job: Job, attempt: int | None, pos: int, first: bytes, sse: bool

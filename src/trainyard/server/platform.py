@@ -35,6 +35,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 AUTH_CACHE_TTL_S = 5.0
+LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
 
@@ -167,18 +168,15 @@ class Platform:
         return job
 
     # ---- logs ----------------------------------------------------------------------------------
-    def _read_chunks(self, job_id: str, attempt: int, since: int) -> tuple[int, bytes, int]:
-        """Sealed bytes from ``since``: (offset, bytes, sealed end)."""
-        chunks = self.store.log_chunks(job_id, attempt)
+    def _read_chunks(self, job_id: str, attempt: int, since: int, limit: int) -> tuple[int, bytes]:
+        """Sealed bytes from ``since``, about ``limit`` of them at most: (offset, bytes)."""
         out = bytearray()
         start: int | None = None
-        sealed_end = 0
-        for c in chunks:
-            sealed_end = max(sealed_end, c.end_offset)
+        for c in self.store.log_chunks(job_id, attempt):
             if c.end_offset <= since:
                 continue
-            if start is not None and c.start_offset != start + len(out):
-                break  # a hole in the index: stop; the tail or a later read fills it
+            if len(out) >= limit or (start is not None and c.start_offset != start + len(out)):
+                break  # enough for one slice, or a hole in the index (the live tail may fill it)
             try:
                 raw = gzip.decompress(self.objects.get(c.object_key))
             except (ObjectNotFound, OSError) as e:
@@ -188,38 +186,54 @@ class Platform:
             if start is None:
                 start = c.start_offset + lo
             out += raw[lo:]
-        return (start if start is not None else since), bytes(out), sealed_end
+        return (start if start is not None else since), bytes(out)
 
-    async def read_log(self, job: Job, attempt: int | None, since: int) -> LogSlice:
+    async def read_log(self, job: Job, attempt: int | None, since: int, limit: int = LOG_SLICE) -> LogSlice:
+        """One slice of an attempt's log from ``since``: sealed chunks first, then the live tail."""
         number = attempt if attempt is not None else job.attempt
         if number <= 0:
             return LogSlice(0, since, b"", since)
-        offset, data, _sealed_end = await self.db(self._read_chunks, job.id, number, since)
+        offset, data = await self.db(self._read_chunks, job.id, number, since, limit)
         pos = offset + len(data)
-        t_off, t_data = self.tails.read(job.id, number, max(pos, since))
-        if t_data:
-            if not data:
-                offset = t_off
-            elif t_off > pos:
-                data += f"\n[trainyard: {t_off - pos} bytes of log unavailable]\n".encode()
-            data += t_data
-            pos = t_off + len(t_data)
+        if len(data) < limit:
+            t_off, t_data = self.tails.read(job.id, number, max(pos, since))
+            if t_data:
+                if not data:
+                    offset = t_off
+                elif t_off > pos:
+                    data += f"\n[trainyard: {t_off - pos} bytes of log unavailable]\n".encode()
+                data += t_data
+                pos = t_off + len(t_data)
         return LogSlice(number, offset, data, max(pos, since))
 
+    async def log_end(self, job: Job, attempt: int | None) -> int:
+        """How many bytes the attempt's log holds now (sealed or live)."""
+        number = attempt if attempt is not None else job.attempt
+        if number <= 0:
+            return 0
+        chunks = await self.db(self.store.log_chunks, job.id, number)
+        return max([c.end_offset for c in chunks] + [self.tails.end(job.id, number) or 0])
+
     async def tail_lines(self, job: Job, attempt: int | None, lines: int) -> LogSlice:
-        whole = await self.read_log(job, attempt, 0)
-        data = whole.data
-        if lines <= 0:
-            return LogSlice(whole.attempt, whole.next_offset, b"", whole.next_offset)
-        cut = len(data)
-        if data.endswith(b"\n"):
-            cut -= 1
+        """The last ``lines`` lines, read backwards from the end so a huge log is never loaded whole."""
+        number = attempt if attempt is not None else job.attempt
+        end = await self.log_end(job, number)
+        start, data = end, b""
+        while start > 0 and data.count(b"\n") <= lines:
+            lo = max(0, start - max(LOG_SLICE, len(data)))
+            sl = await self.read_log(job, number, lo, limit=start - lo)
+            got = sl.data[: max(0, start - sl.offset)]
+            if not got:
+                break
+            data, start = got + data, sl.offset
+        body = data[:-1] if data.endswith(b"\n") else data
+        cut = len(body)
         for _ in range(lines):
-            cut = data.rfind(b"\n", 0, cut)
+            cut = body.rfind(b"\n", 0, cut)
             if cut < 0:
                 break
-        start = 0 if cut < 0 else cut + 1
-        return LogSlice(whole.attempt, whole.offset + start, data[start:], whole.next_offset)
+        first = len(data) if lines == 0 else (0 if cut < 0 else cut + 1)
+        return LogSlice(number, start + first, data[first:], end)
 
     def attempt_live(self, job: Job, attempt: int) -> bool:
         if attempt != job.attempt:
@@ -379,7 +393,8 @@ class Platform:
                 )
                 out.append(a.job_id)
         if len(self._held) > 100_000:
-            self._held = {k: v for k, v in self._held.items() if now - v < window}
+            # Runs in the reconciler's thread while heartbeats add entries: iterate over a copy.
+            self._held = {k: v for k, v in list(self._held.items()) if now - v < window}
         return out
 
     # ---- outbox relay --------------------------------------------------------------------------
