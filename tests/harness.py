@@ -46,10 +46,12 @@ def wait_for(
 class ControlPlane:
     """The control plane in this process, on its own event loop thread."""
 
-    def __init__(self, home: Path, **overrides: Any) -> None:
+    def __init__(
+        self, home: Path, port: int | None = None, grpc_port: int | None = None, **overrides: Any
+    ) -> None:
         self.home = home
-        self.port = free_port()
-        self.grpc_port = free_port()
+        self.port = port or free_port()
+        self.grpc_port = grpc_port or free_port()
         defaults: dict[str, Any] = {"heartbeat_interval": 0.3, "cancel_grace": 2.0, "scheduler_interval": 0.2}
         defaults.update(overrides)
         self.settings = Settings(home=home, port=self.port, grpc_port=self.grpc_port, **defaults)
