@@ -300,3 +300,55 @@ def test_large_log_spans_chunks_and_reads_back_exactly(c: httpx.Client) -> None:
     assert c.get(f"/v1/jobs/{job_id}/logs", params={"tail": 0}).content == b""
     assert c.get(f"/v1/jobs/{job_id}/logs", params={"tail": 400000}).content == expected
     assert c.get(f"/v1/jobs/{job_id}/logs", params={"since": len(expected) - 12}).content == expected[-12:]
+
+
+def test_failed_job_keeps_its_artifacts_and_spec_paths(c: httpx.Client, tmp_path: Path) -> None:
+    out = tmp_path / "wd"
+    out.mkdir()
+    code = (
+        "import os, pathlib\n"
+        "pathlib.Path(os.environ['TRAINYARD_ARTIFACT_DIR'], 'partial.txt').write_text('half done')\n"
+        "pathlib.Path('outputs').mkdir(exist_ok=True)\n"
+        "pathlib.Path('outputs/report.json').write_text('{}')\n"
+        "raise SystemExit(2)\n"
+    )
+    r = c.post("/v1/jobs", json={"command": py(code), "cwd": str(out), "artifacts": ["outputs/"]})
+    job = wait_status(c, r.json()["id"], DONE)
+    assert job["status"] == "FAILED" and job["exit_code"] == 2
+    arts = {a["path"]: a for a in c.get(f"/v1/jobs/{job['id']}/artifacts").json()["artifacts"]}
+    assert set(arts) == {"partial.txt", "outputs/report.json"}
+    assert httpx.get(arts["partial.txt"]["url"]).content == b"half done"
+
+
+def test_grpc_needs_worker_credentials(plat: tuple[ControlPlane, list[Agent]], c: httpx.Client) -> None:
+    import grpc
+
+    from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+    from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
+
+    cp = plat[0]
+    user_token = c.post("/v1/admin/users", json={"name": "mallory", "team": "vision"}).json()["token"]
+    bootstrap = (cp.home / "worker-token").read_text().strip()
+    cap = pb.Capacity(cpu=0.001, memory=1)  # fits no job: the shared platform's other tests never land here
+    with grpc.insecure_channel(cp.grpc) as ch:
+        stub = pbg.WorkerServiceStub(ch)  # type: ignore[no-untyped-call]
+        for token in (user_token, cp.token, "", "tyb_wrong"):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Register(
+                    pb.RegisterRequest(name="rogue", capacity=cap),
+                    metadata=[("authorization", f"Bearer {token}")],
+                )
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The bootstrap token only registers; it is not a worker credential.
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Heartbeat(pb.HeartbeatRequest(), metadata=[("authorization", f"Bearer {bootstrap}")])
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reg = stub.Register(
+            pb.RegisterRequest(name="probe", capacity=cap),
+            metadata=[("authorization", f"Bearer {bootstrap}")],
+        )
+        assert reg.worker_token and reg.worker_token != bootstrap
+        ok = stub.Heartbeat(pb.HeartbeatRequest(), metadata=[("authorization", f"Bearer {reg.worker_token}")])
+        assert ok.known
+    with cp.client(reg.worker_token) as w:
+        assert w.get("/v1/jobs").status_code == 401
