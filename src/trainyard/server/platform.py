@@ -249,9 +249,12 @@ class Platform:
         last = self.cache.last_heartbeat(worker_id)
         if last is not None:
             return True
-        # No heartbeat key (e.g. just after a control-plane restart): allow the full grace period.
         grace = 3 * self.settings.heartbeat_interval
-        return time.time() - max(self.started_at, registered_at) < grace
+        if registered_at >= self.started_at:
+            return time.time() - registered_at < grace
+        # Registered with an earlier control-plane process (this one restarted): its agents are
+        # reconnecting with backoff, so give them longer before declaring their jobs lost.
+        return time.time() - self.started_at < max(grace, self.settings.restart_grace)
 
     def schedule_once(self) -> list[Lease]:
         """One scheduler cycle (blocking; run in a thread): snapshot → pure placement → guarded leases."""

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     )
     heartbeat_interval: float = 10.0
     cancel_grace: float = 10.0
+    restart_grace: float = 15.0  # after a control-plane restart, how long known workers have to check in
     scheduler_interval: float = 1.0
     max_body: int = 1 << 20
     workdir_limit: int = 100 << 20
