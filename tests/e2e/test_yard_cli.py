@@ -186,12 +186,24 @@ def test_kill_9_agent_reruns_job_on_the_other(up: tuple[Yard, subprocess.Popen[s
 
 
 def test_ctrl_c_stops_everything(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    from trainyard.store.sql import SqlStore
+
     yard, proc = up
-    agents = [p for p in _agent_pids(yard.home)]
-    assert agents
+    job_id = yard.run("submit", "--", "sleep", "300").stdout.strip()
+    yard.wait(job_id, {"RUNNING"})
+    assert _agent_pids(yard.home)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
     wait_for(lambda: not _agent_pids(yard.home), 10, 0.1, "agents to exit")
+    # Workers stopped first and reported: the running job went back to the queue without using a
+    # retry, and is there for the next `yard up`.
+    store = SqlStore(f"sqlite:///{yard.home / 'trainyard.db'}")
+    try:
+        job = store.get_job(job_id)
+        assert job is not None and job.status.value == "PENDING" and job.tries == 0
+        assert [a.status for a in job.attempts] == ["PREEMPTED"]
+    finally:
+        store.close()
 
 
 def _agent_pids(home: Path) -> list[int]:

@@ -218,17 +218,21 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
     from trainyard.server.settings import Settings
 
     assert isinstance(settings, Settings)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # Ctrl-C or SIGTERM
+    server_stop = asyncio.Event()  # set only once the workers are gone
+    hold = asyncio.Event()  # no new placements while the workers drain
     ready = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server_task = asyncio.create_task(serve(settings, stop, ready))
+    server_task = asyncio.create_task(serve(settings, server_stop, ready, hold))
     ready_wait = asyncio.create_task(ready.wait())
-    await asyncio.wait({server_task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
-    if server_task.done():
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({server_task, ready_wait, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if server_task.done() or stop.is_set():
         ready_wait.cancel()
-        server_task.result()
+        server_stop.set()
+        await server_task
         return
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(1, n_workers + 1):
@@ -267,6 +271,7 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
     watcher = asyncio.create_task(_watch_workers(procs, stop))
     await stop.wait()
     watcher.cancel()
+    hold.set()
     print(
         "Stopping: workers first (running jobs get SIGTERM and a grace period), then the control plane.",
         flush=True,
@@ -280,6 +285,7 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
             await asyncio.sleep(0.05)
         if proc.poll() is None:
             proc.kill()
+    server_stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await server_task
     print("Stopped.", flush=True)

@@ -56,8 +56,12 @@ async def _loop(name: str, kick: object, interval: float, step: object, stop: as
 
 
 async def serve(
-    settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    hold: asyncio.Event | None = None,
 ) -> None:
+    """Serve until ``stop``. While ``hold`` is set nothing new is placed (workers are draining)."""
     stop = stop or asyncio.Event()
     platform = await asyncio.to_thread(bootstrap, settings)
     grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
@@ -74,6 +78,8 @@ async def serve(
     server = _QuietServer(config)
 
     async def schedule_step() -> None:
+        if hold is not None and hold.is_set():
+            return
         t0 = time.monotonic()
         leases = await asyncio.to_thread(platform.schedule_once)
         platform.dispatch(leases)
