@@ -68,6 +68,22 @@ def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
             d.mkdir(exist_ok=True)
 
 
+def _remove_attempt_dir(adir: Path) -> None:
+    """Most attempts leave their directories empty: remove those with one rmdir each and walk the
+    tree (rmtree opens and lists every directory) only when something is left in it."""
+    for sub in ("checkpoints", "artifacts", "work"):
+        with contextlib.suppress(OSError):
+            (adir / sub).rmdir()
+    try:
+        adir.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(adir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another attempt of the job may still use it
+        adir.parent.rmdir()
+
+
 class AttemptRunner:
     """Runs one assignment. Stop requests may come at any time, before the spawn included."""
 
@@ -381,6 +397,4 @@ class AttemptRunner:
 
     async def _remove_dir(self) -> None:
         self.spool.close()
-        await asyncio.to_thread(shutil.rmtree, self.dir, True)
-        with contextlib.suppress(OSError):  # another attempt of the job may still use it
-            self.dir.parent.rmdir()
+        await asyncio.to_thread(_remove_attempt_dir, self.dir)
