@@ -264,11 +264,7 @@ class Platform:
         pending = store.pending_jobs(now)
         if not pending:
             return []
-        live = store.live_attempts()
-        used: dict[str, tuple[float, int, set[int]]] = {}
-        for a in live:
-            cpu, mem, gpus = used.get(a.worker_id, (0.0, 0, set()))
-            used[a.worker_id] = (cpu + a.cpu, mem + a.memory, gpus | set(a.gpu_indices))
+        used = store.worker_usage()
         workers = []
         for w in store.list_workers(include_dead=False):
             cpu, mem, gpus = used.get(w.id, (0.0, 0, set()))

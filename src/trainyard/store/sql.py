@@ -75,6 +75,42 @@ _UPDATE_ATTEMPT = job_attempts.update().where(
 )
 
 
+_SELECT_PENDING = (
+    sa.select(
+        jobs.c.id,
+        jobs.c.team,
+        jobs.c.user_name,
+        jobs.c.priority,
+        jobs.c.pool,
+        jobs.c.cpu,
+        jobs.c.memory,
+        jobs.c.gpu,
+        jobs.c.gpu_type,
+        jobs.c.queued_at,
+        jobs.c.created_at,
+        jobs.c.attempt,
+    )
+    .where(jobs.c.status == JobStatus.PENDING.value)
+    .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("p_now")))
+    .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
+    .limit(sa.bindparam("p_limit"))
+)
+_SELECT_USAGE = (
+    sa.select(jobs.c.worker_id, sa.func.sum(jobs.c.cpu), sa.func.sum(jobs.c.memory))
+    .where(jobs.c.status.in_(_LIVE_NAMES))
+    .group_by(jobs.c.worker_id)
+)
+_SELECT_GPU_HOLDERS = (
+    sa.select(job_attempts.c.worker_id, job_attempts.c.gpu_indices)
+    .select_from(
+        jobs.join(
+            job_attempts, sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt)
+        )
+    )
+    .where(jobs.c.status.in_(_LIVE_NAMES), jobs.c.gpu > 0)
+)
+
+
 class StoreError(Exception):
     """Base of the errors the API maps to HTTP codes."""
 
@@ -656,44 +692,21 @@ class SqlStore:
 
     # ---- scheduling ----------------------------------------------------------------------------
     def pending_jobs(self, now: float, limit: int = 10000) -> list[PendingJobRow]:
-        q = (
-            sa.select(
-                jobs.c.id,
-                jobs.c.team,
-                jobs.c.user_name,
-                jobs.c.priority,
-                jobs.c.pool,
-                jobs.c.cpu,
-                jobs.c.memory,
-                jobs.c.gpu,
-                jobs.c.gpu_type,
-                jobs.c.queued_at,
-                jobs.c.created_at,
-                jobs.c.attempt,
-            )
-            .where(jobs.c.status == JobStatus.PENDING.value)
-            .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
-            .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
-            .limit(limit)
-        )
         with self._read() as conn:
             return [
-                PendingJobRow(
-                    id=r.id,
-                    team=r.team,
-                    user=r.user_name,
-                    priority=r.priority,
-                    pool=r.pool,
-                    cpu=r.cpu,
-                    memory=r.memory,
-                    gpu=r.gpu,
-                    gpu_type=r.gpu_type,
-                    queued_at=r.queued_at,
-                    created_at=r.created_at,
-                    attempt=r.attempt,
-                )
-                for r in conn.execute(q)
+                PendingJobRow(*r) for r in conn.execute(_SELECT_PENDING, {"p_now": now, "p_limit": limit})
             ]
+
+    def worker_usage(self) -> dict[str, tuple[float, int, set[int]]]:
+        """What live attempts hold on each worker: (cpu, memory, GPU indices). Aggregated in SQL,
+        so a scheduler cycle reads one row per busy worker, not one per running job."""
+        with self._read() as conn:
+            usage: dict[str, tuple[float, int, set[int]]] = {
+                r[0]: (float(r[1]), int(r[2]), set()) for r in conn.execute(_SELECT_USAGE)
+            }
+            for worker_id, gpus in conn.execute(_SELECT_GPU_HOLDERS):
+                usage.setdefault(worker_id, (0.0, 0, set()))[2].update(gpus)
+        return usage
 
     def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
         q = (
