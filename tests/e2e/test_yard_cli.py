@@ -136,6 +136,27 @@ def test_tiny_training_job_logs_artifacts(up: tuple[Yard, subprocess.Popen[str]]
     assert "SUCCEEDED" in human
 
 
+def test_workdir_upload_and_job_yaml(up: tuple[Yard, subprocess.Popen[str]], tmp_path: Path) -> None:
+    yard, _ = up
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "big").write_bytes(b"x" * 1000)
+    (project / "main.py").write_text("import os\nprint('in bundle:', sorted(os.listdir('.')))\n")
+    job_id = yard.run("submit", "--workdir", str(project), "--", sys.executable, "main.py").stdout.strip()
+    follow = yard.run("logs", "-f", job_id, timeout=60)
+    assert "in bundle: ['main.py']" in follow.stdout  # .git was left out
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: from-yaml\n"
+        f"command: [{sys.executable!r}, '-c', 'print(42)']\n"
+        "resources: {cpu: 0.5, memory: 256Mi}\n"
+        "retry: {max_attempts: 2, backoff: 1s, on: [infra, 'exit:137']}\n"
+    )
+    job_id = yard.run("submit", "-f", str(spec)).stdout.strip()
+    assert yard.run("logs", "-f", job_id, timeout=60).stdout.strip() == "42"
+    assert yard.job(job_id)["name"] == "from-yaml"
+
+
 def test_failed_job_exit_code_flows_to_logs_f(up: tuple[Yard, subprocess.Popen[str]]) -> None:
     yard, _ = up
     job_id = yard.run(
