@@ -177,6 +177,14 @@ def test_openapi_health_metrics(c: httpx.Client, cp: ControlPlane) -> None:
         "/v1/events",
     ):
         assert path in spec["paths"]
+    submit = spec["paths"]["/v1/jobs"]["post"]
+    assert (
+        submit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        == "#/components/schemas/JobSpec"
+    )
+    assert "resources" in spec["components"]["schemas"]["JobSpec"]["properties"]
+    assert any(prm["name"] == "Idempotency-Key" for prm in submit["parameters"])
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert httpx.get(f"{cp.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{cp.url}/readyz").status_code == 200
     assert "trainyard_http_requests_total" in c.get("/metrics").text
