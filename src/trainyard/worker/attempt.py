@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Coroutine
@@ -57,15 +58,18 @@ def attempt_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
 
 
 def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
+    # os.mkdir on strings: pathlib's mkdir(parents=...) costs several times the system call here.
+    path = str(adir)
     try:
-        adir.mkdir()
+        os.mkdir(path)
     except FileNotFoundError:
-        adir.mkdir(parents=True)
+        os.makedirs(path, exist_ok=True)
     except FileExistsError:
         pass
     for d in subdirs:
         if d is not None:
-            d.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(str(d))
 
 
 def _remove_attempt_dir(adir: Path) -> None:
