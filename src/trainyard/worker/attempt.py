@@ -62,8 +62,13 @@ def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
     path = str(adir)
     try:
         os.mkdir(path)
-    except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
+    except FileNotFoundError:  # the job's directory is new too (the usual case: one mkdir each)
+        with contextlib.suppress(FileExistsError):
+            try:
+                os.mkdir(os.path.dirname(path))
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
     except FileExistsError:
         pass
     for d in subdirs:

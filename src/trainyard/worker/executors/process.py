@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink, StartFailed
@@ -121,6 +123,9 @@ class ProcessHandle:
         _killpg(self._proto.pgid, signal.SIGKILL)
 
 
+_WHICH_TTL_S = 5.0
+
+
 class ProcessExecutor:
     """Runs the command as a local process in a new session, so that its whole tree is one group."""
 
@@ -129,6 +134,26 @@ class ProcessExecutor:
         # Filtered once: walking os.environ for every job is a measurable share of a short job's cost.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
         self._base_env["PYTHONUNBUFFERED"] = "1"
+        self._which: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def _resolve(self, program: str, path: str | None) -> str | None:
+        """Where ``program`` is on the job's PATH, remembered for a few seconds (as a shell's command
+        hash does): otherwise every spawn searches PATH with one failed exec per directory before it.
+        None (let exec search) for explicit paths, unknown names and relative PATH entries."""
+        if os.sep in program or not path:
+            return None
+        key = (program, path)
+        now = time.monotonic()
+        hit = self._which.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        found = shutil.which(program, path=path)
+        if found is None or not os.path.isabs(found):
+            return None
+        if len(self._which) > 1024:
+            self._which.clear()
+        self._which[key] = (found, now + _WHICH_TTL_S)
+        return found
 
     def environment(self, spec: LaunchSpec) -> dict[str, str]:
         env = dict(self._base_env)
@@ -149,11 +174,13 @@ class ProcessExecutor:
         loop = asyncio.get_running_loop()
         proto = _Protocol(loop, sink)
         try:
+            env = self.environment(spec)
             transport, _ = await loop.subprocess_exec(
                 lambda: proto,
                 *spec.command,
+                executable=self._resolve(spec.command[0], env.get("PATH")),
                 cwd=spec.cwd,
-                env=self.environment(spec),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
