@@ -77,20 +77,22 @@ def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
                 os.mkdir(str(d))
 
 
-def _remove_attempt_dir(adir: Path) -> None:
-    """Most attempts leave their directories empty: remove those with one rmdir each and walk the
-    tree (rmtree opens and lists every directory) only when something is left in it."""
+def _remove_empty_attempt_dir(adir: Path) -> bool:
+    """Most attempts leave their directories empty: remove those with one rmdir each (cheap enough to
+    run on the event loop). False when something is left, for rmtree to deal with."""
+    path = str(adir)
     for sub in ("checkpoints", "artifacts", "work"):
         with contextlib.suppress(OSError):
-            (adir / sub).rmdir()
+            os.rmdir(os.path.join(path, sub))
     try:
-        adir.rmdir()
+        os.rmdir(path)
     except FileNotFoundError:
         pass
     except OSError:
-        shutil.rmtree(adir, ignore_errors=True)
+        return False
     with contextlib.suppress(OSError):  # another attempt of the job may still use it
-        adir.parent.rmdir()
+        os.rmdir(os.path.dirname(path))
+    return True
 
 
 class AttemptRunner:
@@ -248,9 +250,8 @@ class AttemptRunner:
         cwd = work
         if not a.workdir_url and a.cwd and Path(a.cwd).is_dir():
             cwd = Path(a.cwd)
-        # Directory syscalls are much of a trivial job's cost on a journaling disk: few of them, and off
-        # the event loop so that other attempts spawn and report meanwhile.
-        await asyncio.to_thread(_make_dirs, self.dir, ckpt, arts, work if cwd == work else None)
+        # A handful of mkdir calls: cheaper on the event loop than a hop to a thread and back (measured).
+        _make_dirs(self.dir, ckpt, arts, work if cwd == work else None)
         if a.workdir_url:
             await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
         resume_dir: Path | None = None
@@ -406,4 +407,7 @@ class AttemptRunner:
 
     async def _remove_dir(self) -> None:
         self.spool.close()
-        await asyncio.to_thread(_remove_attempt_dir, self.dir)
+        if not _remove_empty_attempt_dir(self.dir):
+            await asyncio.to_thread(shutil.rmtree, self.dir, True)
+            with contextlib.suppress(OSError):
+                self.dir.parent.rmdir()
