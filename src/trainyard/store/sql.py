@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -273,14 +274,28 @@ class SqlStore:
     def _tx(self) -> Iterator[sa.Connection]:
         if self._write_lock is None:
             with self.engine.begin() as conn:
-                yield conn
+                yield from self._with_event_buffer(conn)
             return
         # SQLite has one writer at a time. Queue this process's writers on a lock that wakes the next
         # one at once, instead of SQLite's busy handler, which sleeps in steps of up to 100 ms; and
         # take the write lock up front (IMMEDIATE) so two writers never deadlock on a lock upgrade.
         with self._write_lock, self.engine.begin() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield from self._with_event_buffer(conn)
+
+    def _with_event_buffer(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """Collect the transaction's event and outbox rows and insert them with one executemany
+        each just before commit: a job's four transitions would otherwise cost eight statements."""
+        events: list[dict[str, Any]] = []
+        outbox_rows: list[dict[str, Any]] = []
+        conn.info["ty_events"] = (events, outbox_rows)
+        try:
             yield conn
+            if events:
+                conn.execute(_INSERT_EVENT, events)
+                conn.execute(_INSERT_OUTBOX, outbox_rows)
+        finally:
+            conn.info.pop("ty_events", None)
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -424,12 +439,15 @@ class SqlStore:
             "at": now,
             "data": data,
         }
-        conn.execute(_INSERT_EVENT, row)
         payload = {"schema": EVENT_SCHEMA_VERSION, **row}
-        conn.execute(
-            _INSERT_OUTBOX,
-            {"event_id": event_id, "topic": topic, "key": job_id, "payload": payload, "created_at": now},
-        )
+        out = {"event_id": event_id, "topic": topic, "key": job_id, "payload": payload, "created_at": now}
+        buffered = conn.info.get("ty_events")
+        if buffered is None:  # a connection outside _tx (tests, tools): write at once
+            conn.execute(_INSERT_EVENT, row)
+            conn.execute(_INSERT_OUTBOX, out)
+        else:
+            buffered[0].append(row)
+            buffered[1].append(out)
 
     def _job_row(self, conn: sa.Connection, job_id: str) -> sa.Row[Any] | None:
         return conn.execute(_SELECT_JOB, {"s_id": job_id}).first()
@@ -740,9 +758,14 @@ class SqlStore:
         """Apply the scheduler's placements in one transaction; each is guarded by status and attempt."""
         now = self.clock()
         leases: list[Lease] = []
+        placements = list(placements)
         with self._tx() as conn:
+            rows = {
+                r.id: r
+                for r in conn.execute(sa.select(jobs).where(jobs.c.id.in_([p.job_id for p in placements])))
+            }
             for p in placements:
-                row = self._job_row(conn, p.job_id)
+                row = rows.get(p.job_id)
                 if row is None or row.attempt != p.expected_attempt:
                     continue
                 if row.not_before is not None and row.not_before > now:
@@ -836,27 +859,31 @@ class SqlStore:
     def report_started_in(
         self, conn: sa.Connection, job_id: str, attempt: int, token: str, worker_id: str
     ) -> ReportResult:
-        now = self.clock()
         row = self._leased_row(conn, job_id, attempt, token, worker_id)
         if row is None:
             return ReportResult(False, message="lease is not held by this worker")
         status = JobStatus(row.status)
         if status is not JobStatus.SCHEDULED:
             return ReportResult(True, status)  # a repeated report; CANCELLING stays CANCELLING
+        self._start(conn, row, worker_id, self.clock())
+        return ReportResult(True, JobStatus.RUNNING)
+
+    def _start(self, conn: sa.Connection, row: sa.Row[Any], worker_id: str, now: float) -> Any:
+        """SCHEDULED → RUNNING for a row already read and checked; returns the row as it is now."""
         self._move(
             conn,
             row,
             JobStatus.RUNNING,
-            lease_token=token,
+            lease_token=row.lease_token,
             now=now,
             values={"started_at": now, "deadline": now + row.max_runtime},
             data={"worker": worker_id},
         )
         conn.execute(
             _UPDATE_ATTEMPT,
-            {"a_job": job_id, "a_number": attempt, "status": JobStatus.RUNNING.value, "started_at": now},
+            {"a_job": row.id, "a_number": row.attempt, "status": JobStatus.RUNNING.value, "started_at": now},
         )
-        return ReportResult(True, JobStatus.RUNNING)
+        return SimpleNamespace(**{**row._asdict(), "status": JobStatus.RUNNING.value, "started_at": now})
 
     def report_finished(self, rep: FinishReport) -> ReportResult:
         with self._tx() as conn:
@@ -871,8 +898,7 @@ class SqlStore:
             and rep.outcome not in (AttemptOutcome.START_FAILED, AttemptOutcome.INFRA)
         ):
             # The worker merged a very short run's STARTED report into this one: record both.
-            self.report_started_in(conn, rep.job_id, rep.attempt, rep.lease_token, rep.worker_id)
-            row = self._job_row(conn, rep.job_id)
+            row = self._start(conn, row, rep.worker_id, now)
         if row is None:
             # A retried report of an attempt we already closed is answered OK, not STALE.
             prior = conn.execute(
