@@ -37,6 +37,7 @@ T = TypeVar("T")
 AUTH_CACHE_TTL_S = 5.0
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
+_TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 class RateLimited(Exception):
@@ -401,7 +402,7 @@ class Platform:
         rows = await self.db(self.store.outbox_unsent, 1000)
         for r in rows:
             await self.bus.publish(r.topic, r.key, r.payload)
-            if r.payload.get("to_status") in {s.value for s in TERMINAL}:
+            if r.payload.get("to_status") in _TERMINAL_NAMES:
                 self.metrics.finished.labels(r.payload["to_status"]).inc()
         await self.db(self.store.outbox_mark_sent, [r.id for r in rows])
         return len(rows)

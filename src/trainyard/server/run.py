@@ -95,8 +95,9 @@ async def serve(
     async def relay_step() -> None:
         while await platform.relay_once() >= 1000:
             pass
-        # Batch the events of the next few milliseconds into one read and one mark.
-        await asyncio.sleep(0.02)
+        # Batch the events of the next few milliseconds into one read and one mark; live views
+        # (SSE, the UI) still see a change well within their one-second promise.
+        await asyncio.sleep(0.05)
 
     hb = settings.heartbeat_interval
     tasks = [
