@@ -29,6 +29,17 @@ WORKER_CACHE_TTL_S = 5.0
 _OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
 
 
+def _check_report(request: pb.ReportRequest) -> None:
+    """ValueError (answered INVALID_ARGUMENT) for a report no agent should send."""
+    if request.phase == pb.ReportRequest.FINISHED:
+        if request.outcome not in _OUTCOMES:
+            raise ValueError(f"unknown outcome {request.outcome!r}")
+        for a in request.artifacts:
+            check_key(a.object_key)
+    elif request.phase != pb.ReportRequest.STARTED:
+        raise ValueError("phase must be STARTED or FINISHED")
+
+
 def _bearer(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -144,6 +155,29 @@ class WorkerService(pbg.WorkerServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.ReportResponse:
         worker = await self._worker(context)
+        try:
+            return await self._report(request, worker)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise AssertionError("unreachable") from e
+
+    async def ReportBatch(
+        self,
+        request: pb.ReportBatchRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.ReportBatchResponse:
+        worker = await self._worker(context)
+        try:
+            for r in request.reports:
+                _check_report(r)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        # Concurrently, so that group commit applies the whole batch in one transaction.
+        results = await asyncio.gather(*(self._report(r, worker) for r in request.reports))
+        return pb.ReportBatchResponse(results=results)
+
+    async def _report(self, request: pb.ReportRequest, worker: Worker) -> pb.ReportResponse:
+        _check_report(request)
         store = self.p.store
         if request.phase == pb.ReportRequest.STARTED:
             res = await self.p.writes.run(
@@ -151,14 +185,7 @@ class WorkerService(pbg.WorkerServiceServicer):
                     conn, request.job_id, request.attempt, request.lease_token, worker.id
                 )
             )
-        elif request.phase == pb.ReportRequest.FINISHED:
-            if request.outcome not in _OUTCOMES:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown outcome {request.outcome!r}")
-            try:
-                for a in request.artifacts:
-                    check_key(a.object_key)
-            except ValueError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        else:
             rep = FinishReport(
                 job_id=request.job_id,
                 attempt=request.attempt,
@@ -176,8 +203,6 @@ class WorkerService(pbg.WorkerServiceServicer):
             if res.ok:
                 self.p.tails.mark_ended(request.job_id, request.attempt)
                 self.p.kick_scheduler.set()
-        else:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "phase must be STARTED or FINISHED")
         if res.ok:
             self.p.kick_relay.set()
             return pb.ReportResponse(result=pb.ReportResponse.OK, message=res.message)

@@ -35,6 +35,23 @@ PERMANENT = frozenset(
 """Errors that another try will not fix. Everything else (UNAVAILABLE above all) is an outage to wait out."""
 
 
+_MAX_BATCH = 256
+
+
+class _Unbatched(Exception):
+    """Internal: this control plane takes reports one by one."""
+
+
+_Queued = tuple[pb.ReportRequest, "asyncio.Future[pb.ReportResponse]"]
+_BatchCall = grpc.aio.UnaryUnaryMultiCallable[pb.ReportBatchRequest, pb.ReportBatchResponse]
+
+
+def _fail(batch: list[_Queued], e: BaseException) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_exception(e)
+
+
 class StaleLease(Exception):
     """The control plane says this attempt is no longer this worker's."""
 
@@ -103,6 +120,17 @@ class ControlPlane:
         self._report: grpc.aio.UnaryUnaryMultiCallable[pb.ReportRequest, pb.ReportResponse] = ch.unary_unary(
             _SERVICE + "Report", pb.ReportRequest.SerializeToString, pb.ReportResponse.FromString
         )
+        self._report_batch: grpc.aio.UnaryUnaryMultiCallable[
+            pb.ReportBatchRequest, pb.ReportBatchResponse
+        ] = ch.unary_unary(
+            _SERVICE + "ReportBatch",
+            pb.ReportBatchRequest.SerializeToString,
+            pb.ReportBatchResponse.FromString,
+        )
+        self._queued: list[_Queued] = []
+        self._queued_wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._batching = True  # off once a control plane answers ReportBatch with UNIMPLEMENTED
         self._push_logs: grpc.aio.StreamStreamMultiCallable[pb.LogData, pb.LogAck] = ch.stream_stream(
             _SERVICE + "PushLogs", pb.LogData.SerializeToString, pb.LogAck.FromString
         )
@@ -182,13 +210,59 @@ class ControlPlane:
         return self._push_logs(None, metadata=self._metadata())
 
     async def report(self, req: pb.ReportRequest) -> pb.ReportResponse:
-        """Send until answered; the worker id is filled in per try, as a re-registration may change it."""
+        """Send until answered; the worker id is filled in per try, as a re-registration may change it.
 
+        Reports that pile up while a call is in flight go out together in one ReportBatch call."""
+        if not self._batching:
+            return await self._report_one(req)
+        fut: asyncio.Future[pb.ReportResponse] = asyncio.get_running_loop().create_future()
+        self._queued.append((req, fut))
+        self._queued_wake.set()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_reports(), name="report-sender")
+        return await fut
+
+    async def _report_one(self, req: pb.ReportRequest) -> pb.ReportResponse:
         def build() -> pb.ReportRequest:
             req.worker_id = self.worker_id
             return req
 
         return await self._call(self._report, build)
+
+    async def _send_reports(self) -> None:
+        while True:
+            await self._queued_wake.wait()
+            self._queued_wake.clear()
+            while self._queued:
+                batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+
+                def build(batch: list[_Queued] = batch) -> pb.ReportBatchRequest:
+                    for req, _ in batch:
+                        req.worker_id = self.worker_id
+                    return pb.ReportBatchRequest(reports=[req for req, _ in batch])
+
+                try:
+                    if not self._batching:
+                        raise _Unbatched
+                    resp = await self._call(self._report_batch, build)
+                    results = list(resp.results)
+                    if len(results) != len(batch):
+                        raise RuntimeError("ReportBatch answered a different number of reports")
+                except _Unbatched:
+                    results = [await self._report_one(req) for req, _ in batch]
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        _fail(batch, e)
+                        continue
+                    log.info("the control plane has no ReportBatch; sending reports one by one")
+                    self._batching = False
+                    results = [await self._report_one(req) for req, _ in batch]
+                except Exception as e:
+                    _fail(batch, e)
+                    continue
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
 
     async def get_urls(
         self,

@@ -70,6 +70,7 @@ class Recorder:
     registers: list[pb.RegisterRequest] = field(default_factory=list)
     heartbeats: list[pb.HeartbeatRequest] = field(default_factory=list)
     reports: list[pb.ReportRequest] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)  # sizes of ReportBatch calls
     url_requests: list[pb.UrlRequest] = field(default_factory=list)
     seals: list[pb.SealLogChunkRequest] = field(default_factory=list)
     log_messages: int = 0
@@ -79,6 +80,7 @@ class Recorder:
 
 class FakeWorkerService(pb_grpc.WorkerServiceServicer):
     def __init__(self, objects: ObjectStore) -> None:
+        self.batching = True  # False: answer ReportBatch UNIMPLEMENTED, as an older control plane would
         self.objects = objects
         self.rec = Recorder()
         self.leased: dict[tuple[str, int], pb.Assignment] = {}
@@ -180,6 +182,12 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         if request.phase == pb.ReportRequest.STARTED and key in self.stale_on_started:
             return pb.ReportResponse(result=pb.ReportResponse.STALE)
         return pb.ReportResponse(result=pb.ReportResponse.OK)
+
+    async def ReportBatch(self, request: pb.ReportBatchRequest, context: Any) -> pb.ReportBatchResponse:
+        if not self.batching:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "an older control plane")
+        self.rec.batches.append(len(request.reports))
+        return pb.ReportBatchResponse(results=[await self.Report(r, context) for r in request.reports])
 
     async def PushLogs(self, request_iterator: Any, context: Any) -> Any:
         if not self._auth(context, self.token):

@@ -314,6 +314,25 @@ def test_a_trivial_job_costs_at_most_two_reports_and_nothing_else(tmp_path: Path
     asyncio.run(main())
 
 
+def test_reports_are_batched_and_fall_back_to_single_calls(tmp_path: Path) -> None:
+    async def main(batching: bool) -> None:
+        async with agent(tmp_path / str(batching)) as (svc, _, _):
+            svc.batching = batching
+            for i in range(30):
+                svc.assign(_assignment(f"b{i}", ["true"]))
+            for i in range(30):
+                assert (await svc.wait_finished(f"b{i}")).outcome == "succeeded"
+            finished = [r for r in svc.rec.reports if r.phase == pb.ReportRequest.FINISHED]
+            assert len(finished) == 30
+            if batching:
+                assert sum(svc.rec.batches) == len(svc.rec.reports)
+            else:
+                assert svc.rec.batches == []
+
+    asyncio.run(main(True))
+    asyncio.run(main(False))
+
+
 def test_stale_started_report_kills_the_job(tmp_path: Path) -> None:
     async def main() -> None:
         async with agent(tmp_path) as (svc, _, _):

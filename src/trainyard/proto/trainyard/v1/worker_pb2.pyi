@@ -500,6 +500,38 @@ class ReportResponse(google.protobuf.message.Message):
 Global___ReportResponse: typing_extensions.TypeAlias = ReportResponse
 
 @typing.final
+class ReportBatchRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: builtins.int
+    @property
+    def reports(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ReportRequest]: ...
+    def __init__(
+        self,
+        *,
+        reports: collections.abc.Iterable[Global___ReportRequest] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reports", b"reports"]) -> None: ...
+
+Global___ReportBatchRequest: typing_extensions.TypeAlias = ReportBatchRequest
+
+@typing.final
+class ReportBatchResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: builtins.int
+    @property
+    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ReportResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: collections.abc.Iterable[Global___ReportResponse] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
+
+Global___ReportBatchResponse: typing_extensions.TypeAlias = ReportBatchResponse
+
+@typing.final
 class LogData(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

@@ -54,6 +54,11 @@ class WorkerServiceStub:
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.ReportRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.ReportBatch = channel.unary_unary(
+                '/trainyard.v1.WorkerService/ReportBatch',
+                request_serializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchRequest.SerializeToString,
+                response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchResponse.FromString,
+                _registered_method=True)
         self.PushLogs = channel.stream_stream(
                 '/trainyard.v1.WorkerService/PushLogs',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.LogData.SerializeToString,
@@ -103,6 +108,14 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportBatch(self, request, context):
+        """Several reports in one call, answered in order: an agent sends what piled up while its previous
+        call was in flight, so a busy worker pays one round trip for many short jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PushLogs(self, request_iterator, context):
         """Live log bytes; the answer acknowledges the offset up to which the control plane holds them.
         """
@@ -146,6 +159,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportRequest.FromString,
                     response_serializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.SerializeToString,
+            ),
+            'ReportBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportBatch,
+                    request_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchRequest.FromString,
+                    response_serializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchResponse.SerializeToString,
             ),
             'PushLogs': grpc.stream_stream_rpc_method_handler(
                     servicer.PushLogs,
@@ -271,6 +289,33 @@ class WorkerService:
             '/trainyard.v1.WorkerService/Report',
             trainyard_dot_v1_dot_worker__pb2.ReportRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainyard.v1.WorkerService/ReportBatch',
+            trainyard_dot_v1_dot_worker__pb2.ReportBatchRequest.SerializeToString,
+            trainyard_dot_v1_dot_worker__pb2.ReportBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
