@@ -74,6 +74,10 @@ async def serve(
         lifespan="off",
         timeout_graceful_shutdown=2,
         access_log=False,
+        # No proxy in front by default (the address is loopback); behind one, TRAINYARD_PUBLIC_URL
+        # is what clients are told. Each of these saves work on every request.
+        proxy_headers=False,
+        server_header=False,
     )
     server = _QuietServer(config)
 
