@@ -218,5 +218,9 @@ class JobSpec(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of the normalized spec: two bodies that mean the same job hash the same."""
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return spec_fingerprint(self.canonical())
+
+
+def spec_fingerprint(canonical: dict[str, Any]) -> str:
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

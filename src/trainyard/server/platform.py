@@ -321,8 +321,10 @@ class Platform:
             self._changed()
 
     def build_assignment(self, lease: Lease) -> pb.Assignment:
-        spec = JobSpec.model_validate(lease.spec)
-        env = dict(spec.env)
+        # The stored spec is the normalized one this control plane wrote: read it as plain data
+        # (validating it again would cost more than the rest of the assignment).
+        spec = lease.spec
+        env = dict(spec.get("env") or {})
         env.update(
             {
                 "TRAINYARD_JOB_ID": lease.job_id,
@@ -336,17 +338,17 @@ class Platform:
             job_id=lease.job_id,
             attempt=lease.attempt,
             lease_token=lease.lease_token,
-            command=list(spec.command),
+            command=list(spec["command"]),
             env=env,
             gpu_indices=lease.gpu_indices,
-            cpu=spec.resources.cpu,
-            memory=spec.resources.memory,
-            max_runtime_s=spec.max_runtime,
-            workdir_url=self.presign_get(spec.workdir) if spec.workdir else "",
-            cwd=spec.cwd or "",
-            artifact_paths=list(spec.artifacts),
+            cpu=lease.cpu,
+            memory=lease.memory,
+            max_runtime_s=lease.max_runtime,
+            workdir_url=self.presign_get(spec["workdir"]) if spec.get("workdir") else "",
+            cwd=spec.get("cwd") or "",
+            artifact_paths=list(spec.get("artifacts") or ()),
             resume_from_url=self.presign_get(lease.resume_key) if lease.resume_key else "",
-            image=spec.image or "",
+            image=spec.get("image") or "",
             name=lease.name or "",
         )
 

@@ -36,7 +36,7 @@ from trainyard.model.records import (
     User,
     Worker,
 )
-from trainyard.model.spec import JobSpec, Retry
+from trainyard.model.spec import JobSpec, Retry, spec_fingerprint
 from trainyard.model.states import LIVE, TERMINAL, AttemptOutcome, JobStatus, sources_of
 from trainyard.store import migrate
 from trainyard.store.schema import (
@@ -156,6 +156,9 @@ class Lease:
     team: str
     user: str
     resume_key: str | None  # newest checkpoint of an earlier attempt
+    cpu: float
+    memory: int
+    max_runtime: float
 
 
 @dataclass(frozen=True)
@@ -480,7 +483,9 @@ class SqlStore:
         """Insert a new PENDING job; raises IntegrityError when the user's idempotency key is taken."""
         now = self.clock()
         team = spec.team or user.team
-        canonical = spec.model_copy(update={"team": team}).canonical()
+        base = spec.canonical()  # dumped once: the fingerprint and the stored spec both come from it
+        fingerprint = spec_fingerprint(base)
+        canonical = {**base, "team": team}
         job_id = new_job_id()
         row = dict(
             id=job_id,
@@ -496,7 +501,7 @@ class SqlStore:
             gpu_type=spec.resources.gpu_type,
             max_runtime=spec.max_runtime,
             spec=canonical,
-            spec_hash=spec.fingerprint(),
+            spec_hash=fingerprint,
             idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
@@ -813,6 +818,9 @@ class SqlStore:
                         row.team,
                         row.user_name,
                         self._resume_key(conn, p.job_id) if row.attempt else None,
+                        row.cpu,
+                        row.memory,
+                        row.max_runtime,
                     )
                 )
         return leases
@@ -1195,6 +1203,9 @@ class SqlStore:
                     r.team,
                     r.user_name,
                     self._resume_key(conn, r.id) if r.attempt > 1 else None,
+                    r.cpu,
+                    r.memory,
+                    r.max_runtime,
                 )
                 for r in rows
             ]
