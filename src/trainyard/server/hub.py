@@ -55,6 +55,3 @@ class WorkerChannels:
             return False
         qs[-1].put_nowait(msg)
         return True
-
-    def connected(self, worker_id: str) -> bool:
-        return bool(self._queues.get(worker_id))

@@ -8,7 +8,6 @@ caller's transaction. A move whose UPDATE matches no row is refused, never appli
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 import uuid
@@ -308,10 +307,6 @@ class SqlStore:
             yield conn
 
     # ---- teams, users, tokens ------------------------------------------------------------------
-    def ensure_team(self, name: str, weight: float = 1.0) -> None:
-        with self._tx() as conn:
-            self._ensure_team(conn, name, weight)
-
     def _ensure_team(self, conn: sa.Connection, name: str, weight: float = 1.0) -> None:
         if conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is None:
             conn.execute(teams.insert().values(name=name, weight=weight, created_at=self.clock()))
@@ -347,11 +342,6 @@ class SqlStore:
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at < now):
             return None
         return User(name=row.name, team=row.team, role=row.role)
-
-    def get_user(self, name: str) -> User | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(users).where(users.c.name == name)).first()
-        return None if row is None else User(name=row.name, team=row.team, role=row.role)
 
     def team_exists(self, name: str) -> bool:
         with self._read() as conn:
@@ -1111,10 +1101,6 @@ class SqlStore:
                     .values(last_heartbeat=at)
                 )
 
-    def set_worker_status(self, worker_id: str, status: str) -> None:
-        with self._tx() as conn:
-            conn.execute(workers.update().where(workers.c.id == worker_id).values(status=status))
-
     def mark_worker_dead(
         self, worker_id: str, reason: str = "worker stopped sending heartbeats"
     ) -> list[str]:
@@ -1449,7 +1435,3 @@ def _worker(r: sa.Row[Any]) -> Worker:
         registered_at=r.registered_at,
         last_heartbeat=r.last_heartbeat,
     )
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
