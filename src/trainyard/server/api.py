@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -582,6 +583,8 @@ def create_app(p: Platform) -> FastAPI:
         out = []
         for w in workers:
             c, m, g, n = used.get(w.id, (0.0, 0, 0, 0))
+            beat = p.cache.last_heartbeat(w.id)  # fresher than the table's copy
+            w = dataclasses.replace(w, last_heartbeat=beat) if beat is not None else w
             out.append(worker_json(w, (c, m, g), n, p._alive(w.id, w.registered_at)))
         return {"workers": out}
 

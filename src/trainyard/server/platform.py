@@ -35,6 +35,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 AUTH_CACHE_TTL_S = 5.0
+HEARTBEAT_PERSIST_S = 5.0
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -75,6 +76,7 @@ class Platform:
         self._auth_cache: dict[str, tuple[User, float]] = {}
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self.writes = GroupCommit(self.store)
+        self._beats_persisted = 0.0
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
 
     async def authenticate(self, token: str) -> User | None:
@@ -368,7 +370,10 @@ class Platform:
                 self.metrics.heartbeats_missed.inc()
                 touched += self.store.mark_worker_dead(w.id)
                 self.forget_worker(w.id)
-        self.store.touch_workers(beats)
+        # Heartbeats live in the cache; the table's copy is for display, so refresh it only now and then.
+        if now - self._beats_persisted >= HEARTBEAT_PERSIST_S:
+            self.store.touch_workers(beats)
+            self._beats_persisted = now
         grace = self.settings.cancel_grace + 2 * self.settings.heartbeat_interval
         touched += self._requeue_undelivered(now)
         touched += self.store.expire_overdue(now, grace)

@@ -1199,17 +1199,33 @@ class SqlStore:
     # ---- reconciler ----------------------------------------------------------------------------
     def expire_overdue(self, now: float, grace: float) -> list[str]:
         """Backstop for a worker that failed to enforce max_runtime: close such jobs as TIMED_OUT."""
+        overdue = sa.and_(
+            jobs.c.status == JobStatus.RUNNING.value,
+            jobs.c.deadline.is_not(None),
+            jobs.c.deadline + grace < now,
+        )
+        return self._close_where(overdue, AttemptOutcome.TIMED_OUT, lambda _: "exceeded max_runtime", now)
+
+    def _close_where(
+        self,
+        condition: sa.ColumnElement[bool],
+        outcome: AttemptOutcome,
+        reason: Callable[[sa.Row[Any]], str],
+        now: float,
+    ) -> list[str]:
+        """Close the current attempt of every job matching ``condition``. Looked up with a read first,
+        so the reconciler's idle cycles never take the write lock from the hot path."""
+        with self._read() as conn:
+            ids = [r.id for r in conn.execute(sa.select(jobs.c.id).where(condition))]
+        if not ids:
+            return []
+        closed = []
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.select(jobs).where(
-                    jobs.c.status.in_([JobStatus.RUNNING.value]),
-                    jobs.c.deadline.is_not(None),
-                    jobs.c.deadline + grace < now,
-                )
-            ).all()
-            for row in rows:
-                self._close_attempt(conn, row, AttemptOutcome.TIMED_OUT, None, "exceeded max_runtime", now)
-        return [r.id for r in rows]
+            # Re-read under the write lock: a job that moved on meanwhile no longer matches.
+            for row in conn.execute(sa.select(jobs).where(jobs.c.id.in_(ids), condition)).all():
+                self._close_attempt(conn, row, outcome, None, reason(row), now)
+                closed.append(row.id)
+        return closed
 
     def requeue_undelivered(self, job_id: str, attempt: int, token: str) -> bool:
         """Close a SCHEDULED attempt its worker never acknowledged as an infrastructure failure."""
@@ -1230,15 +1246,8 @@ class SqlStore:
 
     def finish_stuck_cancels(self, now: float, after: float) -> list[str]:
         """A cancel the worker never confirmed (worker wedged) ends as CANCELLED; its lease is void."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                sa.select(jobs).where(
-                    jobs.c.status == JobStatus.CANCELLING.value, jobs.c.cancel_requested_at < now - after
-                )
-            ).all()
-            for row in rows:
-                self._close_attempt(conn, row, AttemptOutcome.CANCELLED, None, row.reason or "cancelled", now)
-        return [r.id for r in rows]
+        stuck = sa.and_(jobs.c.status == JobStatus.CANCELLING.value, jobs.c.cancel_requested_at < now - after)
+        return self._close_where(stuck, AttemptOutcome.CANCELLED, lambda row: row.reason or "cancelled", now)
 
     # ---- logs and artifacts --------------------------------------------------------------------
     def _attempt_token_ok(self, conn: sa.Connection, job_id: str, attempt: int, token: str) -> bool:
