@@ -433,15 +433,19 @@ class Client:
                         yield event
             except httpx.TransportError as exc:
                 failures += 1
-                if failures > self.max_reconnects:
-                    raise self._unreachable(exc) from exc
-                time.sleep(self.reconnect_delay * min(failures, 5))
+                self._pause_before_reconnect(failures, self._unreachable(exc))
                 continue
             # A clean end without `event: end` means the server went away gracefully: reopen.
             failures += 1
-            if failures > self.max_reconnects:
-                raise ConnectionFailed(0, "stream_ended", f"event stream {path} keeps ending early")
-            time.sleep(self.reconnect_delay * min(failures, 5))
+            self._pause_before_reconnect(
+                failures, ConnectionFailed(0, "stream_ended", f"event stream {path} keeps ending early")
+            )
+
+    def _pause_before_reconnect(self, failures: int, give_up: TrainyardError) -> None:
+        """Back off before reopening a stream; raise ``give_up`` after too many tries in a row."""
+        if failures > self.max_reconnects:
+            raise give_up
+        time.sleep(self.reconnect_delay * min(failures, 5))
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -505,20 +509,17 @@ class Client:
                             yield chunk
             except httpx.TransportError as exc:
                 failures += 1
-                if failures > self.max_reconnects:
-                    raise self._unreachable(exc) from exc
-                time.sleep(self.reconnect_delay * min(failures, 5))
+                self._pause_before_reconnect(failures, self._unreachable(exc))
                 continue
 
             job = self.get(job_id)
             if not self._attempt_over(job, current):
                 # The stream ended but the attempt did not: the server restarted or closed early.
                 failures += 1
-                if failures > self.max_reconnects:
-                    raise ConnectionFailed(
-                        0, "stream_ended", f"log stream of job {job_id} keeps ending early"
-                    )
-                time.sleep(self.reconnect_delay * min(failures, 5))
+                self._pause_before_reconnect(
+                    failures,
+                    ConnectionFailed(0, "stream_ended", f"log stream of job {job_id} keeps ending early"),
+                )
                 continue
             if pinned:
                 return
