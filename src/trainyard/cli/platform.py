@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -96,7 +97,8 @@ def register(app: typer.Typer) -> None:
             worker_args += ["--gpus", str(worker_gpus)]
         if worker_gpu_type is not None:
             worker_args += ["--gpu-type", worker_gpu_type]
-        asyncio.run(_up(settings, h, workers, worker_args))
+        with _database_errors():
+            asyncio.run(_up(settings, h, workers, worker_args))
 
     @app.command()
     def server(
@@ -110,7 +112,8 @@ def register(app: typer.Typer) -> None:
         from trainyard.server.run import main as serve_main
 
         _logging(verbose)
-        serve_main(_settings(_home(home), host=host, port=port, grpc_port=grpc_port))  # type: ignore[arg-type]
+        with _database_errors():
+            serve_main(_settings(_home(home), host=host, port=port, grpc_port=grpc_port))  # type: ignore[arg-type]
 
     @app.command()
     def worker(
@@ -201,6 +204,21 @@ def _register_admin() -> None:
         finally:
             store.close()
         typer.echo(f"database at {store.engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """A database that cannot be reached or named is a clear one-line error, not a traceback."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except sa.exc.ArgumentError as e:
+        typer.echo(f"error: TRAINYARD_DATABASE_URL is not a database URL: {e}", err=True)
+        raise typer.Exit(1) from None
+    except sa.exc.OperationalError as e:
+        typer.echo(f"error: cannot reach the database: {e.orig}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _port_free(host: str, port: int) -> bool:
