@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     submit_rate: float = 0.0  # submissions per second per user; 0 = unlimited
     submit_burst: float = 50.0
     log_tail_bytes: int = 4 << 20
+    # Production backends (DESIGN.md's table); each unset one keeps its embedded default.
+    redis_url: str | None = Field(default=None, description="e.g. redis://127.0.0.1:6379/0")
+    kafka_bootstrap: str | None = Field(default=None, description="e.g. 127.0.0.1:9092")
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; default: AWS")
+    s3_region: str | None = Field(default=None, description="S3 region; default: the AWS chain's")
+    rate_tiers: str = Field(
+        default="free=5/day,standard=60/min,enterprise=unlimited",
+        description="submission limits per user tier",
+    )
+    default_tier: str = "enterprise"
 
     @field_validator("max_body", "workdir_limit", "object_limit", "log_tail_bytes", mode="before")
     @classmethod
