@@ -185,7 +185,7 @@ def test_openapi_health_metrics(c: httpx.Client, cp: ControlPlane) -> None:
     assert "resources" in spec["components"]["schemas"]["JobSpec"]["properties"]
     assert any(prm["name"] == "Idempotency-Key" for prm in submit["parameters"])
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    assert httpx.get(f"{cp.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{cp.url}/healthz").json() == {"status": "ok", "leader": True}
     assert httpx.get(f"{cp.url}/readyz").status_code == 200
     assert "trainyard_http_requests_total" in c.get("/metrics").text
 

@@ -673,8 +673,9 @@ def create_app(p: Platform) -> FastAPI:
 
     # ---- operations ----------------------------------------------------------------------------
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        # `leader`: whether this replica runs the scheduler, reconciler and relay right now.
+        return {"status": "ok", "leader": p.is_leader}
 
     @app.get("/readyz", tags=["ops"], response_model=None)
     async def readyz() -> Response:

@@ -48,6 +48,9 @@ class WorkerChannels:
             if not qs:
                 del self._queues[worker_id]
 
+    def connected(self, worker_id: str) -> bool:
+        return bool(self._queues.get(worker_id))
+
     def send(self, worker_id: str, msg: pb.LeaseMessage) -> bool:
         """Deliver to the worker's newest stream; False when it has none (it gets it on reconnect)."""
         qs = self._queues.get(worker_id)

@@ -25,8 +25,10 @@ from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
 from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick, WorkerChannels
+from trainyard.server.leader import leadership_for
 from trainyard.server.logtail import LogTails
 from trainyard.server.metrics import Metrics
+from trainyard.server.notify import WorkerNote, notifier_for
 from trainyard.server.settings import Settings, url_secret, worker_bootstrap_token
 from trainyard.store.sql import Lease, NotFound, Placement, SqlStore, SubmitResult
 
@@ -78,6 +80,11 @@ class Platform:
         self.writes = GroupCommit(self.store)
         self._beats_persisted = 0.0
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
+        self.leadership = leadership_for(settings.db_url, settings.home)
+        self.notifier = notifier_for(settings.db_url)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.leader_since = time.time()
+        self.is_leader = False
 
     async def authenticate(self, token: str) -> User | None:
         """Token → user, cached for a few seconds: a revoked token stops working within the TTL."""
@@ -145,21 +152,33 @@ class Platform:
     async def cancel(self, user: User, job_id: str) -> Job:
         await self.visible_job(user, job_id)
         job = await self.db(self.store.cancel, job_id, user.name)
-        if job.status is JobStatus.CANCELLING and job.worker_id and job.lease_token:
-            self.channels.send(
-                job.worker_id,
-                pb.LeaseMessage(
-                    command=pb.Command(
-                        kind=pb.Command.CANCEL,
-                        job_id=job.id,
-                        attempt=job.attempt,
-                        lease_token=job.lease_token,
-                        reason=f"cancelled by {user.name}",
-                    )
-                ),
-            )
+        worker = job.worker_id if job.status is JobStatus.CANCELLING and job.lease_token else None
+        if worker and not self.channels.send(worker, _cancel_message(job, f"cancelled by {user.name}")):
+            # Its lease stream is on another replica (or reconnecting): tell the others.
+            note = WorkerNote(worker, "cancel", ((job.id, job.attempt),))
+            await self.db(self.notifier.send, [note])
         self._changed()
         return job
+
+    def deliver_note(self, note: WorkerNote) -> None:
+        """Another replica has something for a worker: deliver it if its lease stream is here."""
+        if self.channels.connected(note.worker_id):
+            task = asyncio.get_running_loop().create_task(self._deliver(note))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, note: WorkerNote) -> None:
+        wanted = set(note.jobs)
+        if note.kind == "lease":
+            for lease in await self.db(self.store.leased_to, note.worker_id):
+                if (lease.job_id, lease.attempt) in wanted:
+                    msg = pb.LeaseMessage(assignment=self.build_assignment(lease))
+                    self.channels.send(note.worker_id, msg)
+        elif note.kind == "cancel":
+            for job_id, attempt in wanted:
+                job = await self.db(self.store.get_job, job_id)
+                if job is not None and job.attempt == attempt and job.status is JobStatus.CANCELLING:
+                    self.channels.send(note.worker_id, _cancel_message(job, "cancel requested"))
 
     async def restart(self, user: User, job_id: str) -> Job:
         job = await self.visible_job(user, job_id)
@@ -253,11 +272,11 @@ class Platform:
         if last is not None:
             return True
         grace = 3 * self.settings.heartbeat_interval
-        if registered_at >= self.started_at:
+        if registered_at >= self.leader_since:
             return time.time() - registered_at < grace
         # Registered with an earlier control-plane process (this one restarted): its agents are
         # reconnecting with backoff, so give them longer before declaring their jobs lost.
-        return time.time() - self.started_at < max(grace, self.settings.restart_grace)
+        return time.time() - self.leader_since < max(grace, self.settings.restart_grace)
 
     def schedule_once(self) -> list[Lease]:
         """One scheduler cycle (blocking; run in a thread): snapshot → pure placement → guarded leases."""
@@ -316,11 +335,17 @@ class Platform:
         self.metrics.cycle.observe(time.perf_counter() - t0)
         return leases
 
-    def dispatch(self, leases: list[Lease]) -> None:
+    def dispatch(self, leases: list[Lease]) -> list[WorkerNote]:
+        """Send each lease down its worker's stream; the leases of workers connected to another
+        replica come back as notes for the notifier."""
+        remote: dict[str, list[tuple[str, int]]] = {}
         for lease in leases:
-            self.channels.send(lease.worker_id, pb.LeaseMessage(assignment=self.build_assignment(lease)))
+            msg = pb.LeaseMessage(assignment=self.build_assignment(lease))
+            if not self.channels.send(lease.worker_id, msg):
+                remote.setdefault(lease.worker_id, []).append((lease.job_id, lease.attempt))
         if leases:
             self._changed()
+        return [WorkerNote(w, "lease", tuple(jobs)) for w, jobs in remote.items()]
 
     def build_assignment(self, lease: Lease) -> pb.Assignment:
         # The stored spec is the normalized one this control plane wrote: read it as plain data
@@ -390,7 +415,7 @@ class Platform:
             if a.status is JobStatus.SCHEDULED
             and now - self._held.get((a.job_id, a.attempt), 0.0) > window
             and now - a.scheduled_at > window
-            and now - self.started_at > window
+            and now - self.leader_since > window
         ]
         out = []
         for a in stuck:
@@ -424,3 +449,15 @@ class Platform:
             "pending_by_pool": pending,
             "outbox_lag": self.store.outbox_lag(),
         }
+
+
+def _cancel_message(job: Job, reason: str) -> pb.LeaseMessage:
+    return pb.LeaseMessage(
+        command=pb.Command(
+            kind=pb.Command.CANCEL,
+            job_id=job.id,
+            attempt=job.attempt,
+            lease_token=job.lease_token or "",
+            reason=reason,
+        )
+    )

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import sqlalchemy as sa
 import uvicorn
 
 from trainyard.server.api import create_app
@@ -17,6 +18,9 @@ from trainyard.server.settings import Settings, write_private
 from trainyard.server.worker_service import start_grpc
 
 log = logging.getLogger("trainyard.server")
+# How often a follower tries to take the lead (and the leader checks it still holds it): the bound
+# on how long the singleton loops stop after a leader dies.
+LEADERSHIP_INTERVAL_S = 1.0
 
 
 def bootstrap(settings: Settings) -> Platform:
@@ -25,7 +29,11 @@ def bootstrap(settings: Settings) -> Platform:
     platform.store.migrate()
     token_file = settings.home / "token"
     if not token_file.exists() or platform.store.authenticate(token_file.read_text().strip()) is None:
-        token = platform.store.create_user("admin", "default", "admin")
+        try:
+            token = platform.store.create_user("admin", "default", "admin")
+        except sa.exc.IntegrityError:
+            # Another replica sharing the database created the admin at the same moment.
+            token = platform.store.create_user("admin", "default", "admin")
         write_private(token_file, token + "\n")
     write_private(settings.home / "url", settings.base_url + "\n")
     return platform
@@ -81,22 +89,43 @@ async def serve(
     )
     server = _QuietServer(config)
 
+    leading = asyncio.Event()
+
+    async def lead_step() -> None:
+        # The singleton loops run only on the leader; the others serve REST and workers.
+        if await asyncio.to_thread(platform.leadership.try_acquire):
+            if not leading.is_set():
+                platform.leader_since = time.time()
+                platform.is_leader = True
+                leading.set()
+                platform.kick_scheduler.set()
+                platform.kick_relay.set()
+        else:
+            platform.is_leader = False
+            leading.clear()
+
     async def schedule_step() -> None:
-        if hold is not None and hold.is_set():
+        if (hold is not None and hold.is_set()) or not leading.is_set():
             return
         t0 = time.monotonic()
         leases = await asyncio.to_thread(platform.schedule_once)
-        platform.dispatch(leases)
+        notes = platform.dispatch(leases)
+        if notes:
+            await asyncio.to_thread(platform.notifier.send, notes)
         # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
         # a long queue (a slow cycle) cannot keep the scheduler thread busy all the time.
         await asyncio.sleep(max(0.01, 2 * (time.monotonic() - t0)))
 
     async def reconcile_step() -> None:
+        if not leading.is_set():
+            return
         if await asyncio.to_thread(platform.reconcile_once):
             platform.kick_scheduler.set()
             platform.kick_relay.set()
 
     async def relay_step() -> None:
+        if not leading.is_set():
+            return
         while await platform.relay_once() >= 1000:
             pass
         # Batch the events of the next few milliseconds into one read and one mark; live views
@@ -104,8 +133,11 @@ async def serve(
         await asyncio.sleep(0.05)
 
     hb = settings.heartbeat_interval
+    await lead_step()
+    platform.notifier.start(asyncio.get_running_loop(), platform.deliver_note)
     tasks = [
         asyncio.create_task(server.serve(), name="rest"),
+        asyncio.create_task(_loop("leadership", None, LEADERSHIP_INTERVAL_S, lead_step, stop)),
         asyncio.create_task(
             _loop("scheduler", platform.kick_scheduler, settings.scheduler_interval, schedule_step, stop)
         ),
@@ -128,6 +160,8 @@ async def serve(
     await grpc_server.stop(1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks, return_exceptions=True)
+    platform.notifier.stop()
+    platform.leadership.release()
     platform.store.close()
 
 

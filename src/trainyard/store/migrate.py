@@ -18,8 +18,15 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return cfg
 
 
+# Replicas starting together must not run the same migration twice: on PostgreSQL the first takes
+# this transaction-scoped advisory lock and the others wait, then find nothing left to do.
+_MIGRATION_LOCK = 0x7479_6D69_6772_6174
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         command.upgrade(alembic_config(conn), revision)
 
 
