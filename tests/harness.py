@@ -178,3 +178,73 @@ def platform(
         for a in started:
             a.stop()
         cp.stop()
+
+
+class ServerProcess:
+    """A `yard server` control-plane replica in its own process (so a test can kill -9 it).
+
+    Configured only through TRAINYARD_* environment variables, as an operator would."""
+
+    def __init__(self, home: Path, env: dict[str, str], name: str = "server") -> None:
+        self.home = home
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.log = home / f"{name}.log"
+        home.mkdir(parents=True, exist_ok=True)
+        full = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "TRAINYARD_HOME": str(home),
+            "TRAINYARD_PORT": str(self.port),
+            "TRAINYARD_GRPC_PORT": str(self.grpc_port),
+            **env,
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*YARD, "server"], stdout=out, stderr=subprocess.STDOUT, env=full, start_new_session=True
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"yard server exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout, 0.1, f"yard server on {self.port}")
+        return self
+
+    def is_leader(self) -> bool:
+        try:
+            return bool(httpx.get(f"{self.url}/healthz", timeout=2).json()["leader"])
+        except httpx.HTTPError:
+            return False
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -117,9 +117,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def worker(
-        server: Annotated[str, typer.Option(envvar="TRAINYARD_SERVER", help="control plane gRPC address")] = (
-            "127.0.0.1:50051"
-        ),
+        server: Annotated[
+            str,
+            typer.Option(
+                envvar="TRAINYARD_SERVER",
+                help="control plane gRPC address; several replicas as a comma list of IP:port",
+            ),
+        ] = ("127.0.0.1:50051"),
         home: HomeOpt = None,
         token_file: Annotated[Path | None, typer.Option(help="file with the worker bootstrap token")] = None,
         name: Annotated[str | None, typer.Option(help="stable worker name (default: hostname)")] = None,
@@ -139,10 +143,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a worker agent: leases jobs from the control plane and runs them as local processes."""
         from trainyard.worker.agent import main as agent_main
-        from trainyard.worker.config import WorkerConfig
+        from trainyard.worker.config import WorkerConfig, grpc_target
 
         _logging(verbose)
         h = _home(home)
+        try:
+            grpc_target(server)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         token = os.environ.get("TRAINYARD_WORKER_TOKEN")
         if not token:
             path = token_file or h / "worker-token"

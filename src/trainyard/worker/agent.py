@@ -20,7 +20,7 @@ from trainyard import __version__
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.attempt import AttemptContext, AttemptRunner, attempt_dir
-from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity
+from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity, grpc_target
 from trainyard.worker.executors.base import Executor
 from trainyard.worker.executors.process import ProcessExecutor
 from trainyard.worker.logship import LogShipper
@@ -72,7 +72,7 @@ class Agent:
         self._capacity = await asyncio.to_thread(detect_capacity, cfg)
         background: list[asyncio.Task[None]] = []
         async with (
-            grpc.aio.insecure_channel(cfg.server) as channel,
+            grpc.aio.insecure_channel(grpc_target(cfg.server)) as channel,
             httpx.AsyncClient(timeout=cfg.http_timeout_s) as http,
         ):
             rpc = ControlPlane(

@@ -12,12 +12,30 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def grpc_target(server: str) -> str:
+    """The gRPC target for ``server``. A comma list of IP:port replicas becomes one ``ipv4:`` target:
+    gRPC's pick_first then stays on one replica and moves to the next when that one fails, so a
+    worker rides out the loss of the replica it talked to without a load balancer in front."""
+    parts = [s.strip() for s in server.split(",") if s.strip()]
+    if len(parts) <= 1 or ":///" in server or server.startswith(("ipv4:", "ipv6:", "unix:")):
+        return server
+    for part in parts:
+        host = part.rsplit(":", 1)[0]
+        if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host):
+            raise ValueError(
+                f"--server {server!r}: a list of replicas must be IPv4 host:port pairs; "
+                "for host names use a DNS name with several addresses (dns:///name:port)"
+            )
+    return "ipv4:" + ",".join(parts)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything `yard worker` needs; the CLI builds one, tests build their own."""
 
     server: str
-    """gRPC address of the control plane, e.g. ``127.0.0.1:50051``."""
+    """gRPC address of the control plane, e.g. ``127.0.0.1:50051``; several replicas as a comma list
+    (``10.0.0.1:50051,10.0.0.2:50051``) or any gRPC target (``dns:///trainyard:50051``)."""
     token: str
     """Bootstrap worker token, exchanged by Register for this worker's own credential."""
     name: str
