@@ -259,6 +259,9 @@ class SqlStore:
         self.dialect = self.engine.dialect.name
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._teams: set[str] = set()  # teams known to exist: spares a lookup per submission
+        # Called with the ids of the jobs a transaction changed, once it has committed (or failed in
+        # doubt): the control plane invalidates its status cache there.
+        self.on_commit: Callable[[Sequence[str]], None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -274,18 +277,25 @@ class SqlStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                yield from self._with_event_buffer(conn)
-            return
-        # SQLite has one writer at a time. Queue this process's writers on a lock that wakes the next
-        # one at once, instead of SQLite's busy handler, which sleeps in steps of up to 100 ms; and
-        # take the write lock up front (IMMEDIATE) so two writers never deadlock on a lock upgrade.
-        with self._write_lock, self.engine.begin() as conn:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            yield from self._with_event_buffer(conn)
+        touched: list[str] = []
+        try:
+            if self._write_lock is None:
+                with self.engine.begin() as conn:
+                    yield from self._with_event_buffer(conn, touched)
+                return
+            # SQLite has one writer at a time. Queue this process's writers on a lock that wakes the
+            # next one at once, instead of SQLite's busy handler, which sleeps in steps of up to 100 ms;
+            # and take the write lock up front (IMMEDIATE) so two writers never deadlock on an upgrade.
+            with self._write_lock, self.engine.begin() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                yield from self._with_event_buffer(conn, touched)
+        finally:
+            # After the commit, or after a failure that leaves it in doubt: caches of these jobs
+            # must not outlive this transaction.
+            if touched and self.on_commit is not None:
+                self.on_commit(touched)
 
-    def _with_event_buffer(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+    def _with_event_buffer(self, conn: sa.Connection, touched: list[str]) -> Iterator[sa.Connection]:
         """Collect the transaction's event and outbox rows and insert them with one executemany
         each just before commit: a job's four transitions would otherwise cost eight statements."""
         events: list[dict[str, Any]] = []
@@ -294,6 +304,7 @@ class SqlStore:
         try:
             yield conn
             if events:
+                touched.extend(e["job_id"] for e in events)
                 conn.execute(_INSERT_EVENT, events)
                 conn.execute(_INSERT_OUTBOX, outbox_rows)
         finally:
@@ -834,6 +845,8 @@ class SqlStore:
                     .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
                     .values(pending_reason=reason)
                 )
+        if self.on_commit is not None:
+            self.on_commit(list(reasons))  # no event row, but the job's view changed
 
     # ---- worker reports ------------------------------------------------------------------------
     def _leased_row(
