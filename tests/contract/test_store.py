@@ -147,6 +147,30 @@ def test_full_lifecycle_and_stale_reports(store: SqlStore) -> None:
     assert [e.type for e in store.job_events(job.id)] == ["submitted", "scheduled", "running", "succeeded"]
 
 
+@pytest.mark.parametrize("outcome", [AttemptOutcome.SUCCEEDED, AttemptOutcome.FAILED])
+def test_finish_without_a_started_report_records_the_start(store: SqlStore, outcome: AttemptOutcome) -> None:
+    # A run of a few milliseconds is reported once, as finished: the start is recorded in the same
+    # transaction (and the retry path of a failure too), with a complete event chain.
+    wid = worker(store)
+    job = store.submit(ALICE, spec(retry={"max_attempts": 2, "on": ["exit:1"]})).job
+    attempt, token = lease_one(store, job.id, wid)
+    final = finish(
+        store, job.id, attempt, token, wid, outcome, 0 if outcome is AttemptOutcome.SUCCEEDED else 1
+    )
+    done = store.get_job(job.id)
+    assert done is not None and done.status is final and done.started_at is not None
+    assert done.attempts[0].started_at is not None and done.attempts[0].finished_at is not None
+    events = store.job_events(job.id)
+    chain = [(e.from_status, e.to_status) for e in events]
+    expected_end = "SUCCEEDED" if outcome is AttemptOutcome.SUCCEEDED else "PENDING"
+    assert chain == [
+        (None, "PENDING"),
+        ("PENDING", "SCHEDULED"),
+        ("SCHEDULED", "RUNNING"),
+        ("RUNNING", expected_end),
+    ]
+
+
 def test_lease_is_guarded(store: SqlStore) -> None:
     w1, w2 = worker(store, "w1"), worker(store, "w2")
     job = store.submit(ALICE, spec()).job

@@ -115,6 +115,10 @@ class StoreError(Exception):
     """Base of the errors the API maps to HTTP codes."""
 
 
+class ConcurrentChange(RuntimeError):
+    """A guarded write found the row changed since it was read in the same transaction."""
+
+
 class NotFound(StoreError):
     pass
 
@@ -391,13 +395,16 @@ class SqlStore:
         values: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         now: float,
+        stored_status: JobStatus | None = None,
     ) -> bool:
+        """``stored_status``: what the row says when it differs from ``job.status`` (a transition
+        recorded as an event but folded into this UPDATE, see ``_start``)."""
         src = JobStatus(job.status)
         if src not in sources_of(to):
             return False
         # The attempt number only grows (on each lease), so it fences a move computed from a stale read.
         vals = {"status": to.value, "updated_at": now, **(values or {})}
-        guard = {"g_id": job.id, "g_status": src.value, "g_attempt": job.attempt}
+        guard = {"g_id": job.id, "g_status": (stored_status or src).value, "g_attempt": job.attempt}
         if lease_token is None:
             stmt = _MOVE
         else:
@@ -879,8 +886,29 @@ class SqlStore:
         self._start(conn, row, worker_id, self.clock())
         return ReportResult(True, JobStatus.RUNNING)
 
-    def _start(self, conn: sa.Connection, row: sa.Row[Any], worker_id: str, now: float) -> Any:
-        """SCHEDULED → RUNNING for a row already read and checked; returns the row as it is now."""
+    def _start(
+        self, conn: sa.Connection, row: sa.Row[Any], worker_id: str, now: float, *, fold: bool = False
+    ) -> Any:
+        """SCHEDULED → RUNNING for a row already read and checked; returns the row as it is now.
+
+        ``fold``: the attempt also ended (a run of a few milliseconds, reported once): record the
+        RUNNING event, but leave the row's writes to the closing UPDATEs, which carry ``started_at``
+        (two statements fewer for the shortest jobs)."""
+        if fold:
+            self._event(
+                conn,
+                job_id=row.id,
+                team=row.team,
+                type_=JobStatus.RUNNING.value.lower(),
+                src=row.status,
+                dst=JobStatus.RUNNING.value,
+                attempt=row.attempt,
+                data={"worker": worker_id},
+                now=now,
+            )
+            return SimpleNamespace(
+                **{**row._asdict(), "status": JobStatus.RUNNING.value, "started_at": now, "folded_start": now}
+            )
         self._move(
             conn,
             row,
@@ -909,7 +937,8 @@ class SqlStore:
             and rep.outcome not in (AttemptOutcome.START_FAILED, AttemptOutcome.INFRA)
         ):
             # The worker merged a very short run's STARTED report into this one: record both.
-            row = self._start(conn, row, rep.worker_id, now)
+            fold = rep.outcome in (AttemptOutcome.SUCCEEDED, AttemptOutcome.FAILED)
+            row = self._start(conn, row, rep.worker_id, now, fold=fold)
         if row is None:
             # A retried report of an attempt we already closed is answered OK, not STALE.
             prior = conn.execute(
@@ -971,6 +1000,10 @@ class SqlStore:
             outcome = AttemptOutcome.CANCELLED
         attempt_status: JobStatus
         values: dict[str, Any] = {"exit_code": exit_code, "lease_token": None, "deadline": None}
+        folded: float | None = getattr(row, "folded_start", None)
+        stored = JobStatus.SCHEDULED if folded is not None else None
+        if folded is not None:
+            values["started_at"] = folded
         data: dict[str, Any] = {"outcome": outcome.value, "exit_code": exit_code, "reason": reason}
         if outcome is AttemptOutcome.PREEMPTED:
             self._move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
@@ -992,7 +1025,7 @@ class SqlStore:
             decision = retry_policy.decide(policy, outcome, exit_code, row.tries)
             attempt_status = JobStatus.LOST if outcome is AttemptOutcome.LOST else decision.final_status
             if decision.retry and not cancel_requested:
-                self._move(
+                moved = self._move(
                     conn,
                     row,
                     JobStatus.PENDING,
@@ -1006,33 +1039,39 @@ class SqlStore:
                         "reason": reason,
                         "not_before": now + decision.delay_s if decision.delay_s else None,
                     },
+                    stored_status=stored,
                 )
                 final = JobStatus.PENDING
             else:
                 final = decision.final_status
-                self._move(
+                moved = self._move(
                     conn,
                     row,
                     final,
                     now=now,
                     data=data,
                     values={**values, "finished_at": now, "reason": reason or row.reason},
+                    stored_status=stored,
                 )
-        conn.execute(
-            _UPDATE_ATTEMPT,
-            {
-                "a_job": row.id,
-                "a_number": row.attempt,
-                "status": attempt_status.value,
-                "outcome": outcome.value,
-                "finished_at": now,
-                "exit_code": exit_code,
-                "reason": reason,
-                "stderr_tail": stderr_tail,
-                "log_bytes": log_bytes,
-                "checkpoint_key": checkpoint_key,
-            },
-        )
+            if folded is not None and not moved:
+                # The row changed since it was read (a cancel on another connection): the RUNNING
+                # event already recorded must not stand alone. Roll back; the report is applied again.
+                raise ConcurrentChange(f"job {row.id} changed while its report was applied")
+        attempt_values = {
+            "a_job": row.id,
+            "a_number": row.attempt,
+            "status": attempt_status.value,
+            "outcome": outcome.value,
+            "finished_at": now,
+            "exit_code": exit_code,
+            "reason": reason,
+            "stderr_tail": stderr_tail,
+            "log_bytes": log_bytes,
+            "checkpoint_key": checkpoint_key,
+        }
+        if folded is not None:
+            attempt_values["started_at"] = folded
+        conn.execute(_UPDATE_ATTEMPT, attempt_values)
         return final
 
     # ---- workers -------------------------------------------------------------------------------
@@ -1377,6 +1416,54 @@ class SqlStore:
                 .group_by(jobs.c.team)
             ).all()
         return [(r[0], int(r[1]), float(r[2] or 0), int(r[3] or 0), int(r[4] or 0)) for r in rows]
+
+    # ---- outbox relay and the event-log replay check -------------------------------------------
+    def outbox_mark_sent_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Mark sent the unsent outbox rows whose id lies in one of the inclusive ``(first, last)``
+        ranges: one short statement per range instead of an IN list of every id.
+
+        Pass only ranges the caller read whole. An id missing inside a range can belong to a row
+        that committed after the read (ids are taken before commit), and it would be marked sent
+        without ever being published."""
+        if not ranges:
+            return
+        stmt = (
+            outbox.update()
+            .where(
+                outbox.c.id >= sa.bindparam("r_first"),
+                outbox.c.id <= sa.bindparam("r_last"),
+                outbox.c.sent_at.is_(None),
+            )
+            .values(sent_at=sa.bindparam("r_now"))
+        )
+        now = self.clock()
+        with self._tx() as conn:
+            conn.execute(stmt, [{"r_first": a, "r_last": b, "r_now": now} for a, b in ranges])
+
+    def outbox_events(self, after_id: int = 0, limit: int = 10_000) -> list[tuple[int, str, bool, Event]]:
+        """Outbox rows after ``after_id`` in id order, each as ``(outbox id, topic, sent, event)``:
+        what the replay check expects in the event log. Joined on the events' unique event_id."""
+        q = (
+            sa.select(job_events, outbox.c.id.label("outbox_id"), outbox.c.topic, outbox.c.sent_at)
+            .select_from(outbox.join(job_events, job_events.c.event_id == outbox.c.event_id))
+            .where(outbox.c.id > after_id)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        return [(r.outbox_id, r.topic, r.sent_at is not None, _event(r)) for r in rows]
+
+    def existing_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of these event ids the store holds."""
+        ids = list(event_ids)
+        found: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                q = sa.select(job_events.c.event_id).where(job_events.c.event_id.in_(chunk))
+                found.update(conn.execute(q).scalars())
+        return found
 
 
 def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:
