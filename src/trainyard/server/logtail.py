@@ -25,7 +25,8 @@ class _Tail:
 
 
 class LogTails:
-    """Loop-bound: every method runs on the control plane's event loop."""
+    """``LogTailStore`` in memory, for one control-plane process (``cache.redis_tail`` shares one
+    across replicas). Loop-bound: every method runs on the control plane's event loop."""
 
     def __init__(self, cap: int = 4 << 20, keep_ended_s: float = 3600.0) -> None:
         self._cap = cap
@@ -77,8 +78,12 @@ class LogTails:
         self._wake(tail)
         self._evict()
 
-    async def wait(self, job_id: str, attempt: int, timeout: float) -> None:
+    async def wait(self, job_id: str, attempt: int, timeout: float, since: int | None = None) -> None:
+        """Return when the tail changes (with ``since``: holds bytes past it, or is ended) or at
+        ``timeout``. Returns at once when that already holds. May return early: callers re-read."""
         tail = self._get(job_id, attempt)
+        if since is not None and (tail.end > since or tail.ended_at is not None):
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tail.changed.wait(), timeout)
 

@@ -23,6 +23,7 @@ users = sa.Table(
     sa.Column("team", sa.String(64), sa.ForeignKey("teams.name"), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("tier", sa.String(32), nullable=True),  # rate-limit tier; None: the default tier
 )
 
 api_tokens = sa.Table(
@@ -168,4 +169,13 @@ log_chunks = sa.Table(
     sa.Column("object_key", sa.Text, nullable=False),
     sa.Column("stored_size", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Token buckets for rate limits while Redis is unavailable (cache.sql.SqlCache).
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("bucket", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
