@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +113,17 @@ class ControlPlane:
 class Agent:
     """A real `yard worker` process."""
 
-    def __init__(self, cp: ControlPlane, name: str, *args: str) -> None:
+    def __init__(
+        self, cp: ControlPlane, name: str, *args: str, extra_env: Mapping[str, str | None] | None = None
+    ) -> None:
         self.name = name
         self.log = cp.home / f"agent-{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for k, v in (extra_env or {}).items():  # None removes a variable the test process has
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*YARD, "worker", "--server", cp.grpc, "--home", str(cp.home), "--name", name, *args],
@@ -161,10 +168,14 @@ def wait_status(c: httpx.Client, job_id: str, statuses: set[str], timeout: float
 
 @contextlib.contextmanager
 def platform(
-    tmp: Path, agents: int = 1, agent_args: tuple[str, ...] = (), **overrides: Any
+    tmp: Path,
+    agents: int = 1,
+    agent_args: tuple[str, ...] = (),
+    agent_env: Mapping[str, str | None] | None = None,
+    **overrides: Any,
 ) -> Iterator[tuple[ControlPlane, list[Agent]]]:
     cp = ControlPlane(tmp / "home", **overrides).start()
-    started = [Agent(cp, f"agent-{i}", *agent_args) for i in range(1, agents + 1)]
+    started = [Agent(cp, f"agent-{i}", *agent_args, extra_env=agent_env) for i in range(1, agents + 1)]
     try:
         with cp.client() as c:
             wait_for(

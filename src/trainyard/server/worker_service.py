@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 
 from trainyard.model.ids import hash_token
 from trainyard.model.records import LogChunk, Worker
 from trainyard.model.states import AttemptOutcome
-from trainyard.objects.base import check_key
+from trainyard.objects.base import (
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    ObjectNotFound,
+    Part,
+    StorageUnavailable,
+    check_key,
+)
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
 from trainyard.server.platform import Platform
@@ -26,6 +34,11 @@ _COMMAND_KINDS = {
     "timeout": pb.Command.TIMEOUT,
 }
 WORKER_CACHE_TTL_S = 5.0
+MAX_PART_SIZE = 5 << 30
+"""S3's largest part."""
+PARTS_PER_CALL = 1000
+"""Part URLs handed out by one StartMultipart or SignMultipartParts call."""
+T = TypeVar("T")
 _OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
 
 
@@ -38,6 +51,20 @@ def _check_report(request: pb.ReportRequest) -> None:
             check_key(a.object_key)
     elif request.phase != pb.ReportRequest.STARTED:
         raise ValueError("phase must be STARTED or FINISHED")
+
+
+def _object_key(job_id: str, attempt: int, purpose: int, name: str) -> str:
+    """The key an attempt's object of this purpose and name gets; ValueError for anything else.
+
+    The same families as GetUrls hands out, so a large object lands where a small one would."""
+    base = f"jobs/{job_id}/{attempt}"
+    if purpose == pb.UrlRequest.LOG_CHUNK:
+        return f"{base}/logs/{int(name):08d}.log.gz"
+    if purpose == pb.UrlRequest.ARTIFACT:
+        return check_key(f"{base}/artifacts/{name}")
+    if purpose == pb.UrlRequest.CHECKPOINT:
+        return check_key(f"{base}/checkpoint/{name}")
+    raise ValueError("unknown purpose")
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
@@ -283,6 +310,124 @@ class WorkerService(pbg.WorkerServiceServicer):
         ok = await self.p.db(self.p.store.add_log_chunk, chunk, request.lease_token)
         result = pb.ReportResponse.OK if ok else pb.ReportResponse.STALE
         return pb.ReportResponse(result=result)
+
+    # ---- multipart uploads ----------------------------------------------------------------------
+    async def _multipart_key(
+        self,
+        ref: pb.MultipartRef,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> str | None:
+        """The upload's object key; None when the lease token is not the attempt's (answered stale)."""
+        await self._worker(context)
+        ok = await self.p.db(self.p.store.attempt_token_ok, ref.job_id, ref.attempt, ref.lease_token)
+        if not ok:
+            return None
+        try:
+            return _object_key(ref.job_id, ref.attempt, ref.purpose, ref.name)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{ref.name!r}: {e}")
+            raise AssertionError("unreachable") from e
+
+    async def _storage(
+        self,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        fn: Callable[..., T],
+        *args: object,
+    ) -> T:
+        """A blocking object-store call off the event loop, its errors as gRPC status codes: the agent
+        retries UNAVAILABLE (storage down) with backoff and gives up on the others."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except ObjectNotFound as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"no such multipart upload: {e}")
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StorageUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"object storage unavailable: {e}")
+        raise AssertionError("unreachable")
+
+    def _part_urls(self, key: str, upload_id: str, numbers: list[int]) -> list[pb.PartUrl]:
+        ttl = self.p.settings.url_ttl
+        return [
+            pb.PartUrl(number=n, url=self.p.objects.presign_part(key, upload_id, n, ttl)) for n in numbers
+        ]
+
+    async def StartMultipart(
+        self,
+        request: pb.StartMultipartRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.StartMultipartResponse:
+        key = await self._multipart_key(request.ref, context)
+        if key is None:
+            return pb.StartMultipartResponse(stale=True)
+        size, part_size, limit = request.size, request.part_size, self.p.settings.object_limit
+        if not 0 <= size <= limit:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{size} bytes is over the {limit} limit")
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE or -(-size // part_size) > MAX_PARTS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"parts must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes and at most {MAX_PARTS} of them",
+            )
+        upload_id = await self._storage(context, self.p.objects.create_multipart, key)
+        count = max(1, -(-size // part_size))
+        first = list(range(1, min(count, PARTS_PER_CALL) + 1))
+        parts = await self._storage(context, self._part_urls, key, upload_id, first)
+        return pb.StartMultipartResponse(upload_id=upload_id, object_key=key, parts=parts)
+
+    async def SignMultipartParts(
+        self,
+        request: pb.SignMultipartPartsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.SignMultipartPartsResponse:
+        key = await self._multipart_key(request.ref, context)
+        if key is None:
+            return pb.SignMultipartPartsResponse(stale=True)
+        if len(request.numbers) > PARTS_PER_CALL:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {PARTS_PER_CALL} parts a call")
+        numbers = list(request.numbers)
+        parts = await self._storage(context, self._part_urls, key, request.ref.upload_id, numbers)
+        return pb.SignMultipartPartsResponse(parts=parts)
+
+    async def CompleteMultipart(
+        self,
+        request: pb.CompleteMultipartRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.CompleteMultipartResponse:
+        key = await self._multipart_key(request.ref, context)
+        if key is None:
+            return pb.CompleteMultipartResponse(stale=True)
+        objects, upload_id = self.p.objects, request.ref.upload_id
+        parts = [Part(p.number, p.etag) for p in request.parts]
+        try:
+            size = await asyncio.to_thread(objects.complete_multipart, key, upload_id, parts)
+        except ObjectNotFound:
+            # The answer to an earlier try may have been lost after the upload was assembled; the
+            # worker compares the size with its file, so a leftover object of another size is caught.
+            size = await self._storage(context, objects.size, key)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise AssertionError("unreachable") from e
+        except StorageUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"object storage unavailable: {e}")
+            raise AssertionError("unreachable") from e
+        if size > self.p.settings.object_limit:
+            await self._storage(context, objects.delete, key)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{size} bytes is over the {self.p.settings.object_limit} limit",
+            )
+        return pb.CompleteMultipartResponse(object_key=key, size=size)
+
+    async def AbortMultipart(
+        self,
+        request: pb.AbortMultipartRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.AbortMultipartResponse:
+        key = await self._multipart_key(request.ref, context)
+        if key is None:
+            return pb.AbortMultipartResponse(stale=True)
+        await self._storage(context, self.p.objects.abort_multipart, key, request.ref.upload_id)
+        return pb.AbortMultipartResponse()
 
 
 async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio.Server, int]:

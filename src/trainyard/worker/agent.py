@@ -85,7 +85,14 @@ class Agent:
             rpc.on_unauthenticated = self._reregister
             self._rpc = rpc
             shipper = LogShipper(rpc, flush_s=cfg.log_flush_s)
-            transfers = Transfers(http, attempts=cfg.upload_attempts, backoff=rpc.backoff)
+            transfers = Transfers(
+                http,
+                attempts=cfg.upload_attempts,
+                backoff=rpc.backoff,
+                retry_for_s=cfg.upload_retry_s,
+                multipart_threshold=cfg.multipart_threshold,
+                part_size=cfg.multipart_part_size,
+            )
             self._ctx = AttemptContext(cfg, rpc, transfers, shipper, self.executor)
             try:
                 registering = asyncio.create_task(self._register(initial=True))

@@ -28,7 +28,7 @@ from trainyard.worker.files import (
 from trainyard.worker.logship import LogSealer, LogShipper
 from trainyard.worker.rpc import ControlPlane, StaleLease
 from trainyard.worker.spool import LogSpool
-from trainyard.worker.transfer import TransferError, Transfers
+from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ class AttemptRunner:
         self.spool = LogSpool(self.dir / "log", ctx.cfg.max_log_bytes, on_data=self._on_log)
         self.sealer: LogSealer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.upload_failed = False
+        """An upload failed every try: the directory stays, so no log or artifact byte is lost."""
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -174,7 +176,9 @@ class AttemptRunner:
                 await self._finish_report(AttemptOutcome.INFRA, "worker agent error", None)
         finally:
             self.spool.close()
-        if self.forgotten and not self.ctx.cfg.keep_attempt_dirs:
+        if self.upload_failed:
+            log.warning("attempt %s/%d: uploads failed; its files stay in %s", *self.key, self.dir)
+        elif self.forgotten and not self.ctx.cfg.keep_attempt_dirs:
             # The live tail may still be pushing the last bytes from the spool file.
             await self.ctx.shipper.drained(self.key, _DRAIN_TIMEOUT_S)
             await self._remove_dir()
@@ -336,6 +340,7 @@ class AttemptRunner:
         if self.forgotten:
             return
         if problems:
+            self.upload_failed = True
             note = "; ".join(problems)
             if stopping or outcome in (AttemptOutcome.START_FAILED, AttemptOutcome.INFRA):
                 reason = f"{reason}; {note}" if reason else note
@@ -380,9 +385,14 @@ class AttemptRunner:
             signed = urls.get(f.name)
             if signed is None:
                 raise TransferError(f"no upload URL for artifact {f.name}")
-            await self.ctx.transfers.put_file(signed.url, f.path)
+            await self.ctx.transfers.put_file(
+                signed.url, f.path, target=self._object(pb.UrlRequest.ARTIFACT, f.name)
+            )
             out.append(pb.Artifact(path=f.name, size=f.size, sha256=f.sha256, object_key=signed.object_key))
         return out
+
+    def _object(self, purpose: pb.UrlRequest.Purpose.ValueType, name: str) -> AttemptObject:
+        return AttemptObject(self.ctx.rpc, self.a.job_id, self.a.attempt, self.a.lease_token, purpose, name)
 
     async def _upload_checkpoint(self) -> str:
         ckpt = self.dir / "checkpoints"
@@ -400,7 +410,12 @@ class AttemptRunner:
             signed = urls.get(CHECKPOINT_NAME)
             if signed is None:
                 raise TransferError("no upload URL for the checkpoint")
-            await self.ctx.transfers.put_file(signed.url, archive, "application/gzip")
+            await self.ctx.transfers.put_file(
+                signed.url,
+                archive,
+                "application/gzip",
+                target=self._object(pb.UrlRequest.CHECKPOINT, CHECKPOINT_NAME),
+            )
             return signed.object_key
         finally:
             archive.unlink(missing_ok=True)

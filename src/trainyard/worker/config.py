@@ -70,7 +70,15 @@ class WorkerConfig:
     rpc_timeout_s: float = 15.0
     http_timeout_s: float = 120.0
     upload_attempts: int = 4
-    """Tries per HTTP upload or download before the attempt is reported as an infra failure."""
+    """Tries per HTTP upload or download at the least, however short ``upload_retry_s`` is."""
+    upload_retry_s: float = 1800.0
+    """How long a failing upload or download keeps retrying, with backoff, before the attempt is
+    reported as an infra failure: long enough to ride out a storage outage of minutes. The job's final
+    report waits meanwhile, and files whose upload failed stay in the attempt's directory."""
+    multipart_threshold: int = 64 << 20
+    """Files at least this large are uploaded in parts through presigned part URLs."""
+    multipart_part_size: int = 16 << 20
+    """Bytes per part (at least 5 MiB; larger for files that would need more than 10,000 parts)."""
     shutdown_timeout_s: float = 30.0
     """On stop, how long to wait for final reports after the jobs were stopped."""
     keep_attempt_dirs: bool = False

@@ -16,7 +16,7 @@ import grpc.aio
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.rpc import ControlPlane, StaleLease
 from trainyard.worker.spool import LogSpool
-from trainyard.worker.transfer import TransferError, Transfers
+from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,10 @@ class LogSealer:
             signed = urls.get(name)
             if signed is None:
                 raise TransferError(f"no upload URL for log chunk {name}")
-            await self._transfers.put_bytes(signed.url, gz, "application/gzip")
+            target = AttemptObject(
+                self._rpc, self._job_id, self._attempt, self._lease_token, pb.UrlRequest.LOG_CHUNK, name
+            )
+            await self._transfers.put_bytes(signed.url, gz, "application/gzip", sign=target.sign)
             await self._rpc.seal(
                 pb.SealLogChunkRequest(
                     job_id=self._job_id,

@@ -144,6 +144,34 @@ class ControlPlane:
                 pb.ReportResponse.FromString,
             )
         )
+        self._start_multipart: grpc.aio.UnaryUnaryMultiCallable[
+            pb.StartMultipartRequest, pb.StartMultipartResponse
+        ] = ch.unary_unary(
+            _SERVICE + "StartMultipart",
+            pb.StartMultipartRequest.SerializeToString,
+            pb.StartMultipartResponse.FromString,
+        )
+        self._sign_parts: grpc.aio.UnaryUnaryMultiCallable[
+            pb.SignMultipartPartsRequest, pb.SignMultipartPartsResponse
+        ] = ch.unary_unary(
+            _SERVICE + "SignMultipartParts",
+            pb.SignMultipartPartsRequest.SerializeToString,
+            pb.SignMultipartPartsResponse.FromString,
+        )
+        self._complete_multipart: grpc.aio.UnaryUnaryMultiCallable[
+            pb.CompleteMultipartRequest, pb.CompleteMultipartResponse
+        ] = ch.unary_unary(
+            _SERVICE + "CompleteMultipart",
+            pb.CompleteMultipartRequest.SerializeToString,
+            pb.CompleteMultipartResponse.FromString,
+        )
+        self._abort_multipart: grpc.aio.UnaryUnaryMultiCallable[
+            pb.AbortMultipartRequest, pb.AbortMultipartResponse
+        ] = ch.unary_unary(
+            _SERVICE + "AbortMultipart",
+            pb.AbortMultipartRequest.SerializeToString,
+            pb.AbortMultipartResponse.FromString,
+        )
 
     @property
     def worker_id(self) -> str:
@@ -286,3 +314,30 @@ class ControlPlane:
         resp = await self._call(self._seal, lambda: req)
         if resp.result == pb.ReportResponse.STALE:
             raise StaleLease(f"{req.job_id}/{req.attempt}")
+
+    # Multipart calls that touch storage (start, complete, abort) are tried once: the control plane
+    # answers UNAVAILABLE while storage is down, and the uploader retries them within its own bounded
+    # window rather than the unbounded one here. Signing part URLs touches nothing but the control
+    # plane, so it waits out an outage like GetUrls.
+    async def start_multipart(self, req: pb.StartMultipartRequest) -> pb.StartMultipartResponse:
+        resp = await self._call(self._start_multipart, lambda: req, retry=False)
+        if resp.stale:
+            raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
+        return resp
+
+    async def sign_multipart_parts(self, req: pb.SignMultipartPartsRequest) -> pb.SignMultipartPartsResponse:
+        resp = await self._call(self._sign_parts, lambda: req)
+        if resp.stale:
+            raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
+        return resp
+
+    async def complete_multipart(self, req: pb.CompleteMultipartRequest) -> pb.CompleteMultipartResponse:
+        resp = await self._call(self._complete_multipart, lambda: req, retry=False)
+        if resp.stale:
+            raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
+        return resp
+
+    async def abort_multipart(self, req: pb.AbortMultipartRequest) -> None:
+        resp = await self._call(self._abort_multipart, lambda: req, retry=False)
+        if resp.stale:
+            raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")

@@ -40,6 +40,7 @@ def _config(tmp_path: Path, port: int, **kw: Any) -> WorkerConfig:
         backoff_max_s=0.3,
         rpc_timeout_s=5,
         upload_attempts=2,
+        upload_retry_s=0.5,
     )
     base.update(kw)
     return WorkerConfig(**base)

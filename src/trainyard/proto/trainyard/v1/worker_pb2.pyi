@@ -706,3 +706,245 @@ class SealLogChunkRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "end_offset", b"end_offset", "job_id", b"job_id", "lease_token", b"lease_token", "object_key", b"object_key", "seq", b"seq", "start_offset", b"start_offset", "stored_size", b"stored_size"]) -> None: ...
 
 Global___SealLogChunkRequest: typing_extensions.TypeAlias = SealLogChunkRequest
+
+@typing.final
+class MultipartRef(google.protobuf.message.Message):
+    """One multipart upload: the attempt (checked by its lease token, as GetUrls does) and the object,
+    named as in UrlRequest. The object key is derived from these, never sent by the worker.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: builtins.int
+    ATTEMPT_FIELD_NUMBER: builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: builtins.int
+    PURPOSE_FIELD_NUMBER: builtins.int
+    NAME_FIELD_NUMBER: builtins.int
+    UPLOAD_ID_FIELD_NUMBER: builtins.int
+    job_id: builtins.str
+    attempt: builtins.int
+    lease_token: builtins.str
+    purpose: Global___UrlRequest.Purpose.ValueType
+    name: builtins.str
+    upload_id: builtins.str
+    """empty in StartMultipart"""
+    def __init__(
+        self,
+        *,
+        job_id: builtins.str = ...,
+        attempt: builtins.int = ...,
+        lease_token: builtins.str = ...,
+        purpose: Global___UrlRequest.Purpose.ValueType = ...,
+        name: builtins.str = ...,
+        upload_id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "job_id", b"job_id", "lease_token", b"lease_token", "name", b"name", "purpose", b"purpose", "upload_id", b"upload_id"]) -> None: ...
+
+Global___MultipartRef: typing_extensions.TypeAlias = MultipartRef
+
+@typing.final
+class PartUrl(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: builtins.int
+    URL_FIELD_NUMBER: builtins.int
+    number: builtins.int
+    """1-based; S3 allows up to 10000"""
+    url: builtins.str
+    """presigned PUT; the response's ETag header names the part"""
+    def __init__(
+        self,
+        *,
+        number: builtins.int = ...,
+        url: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["number", b"number", "url", b"url"]) -> None: ...
+
+Global___PartUrl: typing_extensions.TypeAlias = PartUrl
+
+@typing.final
+class StartMultipartRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REF_FIELD_NUMBER: builtins.int
+    SIZE_FIELD_NUMBER: builtins.int
+    PART_SIZE_FIELD_NUMBER: builtins.int
+    size: builtins.int
+    """bytes the object will have"""
+    part_size: builtins.int
+    """bytes per part, the last may be smaller; at least 5 MiB"""
+    @property
+    def ref(self) -> Global___MultipartRef: ...
+    def __init__(
+        self,
+        *,
+        ref: Global___MultipartRef | None = ...,
+        size: builtins.int = ...,
+        part_size: builtins.int = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["ref", b"ref"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["part_size", b"part_size", "ref", b"ref", "size", b"size"]) -> None: ...
+
+Global___StartMultipartRequest: typing_extensions.TypeAlias = StartMultipartRequest
+
+@typing.final
+class StartMultipartResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STALE_FIELD_NUMBER: builtins.int
+    UPLOAD_ID_FIELD_NUMBER: builtins.int
+    OBJECT_KEY_FIELD_NUMBER: builtins.int
+    PARTS_FIELD_NUMBER: builtins.int
+    stale: builtins.bool
+    upload_id: builtins.str
+    object_key: builtins.str
+    @property
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PartUrl]:
+        """URLs for the first parts (all of them for most files)"""
+
+    def __init__(
+        self,
+        *,
+        stale: builtins.bool = ...,
+        upload_id: builtins.str = ...,
+        object_key: builtins.str = ...,
+        parts: collections.abc.Iterable[Global___PartUrl] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["object_key", b"object_key", "parts", b"parts", "stale", b"stale", "upload_id", b"upload_id"]) -> None: ...
+
+Global___StartMultipartResponse: typing_extensions.TypeAlias = StartMultipartResponse
+
+@typing.final
+class SignMultipartPartsRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REF_FIELD_NUMBER: builtins.int
+    NUMBERS_FIELD_NUMBER: builtins.int
+    @property
+    def ref(self) -> Global___MultipartRef: ...
+    @property
+    def numbers(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        ref: Global___MultipartRef | None = ...,
+        numbers: collections.abc.Iterable[builtins.int] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["ref", b"ref"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["numbers", b"numbers", "ref", b"ref"]) -> None: ...
+
+Global___SignMultipartPartsRequest: typing_extensions.TypeAlias = SignMultipartPartsRequest
+
+@typing.final
+class SignMultipartPartsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STALE_FIELD_NUMBER: builtins.int
+    PARTS_FIELD_NUMBER: builtins.int
+    stale: builtins.bool
+    @property
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PartUrl]: ...
+    def __init__(
+        self,
+        *,
+        stale: builtins.bool = ...,
+        parts: collections.abc.Iterable[Global___PartUrl] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["parts", b"parts", "stale", b"stale"]) -> None: ...
+
+Global___SignMultipartPartsResponse: typing_extensions.TypeAlias = SignMultipartPartsResponse
+
+@typing.final
+class CompletedPart(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: builtins.int
+    ETAG_FIELD_NUMBER: builtins.int
+    number: builtins.int
+    etag: builtins.str
+    def __init__(
+        self,
+        *,
+        number: builtins.int = ...,
+        etag: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["etag", b"etag", "number", b"number"]) -> None: ...
+
+Global___CompletedPart: typing_extensions.TypeAlias = CompletedPart
+
+@typing.final
+class CompleteMultipartRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REF_FIELD_NUMBER: builtins.int
+    PARTS_FIELD_NUMBER: builtins.int
+    @property
+    def ref(self) -> Global___MultipartRef: ...
+    @property
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___CompletedPart]:
+        """every part, in ascending order"""
+
+    def __init__(
+        self,
+        *,
+        ref: Global___MultipartRef | None = ...,
+        parts: collections.abc.Iterable[Global___CompletedPart] | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["ref", b"ref"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["parts", b"parts", "ref", b"ref"]) -> None: ...
+
+Global___CompleteMultipartRequest: typing_extensions.TypeAlias = CompleteMultipartRequest
+
+@typing.final
+class CompleteMultipartResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STALE_FIELD_NUMBER: builtins.int
+    OBJECT_KEY_FIELD_NUMBER: builtins.int
+    SIZE_FIELD_NUMBER: builtins.int
+    stale: builtins.bool
+    object_key: builtins.str
+    size: builtins.int
+    """bytes stored, for the worker to compare with its file"""
+    def __init__(
+        self,
+        *,
+        stale: builtins.bool = ...,
+        object_key: builtins.str = ...,
+        size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["object_key", b"object_key", "size", b"size", "stale", b"stale"]) -> None: ...
+
+Global___CompleteMultipartResponse: typing_extensions.TypeAlias = CompleteMultipartResponse
+
+@typing.final
+class AbortMultipartRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REF_FIELD_NUMBER: builtins.int
+    @property
+    def ref(self) -> Global___MultipartRef: ...
+    def __init__(
+        self,
+        *,
+        ref: Global___MultipartRef | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["ref", b"ref"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ref", b"ref"]) -> None: ...
+
+Global___AbortMultipartRequest: typing_extensions.TypeAlias = AbortMultipartRequest
+
+@typing.final
+class AbortMultipartResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STALE_FIELD_NUMBER: builtins.int
+    stale: builtins.bool
+    def __init__(
+        self,
+        *,
+        stale: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["stale", b"stale"]) -> None: ...
+
+Global___AbortMultipartResponse: typing_extensions.TypeAlias = AbortMultipartResponse

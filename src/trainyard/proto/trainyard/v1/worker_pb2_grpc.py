@@ -74,6 +74,26 @@ class WorkerServiceStub:
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.SealLogChunkRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.StartMultipart = channel.unary_unary(
+                '/trainyard.v1.WorkerService/StartMultipart',
+                request_serializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartRequest.SerializeToString,
+                response_deserializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartResponse.FromString,
+                _registered_method=True)
+        self.SignMultipartParts = channel.unary_unary(
+                '/trainyard.v1.WorkerService/SignMultipartParts',
+                request_serializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsRequest.SerializeToString,
+                response_deserializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsResponse.FromString,
+                _registered_method=True)
+        self.CompleteMultipart = channel.unary_unary(
+                '/trainyard.v1.WorkerService/CompleteMultipart',
+                request_serializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartRequest.SerializeToString,
+                response_deserializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartResponse.FromString,
+                _registered_method=True)
+        self.AbortMultipart = channel.unary_unary(
+                '/trainyard.v1.WorkerService/AbortMultipart',
+                request_serializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartRequest.SerializeToString,
+                response_deserializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -137,6 +157,35 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartMultipart(self, request, context):
+        """Begin a multipart upload of one large object (the key families of GetUrls); its parts go to
+        presigned URLs, so memory and retries stay per part however big the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignMultipartParts(self, request, context):
+        """Presigned PUT URLs for more parts of an upload, or fresh ones for parts whose URLs expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMultipart(self, request, context):
+        """Assemble the uploaded parts into the object; nothing is visible under its key before this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortMultipart(self, request, context):
+        """Drop an upload that will not be completed, and its parts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +228,26 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.SealLogChunk,
                     request_deserializer=trainyard_dot_v1_dot_worker__pb2.SealLogChunkRequest.FromString,
                     response_serializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.SerializeToString,
+            ),
+            'StartMultipart': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartMultipart,
+                    request_deserializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartRequest.FromString,
+                    response_serializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartResponse.SerializeToString,
+            ),
+            'SignMultipartParts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignMultipartParts,
+                    request_deserializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsRequest.FromString,
+                    response_serializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsResponse.SerializeToString,
+            ),
+            'CompleteMultipart': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMultipart,
+                    request_deserializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartRequest.FromString,
+                    response_serializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartResponse.SerializeToString,
+            ),
+            'AbortMultipart': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortMultipart,
+                    request_deserializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartRequest.FromString,
+                    response_serializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +466,114 @@ class WorkerService:
             '/trainyard.v1.WorkerService/SealLogChunk',
             trainyard_dot_v1_dot_worker__pb2.SealLogChunkRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartMultipart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainyard.v1.WorkerService/StartMultipart',
+            trainyard_dot_v1_dot_worker__pb2.StartMultipartRequest.SerializeToString,
+            trainyard_dot_v1_dot_worker__pb2.StartMultipartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignMultipartParts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainyard.v1.WorkerService/SignMultipartParts',
+            trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsRequest.SerializeToString,
+            trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMultipart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainyard.v1.WorkerService/CompleteMultipart',
+            trainyard_dot_v1_dot_worker__pb2.CompleteMultipartRequest.SerializeToString,
+            trainyard_dot_v1_dot_worker__pb2.CompleteMultipartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortMultipart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainyard.v1.WorkerService/AbortMultipart',
+            trainyard_dot_v1_dot_worker__pb2.AbortMultipartRequest.SerializeToString,
+            trainyard_dot_v1_dot_worker__pb2.AbortMultipartResponse.FromString,
             options,
             channel_credentials,
             insecure,
