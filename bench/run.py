@@ -69,11 +69,16 @@ def postgres_db() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def platform(database_url: str | None = None, workers: int = 1) -> Iterator[httpx.Client]:
+def platform(
+    database_url: str | None = None,
+    workers: int = 1,
+    env_extra: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[httpx.Client]:
     with tempfile.TemporaryDirectory(prefix="ty-bench-") as tmp:
         home = Path(tmp) / "home"
         port, grpc_port = free_port(), free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         if database_url:
             env["TRAINYARD_DATABASE_URL"] = database_url
         proc = subprocess.Popen(
@@ -96,6 +101,7 @@ def platform(database_url: str | None = None, workers: int = 1) -> Iterator[http
                 "256Gi",
                 "--heartbeat-interval",
                 "2",
+                *args,
             ],
             cwd=REPO,
             env=env,
@@ -147,8 +153,80 @@ class Poster:
         resp = self.conn.getresponse()
         return resp.status, resp.read()
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path, headers=self.headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
     def close(self) -> None:
         self.conn.close()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free port (the bench owns it, like the tests do)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_status_reads(client: httpx.Client, clients: int = 16, seconds: float = 5.0) -> dict[str, Any]:
+    """GET /v1/jobs/{id} from 16 concurrent keep-alive clients over 200 jobs (the UI/CLI polling load)."""
+    ids = [
+        client.post("/v1/jobs", json={"command": ["true"], "pool": "nowhere"}).json()["id"]
+        for _ in range(200)
+    ]
+    for job_id in ids:  # warm: the first read of each job fills the status cache where there is one
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+    base_url, headers = str(client.base_url), dict(client.headers)
+    lat: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def run(offset: int) -> None:
+        mine = []
+        c = Poster(base_url, headers)
+        i = offset
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                status, text = c.get(f"/v1/jobs/{ids[i % len(ids)]}")
+                mine.append(time.perf_counter() - t0)
+                assert status == 200, text
+                i += 7
+        finally:
+            c.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = [x * 1000 for x in lat]
+    return {
+        "value": len(lat) / wall,
+        "unit": "reads/s",
+        "p50": pct(ms, 50),
+        "p99": pct(ms, 99),
+        "n": len(lat),
+    }
 
 
 def bench_submit(client: httpx.Client, total: int, clients: int = 8) -> dict[str, Any]:
@@ -268,39 +346,67 @@ def main() -> int:
     ap.add_argument("--dispatch", type=int, default=50)
     ap.add_argument("--trivial", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     args = ap.parse_args()
     if args.quick:
         args.submits, args.dispatch, args.trivial = 400, 10, 100
-    results: list[dict[str, Any]] = []
+    only = {s for s in args.only.split(",") if s}
 
-    floor = {"name": "spawn_floor", **bench_floor(500)}
-    results.append(floor)
-    with platform() as c:
-        results.append({"name": "submit_rate_sqlite", **bench_submit(c, args.submits)})
-    with postgres_db() as url, platform(url) as c:
-        results.append({"name": "submit_rate_postgres", **bench_submit(c, args.submits)})
-    with platform() as c:
-        results.append({"name": "dispatch_latency", **bench_dispatch(c, args.dispatch)})
-    with platform() as c:
-        trivial = bench_trivial(c, args.trivial)
-        trivial["baseline"] = {"name": "spawn_floor", "value": floor["value"]}
-        trivial["ratio_to_floor"] = trivial["value"] / floor["value"]
-        results.append({"name": "trivial_e2e_rate", **trivial})
+    def wanted(*names: str) -> bool:
+        return not only or bool(only & set(names))
+
+    results: list[dict[str, Any]] = []
+    floor: dict[str, Any] | None = None
+    if wanted("spawn_floor", "trivial_e2e_rate"):
+        floor = {"name": "spawn_floor", **bench_floor(500)}
+        results.append(floor)
+    if wanted("submit_rate_sqlite"):
+        with platform() as c:
+            results.append({"name": "submit_rate_sqlite", **bench_submit(c, args.submits)})
+    if wanted("submit_rate_postgres"):
+        with postgres_db() as url, platform(url) as c:
+            results.append({"name": "submit_rate_postgres", **bench_submit(c, args.submits)})
+    if wanted("dispatch_latency"):
+        with platform() as c:
+            results.append({"name": "dispatch_latency", **bench_dispatch(c, args.dispatch)})
+    if wanted("trivial_e2e_rate") and floor is not None:
+        with platform() as c:
+            trivial = bench_trivial(c, args.trivial)
+            trivial["baseline"] = {"name": "spawn_floor", "value": floor["value"]}
+            trivial["ratio_to_floor"] = trivial["value"] / floor["value"]
+            results.append({"name": "trivial_e2e_rate", **trivial})
+    if wanted("status_reads_postgres"):
+        with postgres_db() as url, platform(url) as c:
+            results.append({"name": "status_reads_postgres", **bench_status_reads(c)})
+    if wanted("status_reads_redis"):
+        with (
+            redis_server() as rurl,
+            postgres_db() as url,
+            platform(url, env_extra={"TRAINYARD_REDIS_URL": rurl}) as c,
+        ):
+            results.append({"name": "status_reads_redis", **bench_status_reads(c)})
+    for extra in EXTRA_BENCHES:
+        if wanted(extra.__name__):
+            results.append({"name": extra.__name__, **extra()})
 
     out = HERE / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'metric':<24}{'value':>12}  {'unit':<8}{'p50':>10}{'p99':>10}{'n':>7}  note")
     for r in results:
-        note = ""
+        note = r.get("note", "")
         if r["name"] == "trivial_e2e_rate":
             note = f"{100 * r['ratio_to_floor']:.0f}% of spawn_floor; failed={r['failed']}"
-        if r["name"].startswith("submit_rate"):
+        if r["name"].startswith(("submit_rate", "status_reads")):
             note = "latency in ms"
         p50 = f"{r['p50']:.1f}" if "p50" in r else "-"
         p99 = f"{r['p99']:.1f}" if "p99" in r else "-"
         print(f"{r['name']:<24}{r['value']:>12.1f}  {r['unit']:<8}{p50:>10}{p99:>10}{r['n']:>7}  {note}")
     print(f"wrote {out.relative_to(REPO)}")
     return 0
+
+
+# Scenarios of the production backends (bench/backends.py), run after the ones above.
+EXTRA_BENCHES: list[Any] = []
 
 
 if __name__ == "__main__":

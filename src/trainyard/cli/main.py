@@ -527,8 +527,11 @@ def create_user(
     name: Annotated[str, typer.Argument(help="User name")],
     team: Annotated[str, typer.Option(help="The user's team")],
     role: Annotated[str, typer.Option(help="user or admin")] = "user",
+    tier: Annotated[
+        str | None, typer.Option(help="submission limit tier, e.g. free, standard, enterprise")
+    ] = None,
 ) -> None:
-    token = _client(ctx).create_user(name, team, role)
+    token = _client(ctx).create_user(name, team, role, tier)
     sys.stdout.write(f"{token}\n")
 
 

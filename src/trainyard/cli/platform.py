@@ -67,11 +67,38 @@ def register(app: typer.Typer) -> None:
         worker_gpu_type: Annotated[
             str | None, typer.Option(help="declared GPU type of local workers")
         ] = None,
+        services: Annotated[
+            bool,
+            typer.Option(
+                "--services",
+                help="run on PostgreSQL, Redis, S3 and Kafka (starting local ones that are not configured)",
+            ),
+        ] = False,
+        replicas: Annotated[
+            int, typer.Option(help="control-plane replicas (more than 1 needs --services)", min=1, max=8)
+        ] = 1,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run the whole platform: control plane plus local worker agents, each its own process."""
         _logging(verbose)
         h = _home(home)
+        if replicas > 1 and not services:
+            typer.echo(
+                "error: --replicas needs --services (replicas share PostgreSQL, Redis and Kafka)", err=True
+            )
+            raise typer.Exit(2)
+        stack = contextlib.ExitStack()
+        if services:
+            from trainyard.cli.services import LocalServices, ServiceError
+
+            try:
+                local = stack.enter_context(LocalServices(h).start())
+            except ServiceError as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(1) from None
+            os.environ.update(local.env)  # for this process's Settings and every child process
+            for line in local.started:
+                typer.echo(f"started {line}")
         settings = _settings(
             h,
             host=host,
@@ -81,13 +108,16 @@ def register(app: typer.Typer) -> None:
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
         )
-        for p_, what in ((port, "REST"), (grpc_port, "worker gRPC")):
-            if not _port_free(host, p_):
-                typer.echo(
-                    f"error: port {p_} on {host} ({what}) is in use; pick another with --port/--grpc-port",
-                    err=True,
-                )
-                raise typer.Exit(1)
+        for i in range(replicas):
+            for p_, what in ((port + i, "REST"), (grpc_port + i, "worker gRPC")):
+                if not _port_free(host, p_):
+                    typer.echo(
+                        f"error: port {p_} on {host} ({what}) is in use; "
+                        "pick another with --port/--grpc-port",
+                        err=True,
+                    )
+                    stack.close()
+                    raise typer.Exit(1)
         worker_args: list[str] = []
         if worker_cpus is not None:
             worker_args += ["--cpus", str(worker_cpus)]
@@ -97,8 +127,8 @@ def register(app: typer.Typer) -> None:
             worker_args += ["--gpus", str(worker_gpus)]
         if worker_gpu_type is not None:
             worker_args += ["--gpu-type", worker_gpu_type]
-        with _database_errors():
-            asyncio.run(_up(settings, h, workers, worker_args))
+        with stack, _database_errors():
+            asyncio.run(_up(settings, h, workers, worker_args, replicas))
 
     @app.command()
     def server(
@@ -240,7 +270,9 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-async def _up(settings: object, home: Path, n_workers: int, worker_args: list[str]) -> None:
+async def _up(
+    settings: object, home: Path, n_workers: int, worker_args: list[str], replicas: int = 1
+) -> None:
     from trainyard.server.run import serve
     from trainyard.server.settings import Settings
 
@@ -262,6 +294,34 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
         await server_task
         return
     procs: list[subprocess.Popen[bytes]] = []
+    # Replicas 2..N: `yard server` processes on the next ports, sharing home (tokens) and the services.
+    servers: list[subprocess.Popen[bytes]] = []
+    grpc_addrs = [f"{settings.grpc_host}:{settings.grpc_port}"]
+    for i in range(1, replicas):
+        env = {
+            **os.environ,
+            "TRAINYARD_HOME": str(home),
+            "TRAINYARD_HOST": settings.host,
+            "TRAINYARD_PORT": str(settings.port + i),
+            "TRAINYARD_GRPC_HOST": settings.grpc_host,
+            "TRAINYARD_GRPC_PORT": str(settings.grpc_port + i),
+            "TRAINYARD_PUBLIC_URL": f"http://{settings.host}:{settings.port + i}",
+            "TRAINYARD_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
+            "TRAINYARD_CANCEL_GRACE": str(settings.cancel_grace),
+        }
+        log_path = home / "logs" / f"server-{i + 1}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            servers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "trainyard", "server"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+        grpc_addrs.append(f"{settings.grpc_host}:{settings.grpc_port + i}")
     for i in range(1, n_workers + 1):
         name = f"local-{i}"
         cmd = [
@@ -270,7 +330,7 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
             "trainyard",
             "worker",
             "--server",
-            f"{settings.grpc_host}:{settings.grpc_port}",
+            ",".join(grpc_addrs),
             "--home",
             str(home),
             "--name",
@@ -283,9 +343,14 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
             # Its own process group, so Ctrl-C reaches the workers through us, in order.
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
     token_path = home / "token"
+    extra = "".join(
+        f"  replica {i + 1}  http://{settings.host}:{settings.port + i} (log: logs/server-{i + 1}.log)\n"
+        for i in range(1, replicas)
+    )
     print(
         f"Trainyard is up.\n"
         f"  REST API   {settings.base_url}  (OpenAPI: {settings.base_url}/openapi.json)\n"
+        f"{extra}"
         f"  workers    {n_workers} local agent(s), gRPC {settings.grpc_host}:{settings.grpc_port}, "
         f"logs in {home / 'logs'}\n"
         f"  admin token in {token_path} (the CLI reads it; export TRAINYARD_HOME={home} elsewhere)\n"
@@ -311,6 +376,14 @@ async def _up(settings: object, home: Path, n_workers: int, worker_args: list[st
         while proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if proc.poll() is None:
+            proc.kill()
+    for proc in servers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in servers:
+        try:
+            await asyncio.to_thread(proc.wait, 20)
+        except subprocess.TimeoutExpired:
             proc.kill()
     server_stop.set()
     with contextlib.suppress(asyncio.CancelledError):

@@ -650,9 +650,12 @@ class Client:
         """Pending and running counts per pool, and per-team use."""
         return self._json("GET", "/v1/queues")
 
-    def create_user(self, name: str, team: str, role: str = "user") -> str:
-        """Create a user (admin only) and return their API token."""
-        body = self._json("POST", "/v1/admin/users", json={"name": name, "team": team, "role": role})
+    def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:
+        """Create a user (admin only) and return their API token. ``tier`` picks the submission limit."""
+        req: dict[str, Any] = {"name": name, "team": team, "role": role}
+        if tier is not None:
+            req["tier"] = tier
+        body = self._json("POST", "/v1/admin/users", json=req)
         return str(body["token"])
 
 

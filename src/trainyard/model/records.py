@@ -13,6 +13,7 @@ class User:
     name: str
     team: str
     role: str  # "admin" | "user"
+    tier: str | None = None  # submission limits (TRAINYARD_RATE_TIERS); None: the default tier
 
     @property
     def is_admin(self) -> bool:

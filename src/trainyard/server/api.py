@@ -25,6 +25,7 @@ from trainyard.model.records import Job, User
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL, JobStatus
 from trainyard.objects.base import ObjectNotFound, check_key
+from trainyard.objects.local import LocalObjectStore
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
 from trainyard.server.views import artifact_json, event_json, job_json, worker_json
@@ -342,7 +343,7 @@ def create_app(p: Platform) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str, user: UserDep) -> dict[str, Any]:
-        return job_json(await p.visible_job(user, job_id))
+        return await p.job_view(user, job_id)
 
     @app.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"], summary="Cancel (idempotent)")
     async def cancel(job_id: str, user: UserDep) -> dict[str, Any]:
@@ -502,7 +503,7 @@ def create_app(p: Platform) -> FastAPI:
                 number, pos = current.attempt, 0
             job = current
             if number > 0:
-                await p.tails.wait(job.id, number, 1.0)
+                await p.tails.wait(job.id, number, 1.0, since=pos)
             else:
                 await asyncio.sleep(0.25)
 
@@ -633,6 +634,10 @@ def create_app(p: Platform) -> FastAPI:
             raise ApiError(422, "invalid_request", "the body must be a JSON object")
         details = []
         name, team, role = body.get("name"), body.get("team"), body.get("role", "user")
+        tier = body.get("tier")
+        if tier is not None and tier not in p.tiers:
+            known = ", ".join(sorted(p.tiers))
+            details.append({"field": "tier", "message": f"unknown tier {tier!r}; configured: {known}"})
         if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
             details.append({"field": "name", "message": "must be a lowercase name (letters, digits, . _ -)"})
         if not isinstance(team, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", team):
@@ -642,34 +647,57 @@ def create_app(p: Platform) -> FastAPI:
         if details:
             raise ApiError(422, "invalid_request", "the user is not valid", details)
         assert isinstance(name, str) and isinstance(team, str) and isinstance(role, str)
-        token = await p.db(p.store.create_user, name, team, role)
-        return {"name": name, "team": team, "role": role, "token": token}
+        token = await p.db(p.store.create_user, name, team, role, tier)
+        return {"name": name, "team": team, "role": role, "tier": tier, "token": token}
 
     # ---- objects (presigned) -------------------------------------------------------------------
+    # Only a local store is served here; with S3 the presigned URLs point at the bucket itself.
+    def local_objects() -> LocalObjectStore:
+        if not isinstance(p.objects, LocalObjectStore):
+            raise ApiError(404, "not_found", "objects are not served by this control plane")
+        return p.objects
+
     @app.get("/objects/{key:path}", include_in_schema=False, response_model=None)
     async def get_object(key: str, method: str = "", expires: str = "", sig: str = "") -> Response:
-        why = p.objects.verify(key, "GET", expires, sig) if method == "GET" else "URL is not for GET"
+        objects = local_objects()
+        why = objects.verify(key, "GET", expires, sig) if method == "GET" else "URL is not for GET"
         if why:
             raise ApiError(403, "forbidden", why)
         try:
-            size = p.objects.size(key)
+            size = objects.size(key)
         except ObjectNotFound:
             raise ApiError(404, "not_found", "no such object") from None
         return StreamingResponse(
-            _iterate_in_thread(p.objects.iter(key)),
+            _iterate_in_thread(objects.iter(key)),
             media_type="application/octet-stream",
             headers={"Content-Length": str(size)},
         )
 
-    @app.put("/objects/{key:path}", include_in_schema=False)
+    @app.put("/objects/{key:path}", include_in_schema=False, response_model=None)
     async def put_object(
-        key: str, request: Request, method: str = "", expires: str = "", sig: str = ""
-    ) -> dict[str, Any]:
-        why = p.objects.verify(key, "PUT", expires, sig) if method == "PUT" else "URL is not for PUT"
+        key: str,
+        request: Request,
+        method: str = "",
+        expires: str = "",
+        sig: str = "",
+        upload_id: str = "",
+        part: int = 0,
+    ) -> Response:
+        objects = local_objects()
+        if method != "PUT":
+            raise ApiError(403, "forbidden", "URL is not for PUT")
+        why = objects.verify(key, "PUT", expires, sig, upload_id=upload_id, part=part)
         if why:
             raise ApiError(403, "forbidden", why)
-        size = await p.objects.put_stream(key, request.stream(), s.object_limit)
-        return {"key": key, "size": size}
+        if upload_id:
+            # One part of a multipart upload: answered with its ETag, as S3 does.
+            try:
+                etag = await objects.put_part_stream(key, upload_id, part, request.stream(), s.object_limit)
+            except ObjectNotFound:
+                raise ApiError(404, "not_found", "no such multipart upload") from None
+            return JSONResponse({"key": key, "part": part}, headers={"ETag": f'"{etag}"'})
+        size = await objects.put_stream(key, request.stream(), s.object_limit)
+        return JSONResponse({"key": key, "size": size})
 
     # ---- operations ----------------------------------------------------------------------------
     @app.get("/healthz", tags=["ops"])

@@ -15,12 +15,18 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy as sa
 
 from trainyard.bus.memory import MemoryBus
+from trainyard.cache.base import STATUS_TTL_S, Cache, LogTailStore
 from trainyard.cache.memory import MemoryCache
+from trainyard.cache.redis import RedisCache, RedisConfig
+from trainyard.cache.redis_tail import RedisLogTails
+from trainyard.cache.resilient import ResilientCache, ResilientLogTails
+from trainyard.cache.sql import SqlCache
+from trainyard.cache.tiers import parse_tiers, tier_of
 from trainyard.model.records import Job, User, Worker
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
 from trainyard.objects.base import ObjectNotFound
-from trainyard.objects.local import LocalObjectStore
+from trainyard.objects.factory import open_object_store
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
 from trainyard.server.group_commit import GroupCommit
@@ -30,6 +36,7 @@ from trainyard.server.logtail import LogTails
 from trainyard.server.metrics import Metrics
 from trainyard.server.notify import WorkerNote, notifier_for
 from trainyard.server.settings import Settings, url_secret, worker_bootstrap_token
+from trainyard.server.views import job_json
 from trainyard.store.sql import Lease, NotFound, Placement, SqlStore, SubmitResult
 
 log = logging.getLogger("trainyard.server")
@@ -45,8 +52,25 @@ _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 class RateLimited(Exception):
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"submission rate limit reached; retry in {retry_after:.1f}s")
+        if retry_after == float("inf"):
+            super().__init__("this user's tier allows no submissions")
+            retry_after = 86400.0
+        else:
+            super().__init__(f"submission rate limit reached; retry in {retry_after:.1f}s")
         self.retry_after = retry_after
+
+
+def _cache_and_tails(settings: Settings, store: SqlStore) -> tuple[Cache, LogTailStore]:
+    """Redis when configured, falling back to the database (and to this replica's memory for the
+    live log tail) while it is down; in-process twins on the embedded defaults."""
+    ttl = 3 * settings.heartbeat_interval
+    memory_tails = LogTails(settings.log_tail_bytes)
+    if not settings.redis_url:
+        return MemoryCache(), memory_tails
+    cfg = RedisConfig(settings.redis_url)
+    cache = ResilientCache(RedisCache(cfg), SqlCache(store, heartbeat_ttl_s=ttl), heartbeat_ttl_s=ttl)
+    tails = ResilientLogTails(RedisLogTails(cfg, cap=settings.log_tail_bytes), memory_tails)
+    return cache, tails
 
 
 @dataclass(frozen=True)
@@ -62,10 +86,23 @@ class Platform:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = store or SqlStore(settings.db_url)
-        self.objects = LocalObjectStore(settings.objects_dir, url_secret(settings.home), settings.base_url)
-        self.cache = MemoryCache()
+        self.objects = open_object_store(
+            settings.object_store,
+            home=settings.home,
+            secret=url_secret(settings.home),
+            public_url=settings.base_url,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+        )
+        self.cache, self.tails = _cache_and_tails(settings, self.store)
+        # The status cache pays off where reads would cross the network to PostgreSQL from many
+        # replicas; on the embedded defaults a SQLite read is as cheap as the cache's bookkeeping.
+        self.status_cache = bool(settings.redis_url)
+        if self.status_cache:
+            self.store.on_commit = self.cache.invalidate_status
+        self.tiers = parse_tiers(settings.rate_tiers)
+        tier_of(self.tiers, None, settings.default_tier)  # an undefined default tier fails at start-up
         self.bus = MemoryBus()
-        self.tails = LogTails(settings.log_tail_bytes)
         self.channels = WorkerChannels()
         self.kick_scheduler = Kick()
         self.kick_relay = Kick()
@@ -128,13 +165,34 @@ class Platform:
             raise NotFound(job_id)
         return job
 
-    async def submit(self, user: User, spec: JobSpec, idempotency_key: str | None) -> SubmitResult:
+    async def job_view(self, user: User, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}: from the status cache when it holds the job, else from the store (and
+        cached for the next reader). The cache is invalidated after every commit that changes a job."""
+        if not self.status_cache:
+            return job_json(await self.visible_job(user, job_id))
+        cached, ticket = self.cache.get_status(job_id)
+        if cached is not None and (user.is_admin or cached.get("team") == user.team):
+            return cached
+        job = await self.visible_job(user, job_id)
+        view = job_json(job)
+        self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
+        return view
+
+    def _check_rate(self, user: User) -> None:
+        tier = tier_of(self.tiers, user.tier, self.settings.default_tier)
+        if not tier.unlimited:
+            wait = self.cache.take(f"submit:tier:{user.name}", tier.rate_per_s, tier.burst)
+            if wait > 0:
+                raise RateLimited(wait)
         if self.settings.submit_rate > 0:
             wait = self.cache.take(
                 f"submit:{user.name}", self.settings.submit_rate, self.settings.submit_burst
             )
             if wait > 0:
                 raise RateLimited(wait)
+
+    async def submit(self, user: User, spec: JobSpec, idempotency_key: str | None) -> SubmitResult:
+        self._check_rate(user)
         store = self.store
         try:
             job = await self.writes.run(lambda conn: store.insert_job_in(conn, user, spec, idempotency_key))

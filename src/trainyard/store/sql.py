@@ -326,8 +326,9 @@ class SqlStore:
         if conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is None:
             conn.execute(teams.insert().values(name=name, weight=weight, created_at=self.clock()))
 
-    def create_user(self, name: str, team: str, role: str = "user") -> str:
-        """Create a user (or add a token to an existing one) and return a new API token."""
+    def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:
+        """Create a user (or add a token to an existing one) and return a new API token. ``tier``
+        None keeps an existing user's tier."""
         if role not in ("admin", "user"):
             raise ValueError("role must be admin or user")
         token = new_token("ty")
@@ -336,9 +337,17 @@ class SqlStore:
             self._ensure_team(conn, team)
             existing = conn.execute(sa.select(users).where(users.c.name == name)).first()
             if existing is None:
-                conn.execute(users.insert().values(name=name, team=team, role=role, created_at=now))
-            elif existing.team != team or existing.role != role:
-                conn.execute(users.update().where(users.c.name == name).values(team=team, role=role))
+                conn.execute(
+                    users.insert().values(name=name, team=team, role=role, tier=tier, created_at=now)
+                )
+            elif (
+                existing.team != team or existing.role != role or (tier is not None and existing.tier != tier)
+            ):
+                conn.execute(
+                    users.update()
+                    .where(users.c.name == name)
+                    .values(team=team, role=role, tier=tier if tier is not None else existing.tier)
+                )
             conn.execute(
                 api_tokens.insert().values(token_hash=hash_token(token), user_name=name, created_at=now)
             )
@@ -349,14 +358,19 @@ class SqlStore:
         with self._read() as conn:
             row = conn.execute(
                 sa.select(
-                    users.c.name, users.c.team, users.c.role, api_tokens.c.expires_at, api_tokens.c.revoked_at
+                    users.c.name,
+                    users.c.team,
+                    users.c.role,
+                    users.c.tier,
+                    api_tokens.c.expires_at,
+                    api_tokens.c.revoked_at,
                 )
                 .select_from(api_tokens.join(users, users.c.name == api_tokens.c.user_name))
                 .where(api_tokens.c.token_hash == hash_token(token))
             ).first()
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at < now):
             return None
-        return User(name=row.name, team=row.team, role=row.role)
+        return User(name=row.name, team=row.team, role=row.role, tier=row.tier)
 
     def team_exists(self, name: str) -> bool:
         with self._read() as conn:
