@@ -127,8 +127,10 @@ def register(app: typer.Typer) -> None:
             worker_args += ["--gpus", str(worker_gpus)]
         if worker_gpu_type is not None:
             worker_args += ["--gpu-type", worker_gpu_type]
+        from trainyard import aio
+
         with stack, _database_errors():
-            asyncio.run(_up(settings, h, workers, worker_args, replicas))
+            aio.run(_up(settings, h, workers, worker_args, replicas))
 
     @app.command()
     def server(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 import uvicorn
 
+from trainyard import aio
 from trainyard.server.api import create_app
 from trainyard.server.platform import Platform
 from trainyard.server.settings import Settings, write_private
@@ -173,4 +174,4 @@ def main(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(run())
+    aio.run(run())
