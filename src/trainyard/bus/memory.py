@@ -1,60 +1,42 @@
-"""In-process event bus. A subscriber that falls too far behind is dropped (its iterator ends) so a
-slow SSE client can never grow memory without bound; it reconnects and replays from the store."""
+"""In-process event bus: the embedded default, and a supported fake for users' tests.
+
+Same semantics as the Kafka bus where a subscriber can see them: events of a key arrive in order, a
+repeated event id is delivered once, a subscriber that falls too far behind is dropped.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
-_END: dict[str, Any] = {}
+from trainyard.bus.base import Record
+from trainyard.bus.fanout import QueueSubscription, RecentIds
 
-
-class MemorySubscription:
-    def __init__(self, bus: MemoryBus, topics: frozenset[str], maxsize: int) -> None:
-        self._bus = bus
-        self.topics = topics
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize)
-        self.closed = False
-
-    def offer(self, payload: dict[str, Any]) -> None:
-        if self.closed:
-            return
-        try:
-            self.queue.put_nowait(payload)
-        except asyncio.QueueFull:
-            self.close()
-            # Make room for the end marker so the reader wakes up and stops.
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(_END)
-
-    def close(self) -> None:
-        self.closed = True
-        self._bus._subs.discard(self)
-
-    async def _iter(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            item = await self.queue.get()
-            if item is _END:
-                return
-            yield item
-
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._iter()
+MemorySubscription = QueueSubscription
 
 
 class MemoryBus:
-    def __init__(self, maxsize: int = 10000) -> None:
-        self._subs: set[MemorySubscription] = set()
+    def __init__(self, maxsize: int = 10000, dedupe_window: int = 100_000) -> None:
+        self._subs: set[QueueSubscription] = set()
         self._maxsize = maxsize
+        self._seen = RecentIds(dedupe_window)
 
     async def publish(self, topic: str, key: str, payload: dict[str, Any]) -> None:
+        if not self._seen.first_time(payload):
+            return
         for sub in list(self._subs):
             if topic in sub.topics:
                 sub.offer(payload)
 
-    def subscribe(self, topics: frozenset[str]) -> MemorySubscription:
-        sub = MemorySubscription(self, topics, self._maxsize)
+    async def publish_batch(self, records: Sequence[Record]) -> None:
+        for topic, key, payload in records:
+            await self.publish(topic, key, payload)
+
+    def subscribe(self, topics: frozenset[str]) -> QueueSubscription:
+        sub = QueueSubscription(topics, self._maxsize, self._subs.discard)
         self._subs.add(sub)
         return sub
+
+    def close(self) -> None:
+        for sub in list(self._subs):
+            sub.close()
