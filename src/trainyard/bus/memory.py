@@ -37,6 +37,9 @@ class MemoryBus:
         self._subs.add(sub)
         return sub
 
+    async def ready(self) -> None:
+        return None
+
     def close(self) -> None:
         for sub in list(self._subs):
             sub.close()

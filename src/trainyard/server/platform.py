@@ -14,7 +14,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
+from trainyard.bus.base import EventBus
+from trainyard.bus.kafka import KafkaBus, KafkaBusConfig
 from trainyard.bus.memory import MemoryBus
+from trainyard.bus.relay import OutboxRelay
 from trainyard.cache.base import STATUS_TTL_S, Cache, LogTailStore
 from trainyard.cache.memory import MemoryCache
 from trainyard.cache.redis import RedisCache, RedisConfig
@@ -45,6 +48,7 @@ T = TypeVar("T")
 
 AUTH_CACHE_TTL_S = 5.0
 HEARTBEAT_PERSIST_S = 5.0
+RELAY_BATCH = 1000
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -102,7 +106,10 @@ class Platform:
             self.store.on_commit = self.cache.invalidate_status
         self.tiers = parse_tiers(settings.rate_tiers)
         tier_of(self.tiers, None, settings.default_tier)  # an undefined default tier fails at start-up
-        self.bus = MemoryBus()
+        self.bus: EventBus = (
+            KafkaBus(KafkaBusConfig(settings.kafka_bootstrap)) if settings.kafka_bootstrap else MemoryBus()
+        )
+        self.relay = OutboxRelay(self.store, self.bus, batch=RELAY_BATCH, on_published=self._published)
         self.channels = WorkerChannels()
         self.kick_scheduler = Kick()
         self.kick_relay = Kick()
@@ -489,13 +496,13 @@ class Platform:
 
     # ---- outbox relay --------------------------------------------------------------------------
     async def relay_once(self) -> int:
-        rows = await self.db(self.store.outbox_unsent, 1000)
-        for r in rows:
-            await self.bus.publish(r.topic, r.key, r.payload)
-            if r.payload.get("to_status") in _TERMINAL_NAMES:
-                self.metrics.finished.labels(r.payload["to_status"]).inc()
-        await self.db(self.store.outbox_mark_sent, [r.id for r in rows])
-        return len(rows)
+        """One batch of committed events onto the bus (0 while the bus is down: they wait)."""
+        return await self.relay.run_once()
+
+    def _published(self, payloads: list[dict[str, Any]]) -> None:
+        for payload in payloads:
+            if payload.get("to_status") in _TERMINAL_NAMES:
+                self.metrics.finished.labels(payload["to_status"]).inc()
 
     # ---- views ---------------------------------------------------------------------------------
     def _queue_snapshot(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import uvicorn
 
 from trainyard import aio
 from trainyard.server.api import create_app
-from trainyard.server.platform import Platform
+from trainyard.server.platform import RELAY_BATCH, Platform
 from trainyard.server.settings import Settings, write_private
 from trainyard.server.worker_service import start_grpc
 
@@ -73,6 +73,8 @@ async def serve(
     """Serve until ``stop``. While ``hold`` is set nothing new is placed (workers are draining)."""
     stop = stop or asyncio.Event()
     platform = await asyncio.to_thread(bootstrap, settings)
+    # Live views (SSE) must not miss what is published from here on: wait until the bus listens.
+    await platform.bus.ready()
     grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
     app = create_app(platform)
     config = uvicorn.Config(
@@ -127,7 +129,7 @@ async def serve(
     async def relay_step() -> None:
         if not leading.is_set():
             return
-        while await platform.relay_once() >= 1000:
+        while await platform.relay_once() >= RELAY_BATCH:
             pass
         # Batch the events of the next few milliseconds into one read and one mark; live views
         # (SSE, the UI) still see a change well within their one-second promise.
@@ -162,6 +164,7 @@ async def serve(
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks, return_exceptions=True)
     platform.notifier.stop()
+    platform.bus.close()
     platform.leadership.release()
     platform.store.close()
 
