@@ -392,16 +392,27 @@ def _event_row(ev: Mapping[str, Any]) -> list[str]:
     ]
 
 
-@app.command(help="A job's state history; -f streams new events until the job ends.")
+@app.command(
+    help="A job's state history (-f streams new events until the job ends); "
+    "`yard events tail` prints the live event stream of every job you may see."
+)
 @handle_errors
 def events(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    job_id: Annotated[str, typer.Argument(metavar="ID|tail")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends")] = False,
     output: OutputOpt = Format.table,
 ) -> None:
     client = _client(ctx)
     columns = ["TIME", "TYPE", "FROM", "TO", "ATTEMPT", "DATA"]
+    if job_id == "tail":  # job ids start with "j": no job is called tail
+        for ev in client.all_events():
+            if output is Format.table:
+                sys.stdout.write("  ".join([ev["job_id"], *_event_row(ev)]) + "\n")
+            else:
+                sys.stdout.write(json.dumps(ev) + "\n")
+            sys.stdout.flush()
+        return
     if not follow:
         evs = client.events(job_id)
         if output is not Format.table:

@@ -226,6 +226,34 @@ def register(app: typer.Typer) -> None:
 def _register_admin() -> None:
     from trainyard.cli.main import admin_app
 
+    @admin_app.command("replay")
+    def replay(
+        home: HomeOpt = None,
+        timeout: Annotated[float, typer.Option(help="seconds to read the log to its end")] = 120.0,
+    ) -> None:
+        """Read the event log (Kafka) from the beginning into a fresh store and compare every job's
+        history with the database's: exit 0 when they are equal (the log is complete), 1 otherwise."""
+        from trainyard.bus.base import BusUnavailable
+        from trainyard.bus.replay import replay as replay_log
+        from trainyard.server.settings import Settings
+        from trainyard.store.sql import SqlStore
+
+        settings = Settings(home=_home(home))
+        if not settings.kafka_bootstrap:
+            typer.echo("error: set TRAINYARD_KAFKA_BOOTSTRAP: the event log lives in Kafka", err=True)
+            raise typer.Exit(2)
+        with _database_errors():
+            store = SqlStore(settings.db_url)
+            try:
+                report = replay_log(settings.kafka_bootstrap, store, timeout)
+            except BusUnavailable as e:
+                typer.echo(f"error: cannot read the event log: {e}", err=True)
+                raise typer.Exit(1) from None
+            finally:
+                store.close()
+        typer.echo(report.summary())
+        raise typer.Exit(0 if report.ok else 1)
+
     @admin_app.command("migrate")
     def migrate(home: HomeOpt = None) -> None:
         """Apply database migrations (TRAINYARD_DATABASE_URL, else SQLite in home); safe to repeat."""
