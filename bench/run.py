@@ -7,6 +7,8 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   dispatch_latency               submit → the worker reported the process started, idle worker (ms)
   trivial_e2e_rate               500 `true` jobs through one agent, submit to all SUCCEEDED (jobs/s)
   spawn_floor                    bare rate this machine starts and reaps `true` from Python (jobs/s)
+  status_reads_{postgres,redis}  GET /v1/jobs/{id} from 16 concurrent clients (reads/s; latency ms)
+  relay_throughput, event_latency_replicas: see bench/backends.py
 """
 
 from __future__ import annotations
@@ -385,7 +387,9 @@ def main() -> int:
             platform(url, env_extra={"TRAINYARD_REDIS_URL": rurl}) as c,
         ):
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
-    for extra in EXTRA_BENCHES:
+    from backends import event_latency_replicas, relay_throughput
+
+    for extra in (relay_throughput, event_latency_replicas):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
 
@@ -403,10 +407,6 @@ def main() -> int:
         print(f"{r['name']:<24}{r['value']:>12.1f}  {r['unit']:<8}{p50:>10}{p99:>10}{r['n']:>7}  {note}")
     print(f"wrote {out.relative_to(REPO)}")
     return 0
-
-
-# Scenarios of the production backends (bench/backends.py), run after the ones above.
-EXTRA_BENCHES: list[Any] = []
 
 
 if __name__ == "__main__":

@@ -303,6 +303,9 @@ class KafkaBus:
         """Start the consumer if needed and wait until it reads every partition: from then on,
         every event published reaches the subscribers. BusUnavailable after ``ready_timeout_s``."""
         self._start_consumer()
+        # Connect the producer now too: its first batch would otherwise wait for the connection
+        # and the idempotent producer id (the first live updates after a start came ~0.5 s late).
+        self._get_producer()
         if self._assigned.is_set():
             return
         if not await asyncio.to_thread(self._assigned.wait, self.config.ready_timeout_s):
@@ -324,6 +327,9 @@ class KafkaBus:
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "latest",
+                # Live views promise updates within a second: don't let a broker hold an empty fetch
+                # for librdkafka's default 500 ms (an idle replica pays ~20 small fetches a second).
+                "fetch.wait.max.ms": 50,
             }
         )
         assigned: set[tuple[str, int]] = set()
@@ -345,9 +351,11 @@ class KafkaBus:
                 if not assigned:
                     self._stop.wait(0.2)
                     continue
-                messages = consumer.consume(500, 0.2)
-                if messages:
-                    self._dispatch(messages, seen)
+                # consume(n, timeout) waits for n messages or the timeout, which would hold a lone
+                # event for the whole timeout: wait for the first, then take what else is ready.
+                first_msg = consumer.poll(0.2)
+                if first_msg is not None:
+                    self._dispatch([first_msg, *consumer.consume(499, 0)], seen)
         except Exception:
             log.exception("Kafka consumer thread failed; live updates fall back to polling")
         finally:

@@ -352,6 +352,10 @@ async def _up(
                 )
             )
         grpc_addrs.append(f"{settings.grpc_host}:{settings.grpc_port + i}")
+    for i, proc in enumerate(servers, start=2):
+        url = f"http://{settings.host}:{settings.port + i - 1}/healthz"
+        if not await asyncio.to_thread(_wait_healthy, url, proc, 60.0):
+            print(f"warning: replica {i} did not come up; see {home}/logs/server-{i}.log", file=sys.stderr)
     for i in range(1, n_workers + 1):
         name = f"local-{i}"
         cmd = [
@@ -419,6 +423,18 @@ async def _up(
     with contextlib.suppress(asyncio.CancelledError):
         await server_task
     print("Stopped.", flush=True)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 async def _watch_workers(procs: list[subprocess.Popen[bytes]], stop: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import uvicorn
 
 from trainyard import aio
+from trainyard.bus.base import BusUnavailable
 from trainyard.server.api import create_app
 from trainyard.server.platform import RELAY_BATCH, Platform
 from trainyard.server.settings import Settings, write_private
@@ -74,7 +75,11 @@ async def serve(
     stop = stop or asyncio.Event()
     platform = await asyncio.to_thread(bootstrap, settings)
     # Live views (SSE) must not miss what is published from here on: wait until the bus listens.
-    await platform.bus.ready()
+    # A broker that is down is no reason not to serve: events wait in the outbox, views poll.
+    try:
+        await platform.bus.ready()
+    except BusUnavailable as e:
+        log.warning("event bus not ready (%s); starting anyway, the outbox keeps every event", e)
     grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
     app = create_app(platform)
     config = uvicorn.Config(
