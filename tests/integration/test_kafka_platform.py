@@ -53,8 +53,9 @@ def test_broker_outage_loses_no_event_and_replay_matches(tmp_path: Path, pg_url:
 
         kafka.stop()
         jobs = [
-            c.post("/v1/jobs", json={"command": [sys.executable, "-c", "pass"] if i % 10 == 0 else ["true"]})
-            .json()["id"]
+            c.post(
+                "/v1/jobs", json={"command": [sys.executable, "-c", "pass"] if i % 10 == 0 else ["true"]}
+            ).json()["id"]
             for i in range(50)
         ]
         for j in jobs:
