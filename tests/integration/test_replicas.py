@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +67,11 @@ class EventFollower:
         return {e["job_id"] for e in self.events if e["to_status"] in DONE}
 
 
+def follow_log(c: httpx.Client, job_id: str) -> bytes:
+    with c.stream("GET", f"/v1/jobs/{job_id}/logs", params={"follow": "true"}) as resp:
+        return b"".join(resp.iter_bytes())
+
+
 def submit(c: httpx.Client, command: list[str]) -> str:
     r = c.post("/v1/jobs", json={"command": command})
     assert r.status_code == 201, r.text
@@ -109,6 +115,16 @@ def test_replicas_share_work_and_survive_the_leader(tmp_path: Path, services: di
             assert len({d["attempts"][0]["worker_id"] for d in done}) == 2, "both workers got work"
             # Events committed through the leader reach the other replica's SSE client (via Kafka).
             wait_for(lambda: set(jobs) <= follower.finished(), 15, 0.1, "every finish on the other replica")
+
+            # A running job's live log can be followed through either replica (the tail is in Redis).
+            code = (
+                "import time\nfor i in range(3):\n    print(f'line {i}', flush=True)\n    time.sleep(0.3)\n"
+            )
+            printer = submit(cl, [sys.executable, "-c", code])
+            wait_status(co, printer, {"RUNNING", *DONE}, 30)
+            expected = b"line 0\nline 1\nline 2\n"
+            for client in (cl, co):
+                assert follow_log(client, printer) == expected, client.base_url
 
             # A cancel through one replica reaches a worker whose stream is on the other.
             sleeper = submit(co, ["sleep", "300"])
