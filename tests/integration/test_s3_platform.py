@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness import Agent, ControlPlane, platform, wait_for, wait_status
 from tests.s3_server import AWS_VARS, REGION, S3Server, s3_server
+from trainyard.worker.slots import find_slot
 
 PY = sys.executable
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -212,7 +213,9 @@ def test_nothing_is_lost_when_s3_is_unreachable_while_jobs_finish(
     logs_id, arts_id = ids
     wait_for(lambda: b"before the outage" in c.get(f"/v1/jobs/{logs_id}/logs").content, 30, 0.1, "output")
     wait_status(c, arts_id, {"RUNNING"})
-    arts_dir = cp.home / "workers" / agent.name / "jobs" / arts_id / "1"
+    work_dir = cp.home / "workers" / agent.name
+    arts_dir = find_slot(work_dir, arts_id, 1)
+    assert arts_dir is not None
 
     with s3.outage():
         go.touch()
@@ -235,4 +238,9 @@ def test_nothing_is_lost_when_s3_is_unreachable_while_jobs_finish(
     assert httpx.get(arts["small.txt"]["url"]).content == b"small artifact"
     assert _stream_sha256(arts["large.bin"]["url"]) == (mib * MiB, _pattern_sha256(mib))
     assert arts["large.bin"]["sha256"] == _pattern_sha256(mib)
-    wait_for(lambda: not arts_dir.exists(), 10, 0.1, "the attempt directory to go once all is stored")
+    wait_for(
+        lambda: find_slot(work_dir, arts_id, 1) is None,
+        10,
+        0.1,
+        "the attempt to give its directory up once all is stored",
+    )

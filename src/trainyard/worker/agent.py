@@ -19,12 +19,13 @@ import httpx
 from trainyard import __version__
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
-from trainyard.worker.attempt import AttemptContext, AttemptRunner, attempt_dir
+from trainyard.worker.attempt import AttemptContext, AttemptRunner
 from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity, grpc_target
 from trainyard.worker.executors.base import Executor
 from trainyard.worker.executors.process import ProcessExecutor
 from trainyard.worker.logship import LogShipper
 from trainyard.worker.rpc import PERMANENT, ControlPlane
+from trainyard.worker.slots import AttemptSlots
 from trainyard.worker.transfer import Transfers
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Agent:
         self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
         self._finished: OrderedDict[AttemptKey, None] = OrderedDict()
         self._restarted: set[AttemptKey] = set()
+        self.slots = AttemptSlots(cfg.work_dir)
         self._capacity: NodeCapacity | None = None
         self._register_lock = asyncio.Lock()
         self._lease_call: grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage] | None = None
@@ -69,6 +71,8 @@ class Agent:
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         # Before taking work: a previous agent's jobs must not run alongside the ones we are about to start.
         self._restarted = set(self.executor.reap_orphans(cfg.work_dir))
+        # Whatever the previous run left in its slots belongs to attempts that are over for us.
+        self.slots.reset()
         self._capacity = await asyncio.to_thread(detect_capacity, cfg)
         background: list[asyncio.Task[None]] = []
         async with (
@@ -93,7 +97,7 @@ class Agent:
                 multipart_threshold=cfg.multipart_threshold,
                 part_size=cfg.multipart_part_size,
             )
-            self._ctx = AttemptContext(cfg, rpc, transfers, shipper, self.executor)
+            self._ctx = AttemptContext(cfg, rpc, transfers, shipper, self.executor, self.slots)
             try:
                 registering = asyncio.create_task(self._register(initial=True))
                 stopping = asyncio.create_task(stop.wait())
@@ -284,7 +288,7 @@ class Agent:
             log.info("draining: not starting %s/%d", *key)
             return
         assert self._ctx is not None
-        restarted = key in self._restarted or attempt_dir(self.cfg.work_dir, *key).exists()
+        restarted = key in self._restarted
         runner = AttemptRunner(self._ctx, a, restarted=restarted)
         self.runners[key] = runner
         task = asyncio.get_running_loop().create_task(runner.run(), name=f"attempt {key[0]}/{key[1]}")

@@ -27,6 +27,7 @@ from trainyard.worker.files import (
 )
 from trainyard.worker.logship import LogSealer, LogShipper
 from trainyard.worker.rpc import ControlPlane, StaleLease
+from trainyard.worker.slots import OWNER_FILE, AttemptSlots
 from trainyard.worker.spool import LogSpool
 from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
 
@@ -47,52 +48,11 @@ class AttemptContext:
     transfers: Transfers
     shipper: LogShipper
     executor: Executor
+    slots: AttemptSlots
 
 
 STARTED_COALESCE_S = 0.01
 """How long the STARTED report waits to be merged into FINISHED when the process ends at once."""
-
-
-def attempt_dir(work_dir: Path, job_id: str, attempt: int) -> Path:
-    return work_dir / "jobs" / job_id / str(attempt)
-
-
-def _make_dirs(adir: Path, *subdirs: Path | None) -> None:
-    # os.mkdir on strings: pathlib's mkdir(parents=...) costs several times the system call here.
-    path = str(adir)
-    try:
-        os.mkdir(path)
-    except FileNotFoundError:  # the job's directory is new too (the usual case: one mkdir each)
-        with contextlib.suppress(FileExistsError):
-            try:
-                os.mkdir(os.path.dirname(path))
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    for d in subdirs:
-        if d is not None:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(str(d))
-
-
-def _remove_empty_attempt_dir(adir: Path) -> bool:
-    """Most attempts leave their directories empty: remove those with one rmdir each (cheap enough to
-    run on the event loop). False when something is left, for rmtree to deal with."""
-    path = str(adir)
-    for sub in ("checkpoints", "artifacts", "work"):
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(path, sub))
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    with contextlib.suppress(OSError):  # another attempt of the job may still use it
-        os.rmdir(os.path.dirname(path))
-    return True
 
 
 class AttemptRunner:
@@ -102,7 +62,7 @@ class AttemptRunner:
         self.ctx = ctx
         self.a = assignment
         self.key = (assignment.job_id, assignment.attempt)
-        self.dir = attempt_dir(ctx.cfg.work_dir, assignment.job_id, assignment.attempt)
+        self.dir = ctx.slots.acquire(assignment.job_id, assignment.attempt)
         self.restarted = restarted
         """The attempt ran under an earlier agent on this node (whose processes were killed at start-up)."""
         self.stop_outcome: AttemptOutcome | None = None
@@ -176,12 +136,15 @@ class AttemptRunner:
                 await self._finish_report(AttemptOutcome.INFRA, "worker agent error", None)
         finally:
             self.spool.close()
-        if self.upload_failed:
-            log.warning("attempt %s/%d: uploads failed; its files stay in %s", *self.key, self.dir)
-        elif self.forgotten and not self.ctx.cfg.keep_attempt_dirs:
+        if self.forgotten:
             # The live tail may still be pushing the last bytes from the spool file.
             await self.ctx.shipper.drained(self.key, _DRAIN_TIMEOUT_S)
-            await self._remove_dir()
+            if self.upload_failed or self.ctx.cfg.keep_attempt_dirs:
+                kept = await self._keep_dir()
+                if self.upload_failed:
+                    log.warning("attempt %s/%d: uploads failed; its files stay in %s", *self.key, kept)
+            else:
+                await self._remove_dir()
         self.ctx.shipper.drop(self.key)
 
     async def _run(self) -> None:
@@ -254,8 +217,6 @@ class AttemptRunner:
         cwd = work
         if not a.workdir_url and a.cwd and Path(a.cwd).is_dir():
             cwd = Path(a.cwd)
-        # A handful of mkdir calls: cheaper on the event loop than a hop to a thread and back (measured).
-        _make_dirs(self.dir, ckpt, arts, work if cwd == work else None)
         if a.workdir_url:
             await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
         resume_dir: Path | None = None
@@ -422,7 +383,18 @@ class AttemptRunner:
 
     async def _remove_dir(self) -> None:
         self.spool.close()
-        if not _remove_empty_attempt_dir(self.dir):
+        if not self.ctx.slots.release(self.dir):
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
-            with contextlib.suppress(OSError):
-                self.dir.parent.rmdir()
+
+    async def _keep_dir(self) -> Path:
+        """Move the attempt's directory out of the pool, named after the attempt (kept for people)."""
+        self.spool.close()
+        kept = self.ctx.cfg.work_dir / "kept" / f"{self.a.job_id}-{self.a.attempt}"
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.truncate(self.dir / OWNER_FILE, 0)  # no longer a running attempt's slot
+            os.rename(self.dir, kept)
+        except OSError:
+            log.warning("cannot keep %s as %s", self.dir, kept, exc_info=True)
+            return self.dir
+        return kept

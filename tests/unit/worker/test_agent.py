@@ -17,6 +17,7 @@ import pytest
 
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker import RegistrationRefused, WorkerConfig, run_agent
+from trainyard.worker.slots import find_slot
 
 from .fake_control_plane import BOOTSTRAP, FakeWorkerService, ObjectStore, start_server
 from .helpers import PY, alive, kill_quietly, wait_gone_async
@@ -152,8 +153,10 @@ def test_a_job_runs_end_to_end(tmp_path: Path) -> None:
             assert objects.objects[model.object_key] == b"\x00" * 100_000
             assert objects.objects[arts["metrics.json"].object_key] == b'{"acc": 1}'
             assert not done.checkpoint_key
-            # The attempt directory goes once the final report is in.
-            await _eventually(lambda: not (cfg.work_dir / "jobs/j1").exists())
+            # The attempt gives its directory up once the final report is in (the artifacts it
+            # left make it dirty: removed, not pooled).
+            await _eventually(lambda: find_slot(cfg.work_dir, "j1", 1) is None)
+            assert not list((cfg.work_dir / "slots").glob("*/artifacts/metrics.json"))
 
     asyncio.run(main())
 

@@ -152,7 +152,8 @@ def test_stop_sigterms_the_group_then_sigkills_after_grace(tmp_path: Path) -> No
     async def main() -> None:
         spec = launch_spec(tmp_path, [PY, "-c", STUBBORN, str(pids_file)])
         handle, spool = await start(spec)
-        assert (spec.attempt_dir / PGID_FILE).read_text() == str(handle.pid)
+        # The slot's owner record: process group, job, attempt (what a restarted agent reaps).
+        assert (spec.attempt_dir / PGID_FILE).read_text() == f"{handle.pid} job1 1\n"
         await wait_for_output(spool, b"child up")
         main_pid, child_pid = map(int, pids_file.read_text().split())
         try:
@@ -168,7 +169,6 @@ def test_stop_sigterms_the_group_then_sigkills_after_grace(tmp_path: Path) -> No
         assert 0.5 <= elapsed < 5
         assert b"got SIGTERM" in spool.path.read_bytes()
         assert wait_gone(main_pid) and wait_gone(child_pid)
-        assert not (spec.attempt_dir / PGID_FILE).exists()
 
     asyncio.run(main())
 

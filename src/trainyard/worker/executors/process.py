@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink, StartFailed
+from trainyard.worker.slots import OWNER_FILE, SLOTS_DIR, read_owner, write_owner
 
 log = logging.getLogger(__name__)
 
-PGID_FILE = "pgid"
+PGID_FILE = "pgid"  # the layout of agents before slots: jobs/<job>/<attempt>/pgid
 
 _DRAIN_TIMEOUT_S = 5.0
 """After the process group is killed, how long its pipes may stay open (a descendant that left the group
@@ -47,7 +48,6 @@ class _Protocol(asyncio.SubprocessProtocol):
         self._sink_failed = False
         self.transport: asyncio.SubprocessTransport | None = None
         self.pgid = 0
-        self.pgid_file: Path | None = None
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.done: asyncio.Future[ExitStatus] = loop.create_future()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -86,8 +86,6 @@ class _Protocol(asyncio.SubprocessProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drain_timer is not None:
             self._drain_timer.cancel()
-        if self.pgid_file is not None:
-            self.pgid_file.unlink(missing_ok=True)
         if self.transport is not None:
             self.transport.close()
         if not self.done.done():
@@ -192,17 +190,15 @@ class ProcessExecutor:
             raise StartFailed(f"cannot start {spec.command[0]!r}: {e}") from e
         pid = transport.get_pid()
         proto.pgid = pid
-        pgid_file = spec.attempt_dir / PGID_FILE
         try:
-            pgid_file.write_text(str(pid))
-            proto.pgid_file = pgid_file
+            # Kept after the process ends (until its slot is released): the reaper checks a group's
+            # processes before it kills, so a stale record is harmless.
+            write_owner(spec.attempt_dir, pid, spec.job_id, spec.attempt)
         except OSError:
-            log.warning("cannot record process group %d in %s", pid, pgid_file, exc_info=True)
+            log.warning("cannot record process group %d in %s", pid, spec.attempt_dir, exc_info=True)
         if proto.exited.done():
             # It exited before the group id was known: its leftovers could not be killed then.
             _killpg(pid, signal.SIGKILL)
-        if proto.done.done():
-            pgid_file.unlink(missing_ok=True)
         return ProcessHandle(proto)
 
     def reap_orphans(self, work_dir: Path) -> list[tuple[str, int]]:
@@ -229,11 +225,20 @@ def reap_orphans(work_dir: Path) -> list[tuple[str, int]]:
 
     A group counts as that attempt's only while one of its processes carries the attempt's
     TRAINYARD_JOB_ID and TRAINYARD_ATTEMPT in its environment, so a recycled group id is left alone.
-    Returns the (job_id, attempt) of every attempt directory that had a pgid file.
+    Returns the (job_id, attempt) of every attempt that held a slot (or, in the layout of agents
+    before slots, had a pgid file).
     """
     recorded: dict[int, tuple[str, int]] = {}
     found: list[tuple[str, int]] = []
     files: list[Path] = []
+    for owner_file in sorted((work_dir / SLOTS_DIR).glob(f"*/{OWNER_FILE}")):
+        held = read_owner(owner_file)
+        if held is None:
+            continue  # a free slot
+        pgid, job_id, attempt = held
+        found.append((job_id, attempt))
+        if pgid > 1:
+            recorded[pgid] = (job_id, attempt)
     for pgid_file in sorted((work_dir / "jobs").glob(f"*/*/{PGID_FILE}")):
         attempt_dir = pgid_file.parent
         try:
