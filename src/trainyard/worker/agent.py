@@ -377,5 +377,7 @@ def main(cfg: WorkerConfig) -> None:
         await run_agent(cfg, stop)
 
     # A second signal cancels the main task; the agent has killed its jobs by the time it surfaces.
+    # asyncio's own loop, not uvloop: uvloop spawns with fork() (Python uses vfork), and its process
+    # transports are not asyncio's, which the executor relies on.
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(_main())
