@@ -27,7 +27,7 @@ from trainyard.worker.files import (
 )
 from trainyard.worker.logship import LogSealer, LogShipper
 from trainyard.worker.rpc import ControlPlane, StaleLease
-from trainyard.worker.slots import OWNER_FILE, AttemptSlots
+from trainyard.worker.slots import AttemptSlots, clear_owner
 from trainyard.worker.spool import LogSpool
 from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
 
@@ -383,7 +383,7 @@ class AttemptRunner:
 
     async def _remove_dir(self) -> None:
         self.spool.close()
-        if not self.ctx.slots.release(self.dir):
+        if not self.ctx.slots.release(self.dir, log_written=self.spool.size > 0):
             await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
     async def _keep_dir(self) -> Path:
@@ -392,7 +392,7 @@ class AttemptRunner:
         kept = self.ctx.cfg.work_dir / "kept" / f"{self.a.job_id}-{self.a.attempt}"
         try:
             kept.parent.mkdir(parents=True, exist_ok=True)
-            os.truncate(self.dir / OWNER_FILE, 0)  # no longer a running attempt's slot
+            clear_owner(self.dir)  # no longer a running attempt's slot
             os.rename(self.dir, kept)
         except OSError:
             log.warning("cannot keep %s as %s", self.dir, kept, exc_info=True)

@@ -153,7 +153,7 @@ def test_stop_sigterms_the_group_then_sigkills_after_grace(tmp_path: Path) -> No
         spec = launch_spec(tmp_path, [PY, "-c", STUBBORN, str(pids_file)])
         handle, spool = await start(spec)
         # The slot's owner record: process group, job, attempt (what a restarted agent reaps).
-        assert (spec.attempt_dir / PGID_FILE).read_text() == f"{handle.pid} job1 1\n"
+        assert (spec.attempt_dir / PGID_FILE).read_text().split() == [str(handle.pid), "job1", "1"]
         await wait_for_output(spool, b"child up")
         main_pid, child_pid = map(int, pids_file.read_text().split())
         try:
