@@ -23,6 +23,9 @@ log = logging.getLogger("trainyard.server")
 # How often a follower tries to take the lead (and the leader checks it still holds it): the bound
 # on how long the singleton loops stop after a leader dies.
 LEADERSHIP_INTERVAL_S = 1.0
+# Under a stream of submissions the scheduler waits this long between cycles, so that one cycle
+# places a burst (a cycle's fixed cost is a few queries); an idle scheduler still runs at once.
+SCHEDULER_MIN_GAP_S = 0.025
 
 
 def bootstrap(settings: Settings) -> Platform:
@@ -122,7 +125,7 @@ async def serve(
             await asyncio.to_thread(platform.notifier.send, notes)
         # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
         # a long queue (a slow cycle) cannot keep the scheduler thread busy all the time.
-        await asyncio.sleep(max(0.01, 2 * (time.monotonic() - t0)))
+        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 2 * (time.monotonic() - t0)))
 
     async def reconcile_step() -> None:
         if not leading.is_set():
