@@ -80,6 +80,8 @@ def platform(
     with tempfile.TemporaryDirectory(prefix="ty-bench-") as tmp:
         home = Path(tmp) / "home"
         port, grpc_port = free_port(), free_port()
+        while {port, port + 1} & {grpc_port, grpc_port + 1}:  # `--replicas 2` takes the next ports too
+            grpc_port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         if database_url:
             env["TRAINYARD_DATABASE_URL"] = database_url

@@ -20,6 +20,8 @@ from tests.harness import REPO, free_port, wait_for
 def test_up_with_services_and_two_replicas(tmp_path: Path, pg_url: str) -> None:
     home = tmp_path / "home"
     port, grpc_port = free_port(), free_port()
+    while {port, port + 1} & {grpc_port, grpc_port + 1}:  # two replicas take two of each
+        grpc_port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINYARD_DATABASE_URL": pg_url}
     for var in ("TRAINYARD_REDIS_URL", "TRAINYARD_KAFKA_BOOTSTRAP", "TRAINYARD_OBJECT_STORE"):
         env.pop(var, None)

@@ -87,12 +87,29 @@ def register(app: typer.Typer) -> None:
                 "error: --replicas needs --services (replicas share PostgreSQL, Redis and Kafka)", err=True
             )
             raise typer.Exit(2)
+        if set(range(port, port + replicas)) & set(range(grpc_port, grpc_port + replicas)):
+            typer.echo(
+                f"error: replicas take REST ports {port}.. and gRPC ports {grpc_port}..; they overlap",
+                err=True,
+            )
+            raise typer.Exit(2)
+        for i in range(replicas):
+            for p_, what in ((port + i, "REST"), (grpc_port + i, "worker gRPC")):
+                if not _port_free(host, p_):
+                    typer.echo(
+                        f"error: port {p_} on {host} ({what}) is in use; "
+                        "pick another with --port/--grpc-port",
+                        err=True,
+                    )
+                    raise typer.Exit(1)
         stack = contextlib.ExitStack()
         if services:
             from trainyard.cli.services import LocalServices, ServiceError
 
             try:
-                local = stack.enter_context(LocalServices(h).start())
+                # The services take free ports, but never the ones the replicas will bind.
+                reserved = {q for i in range(replicas) for q in (port + i, grpc_port + i)}
+                local = stack.enter_context(LocalServices(h, reserved=reserved).start())
             except ServiceError as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(1) from None
@@ -108,16 +125,6 @@ def register(app: typer.Typer) -> None:
             heartbeat_interval=heartbeat_interval,
             cancel_grace=cancel_grace,
         )
-        for i in range(replicas):
-            for p_, what in ((port + i, "REST"), (grpc_port + i, "worker gRPC")):
-                if not _port_free(host, p_):
-                    typer.echo(
-                        f"error: port {p_} on {host} ({what}) is in use; "
-                        "pick another with --port/--grpc-port",
-                        err=True,
-                    )
-                    stack.close()
-                    raise typer.Exit(1)
         worker_args: list[str] = []
         if worker_cpus is not None:
             worker_args += ["--cpus", str(worker_cpus)]

@@ -34,10 +34,13 @@ class ServiceError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(reserved: frozenset[int] = frozenset()) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in reserved:
+            return port
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 20.0) -> None:
@@ -54,8 +57,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, t
 class LocalServices(contextlib.ExitStack):
     """Starts what is missing; ``env`` is what the control plane and its replicas need to use them."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, reserved: set[int] | frozenset[int] = frozenset()) -> None:
         super().__init__()
+        self.reserved = frozenset(reserved)
         self.dir = home / "services"
         self.env: dict[str, str] = {}
         self.started: list[str] = []
@@ -119,7 +123,7 @@ class LocalServices(contextlib.ExitStack):
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceError("redis-server is not installed; install it or set TRAINYARD_REDIS_URL")
-        port = _free_port()
+        port = _free_port(self.reserved)
         cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self._spawn("redis", cmd, port)
         self.env["TRAINYARD_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
@@ -131,7 +135,7 @@ class LocalServices(contextlib.ExitStack):
             raise ServiceError(
                 "moto is not installed (pip install 'trainyard[services]'); or set TRAINYARD_OBJECT_STORE"
             )
-        port = _free_port()
+        port = _free_port(self.reserved)
         self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port)
         endpoint = f"http://127.0.0.1:{port}"
         _create_bucket(endpoint, _BUCKET)
@@ -155,7 +159,7 @@ class LocalServices(contextlib.ExitStack):
         if s3_endpoint is None:
             raise ServiceError("the local Kafka broker keeps its log in S3: set TRAINYARD_S3_ENDPOINT too")
         _create_bucket(s3_endpoint, "tansu")
-        port = _free_port()
+        port = _free_port(self.reserved)
         url = f"tcp://127.0.0.1:{port}"
         cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
         env = {**_AWS, "AWS_ENDPOINT": s3_endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
