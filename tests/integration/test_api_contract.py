@@ -212,3 +212,37 @@ def test_submission_rate_limit(cp: ControlPlane, c: httpx.Client) -> None:
     limited = [r for r in codes if r.status_code == 429]
     assert limited and int(limited[0].headers["Retry-After"]) >= 1
     assert sum(r.status_code == 201 for r in codes) <= 32
+
+
+def test_teams_weight_and_quotas(cp: ControlPlane, c: httpx.Client) -> None:
+    r = c.put("/v1/admin/teams/vision", json={"weight": 2, "gpu_quota": 16, "gpu_type_quotas": {"a100": 8}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "name": "vision",
+        "weight": 2.0,
+        "quotas": {"cpu": None, "memory": None, "gpu": 16, "gpu_by_type": {"a100": 8}},
+    }
+    # Only what is sent changes; null removes a limit.
+    r = c.put("/v1/admin/teams/vision", json={"memory_quota": "64Gi", "gpu_quota": None})
+    assert r.json()["quotas"] == {"cpu": None, "memory": 64 << 30, "gpu": None, "gpu_by_type": {"a100": 8}}
+    assert r.json()["weight"] == 2.0
+    teams = {t["name"]: t for t in c.get("/v1/teams").json()["teams"]}
+    assert teams["vision"]["quotas"]["memory"] == 64 << 30
+    # Bad input: a clear error, nothing written.
+    for body, field in (
+        ({"weight": 0}, "weight"),
+        ({"gpu_quota": -1}, "gpu_quota"),
+        ({"memory_quota": "lots"}, "memory_quota"),
+        ({"gpu_type_quotas": {"A 100": 1}}, "gpu_type_quotas"),
+        ({"colour": "red"}, "colour"),
+    ):
+        bad = c.put("/v1/admin/teams/vision", json=body)
+        assert bad.status_code == 422, (body, bad.text)
+        assert bad.json()["error"]["details"][0]["field"].startswith(field), bad.json()
+    assert c.put("/v1/admin/teams/Bad Name", json={}).status_code == 422
+    after = {t["name"]: t for t in c.get("/v1/teams").json()["teams"]}["vision"]
+    assert after == teams["vision"]
+    user = c.post("/v1/admin/users", json={"name": "quinn", "team": "vision"}).json()["token"]
+    with cp.client(user) as cu:
+        assert cu.put("/v1/admin/teams/vision", json={"weight": 9}).status_code == 403
+        assert any(t["name"] == "vision" for t in cu.get("/v1/teams").json()["teams"])

@@ -546,6 +546,80 @@ def create_user(
     sys.stdout.write(f"{token}\n")
 
 
+team_app = typer.Typer(help="Teams: fair-share weight and quotas.", no_args_is_help=True)
+admin_app.add_typer(team_app, name="team")
+
+
+@team_app.command("set", help="Create or change a team: weight and concurrent quotas (admin only).")
+@handle_errors
+def team_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Team name")],
+    weight: Annotated[float | None, typer.Option(help="fair-share weight (default 1)")] = None,
+    gpu_quota: Annotated[int | None, typer.Option(help="concurrent GPUs, any type")] = None,
+    cpu_quota: Annotated[float | None, typer.Option(help="concurrent CPUs")] = None,
+    memory_quota: Annotated[str | None, typer.Option(help="concurrent memory, e.g. 512Gi")] = None,
+    gpu_type_quota: Annotated[
+        list[str] | None, typer.Option(help="concurrent GPUs of one type, TYPE=N (repeatable)")
+    ] = None,
+    clear_quotas: Annotated[bool, typer.Option("--clear-quotas", help="remove every quota first")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    changes: dict[str, Any] = {}
+    if clear_quotas:
+        changes.update(cpu_quota=None, memory_quota=None, gpu_quota=None, gpu_type_quotas=None)
+    if weight is not None:
+        changes["weight"] = weight
+    if gpu_quota is not None:
+        changes["gpu_quota"] = gpu_quota
+    if cpu_quota is not None:
+        changes["cpu_quota"] = cpu_quota
+    if memory_quota is not None:
+        changes["memory_quota"] = memory_quota
+    if gpu_type_quota:
+        by_type = {}
+        for item in gpu_type_quota:
+            kind, sep, n = item.partition("=")
+            if not sep or not kind or not n.isdigit():
+                raise typer.BadParameter(
+                    f"{item!r} must be TYPE=N, e.g. a100=8", param_hint="--gpu-type-quota"
+                )
+            by_type[kind] = int(n)
+        changes["gpu_type_quotas"] = by_type
+    team = _client(ctx).set_team(name, **changes)
+    _print_teams([team], output)
+
+
+@team_app.command("ls", help="List teams with their weight and quotas.")
+@handle_errors
+def team_ls(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
+    _print_teams(_client(ctx).teams(), output)
+
+
+def _print_teams(teams: list[dict[str, Any]], output: Format) -> None:
+    if output is not Format.table:
+        out.print_data({"teams": teams}, output)
+        return
+
+    def limit(v: Any, mem: bool = False) -> str:
+        if v is None:
+            return "-"
+        return out.fmt_bytes(int(v)) if mem else f"{v:g}"
+
+    rows = [
+        [
+            t["name"],
+            f"{t['weight']:g}",
+            limit(t["quotas"]["gpu"]),
+            ",".join(f"{k}={v}" for k, v in sorted(t["quotas"]["gpu_by_type"].items())) or "-",
+            limit(t["quotas"]["cpu"]),
+            limit(t["quotas"]["memory"], mem=True),
+        ]
+        for t in teams
+    ]
+    out.print_table(["TEAM", "WEIGHT", "GPU QUOTA", "BY TYPE", "CPU QUOTA", "MEMORY QUOTA"], rows)
+
+
 def _register_platform() -> None:
     # Imported here, after `app` and `admin_app` exist, so platform.py may import them from this module.
     from trainyard.cli import platform

@@ -650,6 +650,16 @@ class Client:
         """Pending and running counts per pool, and per-team use."""
         return self._json("GET", "/v1/queues")
 
+    def teams(self) -> Records:
+        """Every team with its fair-share weight and quotas."""
+        teams: Records = self._json("GET", "/v1/teams")["teams"]
+        return teams
+
+    def set_team(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Create or change a team (admin only): weight, cpu_quota, memory_quota, gpu_quota,
+        gpu_type_quotas; a quota given as None removes that limit."""
+        return self._json("PUT", f"/v1/admin/teams/{quote(name, safe='')}", json=changes)
+
     def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:
         """Create a user (admin only) and return their API token. ``tier`` picks the submission limit."""
         req: dict[str, Any] = {"name": name, "team": team, "role": role}

@@ -79,6 +79,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Team:
+    """A team's share of the fleet: its fair-share weight and concurrent quotas (None: no limit)."""
+
+    name: str
+    weight: float = 1.0
+    cpu_quota: float | None = None
+    memory_quota: int | None = None
+    gpu_quota: int | None = None
+    gpu_type_quotas: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Worker:
     id: str
     name: str

@@ -24,11 +24,12 @@ from trainyard import __version__
 from trainyard.model.records import Job, User
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL, JobStatus
+from trainyard.model.team import TEAM_NAME, TeamUpdate
 from trainyard.objects.base import ObjectNotFound, check_key
 from trainyard.objects.local import LocalObjectStore
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
-from trainyard.server.views import artifact_json, event_json, job_json, worker_json
+from trainyard.server.views import artifact_json, event_json, job_json, team_json, worker_json
 from trainyard.store.sql import Conflict, IdempotencyConflict, JobFilter, NotFound
 
 _STATUSES = {s.value for s in JobStatus}
@@ -665,6 +666,30 @@ def create_app(p: Platform) -> FastAPI:
         }
 
     # ---- admin ---------------------------------------------------------------------------------
+    @app.get("/v1/teams", tags=["fleet"], summary="Teams: fair-share weight and quotas")
+    async def list_teams(user: UserDep) -> dict[str, Any]:
+        return {"teams": [team_json(t) for t in await p.db(p.store.list_teams)]}
+
+    @app.put("/v1/admin/teams/{name}", tags=["admin"], summary="Create or change a team (admin)")
+    async def set_team(name: str, request: Request, user: UserDep) -> dict[str, Any]:
+        if not user.is_admin:
+            raise ApiError(403, "forbidden", "only admins can change teams")
+        if not TEAM_NAME.fullmatch(name):
+            raise ApiError(422, "invalid_request", f"{name!r} is not a team name")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        try:
+            update = TeamUpdate.model_validate(body)
+        except ValidationError as e:
+            raise ApiError(422, "invalid_request", "the team is not valid", _field_errors(e)) from None
+        team = await p.db(p.store.set_team, name, update.changes())
+        p.kick_scheduler.set()  # a raised quota may let jobs run now
+        return team_json(team)
+
     @app.post("/v1/admin/users", status_code=201, tags=["admin"], summary="Create a user and return a token")
     async def create_user(request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from trainyard.model.records import ArtifactRecord, Attempt, Event, Job, Worker
+from trainyard.model.records import ArtifactRecord, Attempt, Event, Job, Team, Worker
 from trainyard.model.states import Priority
 
 _PRIORITY = {p.rank: p.value for p in Priority}
@@ -99,4 +99,17 @@ def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, aliv
         "version": w.version,
         "registered_at": iso(w.registered_at),
         "last_heartbeat": iso(w.last_heartbeat),
+    }
+
+
+def team_json(t: Team) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "weight": t.weight,
+        "quotas": {
+            "cpu": t.cpu_quota,
+            "memory": t.memory_quota,
+            "gpu": t.gpu_quota,
+            "gpu_by_type": dict(t.gpu_type_quotas),
+        },
     }

@@ -14,6 +14,11 @@ teams = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("weight", sa.Float, nullable=False, server_default="1"),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Concurrent limits; NULL: none. gpu_type_quotas: {"a100": 8, ...} on top of gpu_quota.
+    sa.Column("cpu_quota", sa.Float, nullable=True),
+    sa.Column("memory_quota", sa.BigInteger, nullable=True),
+    sa.Column("gpu_quota", sa.Integer, nullable=True),
+    sa.Column("gpu_type_quotas", sa.JSON, nullable=True),
 )
 
 users = sa.Table(

@@ -33,6 +33,7 @@ from trainyard.model.records import (
     LogChunk,
     OutboxRow,
     PendingJobRow,
+    Team,
     User,
     Worker,
 )
@@ -383,6 +384,25 @@ class SqlStore:
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at < now):
             return None
         return User(name=row.name, team=row.team, role=row.role, tier=row.tier)
+
+    def set_team(self, name: str, changes: dict[str, Any]) -> Team:
+        """Create or update a team. ``changes`` holds only what changes: weight, cpu_quota,
+        memory_quota, gpu_quota, gpu_type_quotas (a quota of None removes that limit)."""
+        allowed = {"weight", "cpu_quota", "memory_quota", "gpu_quota", "gpu_type_quotas"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"unknown team fields: {sorted(unknown)}")
+        with self._tx() as conn:
+            self._ensure_team(conn, name)
+            if changes:
+                conn.execute(teams.update().where(teams.c.name == name).values(**changes))
+            row = conn.execute(sa.select(teams).where(teams.c.name == name)).one()
+        self._teams.add(name)
+        return _team(row)
+
+    def list_teams(self) -> list[Team]:
+        with self._read() as conn:
+            return [_team(r) for r in conn.execute(sa.select(teams).order_by(teams.c.name))]
 
     def team_exists(self, name: str) -> bool:
         with self._read() as conn:
@@ -1514,6 +1534,17 @@ class SqlStore:
                 q = sa.select(job_events.c.event_id).where(job_events.c.event_id.in_(chunk))
                 found.update(conn.execute(q).scalars())
         return found
+
+
+def _team(r: sa.Row[Any]) -> Team:
+    return Team(
+        name=r.name,
+        weight=r.weight,
+        cpu_quota=r.cpu_quota,
+        memory_quota=r.memory_quota,
+        gpu_quota=r.gpu_quota,
+        gpu_type_quotas=dict(r.gpu_type_quotas or {}),
+    )
 
 
 def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:

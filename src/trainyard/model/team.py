@@ -1,0 +1,45 @@
+"""What an admin may change about a team: its fair-share weight and its concurrent quotas."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainyard.model.quantity import parse_memory
+
+TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+class TeamUpdate(BaseModel):
+    """A field left out stays as it is; a quota set to null removes that limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(default=1.0, gt=0, le=1000, description="fair-share weight")
+    cpu_quota: float | None = Field(default=None, ge=0, description="concurrent CPUs")
+    memory_quota: int | None = Field(default=None, ge=0, description="concurrent memory, e.g. 512Gi")
+    gpu_quota: int | None = Field(default=None, ge=0, description="concurrent GPUs of any type")
+    gpu_type_quotas: dict[str, int] | None = Field(
+        default=None, description="concurrent GPUs per type, e.g. {a100: 8}"
+    )
+
+    @field_validator("memory_quota", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        return parse_memory(v) if isinstance(v, str) else v
+
+    @field_validator("gpu_type_quotas")
+    @classmethod
+    def _types(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None:
+            for name, n in v.items():
+                if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,31}", name):
+                    raise ValueError(f"{name!r} is not a GPU type label")
+                if n < 0:
+                    raise ValueError(f"the {name} quota must be 0 or more")
+        return v
+
+    def changes(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set}
