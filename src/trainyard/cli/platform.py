@@ -178,6 +178,9 @@ def register(app: typer.Typer) -> None:
         pool: Annotated[str, typer.Option(help="worker pool label")] = "default",
         region: Annotated[str | None, typer.Option(help="region label, e.g. us-east-1")] = None,
         label: Annotated[list[str] | None, typer.Option(help="extra label K=V (repeatable)")] = None,
+        spot: Annotated[
+            bool, typer.Option("--spot", help="spot capacity: only preemptible jobs are placed here")
+        ] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run a worker agent: leases jobs from the control plane and runs them as local processes."""
@@ -208,6 +211,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: --label {item!r} must be K=V", err=True)
                 raise typer.Exit(2)
             labels[k] = v
+        if spot:
+            labels["spot"] = "true"  # the scheduler reads it: preemptible jobs only
         try:
             mem = parse_memory(memory) if memory is not None else None
         except ValueError as e:

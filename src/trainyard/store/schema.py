@@ -57,6 +57,12 @@ jobs = sa.Table(
     sa.Column("gpu", sa.Integer, nullable=False),
     sa.Column("gpu_type", sa.String(32), nullable=True),
     sa.Column("max_runtime", sa.Float, nullable=False),
+    # The spec's scheduling fields as columns: a cycle reads thousands of pending jobs.
+    sa.Column("preemptible", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("replicas", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("region", sa.String(64), nullable=True),
+    sa.Column("require_region", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("data_uris", sa.JSON, nullable=True),
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("spec_hash", sa.String(64), nullable=False),
     sa.Column("idempotency_key", sa.String(256), nullable=True),

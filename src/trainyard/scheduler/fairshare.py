@@ -1,0 +1,126 @@
+"""Weighted Dominant Resource Fairness with a decayed usage history.
+
+A team's *share* is its dominant share: the largest fraction of the cluster's cpu, memory or gpu it
+holds (Ghodsi et al., DRF). Its *fair share* is its weight over the weights of the teams that want
+something (pending or running work), so an idle team's share is lent to the others. Ordering uses
+share plus a decayed history (as Slurm's multifactor priority does), so a team that just ran a lot
+yields to one that did not; preemption decisions use current share only, because history cannot be
+given back by evicting anyone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from trainyard.scheduler.snapshot import ResourceVector, Snapshot, Team
+
+
+def decay_factor(elapsed_s: float, half_life_s: float) -> float:
+    if half_life_s <= 0:
+        return 0.0
+    return math.pow(0.5, max(elapsed_s, 0.0) / half_life_s)
+
+
+def decay(usage: ResourceVector, elapsed_s: float, half_life_s: float) -> ResourceVector:
+    """``usage`` after ``elapsed_s`` of exponential decay with the given half-life."""
+    return usage.scale(decay_factor(elapsed_s, half_life_s))
+
+
+def accumulate(
+    history: ResourceVector, current: ResourceVector, elapsed_s: float, half_life_s: float
+) -> ResourceVector:
+    """Advance an exponentially weighted average of allocation by ``elapsed_s`` at ``current`` use.
+
+    The leader calls this each cycle per team. The result stays in allocation units (cores, bytes,
+    GPUs), so it compares directly with current use: a team that held 8 GPUs for many half-lives
+    has a history of 8 GPUs.
+    """
+    f = decay_factor(elapsed_s, half_life_s)
+    return history.scale(f) + current.scale(1.0 - f)
+
+
+def dominant_share(usage: ResourceVector, capacity: ResourceVector) -> float:
+    share = 0.0
+    if capacity.cpu > 0:
+        share = usage.cpu / capacity.cpu
+    if capacity.memory > 0:
+        share = max(share, usage.memory / capacity.memory)
+    if capacity.gpu > 0:
+        share = max(share, usage.gpu / capacity.gpu)
+    return share
+
+
+def fair_shares(weights: Mapping[str, float], active: Iterable[str]) -> dict[str, float]:
+    """Each active team's entitlement: weight over the active teams' total weight."""
+    names = sorted(set(active))
+    total = sum(max(weights.get(n, 1.0), 0.0) for n in names)
+    if total <= 0:
+        return {n: 1.0 / len(names) for n in names} if names else {}
+    return {n: max(weights.get(n, 1.0), 0.0) / total for n in names}
+
+
+@dataclass(frozen=True, slots=True)
+class TeamShare:
+    """One team's standing, for ``GET /v1/queues`` and the UI."""
+
+    team: str
+    weight: float
+    usage: ResourceVector
+    share: float
+    """Dominant share of current use."""
+    history_share: float
+    """Dominant share of the decayed usage history."""
+    fair_share: float
+    """Entitlement among the teams with demand; 0 for a team with none."""
+    pending: int
+    running: int
+
+    @property
+    def over_share(self) -> bool:
+        return self.share > self.fair_share + 1e-9
+
+
+def capacity_of(snapshot: Snapshot) -> ResourceVector:
+    cpu = mem = gpu = 0.0
+    for w in snapshot.workers:
+        if w.schedulable:
+            cpu += w.cpu
+            mem += w.memory
+            gpu += w.gpu
+    return ResourceVector(cpu, mem, gpu)
+
+
+def team_shares(snapshot: Snapshot) -> dict[str, TeamShare]:
+    """Share against fair share for every team that is configured or has work."""
+    teams: dict[str, Team] = {t.name: t for t in snapshot.teams}
+    usage: dict[str, list[float]] = {}
+    running: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    for r in snapshot.running:
+        u = usage.setdefault(r.team, [0.0, 0.0, 0.0])
+        u[0] += r.cpu
+        u[1] += r.memory
+        u[2] += r.gpu
+        running[r.team] = running.get(r.team, 0) + 1
+    for p in snapshot.pending:
+        pending[p.team] = pending.get(p.team, 0) + 1
+    names = sorted(set(teams) | set(usage) | set(pending))
+    capacity = capacity_of(snapshot)
+    fair = fair_shares({n: teams[n].weight for n in teams}, set(usage) | set(pending))
+    out: dict[str, TeamShare] = {}
+    for n in names:
+        t = teams.get(n, Team(n))
+        u = ResourceVector(*usage.get(n, (0.0, 0.0, 0.0)))
+        out[n] = TeamShare(
+            team=n,
+            weight=t.weight,
+            usage=u,
+            share=dominant_share(u, capacity),
+            history_share=dominant_share(t.usage_history, capacity),
+            fair_share=fair.get(n, 0.0),
+            pending=pending.get(n, 0),
+            running=running.get(n, 0),
+        )
+    return out
