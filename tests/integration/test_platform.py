@@ -181,7 +181,8 @@ def test_unfittable_job_stays_pending_with_reason(c: httpx.Client) -> None:
     job_id = submit(c, ["true"], resources={"gpu": 8, "gpu_type": "a100"})
     job = wait_for(lambda: (j := c.get(f"/v1/jobs/{job_id}").json())["pending_reason"] and j, 10)
     assert job["status"] == "PENDING"
-    assert "largest registered" in job["pending_reason"], job["pending_reason"]
+    assert "no registered worker can ever fit" in job["pending_reason"], job["pending_reason"]
+    assert "8×a100" in job["pending_reason"], job["pending_reason"]
     c.delete(f"/v1/jobs/{job_id}")
 
 

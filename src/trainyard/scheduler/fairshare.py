@@ -95,24 +95,24 @@ def capacity_of(snapshot: Snapshot) -> ResourceVector:
 def team_shares(snapshot: Snapshot) -> dict[str, TeamShare]:
     """Share against fair share for every team that is configured or has work."""
     teams: dict[str, Team] = {t.name: t for t in snapshot.teams}
-    usage: dict[str, list[float]] = {}
+    totals: dict[str, list[float]] = {}
     running: dict[str, int] = {}
     pending: dict[str, int] = {}
     for r in snapshot.running:
-        u = usage.setdefault(r.team, [0.0, 0.0, 0.0])
-        u[0] += r.cpu
-        u[1] += r.memory
-        u[2] += r.gpu
+        acc = totals.setdefault(r.team, [0.0, 0.0, 0.0])
+        acc[0] += r.cpu
+        acc[1] += r.memory
+        acc[2] += r.gpu
         running[r.team] = running.get(r.team, 0) + 1
     for p in snapshot.pending:
         pending[p.team] = pending.get(p.team, 0) + 1
-    names = sorted(set(teams) | set(usage) | set(pending))
+    names = sorted(set(teams) | set(totals) | set(pending))
     capacity = capacity_of(snapshot)
-    fair = fair_shares({n: teams[n].weight for n in teams}, set(usage) | set(pending))
+    fair = fair_shares({n: teams[n].weight for n in teams}, set(totals) | set(pending))
     out: dict[str, TeamShare] = {}
     for n in names:
         t = teams.get(n, Team(n))
-        u = ResourceVector(*usage.get(n, (0.0, 0.0, 0.0)))
+        u = ResourceVector(*totals.get(n, (0.0, 0.0, 0.0)))
         out[n] = TeamShare(
             team=n,
             weight=t.weight,

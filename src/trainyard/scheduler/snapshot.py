@@ -102,6 +102,9 @@ class PendingJob:
     max_runtime_s: float = DAY_S
     attempt: int = 0
     """Fences the lease against a concurrent change of the job; passed through to the placement."""
+    claimed_workers: tuple[str, ...] = ()
+    """Workers where jobs were preempted for this one (``Decisions.claims``, kept by the leader
+    until the job is placed): such a job is considered first, so the freed capacity is its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,7 @@ class SchedulerConfig:
     fair_share_reclaim: bool = True
     max_preemptions_per_cycle: int = 32
     """Evictions are expensive and arrive together; a cap turns a storm into a trickle."""
-    max_preemption_attempts_per_cycle: int = 64
+    max_preemption_attempts_per_cycle: int = 16
     """Bounds the O(workers) victim search per cycle; later jobs try again next cycle."""
     max_reservations: int = 8
     """EASY reserves for the first blocked job; a few more keep one pool's blocked job from

@@ -42,6 +42,9 @@ class Metrics:
             registry=r,
         )
         self.cycle = Histogram("trainyard_scheduler_cycle_seconds", "Scheduler cycle duration", registry=r)
+        self.preemptions = Counter(
+            "trainyard_preemptions", "Running jobs the scheduler told to stop", ["reason"], registry=r
+        )
         self.heartbeats_missed = Counter(
             "trainyard_worker_heartbeats_missed", "Workers declared dead after missing heartbeats", registry=r
         )

@@ -25,13 +25,24 @@ from trainyard.cache.redis_tail import RedisLogTails
 from trainyard.cache.resilient import ResilientCache, ResilientLogTails
 from trainyard.cache.sql import SqlCache
 from trainyard.cache.tiers import parse_tiers, tier_of
-from trainyard.model.records import Job, User, Worker
+from trainyard.model.records import Job, Team, User, Worker
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
 from trainyard.objects.base import ObjectNotFound
 from trainyard.objects.factory import open_object_store
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
-from trainyard.scheduler.placement import JobDemand, WorkerCapacity, schedule
+from trainyard.scheduler.core import decide
+from trainyard.scheduler.fairshare import TeamShare, accumulate
+from trainyard.scheduler.snapshot import (
+    PendingJob,
+    Quota,
+    ResourceVector,
+    RunningJob,
+    SchedulerConfig,
+    Snapshot,
+)
+from trainyard.scheduler.snapshot import Team as SchedTeam
+from trainyard.scheduler.snapshot import Worker as SchedWorker
 from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.leader import leadership_for
@@ -49,6 +60,7 @@ T = TypeVar("T")
 AUTH_CACHE_TTL_S = 5.0
 HEARTBEAT_PERSIST_S = 5.0
 RELAY_BATCH = 1000
+TEAMS_REFRESH_S = 5.0  # how stale the scheduler's copy of team weights and quotas may be
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -121,6 +133,15 @@ class Platform:
         self._worker_tokens: dict[str, tuple[Worker, float]] = {}
         self._auth_cache: dict[str, tuple[User, float]] = {}
         self._reasons: dict[str, str] = {}  # pending reasons as last written
+        self.scheduler_config = SchedulerConfig()
+        self._teams: dict[str, Team] = {}
+        self._teams_read_at = 0.0
+        self._history: dict[str, ResourceVector] = {}  # team -> decayed usage (leader's memory)
+        self._history_at = 0.0
+        self._preempting: dict[str, float] = {}  # job -> when its preempt command was issued
+        self._preempt_queue: list[tuple[Any, str]] = []
+        self.shares: dict[str, TeamShare] = {}
+        self.queue_positions: dict[str, int] = {}
         self.writes = GroupCommit(self.store)
         self._beats_persisted = 0.0
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
@@ -239,6 +260,20 @@ class Platform:
                 if (lease.job_id, lease.attempt) in wanted:
                     msg = pb.LeaseMessage(assignment=self.build_assignment(lease))
                     self.channels.send(note.worker_id, msg)
+        elif note.kind == "preempt":
+            for job_id, attempt in wanted:
+                job = await self.db(self.store.get_job, job_id)
+                if job is not None and job.attempt == attempt and job.status in LIVE and job.lease_token:
+                    msg = pb.LeaseMessage(
+                        command=pb.Command(
+                            kind=pb.Command.PREEMPT,
+                            job_id=job.id,
+                            attempt=job.attempt,
+                            lease_token=job.lease_token,
+                            reason="preempted by the scheduler",
+                        )
+                    )
+                    self.channels.send(note.worker_id, msg)
         elif note.kind == "cancel":
             for job_id, attempt in wanted:
                 job = await self.db(self.store.get_job, job_id)
@@ -344,61 +379,162 @@ class Platform:
         return time.time() - self.leader_since < max(grace, self.settings.restart_grace)
 
     def schedule_once(self) -> list[Lease]:
-        """One scheduler cycle (blocking; run in a thread): snapshot → pure placement → guarded leases."""
+        """One scheduler cycle (blocking; run in a thread): snapshot → pure decisions → guarded
+        leases, and preempt commands queued for ``take_preemptions``."""
         t0 = time.perf_counter()
         now = time.time()
         store = self.store
-        pending = store.pending_jobs(now)
+        pending = store.pending_for_scheduling(now)
         if not pending:
+            self._reasons = {}
             return []
-        used = store.worker_usage()
-        workers = []
-        for w in store.list_workers(include_dead=False):
-            cpu, mem, gpus = used.get(w.id, (0.0, 0, set()))
-            workers.append(
-                WorkerCapacity(
-                    id=w.id,
-                    pool=w.pool,
-                    cpu=w.cpu,
-                    memory=w.memory,
-                    gpu=w.gpu,
-                    gpu_type=w.gpu_type,
-                    used_cpu=cpu,
-                    used_memory=mem,
-                    used_gpus=frozenset(gpus),
-                    schedulable=w.status == "ALIVE" and self._alive(w.id, w.registered_at),
-                )
-            )
-        demands = [
-            JobDemand(
-                id=p.id,
-                priority=p.priority,
-                queued_at=p.queued_at,
-                cpu=p.cpu,
-                memory=p.memory,
-                gpu=p.gpu,
-                gpu_type=p.gpu_type,
-                pool=p.pool,
-                attempt=p.attempt,
-            )
-            for p in pending
-        ]
-        decisions = schedule(demands, workers)
-        leases = store.lease(
-            Placement(a.job_id, a.worker_id, a.gpu_indices, a.attempt) for a in decisions.placements
+        running = store.running_for_scheduling()
+        snapshot = Snapshot(
+            now=now,
+            workers=tuple(self._scheduling_workers()),
+            pending=tuple(_pending_job(r) for r in pending),
+            running=tuple(self._running_job(r, now) for r in running),
+            teams=tuple(self._scheduling_teams(running, now)),
+            config=self.scheduler_config,
         )
+        decisions = decide(snapshot)
+        leases = store.lease(
+            Placement(p.job_id, p.worker_id, p.gpu_indices, p.attempt)
+            for p in decisions.placements
+            if p.rank == 0
+        )
+        by_id = {r.id: r for r in running}
+        for victim in decisions.preemptions:
+            row = by_id.get(victim.job_id)
+            if row is None or victim.job_id in self._preempting:
+                continue
+            self._preempting[victim.job_id] = now
+            log.info(
+                "preempting %s on %s (%s, for %s)",
+                victim.job_id,
+                row.worker_id,
+                victim.reason,
+                victim.for_job,
+            )
+            self._preempt_queue.append((row, f"preempted ({victim.reason}) for job {victim.for_job}"))
+            self.metrics.preemptions.labels(victim.reason).inc()
+        self.shares = decisions.shares
+        self.queue_positions = dict(decisions.queue_position)
         # Write only reasons that changed since the last cycle; most cycles change few.
         changed = {j: r for j, r in decisions.reasons.items() if self._reasons.get(j) != r}
         store.set_pending_reasons(changed)
         self._reasons = dict(decisions.reasons)
-        by_id = {p.id: p for p in pending}
+        placed = {p.id: p for p in pending}
         for lease in leases:
-            p = by_id[lease.job_id]
+            p = placed[lease.job_id]
             self.metrics.wait.labels(p.pool or "default", _PRIORITY_NAMES.get(p.priority, "normal")).observe(
                 max(0.0, now - p.queued_at)
             )
         self.metrics.cycle.observe(time.perf_counter() - t0)
         return leases
+
+    def _scheduling_workers(self) -> list[SchedWorker]:
+        out = []
+        for w in self.store.list_workers(include_dead=False):
+            out.append(
+                SchedWorker(
+                    id=w.id,
+                    cpu=w.cpu,
+                    memory=w.memory,
+                    gpu=w.gpu,
+                    gpu_type=w.gpu_type,
+                    pool=w.pool,
+                    region=w.region,
+                    spot=w.labels.get("spot") == "true",
+                    schedulable=w.status == "ALIVE" and self._alive(w.id, w.registered_at),
+                    labels=dict(w.labels),
+                )
+            )
+        return out
+
+    def _running_job(self, r: Any, now: float) -> RunningJob:
+        started = r.started_at or r.scheduled_at or now
+        preempting = self._preempting.get(r.id)
+        return RunningJob(
+            id=r.id,
+            team=r.team,
+            worker_id=r.worker_id,
+            priority=r.priority,
+            cpu=r.cpu,
+            memory=r.memory,
+            gpu=r.gpu,
+            gpu_indices=tuple(r.gpu_indices),
+            preemptible=r.preemptible,
+            started_at=started,
+            max_runtime_s=r.max_runtime,
+            terminating=r.status == JobStatus.CANCELLING.value or preempting is not None,
+        )
+
+    def _scheduling_teams(self, running: list[Any], now: float) -> list[SchedTeam]:
+        """Teams with their quotas and a usage history decayed with the configured half-life (kept by
+        the leader in memory: a new leader starts the history afresh)."""
+        if now - self._teams_read_at > TEAMS_REFRESH_S:
+            self._teams = {t.name: t for t in self.store.list_teams()}
+            self._teams_read_at = now
+        current: dict[str, ResourceVector] = {}
+        for r in running:
+            current[r.team] = current.get(r.team, ResourceVector()) + ResourceVector(r.cpu, r.memory, r.gpu)
+        elapsed = now - self._history_at if self._history_at else 0.0
+        self._history_at = now
+        half_life = self.scheduler_config.half_life_s
+        for name in set(self._history) | set(current):
+            self._history[name] = accumulate(
+                self._history.get(name, ResourceVector()),
+                current.get(name, ResourceVector()),
+                elapsed,
+                half_life,
+            )
+        out = []
+        for name in set(self._teams) | set(current):
+            t = self._teams.get(name)
+            quota = None
+            if t is not None and (
+                t.cpu_quota is not None
+                or t.memory_quota is not None
+                or t.gpu_quota is not None
+                or t.gpu_type_quotas
+            ):
+                quota = Quota(
+                    cpu=t.cpu_quota,
+                    memory=t.memory_quota,
+                    gpu=t.gpu_quota,
+                    gpu_by_type=dict(t.gpu_type_quotas),
+                )
+            out.append(
+                SchedTeam(
+                    name=name,
+                    weight=t.weight if t is not None else 1.0,
+                    quota=quota,
+                    usage_history=self._history.get(name, ResourceVector()),
+                )
+            )
+        return out
+
+    def take_preemptions(self) -> list[WorkerNote]:
+        """Send the preempt commands of the last cycles; notes for workers on other replicas."""
+        notes = []
+        while self._preempt_queue:
+            row, reason = self._preempt_queue.pop(0)
+            msg = pb.LeaseMessage(
+                command=pb.Command(
+                    kind=pb.Command.PREEMPT,
+                    job_id=row.id,
+                    attempt=row.attempt,
+                    lease_token=row.lease_token or "",
+                    reason=reason,
+                )
+            )
+            if not self.channels.send(row.worker_id, msg):
+                notes.append(WorkerNote(row.worker_id, "preempt", ((row.id, row.attempt),)))
+        # A victim that has not stopped within the grace (plus slack) may be chosen and told again.
+        horizon = time.time() - (self.settings.cancel_grace + 3 * self.settings.heartbeat_interval + 10)
+        self._preempting = {j: t for j, t in self._preempting.items() if t > horizon}
+        return notes
 
     def dispatch(self, leases: list[Lease]) -> list[WorkerNote]:
         """Send each lease down its worker's stream; the leases of workers connected to another
@@ -514,6 +650,30 @@ class Platform:
             "pending_by_pool": pending,
             "outbox_lag": self.store.outbox_lag(),
         }
+
+
+def _pending_job(r: Any) -> PendingJob:
+    return PendingJob(
+        id=r.id,
+        team=r.team,
+        user=r.user_name,
+        priority=r.priority,
+        queued_at=r.queued_at,
+        cpu=r.cpu,
+        memory=r.memory,
+        gpu=r.gpu,
+        gpu_type=r.gpu_type,
+        pool=r.pool,
+        region=r.region,
+        require_region=r.require_region,
+        data_uris=tuple(r.data_uris or ()),
+        preemptible=r.preemptible,
+        # Gangs are placed by the scheduler core, but the store runs one process per job so far:
+        # until attempts carry ranks, a job is scheduled as its first replica (as before).
+        replicas=1,
+        max_runtime_s=r.max_runtime,
+        attempt=r.attempt,
+    )
 
 
 def _cancel_message(job: Job, reason: str) -> pb.LeaseMessage:

@@ -120,7 +120,7 @@ async def serve(
             return
         t0 = time.monotonic()
         leases = await asyncio.to_thread(platform.schedule_once)
-        notes = platform.dispatch(leases)
+        notes = platform.dispatch(leases) + platform.take_preemptions()
         if notes:
             await asyncio.to_thread(platform.notifier.send, notes)
         # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and

@@ -772,6 +772,67 @@ class SqlStore:
                 PendingJobRow(*r) for r in conn.execute(_SELECT_PENDING, {"p_now": now, "p_limit": limit})
             ]
 
+    def pending_for_scheduling(self, now: float, limit: int = 50_000) -> list[sa.Row[Any]]:
+        """Pending jobs with every field the scheduler weighs (columns only: no spec parsing)."""
+        q = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.team,
+                jobs.c.user_name,
+                jobs.c.priority,
+                jobs.c.queued_at,
+                jobs.c.cpu,
+                jobs.c.memory,
+                jobs.c.gpu,
+                jobs.c.gpu_type,
+                jobs.c.pool,
+                jobs.c.region,
+                jobs.c.require_region,
+                jobs.c.data_uris,
+                jobs.c.preemptible,
+                jobs.c.replicas,
+                jobs.c.max_runtime,
+                jobs.c.attempt,
+            )
+            .where(jobs.c.status == JobStatus.PENDING.value)
+            .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return list(conn.execute(q))
+
+    def running_for_scheduling(self) -> list[sa.Row[Any]]:
+        """Every live attempt with what it holds and what losing it would cost (for preemption)."""
+        q = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.team,
+                jobs.c.worker_id,
+                jobs.c.priority,
+                jobs.c.cpu,
+                jobs.c.memory,
+                jobs.c.gpu,
+                job_attempts.c.gpu_indices,
+                jobs.c.preemptible,
+                jobs.c.started_at,
+                job_attempts.c.scheduled_at,
+                jobs.c.max_runtime,
+                jobs.c.status,
+                jobs.c.attempt,
+                jobs.c.lease_token,
+            )
+            .select_from(
+                jobs.join(
+                    job_attempts,
+                    sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt),
+                )
+            )
+            .where(jobs.c.status.in_(_LIVE_NAMES))
+        )
+        with self._read() as conn:
+            return list(conn.execute(q))
+
     def worker_usage(self) -> dict[str, tuple[float, int, set[int]]]:
         """What live attempts hold on each worker: (cpu, memory, GPU indices). Aggregated in SQL,
         so a scheduler cycle reads one row per busy worker, not one per running job."""

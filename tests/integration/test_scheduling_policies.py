@@ -1,0 +1,77 @@
+"""Scheduler v2 on the real platform: team quotas hold, and an urgent job preempts a preemptible one
+(SIGTERM, requeued as PREEMPTED without using a try) when nothing else would make it fit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.harness import ControlPlane, platform, wait_for, wait_status
+
+DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    args = ("--gpus", "4", "--gpu-type", "a100", "--cpus", "8", "--memory", "8Gi")
+    with platform(tmp_path_factory.mktemp("policies"), agents=1, agent_args=args) as (cp, _):
+        yield cp
+
+
+def gpu_job(c: httpx.Client, gpus: int, **spec: object) -> str:
+    body = {"command": ["sleep", "300"], "resources": {"cpu": 0.5, "memory": "64Mi", "gpu": gpus}, **spec}
+    r = c.post("/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_team_gpu_quota_is_never_exceeded(cp: ControlPlane) -> None:
+    with cp.client() as admin:
+        assert admin.put("/v1/admin/teams/vision", json={"gpu_quota": 2}).status_code == 200
+        token = admin.post("/v1/admin/users", json={"name": "vera", "team": "vision"}).json()["token"]
+        with cp.client(token) as c:
+            jobs = [gpu_job(c, 1) for _ in range(3)]
+            wait_for(lambda: sum(c.get(f"/v1/jobs/{j}").json()["status"] == "RUNNING" for j in jobs) == 2, 20)
+            waiting = next(j for j in jobs if c.get(f"/v1/jobs/{j}").json()["status"] == "PENDING")
+            reason = wait_for(lambda: c.get(f"/v1/jobs/{waiting}").json()["pending_reason"], 10)
+            assert "quota" in reason and "vision" in reason, reason
+            # Raising the quota lets it run.
+            assert admin.put("/v1/admin/teams/vision", json={"gpu_quota": 3}).status_code == 200
+            wait_status(c, waiting, {"RUNNING"}, 20)
+            for j in jobs:
+                c.delete(f"/v1/jobs/{j}")
+            for j in jobs:
+                wait_status(c, j, DONE, 20)
+
+
+def test_urgent_job_preempts_a_preemptible_one(cp: ControlPlane) -> None:
+    with cp.client() as c:
+        victim = gpu_job(c, 4, priority="low", preemptible=True, name="victim")
+        wait_status(c, victim, {"RUNNING"}, 20)
+        urgent = gpu_job(c, 4, priority="urgent", name="urgent")
+        wait_status(c, urgent, {"RUNNING"}, 30)
+        v = c.get(f"/v1/jobs/{victim}").json()
+        assert v["status"] == "PENDING", v
+        assert v["attempts"][0]["status"] == "PREEMPTED", v["attempts"]
+        assert "preempted" in (v["attempts"][0]["reason"] or ""), v["attempts"][0]
+        # A preemption uses no try: the job may run again when the GPUs free up.
+        c.delete(f"/v1/jobs/{urgent}")
+        assert wait_status(c, victim, {"RUNNING"}, 30)["attempt"] == 2
+        c.delete(f"/v1/jobs/{victim}")
+        wait_status(c, victim, DONE, 20)
+
+
+def test_non_preemptible_jobs_are_not_preempted(cp: ControlPlane) -> None:
+    with cp.client() as c:
+        steady = gpu_job(c, 4, priority="low", name="steady")
+        wait_status(c, steady, {"RUNNING"}, 20)
+        urgent = gpu_job(c, 4, priority="urgent", name="urgent-2")
+        reason = wait_for(lambda: c.get(f"/v1/jobs/{urgent}").json()["pending_reason"], 10)
+        assert c.get(f"/v1/jobs/{steady}").json()["status"] == "RUNNING"
+        assert c.get(f"/v1/jobs/{urgent}").json()["status"] == "PENDING", reason
+        for j in (steady, urgent):
+            c.delete(f"/v1/jobs/{j}")
+        for j in (steady, urgent):
+            wait_status(c, j, DONE, 20)
