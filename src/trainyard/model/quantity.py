@@ -46,6 +46,14 @@ def format_memory(n: int) -> str:
     return str(n)
 
 
+def human_memory(n: int | float) -> str:
+    """A readable size for messages (23.5Gi), where format_memory is exact (24684092Ki)."""
+    for unit, size in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if n >= size:
+            return f"{n / size:.1f}".rstrip("0").rstrip(".") + unit
+    return f"{int(n)}"
+
+
 def parse_duration(value: str | int | float) -> float:
     """Seconds from ``30s``, ``2h``, ``1h30m``, ``90`` (plain numbers are seconds)."""
     if isinstance(value, bool):

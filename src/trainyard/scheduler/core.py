@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trainyard.model.quantity import format_memory
+from trainyard.model.quantity import format_memory, human_memory
 from trainyard.scheduler.fairshare import TeamShare, dominant_share, team_shares
 from trainyard.scheduler.snapshot import (
     PendingJob,
@@ -147,7 +147,7 @@ def _describe(job: PendingJob) -> str:
 
 
 def _amount(label: str, v: float) -> str:
-    return format_memory(int(v)) if label == "memory" else f"{v:g}"
+    return human_memory(v) if label == "memory" else f"{v:g}"
 
 
 @dataclass(slots=True)
@@ -657,7 +657,7 @@ class _Cycle:
             cpu, mem, gpu = max(shapes, key=lambda s: (s[2], s[0], s[1]))
             return (
                 f"{prefix}needs {_describe(job)} on one worker; the largest is {cpu:g} cpu, "
-                f"{format_memory(mem)} memory, {gpu} gpu"
+                f"{human_memory(mem)} memory, {gpu} gpu"
             )
         if job.replicas > 1:
             slots = self._slots(groups, job)

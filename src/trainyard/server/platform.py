@@ -140,6 +140,7 @@ class Platform:
         self._history_at = 0.0
         self._preempting: dict[str, float] = {}  # job -> when its preempt command was issued
         self._preempt_queue: list[tuple[Any, str]] = []
+        self._claims: dict[str, tuple[str, ...]] = {}  # job -> workers held for it (see schedule_once)
         self.shares: dict[str, TeamShare] = {}
         self.queue_positions: dict[str, int] = {}
         self.writes = GroupCommit(self.store)
@@ -392,12 +393,17 @@ class Platform:
         snapshot = Snapshot(
             now=now,
             workers=tuple(self._scheduling_workers()),
-            pending=tuple(_pending_job(r) for r in pending),
+            pending=tuple(_pending_job(r, self._claims.get(r.id, ())) for r in pending),
             running=tuple(self._running_job(r, now) for r in running),
             teams=tuple(self._scheduling_teams(running, now)),
             config=self.scheduler_config,
         )
         decisions = decide(snapshot)
+        # A job that preempted others holds the workers it freed until it is placed; otherwise the
+        # requeued victim would take them back and be evicted again, forever.
+        placed_ids = {p.job_id for p in decisions.placements}
+        waiting = {r.id for r in pending} - placed_ids
+        self._claims = {j: w for j, w in {**self._claims, **decisions.claims}.items() if j in waiting}
         leases = store.lease(
             Placement(p.job_id, p.worker_id, p.gpu_indices, p.attempt)
             for p in decisions.placements
@@ -652,7 +658,7 @@ class Platform:
         }
 
 
-def _pending_job(r: Any) -> PendingJob:
+def _pending_job(r: Any, claimed: tuple[str, ...]) -> PendingJob:
     return PendingJob(
         id=r.id,
         team=r.team,
@@ -673,6 +679,7 @@ def _pending_job(r: Any) -> PendingJob:
         replicas=1,
         max_runtime_s=r.max_runtime,
         attempt=r.attempt,
+        claimed_workers=claimed,
     )
 
 
