@@ -9,6 +9,7 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   spawn_floor                    bare rate this machine starts and reaps `true` from Python (jobs/s)
   status_reads_{postgres,redis}  GET /v1/jobs/{id} from 16 concurrent clients (reads/s; latency ms)
   relay_throughput, event_latency_replicas: see bench/backends.py
+  scheduler_cycle                one scheduling decision, 10k pending x 2k workers (ms): bench/scheduler.py
 """
 
 from __future__ import annotations
@@ -394,8 +395,9 @@ def main() -> int:
         ):
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
     from backends import event_latency_replicas, relay_throughput
+    from scheduler import scheduler_cycle
 
-    for extra in (relay_throughput, event_latency_replicas):
+    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
 

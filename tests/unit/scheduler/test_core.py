@@ -349,7 +349,7 @@ def test_gang_reservation_spans_workers_and_starts_when_the_last_frees() -> None
 
 
 def test_same_snapshot_same_decisions_whatever_the_input_order() -> None:
-    from tests.unit.scheduler.synth import snapshot
+    from trainyard.scheduler.synthetic import snapshot
 
     s = snapshot(400, 60, seed=3)
     rng = random.Random(1)
@@ -365,7 +365,7 @@ def test_same_snapshot_same_decisions_whatever_the_input_order() -> None:
 
 
 def test_every_unplaced_job_has_a_reason_and_a_position() -> None:
-    from tests.unit.scheduler.synth import snapshot
+    from trainyard.scheduler.synthetic import snapshot
 
     s = snapshot(300, 40, seed=5)
     d = decide(s)

@@ -1,4 +1,4 @@
-"""Synthetic snapshots at a chosen scale, shared by the tests and the speed measurement."""
+"""Synthetic snapshots at a chosen scale, shared by the tests and the benchmark (bench/scheduler.py)."""
 
 from __future__ import annotations
 
