@@ -124,8 +124,9 @@ async def serve(
         if notes:
             await asyncio.to_thread(platform.notifier.send, notes)
         # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
-        # a long queue (a slow cycle) cannot keep the scheduler thread busy all the time.
-        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 2 * (time.monotonic() - t0)))
+        # a long queue (a slow cycle) keeps the scheduler thread (and the GIL) busy a fifth of the time
+        # at most.
+        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 4 * (time.monotonic() - t0)))
 
     async def reconcile_step() -> None:
         if not leading.is_set():
