@@ -246,21 +246,3 @@ def test_teams_weight_and_quotas(cp: ControlPlane, c: httpx.Client) -> None:
     with cp.client(user) as cu:
         assert cu.put("/v1/admin/teams/vision", json={"weight": 9}).status_code == 403
         assert any(t["name"] == "vision" for t in cu.get("/v1/teams").json()["teams"])
-
-
-def test_pending_jobs_show_their_place_in_the_team_queue(cp: ControlPlane, c: httpx.Client) -> None:
-    token = c.post("/v1/admin/users", json={"name": "pia", "team": "queue-test"}).json()["token"]
-    with cp.client(token) as cu:
-        ids = [
-            cu.post("/v1/jobs", json={"command": ["true"], "pool": "none-such", "priority": prio}).json()[
-                "id"
-            ]
-            for prio in ("normal", "normal", "high")
-        ]
-        positions = [cu.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids]
-        assert positions == [2, 3, 1]  # priority first, then age, within the team
-        cu.delete(f"/v1/jobs/{ids[2]}")
-        assert [cu.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids[:2]] == [1, 2]
-        assert cu.get(f"/v1/jobs/{ids[2]}").json().get("queue_position") is None
-        for i in ids[:2]:
-            cu.delete(f"/v1/jobs/{i}")

@@ -245,8 +245,6 @@ def get(
     ]
     if job.get("status") == "PENDING":
         pairs.append(("Pending", cell(job.get("pending_reason"))))
-        if job.get("queue_position"):
-            pairs.append(("Queue position", f"{job['queue_position']} in team {job.get('team')}"))
     out.print_fields(pairs)
     attempts = job.get("attempts") or []
     if attempts:

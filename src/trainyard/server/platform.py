@@ -198,20 +198,13 @@ class Platform:
         """GET /v1/jobs/{id}: from the status cache when it holds the job, else from the store (and
         cached for the next reader). The cache is invalidated after every commit that changes a job."""
         if not self.status_cache:
-            return await self._view(await self.visible_job(user, job_id))
+            return job_json(await self.visible_job(user, job_id))
         cached, ticket = self.cache.get_status(job_id)
         if cached is not None and (user.is_admin or cached.get("team") == user.team):
             return cached
         job = await self.visible_job(user, job_id)
-        view = await self._view(job)
-        if job.status is not JobStatus.PENDING:  # a queue position moves without any commit to the job
-            self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
-        return view
-
-    async def _view(self, job: Job) -> dict[str, Any]:
         view = job_json(job)
-        if job.status is JobStatus.PENDING:
-            view["queue_position"] = await self.db(self.store.queue_position, job)
+        self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
         return view
 
     def _check_rate(self, user: User) -> None:

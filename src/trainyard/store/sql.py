@@ -772,21 +772,6 @@ class SqlStore:
                 PendingJobRow(*r) for r in conn.execute(_SELECT_PENDING, {"p_now": now, "p_limit": limit})
             ]
 
-    def queue_position(self, job: Job) -> int | None:
-        """1 + the pending jobs of the job's team ahead of it (higher priority, then older): its place
-        in its team's queue, read from the database so every replica answers alike."""
-        if job.status is not JobStatus.PENDING:
-            return None
-        ahead = sa.or_(
-            jobs.c.priority > job.priority,
-            sa.and_(jobs.c.priority == job.priority, jobs.c.queued_at < job.queued_at),
-        )
-        q = sa.select(sa.func.count()).where(
-            jobs.c.status == JobStatus.PENDING.value, jobs.c.team == job.team, ahead
-        )
-        with self._read() as conn:
-            return int(conn.execute(q).scalar_one()) + 1
-
     def pending_for_scheduling(self, now: float, limit: int = 50_000) -> list[sa.Row[Any]]:
         """Pending jobs with every field the scheduler weighs (columns only: no spec parsing)."""
         q = (
