@@ -263,7 +263,7 @@ def test_backoff_delays_the_retry(store: SqlStore) -> None:
     finish(store, job.id, attempt, token, wid, AttemptOutcome.FAILED, 1)
     j = store.get_job(job.id)
     assert j is not None and j.not_before is not None and j.not_before > j.updated_at + 1700
-    assert store.pending_jobs(now=j.updated_at) == []
+    assert store.pending_for_scheduling(now=j.updated_at) == []
     assert store.lease([Placement(job.id, wid, (), j.attempt)]) == []
 
 

@@ -152,19 +152,3 @@ class LiveAttempt:
     memory: int
     gpu_indices: tuple[int, ...]
     scheduled_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class PendingJobRow:
-    id: str
-    team: str
-    user: str
-    priority: int
-    pool: str | None
-    cpu: float
-    memory: int
-    gpu: int
-    gpu_type: str | None
-    queued_at: float
-    created_at: float
-    attempt: int

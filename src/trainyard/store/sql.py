@@ -32,7 +32,6 @@ from trainyard.model.records import (
     LiveAttempt,
     LogChunk,
     OutboxRow,
-    PendingJobRow,
     Team,
     User,
     Worker,
@@ -75,42 +74,6 @@ _INSERT_OUTBOX = outbox.insert()
 _INSERT_ATTEMPT = job_attempts.insert()
 _UPDATE_ATTEMPT = job_attempts.update().where(
     job_attempts.c.job_id == sa.bindparam("a_job"), job_attempts.c.number == sa.bindparam("a_number")
-)
-
-
-_SELECT_PENDING = (
-    sa.select(
-        jobs.c.id,
-        jobs.c.team,
-        jobs.c.user_name,
-        jobs.c.priority,
-        jobs.c.pool,
-        jobs.c.cpu,
-        jobs.c.memory,
-        jobs.c.gpu,
-        jobs.c.gpu_type,
-        jobs.c.queued_at,
-        jobs.c.created_at,
-        jobs.c.attempt,
-    )
-    .where(jobs.c.status == JobStatus.PENDING.value)
-    .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("p_now")))
-    .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
-    .limit(sa.bindparam("p_limit"))
-)
-_SELECT_USAGE = (
-    sa.select(jobs.c.worker_id, sa.func.sum(jobs.c.cpu), sa.func.sum(jobs.c.memory))
-    .where(jobs.c.status.in_(_LIVE_NAMES))
-    .group_by(jobs.c.worker_id)
-)
-_SELECT_GPU_HOLDERS = (
-    sa.select(job_attempts.c.worker_id, job_attempts.c.gpu_indices)
-    .select_from(
-        jobs.join(
-            job_attempts, sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt)
-        )
-    )
-    .where(jobs.c.status.in_(_LIVE_NAMES), jobs.c.gpu > 0)
 )
 
 
@@ -766,12 +729,6 @@ class SqlStore:
             )
 
     # ---- scheduling ----------------------------------------------------------------------------
-    def pending_jobs(self, now: float, limit: int = 10000) -> list[PendingJobRow]:
-        with self._read() as conn:
-            return [
-                PendingJobRow(*r) for r in conn.execute(_SELECT_PENDING, {"p_now": now, "p_limit": limit})
-            ]
-
     def pending_for_scheduling(self, now: float, limit: int = 50_000) -> list[sa.Row[Any]]:
         """Pending jobs with every field the scheduler weighs (columns only: no spec parsing)."""
         q = (
@@ -832,17 +789,6 @@ class SqlStore:
         )
         with self._read() as conn:
             return list(conn.execute(q))
-
-    def worker_usage(self) -> dict[str, tuple[float, int, set[int]]]:
-        """What live attempts hold on each worker: (cpu, memory, GPU indices). Aggregated in SQL,
-        so a scheduler cycle reads one row per busy worker, not one per running job."""
-        with self._read() as conn:
-            usage: dict[str, tuple[float, int, set[int]]] = {
-                r[0]: (float(r[1]), int(r[2]), set()) for r in conn.execute(_SELECT_USAGE)
-            }
-            for worker_id, gpus in conn.execute(_SELECT_GPU_HOLDERS):
-                usage.setdefault(worker_id, (0.0, 0, set()))[2].update(gpus)
-        return usage
 
     def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
         q = (
