@@ -418,6 +418,10 @@ def create_app(p: Platform) -> FastAPI:
                     yield _sse_event("job_event", json.dumps(event_json(e)), e.id)
                 current = await p.db(p.store.get_job, job.id)
                 if current is None or current.status in TERMINAL:
+                    # The job may have finished between the two reads: its last events first.
+                    for e in await p.db(p.store.job_events, job.id, last):
+                        last = e.id
+                        yield _sse_event("job_event", json.dumps(event_json(e)), e.id)
                     yield _sse_event("end", json.dumps({"status": current.status.value if current else None}))
                     return
                 # The bus is a hint to re-read; a 15 s poll covers a missed one and keeps the stream alive.
