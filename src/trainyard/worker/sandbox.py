@@ -1,0 +1,148 @@
+"""The bubblewrap sandbox a job runs in: what it sees, what it may write, which namespaces it gets.
+
+The job sees the node's file system read-only (its interpreters and libraries are where they are on
+the node), with:
+
+- its own PID namespace (a fresh /proc: it sees and can signal only its own processes), IPC namespace
+  (System V and POSIX shared memory of its own), mount namespace, and no capabilities (it cannot
+  undo any of the mounts below); no network but loopback when the job or the worker says so;
+- a private, empty /tmp, /var/tmp, /run and a minimal /dev (plus exactly the job's GPUs);
+- the worker's protected directories (its work directory with every attempt's files, the platform
+  home with the database, tokens and credentials) replaced by empty directories;
+- writable: only the job's own checkpoint, artifact and work directories, the data cache, and the
+  submit directory it was started in (``cwd``: the user's own directory, Slurm's convention) unless
+  that is a system directory;
+- the agent's own installation read-only even when it lies inside the job's submit directory.
+
+Pure argv construction: ``bwrap_argv`` runs nothing, so every rule is unit-testable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSTEM_DIRS: tuple[str, ...] = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/usr",
+    "/var",
+)
+"""A submit directory in (or equal to) one of these, or ``/`` itself, stays read-only."""
+
+PRIVATE_TMPFS: tuple[str, ...] = ("/tmp", "/var/tmp", "/run")
+"""Empty and private per job. /run also holds the node's daemon sockets (docker.sock and the like):
+a read-only mount does not stop connect(2) on a unix socket, an empty /run does."""
+
+KEEP_IN_RUN: tuple[str, ...] = ("/run/systemd/resolve",)
+"""Put back read-only over the private /run: /etc/resolv.conf points here on systemd-resolved nodes."""
+
+GPU_SHARED_DEVICES: tuple[str, ...] = (
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia-modeset",
+)
+
+
+class SandboxRefused(Exception):
+    """The job asks for something the sandbox must not grant (a working directory it must not see)."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    command: Sequence[str]
+    cwd: Path
+    writable: Sequence[Path]
+    """The job's own directories (checkpoints, artifacts, work), the data cache."""
+    readonly: Sequence[Path] = ()
+    """Job inputs inside protected directories (the unpacked checkpoint it resumes from)."""
+    protected: Sequence[Path] = ()
+    """Hidden from the job: the worker's work directory, the platform home."""
+    agent_install: Sequence[Path] = ()
+    """Read-only even where a writable directory contains them (the agent's venv and package)."""
+    network: bool = True
+    gpu_indices: Sequence[int] = ()
+    extra_devices: Sequence[str] = field(default_factory=tuple)
+
+
+def _within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _real(p: Path) -> Path:
+    # bwrap mounts real paths; a symlinked work dir would otherwise be bound at the link's target
+    # while the job was told the link's path.
+    return Path(os.path.realpath(p))
+
+
+def cwd_is_writable(cwd: Path) -> bool:
+    s = str(cwd)
+    return s != "/" and not any(s == d or s.startswith(d + "/") for d in SYSTEM_DIRS)
+
+
+def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
+    """The bwrap command line that runs ``spec.command`` in the sandbox. Later mounts win, so the
+    order is: the node read-only, private dirs, the submit directory, protected dirs hidden, the
+    job's own directories, the agent's installation read-only again."""
+    cwd = _real(spec.cwd)
+    protected = [_real(p) for p in spec.protected]
+    writable = [_real(p) for p in spec.writable]
+    own = [w for w in writable if _within(cwd, w)]
+    for p in protected:
+        if _within(cwd, p) and not own:
+            raise SandboxRefused(
+                f"working directory {spec.cwd} is inside the worker's protected directory {p}"
+            )
+    argv = [
+        bwrap,
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-ipc",
+    ]
+    if not spec.network:
+        argv.append("--unshare-net")
+    # Root in the sandbox keeps uid 0 but no capability: it cannot remount, unmount, ptrace the
+    # agent, load modules or bypass file permissions of other users. bwrap also sets no_new_privs.
+    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    if spec.gpu_indices:
+        # Only the job's GPUs exist in its /dev: CUDA_VISIBLE_DEVICES is a hint a job can change.
+        for d in (*GPU_SHARED_DEVICES, *(f"/dev/nvidia{i}" for i in spec.gpu_indices)):
+            argv += ["--dev-bind-try", d, d]
+    for d in spec.extra_devices:
+        argv += ["--dev-bind-try", d, d]
+    for d in PRIVATE_TMPFS:
+        argv += ["--tmpfs", d]
+    for d in KEEP_IN_RUN:
+        argv += ["--ro-bind-try", d, d]
+    if not own and cwd_is_writable(cwd):
+        argv += ["--bind", str(cwd), str(cwd)]
+    for p in protected:
+        if p.is_dir():
+            argv += ["--tmpfs", str(p)]
+        elif p.exists():
+            argv += ["--ro-bind", "/dev/null", str(p)]
+    for w in writable:
+        argv += ["--bind", str(w), str(w)]
+    for r in spec.readonly:
+        argv += ["--ro-bind", str(_real(r)), str(_real(r))]
+    for a in spec.agent_install:
+        a = _real(a)
+        if any(_within(a, w) for w in [cwd, *writable]):
+            argv += ["--ro-bind", str(a), str(a)]
+    argv += ["--chdir", str(cwd), "--", *spec.command]
+    return argv
