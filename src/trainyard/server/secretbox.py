@@ -1,0 +1,41 @@
+"""Team secrets at rest: AES-256-GCM with the secret's team and name as associated data, so a
+ciphertext copied onto another team's or name's row does not decrypt (the database alone, or a
+write to it, gives away no value)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_VERSION = "v1:"  # room for a key rotation: a new version names a new key
+_NONCE = 12
+
+
+class SecretUnreadable(Exception):
+    """The stored value does not decrypt with this key (another key, or a tampered row)."""
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, team: str, name: str, value: str) -> str:
+        nonce = os.urandom(_NONCE)
+        sealed = self._aead.encrypt(nonce, value.encode(), _aad(team, name))
+        return _VERSION + base64.b64encode(nonce + sealed).decode()
+
+    def open(self, team: str, name: str, ciphertext: str) -> str:
+        if not ciphertext.startswith(_VERSION):
+            raise SecretUnreadable(f"secret {team}/{name}: unknown format")
+        try:
+            raw = base64.b64decode(ciphertext[len(_VERSION) :], validate=True)
+            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(team, name)).decode()
+        except (InvalidTag, ValueError) as e:
+            raise SecretUnreadable(f"secret {team}/{name} does not decrypt with this key") from e
+
+
+def _aad(team: str, name: str) -> bytes:
+    return f"trainyard-secret\0{team}\0{name}".encode()
