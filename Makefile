@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up install test lint typecheck proto proto-check unit contract integration e2e bench clean
+.PHONY: up install sandbox browser test lint typecheck proto proto-check unit contract integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,6 +13,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# System packages the tests need, installed only if missing (as root, from Debian; a stale package
+# index is refreshed once). `make up` needs neither: without bwrap, workers say what isolation they
+# could not apply and run jobs anyway (best-effort).
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+# Job isolation sandboxes jobs with bubblewrap (`yard worker --isolation`).
+sandbox:
+	@command -v bwrap >/dev/null || $(APT) bubblewrap || (apt-get update && $(APT) bubblewrap)
+
+# The browser tests drive Debian's Chromium (Playwright never downloads one).
+browser:
+	@test -x /usr/bin/chromium || $(APT) chromium || (apt-get update && $(APT) chromium)
 
 ## make up: install and run the whole platform on its embedded defaults (Ctrl-C stops it)
 up: install
@@ -32,7 +44,7 @@ typecheck: install
 	$(BIN)/mypy
 
 ## make test: install and run everything CI runs (stub freshness, lint, types, all tests)
-test: install proto-check lint typecheck
+test: install sandbox browser proto-check lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 unit: install
@@ -41,10 +53,10 @@ unit: install
 contract: install
 	$(BIN)/pytest -q tests/contract
 
-integration: install
+integration: install sandbox
 	$(BIN)/pytest -q tests/integration
 
-e2e: install
+e2e: install browser
 	$(BIN)/pytest -q tests/e2e
 
 ## make bench: measure and print a table; writes bench/results.json

@@ -10,6 +10,7 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   status_reads_{postgres,redis}  GET /v1/jobs/{id} from 16 concurrent clients (reads/s; latency ms)
   relay_throughput, event_latency_replicas: see bench/backends.py
   scheduler_cycle                one scheduling decision, 10k pending x 2k workers (ms): bench/scheduler.py
+  ui_latency                     worker's status report → browser DOM, p99 of 50 (ms): bench/ui_latency.py
 """
 
 from __future__ import annotations
@@ -396,8 +397,9 @@ def main() -> int:
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
     from backends import event_latency_replicas, relay_throughput
     from scheduler import scheduler_cycle
+    from ui_latency import ui_latency
 
-    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle):
+    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle, ui_latency):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
 

@@ -114,7 +114,11 @@ class Agent:
     """A real `yard worker` process."""
 
     def __init__(
-        self, cp: ControlPlane, name: str, *args: str, extra_env: Mapping[str, str | None] | None = None
+        self,
+        cp: ControlPlane | ServerProcess,
+        name: str,
+        *args: str,
+        extra_env: Mapping[str, str | None] | None = None,
     ) -> None:
         self.name = name
         self.log = cp.home / f"agent-{name}.log"
@@ -210,10 +214,21 @@ class ServerProcess:
             "TRAINYARD_GRPC_PORT": str(self.grpc_port),
             **env,
         }
+        self._env = full
+        self._spawn()
+
+    def _spawn(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [*YARD, "server"], stdout=out, stderr=subprocess.STDOUT, env=full, start_new_session=True
+                [*YARD, "server"], stdout=out, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
             )
+
+    def restart(self) -> ServerProcess:
+        """Start it again on the same ports and home (after ``kill``), as a supervisor would."""
+        if self.proc.poll() is None:
+            raise AssertionError("restart() needs the server to be down first")
+        self._spawn()
+        return self
 
     @property
     def url(self) -> str:

@@ -44,16 +44,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
+from trainyard.worker import datacache
+
 __all__ = [
     "METRIC_PREFIX",
     "artifact_dir",
     "attempt",
     "checkpoint_dir",
+    "dataset_dir",
     "install_preemption_handler",
     "job_id",
     "latest_checkpoint",
     "load_checkpoint",
     "log_metric",
+    "mark_cached",
     "preempted",
     "resume_from",
     "save_checkpoint",
@@ -111,6 +115,27 @@ def resume_from() -> Path | None:
         return None
     path = Path(raw)
     return path if path.exists() else None
+
+
+# --- the worker's data cache -----------------------------------------------------------------
+
+
+def dataset_dir(uri: str) -> tuple[Path, bool]:
+    """Where to keep ``uri``'s data on this worker, and whether it is already there (complete).
+
+    Under the platform the directory is in the worker's data cache (``TRAINYARD_DATA_CACHE``), so
+    it outlives this job and the scheduler sends later jobs reading ``uri`` here; elsewhere it is
+    ``./data-cache``. Fill it, then call :func:`mark_cached`.
+    """
+    path = datacache.dataset_dir(_dir_from_env(datacache.ENV, "data-cache"), uri)
+    path.mkdir(parents=True, exist_ok=True)
+    return path, (path / datacache.MARKER).is_file()
+
+
+def mark_cached(uri: str) -> None:
+    """Declare ``uri``'s directory complete: the worker reports it from its next heartbeat on."""
+    path, _ = dataset_dir(uri)
+    _atomic_write_bytes(path / datacache.MARKER, uri.encode())
 
 
 # --- preemption -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -412,3 +414,87 @@ def test_group_commit_isolates_a_failing_op(store: SqlStore) -> None:
     assert isinstance(results[1][1], sa.exc.IntegrityError) and isinstance(results[2][1], KeyError)
     jobs, _ = store.list_jobs(JobFilter())
     assert {j.id for j in jobs} == {first.id, results[0][1], results[3][1]}
+
+
+def test_scheduler_state_is_published_and_replaced(store: SqlStore) -> None:
+    assert store.get_scheduler_state("queue") is None
+    store.put_scheduler_state("queue", {"positions": {"j1": 1}})
+    store.put_scheduler_state("queue", {"positions": {"j2": 1}})
+    got = store.get_scheduler_state("queue")
+    assert got is not None and got[0] == {"positions": {"j2": 1}}
+
+
+def test_cached_uris_are_kept_per_worker(store: SqlStore) -> None:
+    wid = worker(store)
+    assert store.get_worker(wid).cached_uris == ()  # type: ignore[union-attr]
+    store.set_cached_uris(wid, ["s3://b/d2", "s3://b/d1", "s3://b/d1"])
+    assert store.get_worker(wid).cached_uris == ("s3://b/d1", "s3://b/d2")  # type: ignore[union-attr]
+
+
+def gang_lease(store: SqlStore, job_id: str, workers: list[str], ranks: int) -> list[Any]:
+    attempt = store.get_job(job_id).attempt  # type: ignore[union-attr]
+    return store.lease(
+        Placement(job_id, workers[k % len(workers)], (), attempt, k, ranks) for k in range(ranks)
+    )
+
+
+def test_a_gang_is_leased_whole_or_not_at_all(store: SqlStore) -> None:
+    w1, w2 = worker(store, "w1", hostname="host-1"), worker(store, "w2")
+    job = store.submit(ALICE, spec(replicas=3)).job
+    assert [r.rank for r in store.get_job(job.id).replicas] == [1, 2]  # type: ignore[union-attr]
+    assert store.lease([Placement(job.id, w1, (), 0, 0, 3), Placement(job.id, w2, (), 0, 1, 3)]) == []
+    leases = gang_lease(store, job.id, [w1, w2], 3)
+    assert [(le.job_id, le.rank, le.world_size) for le in leases] == [
+        (job.id, 0, 3),
+        (f"{job.id}-1", 1, 3),
+        (f"{job.id}-2", 2, 3),
+    ]
+    assert {le.master_addr for le in leases} == {"host-1"} and len({le.master_port for le in leases}) == 1
+    # Listed once; not scheduled again while leased.
+    listed, _ = store.list_jobs(JobFilter())
+    assert [j.id for j in listed] == [job.id]
+    assert store.pending_for_scheduling(time.time()) == []
+
+
+def test_a_failed_rank_stops_rank_0_and_the_gang_retries_once_every_rank_is_idle(store: SqlStore) -> None:
+    w1, w2 = worker(store, "w1"), worker(store, "w2")
+    job = store.submit(ALICE, spec(replicas=2, retry={"max_attempts": 2, "on": ["failed"]})).job
+    head, member = gang_lease(store, job.id, [w1, w2], 2)
+    assert (
+        store.report_finished(
+            FinishReport(member.job_id, 1, member.lease_token, w2, AttemptOutcome.FAILED, 3, "boom")
+        ).gang_id
+        == job.id
+    )
+    stops = store.gang_stops(job.id)
+    assert [(s.job_id, s.kind, s.worker_id) for s in stops] == [(job.id, "cancel", w1)]
+    assert store.worker_commands(w1, [(job.id, 1, head.lease_token)])[0].kind == "cancel"
+    # Rank 0, stopped, reports cancelled: the gang's attempt ends as rank 1's did, and is retried.
+    assert finish(store, job.id, 1, head.lease_token, w1, AttemptOutcome.CANCELLED, -15) is JobStatus.PENDING
+    j = store.get_job(job.id)
+    assert j is not None and j.attempts[0].outcome == "failed" and "rank 1" in (j.attempts[0].reason or "")
+    assert [p.id for p in store.pending_for_scheduling(time.time())] == [job.id]
+    head, member = gang_lease(store, job.id, [w1, w2], 2)
+    assert (head.attempt, member.attempt) == (2, 2)
+    # Rank 0 succeeding ends the gang: rank 1 is told to stop and then ends as the gang did.
+    assert finish(store, job.id, 2, head.lease_token, w1, AttemptOutcome.SUCCEEDED) is JobStatus.SUCCEEDED
+    assert [s.job_id for s in store.gang_stops(job.id)] == [member.job_id]
+    finish(store, member.job_id, 2, member.lease_token, w2, AttemptOutcome.CANCELLED, -15)
+    j = store.get_job(job.id)
+    assert j is not None and [r.status for r in j.replicas] == [JobStatus.SUCCEEDED]
+
+
+def test_cancel_and_restart_take_the_whole_gang(store: SqlStore) -> None:
+    w1 = worker(store, "w1")
+    pending = store.submit(ALICE, spec(replicas=3)).job
+    assert store.cancel(f"{pending.id}-2", "alice").status is JobStatus.CANCELLED  # a rank: its gang
+    j = store.get_job(pending.id)
+    assert j is not None and {r.status for r in j.replicas} == {JobStatus.CANCELLED}
+    restarted = store.restart(pending.id, "alice")
+    assert restarted.status is JobStatus.PENDING and {r.status for r in restarted.replicas} == {
+        JobStatus.PENDING
+    }
+    running = store.submit(ALICE, spec(replicas=2)).job
+    _head, member = gang_lease(store, running.id, [w1], 2)
+    assert store.cancel(running.id, "alice").status is JobStatus.CANCELLING
+    assert [s.job_id for s in store.gang_stops(running.id)] == [member.job_id]

@@ -49,7 +49,8 @@ def error_of(r: httpx.Response) -> dict[str, Any]:
         ({"command": ["x"], "resources": {"gpu": 100000}}, {"resources.gpu"}),
         ({"command": ["x"], "priority": "whenever"}, {"priority"}),
         ({"command": ["x"], "unknown_field": True}, {"unknown_field"}),
-        ({"command": ["x"], "replicas": 4}, {"replicas"}),
+        ({"command": ["x"], "replicas": 0}, {"replicas"}),
+        ({"command": ["x"], "replicas": 2000}, {"replicas"}),
         ({"command": ["x"], "max_runtime": "3d"}, {"max_runtime"}),
     ],
 )

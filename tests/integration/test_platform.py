@@ -270,6 +270,8 @@ def test_killed_agent_job_runs_again_elsewhere(tmp_path: Path) -> None:
         job_id = submit(c, py(code), retry={"max_attempts": 3})
         first = wait_status(c, job_id, {"RUNNING"})
         assert first["attempts"][0]["worker_id"]
+        # RUNNING is reported at the spawn; the line is checked below only once it was shipped.
+        wait_for(lambda: b"started" in c.get(f"/v1/jobs/{job_id}/logs").content, 20, 0.05, "the first output")
         second = Agent(cp, "agent-2")
         agents.append(second)
         agents[0].kill()

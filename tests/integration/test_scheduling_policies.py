@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -74,4 +75,37 @@ def test_non_preemptible_jobs_are_not_preempted(cp: ControlPlane) -> None:
         for j in (steady, urgent):
             c.delete(f"/v1/jobs/{j}")
         for j in (steady, urgent):
+            wait_status(c, j, DONE, 20)
+
+
+def test_pending_jobs_show_queue_position_and_estimated_start(cp: ControlPlane) -> None:
+    """Running jobs are bounded by max_runtime: a waiting job's estimate is when the GPUs it needs
+    are free at the latest, and its place counts only the jobs still waiting ahead of it."""
+    with cp.client() as c:
+        first = gpu_job(c, 4, name="holder", max_runtime="20m")
+        held = wait_status(c, first, {"RUNNING"}, 20)
+        second = gpu_job(c, 4, name="next", max_runtime="10m")
+        third = gpu_job(c, 4, name="after", max_runtime="10m")
+
+        def estimated() -> dict[str, object] | None:
+            v = c.get(f"/v1/jobs/{third}").json()
+            return v if v["estimated_start_at"] else None
+
+        view = wait_for(estimated, 20)
+        assert view["queue_position"] == 2, view
+        nxt = c.get(f"/v1/jobs/{second}").json()
+        assert nxt["queue_position"] == 1, nxt
+        started = datetime.fromisoformat(held["started_at"]).timestamp()
+        assert abs(datetime.fromisoformat(nxt["estimated_start_at"]).timestamp() - (started + 1200)) < 5
+        assert abs(datetime.fromisoformat(view["estimated_start_at"]).timestamp() - (started + 1800)) < 5
+        listed = {j["id"]: j for j in c.get("/v1/jobs", params={"status": "PENDING"}).json()["jobs"]}
+        assert listed[third]["queue_position"] == 2, listed[third]
+        assert c.get(f"/v1/jobs/{first}").json()["queue_position"] is None
+        # The holder ends: the next job starts and the last one moves up.
+        c.delete(f"/v1/jobs/{first}")
+        wait_status(c, second, {"RUNNING"}, 30)
+        wait_for(lambda: c.get(f"/v1/jobs/{third}").json()["queue_position"] == 1, 10)
+        for j in (first, second, third):
+            c.delete(f"/v1/jobs/{j}")
+        for j in (first, second, third):
             wait_status(c, j, DONE, 20)

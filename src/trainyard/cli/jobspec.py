@@ -50,6 +50,8 @@ class SubmitFlags:
     retries: int | None = None
     env: Sequence[str] = ()
     artifacts: Sequence[str] = ()
+    secrets: Sequence[str] = ()
+    replicas: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +114,10 @@ def merge_spec(base: dict[str, Any], flags: SubmitFlags) -> dict[str, Any]:
         spec["env"] = env
     if flags.artifacts:
         spec["artifacts"] = list(flags.artifacts)
+    if flags.replicas is not None:
+        spec["replicas"] = flags.replicas
+    if flags.secrets:
+        spec["secrets"] = list(dict.fromkeys([*(spec.get("secrets") or ()), *flags.secrets]))
     spec.update(flags.extra)
     return spec
 

@@ -65,6 +65,10 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Administration: users, database.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+secret_app = typer.Typer(
+    help="Team secrets: given to jobs that name them, never shown again.", no_args_is_help=True
+)
+app.add_typer(secret_app, name="secret")
 
 OutputOpt = Annotated[
     Format, typer.Option("-o", "--output", help="table, json or yaml", case_sensitive=False)
@@ -152,6 +156,13 @@ def submit(
     workdir: Annotated[
         Path | None, typer.Option(help="Upload this directory and run the job in a copy of it")
     ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="Gang size: N ranks start together across workers, or none")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option("--secret", help="A team secret the job gets as this env variable (repeatable)"),
+    ] = None,
     kind: Annotated[str | None, typer.Option(help="train or eval")] = None,
     image: Annotated[str | None, typer.Option(help="Container image")] = None,
     idempotency_key: Annotated[
@@ -178,6 +189,8 @@ def submit(
         retries=retries,
         env=env or (),
         artifacts=artifacts or (),
+        secrets=secret or (),
+        replicas=replicas,
     )
     spec = merge_spec(base, flags)
     if workdir is None and not spec.get("workdir") and "cwd" not in spec:
@@ -245,6 +258,11 @@ def get(
     ]
     if job.get("status") == "PENDING":
         pairs.append(("Pending", cell(job.get("pending_reason"))))
+        position = job.get("queue_position")
+        if position is not None:
+            pairs.append(("Queue", f"#{position} in team {cell(job.get('team'))}'s queue"))
+        eta = job.get("estimated_start_at")
+        pairs.append(("Starts by", f"{out.fmt_time(eta)} (latest estimate)" if eta else "no estimate yet"))
     out.print_fields(pairs)
     attempts = job.get("attempts") or []
     if attempts:
@@ -531,19 +549,148 @@ def queues(ctx: typer.Context, output: OutputOpt = Format.table) -> None:
 # -- admin -------------------------------------------------------------------------------------
 
 
-@admin_app.command("create-user", help="Create a user and print their API token (admin only).")
+@admin_app.command(
+    "create-user", help="Create a user and print their API token (admins; team admins for their team)."
+)
 @handle_errors
 def create_user(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="User name")],
     team: Annotated[str, typer.Option(help="The user's team")],
-    role: Annotated[str, typer.Option(help="user or admin")] = "user",
+    role: Annotated[str, typer.Option(help="viewer, user, team-admin or admin")] = "user",
     tier: Annotated[
         str | None, typer.Option(help="submission limit tier, e.g. free, standard, enterprise")
     ] = None,
 ) -> None:
     token = _client(ctx).create_user(name, team, role, tier)
     sys.stdout.write(f"{token}\n")
+
+
+@admin_app.command(
+    "drain",
+    help="Drain a worker (id or name): no new work goes there; its running jobs are preempted "
+    "(checkpointed and requeued, without using a retry) at the deadline, or at once without one.",
+)
+@handle_errors
+def drain(
+    ctx: typer.Context,
+    worker: Annotated[str, typer.Argument(metavar="WORKER", help="worker id or name")],
+    deadline: Annotated[
+        str | None, typer.Option(help="how long running jobs may go on first, e.g. 10m")
+    ] = None,
+) -> None:
+    w = _client(ctx).drain_worker(worker, deadline)
+    sys.stdout.write(f"{w['name']} ({w['id']}) draining; jobs preempted from {w['drain_deadline']}\n")
+
+
+@secret_app.command(
+    "set",
+    help="Store a team secret; the value is read from stdin (or prompted for, hidden). "
+    "Jobs get it as the environment variable NAME when their spec says secrets: [NAME].",
+)
+@handle_errors
+def secret_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="secret (and environment variable) name, e.g. HF_TOKEN")],
+    team: Annotated[str | None, typer.Option(help="whose secret (default: your team)")] = None,
+) -> None:
+    value = typer.prompt(f"value of {name}", hide_input=True) if sys.stdin.isatty() else sys.stdin.read()
+    value = value.removesuffix("\n")  # `echo value | yard secret set` must not store the newline
+    s = _client(ctx).set_secret(name, value, team)
+    sys.stdout.write(f"secret {s['name']} of team {s['team']} set\n")
+
+
+@secret_app.command("ls", help="List a team's secrets (names and dates only).")
+@handle_errors
+def secret_ls(
+    ctx: typer.Context,
+    team: Annotated[str | None, typer.Option(help="whose secrets (default: your team)")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    items = _client(ctx).secrets(team)
+    if output is not Format.table:
+        out.print_data({"secrets": items}, output)
+        return
+    rows = [[x["name"], x["team"], out.fmt_time(x["updated_at"]), x["updated_by"]] for x in items]
+    out.print_table(["NAME", "TEAM", "UPDATED", "BY"], rows)
+
+
+@secret_app.command("rm", help="Delete a team secret.")
+@handle_errors
+def secret_rm(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument()],
+    team: Annotated[str | None, typer.Option(help="whose secret (default: your team)")] = None,
+) -> None:
+    _client(ctx).delete_secret(name, team)
+    sys.stdout.write(f"secret {name} deleted\n")
+
+
+token_app = typer.Typer(help="API tokens: create with an expiry, list, revoke.", no_args_is_help=True)
+admin_app.add_typer(token_app, name="token")
+
+
+@token_app.command("create", help="Create an API token and print it (shown this once).")
+@handle_errors
+def token_create(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Argument(help="whose token (default: yours)")] = None,
+    expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 30d or 12h (default: none)")] = None,
+    description: Annotated[str | None, typer.Option(help="what it is for")] = None,
+) -> None:
+    t = _client(ctx).create_token(user, expires, description)
+    sys.stderr.write(f"{t['id']} for {t['user']}, expires {t['expires_at'] or 'never'}\n")
+    sys.stdout.write(f"{t['token']}\n")
+
+
+@token_app.command("list", help="List tokens (ids and states, never the tokens).")
+@handle_errors
+def token_list(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option(help="only this user's")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    tokens = _client(ctx).tokens(user)
+    if output is not Format.table:
+        out.print_data({"tokens": tokens}, output)
+        return
+    rows = [
+        [
+            t["id"],
+            t["user"],
+            t["state"],
+            out.fmt_time(t["created_at"]),
+            out.fmt_time(t["expires_at"]) if t["expires_at"] else "never",
+            cell(t["description"]),
+        ]
+        for t in tokens
+    ]
+    out.print_table(["ID", "USER", "STATE", "CREATED", "EXPIRES", "DESCRIPTION"], rows)
+
+
+@token_app.command("revoke", help="Revoke a token by id: it stops working within seconds.")
+@handle_errors
+def token_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    t = _client(ctx).revoke_token(token_id)
+    sys.stdout.write(f"{t['id']} ({t['user']}) revoked at {t['revoked_at']}\n")
+
+
+@admin_app.command("audit", help="Who cancelled, restarted, drained, changed teams, users, tokens, secrets.")
+@handle_errors
+def audit(
+    ctx: typer.Context,
+    actor: Annotated[str | None, typer.Option(help="only this user's actions")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. job.cancel, team.set, token.revoke")] = None,
+    team: Annotated[str | None, typer.Option(help="only this team's")] = None,
+    limit: Annotated[int, typer.Option(help="newest N")] = 50,
+    output: OutputOpt = Format.table,
+) -> None:
+    entries = _client(ctx).audit(actor, action, team, limit)
+    if output is not Format.table:
+        out.print_data({"entries": entries}, output)
+        return
+    rows = [[out.fmt_time(e["at"]), e["actor"], e["action"], e["target"], cell(e["team"])] for e in entries]
+    out.print_table(["AT", "ACTOR", "ACTION", "TARGET", "TEAM"], rows)
 
 
 team_app = typer.Typer(help="Teams: fair-share weight and quotas.", no_args_is_help=True)

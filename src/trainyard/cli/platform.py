@@ -169,6 +169,12 @@ def register(app: typer.Typer) -> None:
         work_dir: Annotated[
             Path | None, typer.Option(help="local state (default: HOME/workers/NAME)")
         ] = None,
+        data_cache: Annotated[
+            Path | None,
+            typer.Option(
+                help="datasets kept across jobs, reported for placement (default: WORK_DIR/data-cache)"
+            ),
+        ] = None,
         cpus: Annotated[float | None, typer.Option(help="declared CPUs (default: detected)")] = None,
         memory: Annotated[
             str | None, typer.Option(help="declared memory, e.g. 32Gi (default: detected)")
@@ -181,11 +187,58 @@ def register(app: typer.Typer) -> None:
         spot: Annotated[
             bool, typer.Option("--spot", help="spot capacity: only preemptible jobs are placed here")
         ] = False,
+        spot_notice_url: Annotated[
+            str | None,
+            typer.Option(
+                envvar="TRAINYARD_SPOT_NOTICE_URL",
+                help="interruption-notice endpoint to watch, e.g. "
+                "http://169.254.169.254/latest/meta-data/spot/instance-action (AWS) or "
+                "http://metadata.google.internal/computeMetadata/v1/instance/preempted (GCP)",
+            ),
+        ] = None,
+        spot_notice_style: Annotated[
+            str, typer.Option(envvar="TRAINYARD_SPOT_NOTICE_STYLE", help="aws, gcp or auto (from the URL)")
+        ] = "auto",
+        spot_poll: Annotated[
+            float, typer.Option(envvar="TRAINYARD_SPOT_POLL", help="seconds between notice checks")
+        ] = 2.0,
+        preempt_grace: Annotated[
+            float,
+            typer.Option(
+                envvar="TRAINYARD_PREEMPT_GRACE",
+                help="seconds a preempted job has to checkpoint (SIGTERM to SIGKILL)",
+            ),
+        ] = 30.0,
+        max_log_bytes: Annotated[
+            str,
+            typer.Option(
+                envvar="TRAINYARD_MAX_LOG_BYTES",
+                help="per-attempt log cap, e.g. 1Gi; past it output is dropped",
+            ),
+        ] = "1Gi",
+        isolation: Annotated[
+            str,
+            typer.Option(
+                envvar="TRAINYARD_ISOLATION",
+                help="required (refuse jobs that cannot be sandboxed and limited), best-effort (apply "
+                "what the node offers, warn about the rest) or off (plain process groups)",
+            ),
+        ] = "best-effort",
+        job_network: Annotated[
+            bool,
+            typer.Option(
+                "--job-network/--no-job-network", help="give jobs a network (off: loopback only, sandboxed)"
+            ),
+        ] = True,
+        job_pids_limit: Annotated[
+            int, typer.Option(help="processes and threads per job (its cgroup's pids limit; 0: none)", min=0)
+        ] = 4096,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run a worker agent: leases jobs from the control plane and runs them as local processes."""
         from trainyard.worker.agent import main as agent_main
         from trainyard.worker.config import WorkerConfig, grpc_target
+        from trainyard.worker.isolation import IsolationMode
 
         _logging(verbose)
         h = _home(home)
@@ -218,12 +271,26 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             typer.echo(f"error: --memory: {e}", err=True)
             raise typer.Exit(2) from None
+        try:
+            log_cap = parse_memory(max_log_bytes)
+        except ValueError as e:
+            typer.echo(f"error: --max-log-bytes: {e}", err=True)
+            raise typer.Exit(2) from None
+        if spot_notice_style not in ("aws", "gcp", "auto"):
+            typer.echo("error: --spot-notice-style must be aws, gcp or auto", err=True)
+            raise typer.Exit(2)
+        try:
+            mode = IsolationMode(isolation)
+        except ValueError:
+            typer.echo("error: --isolation must be required, best-effort or off", err=True)
+            raise typer.Exit(2) from None
         wname = name or socket.gethostname()
         cfg = WorkerConfig(
             server=server,
             token=token,
             name=wname,
             work_dir=(work_dir or h / "workers" / wname).resolve(),
+            data_cache_dir=data_cache.resolve() if data_cache else None,
             cpus=cpus,
             memory=mem,
             gpus=gpus,
@@ -231,6 +298,16 @@ def register(app: typer.Typer) -> None:
             pool=pool,
             region=region,
             labels=labels,
+            max_log_bytes=log_cap,
+            preempt_grace_s=preempt_grace,
+            spot_notice_url=spot_notice_url or None,
+            spot_notice_style=spot_notice_style,
+            spot_poll_s=spot_poll,
+            isolation=mode,
+            job_network=job_network,
+            job_pids_limit=job_pids_limit,
+            # The platform home holds the database, tokens and credentials: never a job's business.
+            protected_dirs=(h.resolve(),),
         )
         agent_main(cfg)
 
@@ -395,6 +472,7 @@ async def _up(
     )
     print(
         f"Trainyard is up.\n"
+        f"  web UI     {settings.base_url}/?token={token_path.read_text().strip()}\n"
         f"  REST API   {settings.base_url}  (OpenAPI: {settings.base_url}/openapi.json)\n"
         f"{extra}"
         f"  workers    {n_workers} local agent(s), gRPC {settings.grpc_host}:{settings.grpc_port}, "

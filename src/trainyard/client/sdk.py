@@ -661,12 +661,68 @@ class Client:
         return self._json("PUT", f"/v1/admin/teams/{quote(name, safe='')}", json=changes)
 
     def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:
-        """Create a user (admin only) and return their API token. ``tier`` picks the submission limit."""
+        """Create a user and return their API token (admins; team admins for their own team).
+        ``role``: viewer, user, team-admin or admin; ``tier`` picks the submission limit."""
         req: dict[str, Any] = {"name": name, "team": team, "role": role}
         if tier is not None:
             req["tier"] = tier
         body = self._json("POST", "/v1/admin/users", json=req)
         return str(body["token"])
+
+    # -- tokens, audit, secrets ------------------------------------------------------------------
+
+    def create_token(
+        self, user: str | None = None, expires_in: str | float | None = None, description: str | None = None
+    ) -> dict[str, Any]:
+        """A new API token (yours unless ``user``: team admins for their team, admins for anyone);
+        the result's ``token`` is shown this once. ``expires_in`` e.g. ``"30d"``; None: no expiry."""
+        req: dict[str, Any] = {}
+        if user is not None:
+            req["user"] = user
+        if expires_in is not None:
+            req["expires_in"] = expires_in
+        if description is not None:
+            req["description"] = description
+        return self._json("POST", "/v1/admin/tokens", json=req)
+
+    def tokens(self, user: str | None = None) -> Records:
+        """Tokens you may manage, never the tokens themselves: id, user, state, expiry."""
+        params = {"user": user} if user is not None else None
+        return list(self._json("GET", "/v1/admin/tokens", params=params)["tokens"])
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/admin/tokens/{quote(token_id, safe='')}")
+
+    def audit(
+        self, actor: str | None = None, action: str | None = None, team: str | None = None, limit: int = 100
+    ) -> Records:
+        """Who cancelled, restarted, drained, changed teams, users, tokens or secrets; newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        for k, v in (("actor", actor), ("action", action), ("team", team)):
+            if v is not None:
+                params[k] = v
+        return list(self._json("GET", "/v1/admin/audit", params=params)["entries"])
+
+    def set_secret(self, name: str, value: str, team: str | None = None) -> dict[str, Any]:
+        """Store a team secret (team admins and admins); jobs name it in ``secrets: [NAME]``."""
+        params = {"team": team} if team else None
+        return self._json("PUT", f"/v1/secrets/{quote(name, safe='')}", json={"value": value}, params=params)
+
+    def secrets(self, team: str | None = None) -> Records:
+        """A team's secret names and dates (values never leave the control plane)."""
+        params = {"team": team} if team else None
+        return list(self._json("GET", "/v1/secrets", params=params)["secrets"])
+
+    def delete_secret(self, name: str, team: str | None = None) -> None:
+        params = {"team": team} if team else None
+        self._request("DELETE", f"/v1/secrets/{quote(name, safe='')}", params=params)
+
+    def drain_worker(self, worker: str, deadline: str | float | None = None) -> dict[str, Any]:
+        """Drain a worker by id or name (admin only): nothing new is placed there, and its running
+        jobs are preempted (checkpointed, requeued without using a retry) at ``deadline`` from now,
+        e.g. ``"10m"``; at once when None."""
+        body: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
+        return self._json("POST", f"/v1/admin/workers/{quote(worker, safe='')}/drain", json=body)
 
 
 def _safe_target(dest: Path, rel: str) -> Path:

@@ -48,3 +48,12 @@ def new_lease_token() -> str:
 def hash_token(token: str) -> str:
     """Tokens are stored only as this hash; a high-entropy token needs no slow KDF."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+TOKEN_ID_PREFIX = "tk_"
+TOKEN_ID_HEX = 12
+
+
+def token_id(token_hash: str) -> str:
+    """A token's public id (listed, revoked by): a prefix of its hash, which reveals nothing of it."""
+    return TOKEN_ID_PREFIX + token_hash[:TOKEN_ID_HEX]

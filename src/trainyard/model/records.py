@@ -12,12 +12,65 @@ from trainyard.model.states import JobStatus
 class User:
     name: str
     team: str
-    role: str  # "admin" | "user"
+    role: str  # one of ROLES
     tier: str | None = None  # submission limits (TRAINYARD_RATE_TIERS); None: the default tier
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def rank(self) -> int:
+        return ROLES.index(self.role) if self.role in ROLES else 0
+
+    @property
+    def can_submit(self) -> bool:
+        """Viewers read their team's jobs; every other role submits."""
+        return self.rank >= ROLES.index("user")
+
+    def manages(self, team: str) -> bool:
+        """Team admins act on any job, secret and token of their team; admins on all."""
+        return self.is_admin or (self.role == "team-admin" and self.team == team)
+
+
+ROLES = ("viewer", "user", "team-admin", "admin")
+"""Ascending: each role may do what the ones before it may."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as listed: never the token itself (only its hash is stored)."""
+
+    id: str
+    user: str
+    team: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    description: str | None
+    created_by: str | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    team: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """A team secret's metadata; the value never leaves the control plane except to a leased job."""
+
+    team: str
+    name: str
+    created_at: float
+    updated_at: float
+    updated_by: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +115,24 @@ class Job:
     not_before: float | None
     attempts: list[Attempt] = field(default_factory=list)
     lease_token: str | None = field(repr=False, default=None)
+    gang_id: str | None = None
+    """The gang's job id (rank 0's) for every row of a gang; None for a single-replica job."""
+    replica_rank: int = 0
+    replicas: list[Replica] = field(default_factory=list)
+    """A gang's ranks 1..N-1 as seen from rank 0 (the job); empty otherwise."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One rank of a gang beyond rank 0: a member row that runs like a job of its own."""
+
+    rank: int
+    job_id: str
+    status: JobStatus
+    attempt: int
+    worker_id: str | None
+    exit_code: int | None
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -106,6 +177,10 @@ class Worker:
     version: str | None
     registered_at: float
     last_heartbeat: float
+    cached_uris: tuple[str, ...] = ()
+    """Dataset URIs in the worker's local data cache (placement prefers workers holding a job's data)."""
+    drain_deadline: float | None = None
+    """A DRAINING worker's attempts are preempted from this time on (None: its agent drains itself)."""
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,17 @@ class JobSpec(_Strict):
     retry: Retry = Field(default_factory=Retry)
     replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     preemptible: bool = False
+    network: bool = Field(
+        default=True,
+        description="false: the job runs without a network (loopback only) on workers that sandbox jobs",
+    )
     data: DataSpec | None = None
     artifacts: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = Field(
+        default=(),
+        description="names of the team's secrets (`yard secret set NAME`), given to the job as environment "
+        "variables of the same names at run time; never stored in the spec, masked as *** in its logs",
+    )
 
     @field_validator("name")
     @classmethod
@@ -177,6 +186,17 @@ class JobSpec(_Strict):
                 raise ValueError(f"environment variable {k!r} must not contain NUL bytes")
         return v
 
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > 64:
+            raise ValueError("at most 64 secrets")
+        for name in v:
+            check_secret_name(name)
+        if len(set(v)) != len(v):
+            raise ValueError("a secret is named twice")
+        return v
+
     @field_validator("pool", "team")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
@@ -208,17 +228,40 @@ class JobSpec(_Strict):
             raise ValueError("resources.gpu_type is set but resources.gpu is 0")
         return self
 
+    @model_validator(mode="after")
+    def _secrets_apart_from_env(self) -> JobSpec:
+        both = sorted(set(self.secrets) & set(self.env))
+        if both:
+            raise ValueError(f"{', '.join(both)} named both in env and in secrets")
+        return self
+
     @field_serializer("max_runtime")
     def _ser_runtime(self, v: float) -> str:
         return format_duration(v)
 
     def canonical(self) -> dict[str, Any]:
         """The normalized spec as JSON-able data: what is stored and returned."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        # Fields added later are left out at their defaults, so the specs (and idempotency
+        # fingerprints) of jobs submitted before them stay the same.
+        if not data["secrets"]:
+            del data["secrets"]
+        if data["network"] is True:
+            del data["network"]
+        return data
 
     def fingerprint(self) -> str:
         """Hash of the normalized spec: two bodies that mean the same job hash the same."""
         return spec_fingerprint(self.canonical())
+
+
+def check_secret_name(name: str) -> str:
+    """A secret's name is the environment variable the job reads it from."""
+    if not _ENV_KEY_RE.match(name) or len(name) > 128:
+        raise ValueError(f"secret name {name!r} must be an environment variable name (letters, digits, _)")
+    if name.startswith("TRAINYARD_"):
+        raise ValueError(f"secret name {name!r}: TRAINYARD_ names are reserved for the platform")
+    return name
 
 
 def spec_fingerprint(canonical: dict[str, Any]) -> str:

@@ -29,12 +29,19 @@ class Estimates:
 
 
 def estimate_starts(
-    snapshot: Snapshot, *, max_steps: int = 32, max_jobs: int = 2000, min_step_s: float = 300.0
+    snapshot: Snapshot,
+    *,
+    max_steps: int = 32,
+    max_jobs: int = 2000,
+    min_step_s: float = 300.0,
+    first: Decisions | None = None,
 ) -> Estimates:
     """Latest start per pending job. Each step costs one ``decide``; ``min_step_s`` coalesces job
-    ends that fall close together into one step, rounding estimates up (never down) by at most it."""
+    ends that fall close together into one step, rounding estimates up (never down) by at most it.
+    ``first``: the decisions already taken on ``snapshot`` (the leader's cycle), saving one run."""
     now = snapshot.now
-    first = decide(snapshot)
+    if first is None:
+        first = decide(snapshot)
     start: dict[str, float | None] = {p.id: None for p in snapshot.pending}
     grace = snapshot.config.termination_grace_s
     ends: dict[tuple[str, int], float] = {}

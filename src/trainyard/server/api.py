@@ -11,45 +11,33 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainyard import __version__
-from trainyard.model.records import Job, User
+from trainyard.model.quantity import parse_duration
+from trainyard.model.records import ROLES, Job, User
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL, JobStatus
 from trainyard.model.team import TEAM_NAME, TeamUpdate
 from trainyard.objects.base import ObjectNotFound, check_key
 from trainyard.objects.local import LocalObjectStore
+from trainyard.server.api_tenancy import add_tenancy_routes
+from trainyard.server.auth import UserDep
+from trainyard.server.errors import ApiError
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
-from trainyard.server.views import artifact_json, event_json, job_json, team_json, worker_json
+from trainyard.server.views import artifact_json, event_json, iso, job_json, team_json, worker_json
 from trainyard.store.sql import Conflict, IdempotencyConflict, JobFilter, NotFound
+from trainyard.web import router as web_router
 
 _STATUSES = {s.value for s in JobStatus}
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: list[dict[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or []
-        self.headers = headers
 
 
 def _error(
@@ -104,22 +92,6 @@ class BodyLimit:
             return msg
 
         await self.app(scope, limited, send)
-
-
-async def current_user(request: Request) -> User:
-    # Read by hand rather than declared as a Header parameter: dependency resolution is a measurable
-    # share of a small request. OpenAPI still documents it (the bearer security scheme below).
-    authorization = request.headers.get("authorization")
-    if not authorization or not authorization.startswith("Bearer "):
-        raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
-    p: Platform = request.app.state.platform
-    user = await p.authenticate(authorization[len("Bearer ") :].strip())
-    if user is None:
-        raise ApiError(401, "unauthenticated", "the token is not valid")
-    return user
-
-
-UserDep = Annotated[User, Depends(current_user)]
 
 
 class CountRequests:
@@ -260,10 +232,13 @@ def create_app(p: Platform) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> JSONResponse:
-        # Database unreachable is a retryable condition, not a server bug.
-        from sqlalchemy.exc import OperationalError
+        # Database unreachable is a retryable condition, not a server bug. A connection the server
+        # dropped surfaces as OperationalError or InterfaceError, or as a DBAPIError that says so.
+        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-        if isinstance(e, OperationalError):
+        if isinstance(e, OperationalError | InterfaceError) or (
+            isinstance(e, DBAPIError) and e.connection_invalidated
+        ):
             return _error(503, "unavailable", "the state store is unavailable", headers={"Retry-After": "2"})
         return _error(500, "internal", "internal error")
 
@@ -315,18 +290,8 @@ def create_app(p: Platform) -> FastAPI:
         return JSONResponse(job_json(result.job), status_code=201 if result.created else 200)
 
     async def _check_submittable(user: User, spec: JobSpec) -> None:
-        if spec.replicas > 1:
-            raise ApiError(
-                422,
-                "invalid_spec",
-                "the job spec is not valid",
-                [
-                    {
-                        "field": "replicas",
-                        "message": "gang jobs (replicas > 1) are not supported by this scheduler yet",
-                    }
-                ],
-            )
+        if not user.can_submit:
+            raise ApiError(403, "forbidden", "viewers cannot submit jobs")
         if spec.team and spec.team != user.team:
             if not user.is_admin:
                 raise ApiError(403, "forbidden", f"you may submit only to your team {user.team!r}")
@@ -350,6 +315,17 @@ def create_app(p: Platform) -> FastAPI:
                     "invalid_spec",
                     "the job spec is not valid",
                     [{"field": "workdir", "message": "no such uploaded workdir for your team"}],
+                )
+        if spec.secrets:
+            team = spec.team or user.team
+            known = {s.name for s in await p.db(p.store.list_secrets, team)}
+            missing = [n for n in spec.secrets if n not in known]
+            if missing:
+                raise ApiError(
+                    422,
+                    "invalid_spec",
+                    "the job spec is not valid",
+                    [{"field": "secrets", "message": f"team {team!r} has no secret {n!r}"} for n in missing],
                 )
 
     @app.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first")
@@ -382,7 +358,7 @@ def create_app(p: Platform) -> FastAPI:
             jobs, next_cursor = await p.db(p.store.list_jobs, flt, limit, cursor)
         except ValueError as e:
             raise ApiError(422, "invalid_request", str(e), [{"field": "cursor", "message": str(e)}]) from None
-        return {"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor}
+        return {"jobs": [await p.with_queue_info(job_json(j)) for j in jobs], "next_cursor": next_cursor}
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=None)
     async def get_job(job_id: str, user: UserDep) -> JSONResponse:
@@ -391,11 +367,15 @@ def create_app(p: Platform) -> FastAPI:
 
     @app.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"], summary="Cancel (idempotent)")
     async def cancel(job_id: str, user: UserDep) -> dict[str, Any]:
-        return job_json(await p.cancel(user, job_id))
+        job = await p.cancel(user, job_id)
+        await p.audit(user, "job.cancel", job.id, job.team, {"status": job.status.value})
+        return job_json(job)
 
     @app.post("/v1/jobs/{job_id}/restart", status_code=202, tags=["jobs"])
     async def restart(job_id: str, user: UserDep) -> dict[str, Any]:
-        return job_json(await p.restart(user, job_id))
+        job = await p.restart(user, job_id)
+        await p.audit(user, "job.restart", job.id, job.team, {"attempt": job.attempt})
+        return job_json(job)
 
     # ---- events --------------------------------------------------------------------------------
     @app.get("/v1/jobs/{job_id}/events", tags=["events"], response_model=None)
@@ -669,6 +649,32 @@ def create_app(p: Platform) -> FastAPI:
             "teams": sorted(teams.values(), key=lambda x: x["team"]),
         }
 
+    @app.post(
+        "/v1/admin/workers/{worker}/drain",
+        tags=["admin"],
+        summary="Drain a worker (id or name): no new work; its jobs are preempted at the deadline (admin)",
+    )
+    async def drain_worker(worker: str, request: Request, user: UserDep) -> dict[str, Any]:
+        if not user.is_admin:
+            raise ApiError(403, "forbidden", "only admins can drain workers")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        try:
+            deadline = parse_duration(body.get("deadline") or 0)
+        except ValueError as e:
+            raise ApiError(
+                422, "invalid_request", "invalid deadline", [{"field": "deadline", "message": str(e)}]
+            ) from None
+        w = await p.drain(worker, deadline)
+        if w is None:
+            raise ApiError(404, "not_found", f"no live worker {worker!r}")
+        await p.audit(user, "worker.drain", w.id, None, {"name": w.name, "deadline": iso(w.drain_deadline)})
+        return {**worker_json(w, (0.0, 0, 0), 0, True), "drain_deadline": iso(w.drain_deadline)}
+
     # ---- admin ---------------------------------------------------------------------------------
     @app.get("/v1/teams", tags=["fleet"], summary="Teams: fair-share weight and quotas")
     async def list_teams(user: UserDep) -> dict[str, Any]:
@@ -692,12 +698,13 @@ def create_app(p: Platform) -> FastAPI:
             raise ApiError(422, "invalid_request", "the team is not valid", _field_errors(e)) from None
         team = await p.db(p.store.set_team, name, update.changes())
         p.kick_scheduler.set()  # a raised quota may let jobs run now
+        await p.audit(user, "team.set", name, name, body)
         return team_json(team)
 
     @app.post("/v1/admin/users", status_code=201, tags=["admin"], summary="Create a user and return a token")
     async def create_user(request: Request, user: UserDep) -> dict[str, Any]:
-        if not user.is_admin:
-            raise ApiError(403, "forbidden", "only admins can create users")
+        if not user.is_admin and user.role != "team-admin":
+            raise ApiError(403, "forbidden", "only admins and team admins can create users")
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -714,12 +721,23 @@ def create_app(p: Platform) -> FastAPI:
             details.append({"field": "name", "message": "must be a lowercase name (letters, digits, . _ -)"})
         if not isinstance(team, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", team):
             details.append({"field": "team", "message": "must be a lowercase team label"})
-        if role not in ("user", "admin"):
-            details.append({"field": "role", "message": "must be user or admin"})
+        if role not in ROLES:
+            details.append({"field": "role", "message": f"must be one of {', '.join(ROLES)}"})
         if details:
             raise ApiError(422, "invalid_request", "the user is not valid", details)
         assert isinstance(name, str) and isinstance(team, str) and isinstance(role, str)
+        if not user.is_admin:
+            # A team admin adds people to their own team, up to their own role, and cannot take
+            # over (or demote) someone of another team by reusing the name.
+            existing = await p.db(p.store.get_user, name)
+            if team != user.team or role == "admin" or (existing is not None and existing.team != user.team):
+                raise ApiError(
+                    403, "forbidden", f"team admins create users of team {user.team!r} only, up to team-admin"
+                )
+            if existing is not None and existing.rank > user.rank:
+                raise ApiError(403, "forbidden", f"{name!r} is an admin")
         token = await p.db(p.store.create_user, name, team, role, tier)
+        await p.audit(user, "user.create", name, team, {"role": role, "tier": tier})
         return {"name": name, "team": team, "role": role, "tier": tier, "token": token}
 
     # ---- objects (presigned) -------------------------------------------------------------------
@@ -795,11 +813,8 @@ def create_app(p: Platform) -> FastAPI:
         data = await asyncio.to_thread(generate_latest, p.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> PlainTextResponse:
-        return PlainTextResponse(
-            f"Trainyard {__version__}: REST API under /v1 (OpenAPI at /openapi.json, docs at /docs)\n"
-        )
+    add_tenancy_routes(app, p)
+    app.include_router(web_router)  # the web UI at / (static files under /ui/)
 
     return app
 

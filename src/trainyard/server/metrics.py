@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -28,6 +30,47 @@ class _QueueCollector(Collector):
         yield lag
 
 
+GPU_SAMPLE_TTL_S = 60.0
+
+
+class _GpuCollector(Collector):
+    """``trainyard_gpu_utilization_ratio{worker, name, gpu}`` from the latest heartbeat of each worker.
+
+    A custom collector rather than a Gauge: a worker that stops sending heartbeats (dead, drained,
+    scaled away) drops out after GPU_SAMPLE_TTL_S instead of showing its last value forever.
+    """
+
+    def __init__(self, ttl_s: float = GPU_SAMPLE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()  # heartbeats arrive on the event loop, scrapes on a thread
+        self._samples: dict[str, tuple[str, dict[int, float], float]] = {}
+
+    def record(self, worker_id: str, name: str, utilization: Mapping[int, float]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if utilization:
+                self._samples[worker_id] = (name, dict(utilization), now)
+            else:
+                self._samples.pop(worker_id, None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "trainyard_gpu_utilization_ratio",
+            "GPU utilization (0..1) reported by the worker via NVML",
+            labels=["worker", "name", "gpu"],
+        )
+        horizon = time.monotonic() - self.ttl_s
+        with self._lock:
+            self._samples = {w: v for w, v in self._samples.items() if v[2] >= horizon}
+            samples = list(self._samples.items())
+        for worker_id, (name, util, _) in samples:
+            for index, ratio in sorted(util.items()):
+                # The heartbeat carries float32 (0.37 arrives as 0.3700000047...); NVML reports whole
+                # percents, so four decimals lose nothing and keep the exposition readable.
+                fam.add_metric([worker_id, name, str(index)], round(min(1.0, max(0.0, ratio)), 4))
+        yield fam
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -51,6 +94,8 @@ class Metrics:
         self.http_requests = Counter(
             "trainyard_http_requests", "REST requests", ["method", "code"], registry=r
         )
+        self.gpu_utilization = _GpuCollector()
+        r.register(self.gpu_utilization)
 
     def add_queue_collector(self, read: Callable[[], dict[str, object]]) -> None:
         self.registry.register(_QueueCollector(read))

@@ -8,7 +8,7 @@ import asyncio
 import gzip
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,7 +31,8 @@ from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
 from trainyard.objects.base import ObjectNotFound
 from trainyard.objects.factory import open_object_store
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
-from trainyard.scheduler.core import decide
+from trainyard.scheduler.core import Decisions, decide
+from trainyard.scheduler.eta import estimate_starts
 from trainyard.scheduler.fairshare import TeamShare, accumulate
 from trainyard.scheduler.snapshot import (
     PendingJob,
@@ -49,8 +50,18 @@ from trainyard.server.leader import leadership_for
 from trainyard.server.logtail import LogTails
 from trainyard.server.metrics import Metrics
 from trainyard.server.notify import WorkerNote, notifier_for
-from trainyard.server.settings import Settings, url_secret, worker_bootstrap_token
-from trainyard.server.views import job_json
+from trainyard.server.queueboard import (
+    BOARD_KEY,
+    ESTIMATE_AFTER_S,
+    ESTIMATE_EVERY_S,
+    PUBLISH_EVERY_S,
+    BoardReader,
+    QueueBoard,
+    waiting_positions,
+)
+from trainyard.server.secretbox import SecretBox, SecretUnreadable
+from trainyard.server.settings import Settings, secret_key, url_secret, worker_bootstrap_token
+from trainyard.server.views import iso, job_json
 from trainyard.store.sql import Lease, NotFound, Placement, SqlStore, SubmitResult
 
 log = logging.getLogger("trainyard.server")
@@ -60,6 +71,8 @@ T = TypeVar("T")
 AUTH_CACHE_TTL_S = 5.0
 HEARTBEAT_PERSIST_S = 5.0
 RELAY_BATCH = 1000
+ETA_MAX_STEPS = 16  # simulated job-end steps per estimate; later jobs get no estimate (null)
+ETA_MAX_JOBS = 1000  # the first jobs of the global queue order are estimated
 TEAMS_REFRESH_S = 5.0  # how stale the scheduler's copy of team weights and quotas may be
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
@@ -102,6 +115,7 @@ class Platform:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = store or SqlStore(settings.db_url)
+        self.store.max_preemptions = settings.max_preemptions
         self.objects = open_object_store(
             settings.object_store,
             home=settings.home,
@@ -128,6 +142,7 @@ class Platform:
         self.metrics = Metrics()
         self.metrics.add_queue_collector(self._queue_snapshot)
         self.bootstrap_token = worker_bootstrap_token(settings.home)
+        self.secret_box = SecretBox(secret_key(settings))
         self.started_at = time.time()
         # worker credential -> (worker, cache expiry); a death or re-registration evicts at once
         self._worker_tokens: dict[str, tuple[Worker, float]] = {}
@@ -142,15 +157,22 @@ class Platform:
         self._preempt_queue: list[tuple[Any, str]] = []
         self._claims: dict[str, tuple[str, ...]] = {}  # job -> workers held for it (see schedule_once)
         self.shares: dict[str, TeamShare] = {}
-        self.queue_positions: dict[str, int] = {}
+        self.board = QueueBoard()  # the leader's, published for every replica
+        self._board_published = 0.0
+        self._last_cycle: tuple[Snapshot, Decisions] | None = None  # input of the next estimate
+        self._reader = BoardReader()  # this replica's copy of the published board
+        self._reader_lock = asyncio.Lock()
         self.writes = GroupCommit(self.store)
         self._beats_persisted = 0.0
+        self._cached_uris: dict[str, tuple[str, ...]] = {}  # worker -> data cache as last written
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
         self.leadership = leadership_for(settings.db_url, settings.home)
         self.notifier = notifier_for(settings.db_url)
         self._tasks: set[asyncio.Task[None]] = set()
         self.leader_since = time.time()
         self.is_leader = False
+        self._store_down = False
+        self._store_back_at = 0.0  # when the reconciler reached the store again after an outage
 
     async def authenticate(self, token: str) -> User | None:
         """Token → user, cached for a few seconds: a revoked token stops working within the TTL."""
@@ -158,12 +180,29 @@ class Platform:
         hit = self._auth_cache.get(token)
         if hit is not None and hit[1] > now:
             return hit[0]
-        user = await self.db(self.store.authenticate, token)
-        if user is not None:
-            if len(self._auth_cache) > 10_000:
-                self._auth_cache.clear()
-            self._auth_cache[token] = (user, now + AUTH_CACHE_TTL_S)
+        found = await self.db(self.store.token_user, token)
+        if found is None:
+            return None
+        user, expires_at = found
+        if len(self._auth_cache) > 10_000:
+            self._auth_cache.clear()
+        ttl = AUTH_CACHE_TTL_S if expires_at is None else min(AUTH_CACHE_TTL_S, expires_at - time.time())
+        self._auth_cache[token] = (user, now + ttl)  # an expiring token is not honoured past its expiry
         return user
+
+    def forget_user_tokens(self, name: str) -> None:
+        """A token of ``name`` was revoked: this replica stops honouring it now (others within
+        ``AUTH_CACHE_TTL_S``)."""
+        for token, (user, _) in list(self._auth_cache.items()):
+            if user.name == name:
+                self._auth_cache.pop(token, None)
+
+    async def audit(
+        self, actor: User, action: str, target: str, team: str | None, details: dict[str, Any]
+    ) -> None:
+        """Record who did what (after it succeeded): cancels, restarts, drains, team, user, token and
+        secret changes."""
+        await self.db(self.store.audit, actor.name, action, target, team, details)
 
     def held_seen(self, running: list[tuple[str, int, str]]) -> None:
         """A heartbeat listed these attempts: their worker has them, even if not started yet."""
@@ -171,11 +210,58 @@ class Platform:
         for job_id, attempt, _ in running:
             self._held[(job_id, attempt)] = now
 
+    async def note_cached_uris(self, worker_id: str, uris: Iterable[str]) -> None:
+        """Persist a worker's data cache when it changed (agents send it with every heartbeat)."""
+        held = tuple(sorted(set(uris)))
+        if self._cached_uris.get(worker_id) != held:
+            await self.db(self.store.set_cached_uris, worker_id, held)
+            self._cached_uris[worker_id] = held
+
     def forget_worker(self, worker_id: str) -> None:
         # Called from the reconciler's thread too: iterate over a copy, remove tolerantly.
         for token, (w, _) in list(self._worker_tokens.items()):
             if w.id == worker_id:
                 self._worker_tokens.pop(token, None)
+
+    # ---- drains ----------------------------------------------------------------------------------
+    async def drain(self, ref: str, deadline_s: float) -> Worker | None:
+        """Drain a worker (id or name): nothing new goes there, and its running attempts are preempted
+        (checkpointed, requeued without using a retry) once ``deadline_s`` has passed. None: unknown."""
+        worker = await self.db(self.store.drain_worker, ref, time.time() + max(0.0, deadline_s))
+        if worker is None:
+            return None
+        self.forget_worker(worker.id)  # its next heartbeat must see DRAINING, not a cached ALIVE
+        self.channels.send(worker.id, pb.LeaseMessage(command=pb.Command(kind=pb.Command.DRAIN)))
+        self.kick_scheduler.set()
+        return worker
+
+    async def drain_commands(
+        self, worker: Worker, draining: bool, running: list[tuple[str, int, str]]
+    ) -> list[pb.Command]:
+        """A heartbeat's drain business: an agent that drains itself (a spot notice) is marked
+        DRAINING; a drained one is told to take no work and, past its deadline, to preempt its
+        attempts. Sent on every heartbeat until done, so a lost message or a restarted control plane
+        does not matter (the agent ignores repeats)."""
+        if draining and worker.status == "ALIVE":
+            drained = await self.db(self.store.drain_worker, worker.id, None)
+            self.forget_worker(worker.id)
+            self.kick_scheduler.set()
+            worker = drained or worker
+        if worker.status != "DRAINING":
+            return []
+        cmds = [pb.Command(kind=pb.Command.DRAIN)]
+        if worker.drain_deadline is not None and worker.drain_deadline <= time.time():
+            cmds += [
+                pb.Command(
+                    kind=pb.Command.PREEMPT,
+                    job_id=job_id,
+                    attempt=attempt,
+                    lease_token=token,
+                    reason="preempted: the worker is being drained",
+                )
+                for job_id, attempt, token in running
+            ]
+        return cmds
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking store call off the event loop."""
@@ -198,14 +284,36 @@ class Platform:
         """GET /v1/jobs/{id}: from the status cache when it holds the job, else from the store (and
         cached for the next reader). The cache is invalidated after every commit that changes a job."""
         if not self.status_cache:
-            return job_json(await self.visible_job(user, job_id))
+            return await self.with_queue_info(job_json(await self.visible_job(user, job_id)))
         cached, ticket = self.cache.get_status(job_id)
         if cached is not None and (user.is_admin or cached.get("team") == user.team):
-            return cached
+            return await self.with_queue_info(cached)
         job = await self.visible_job(user, job_id)
         view = job_json(job)
         self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
-        return view
+        return await self.with_queue_info(view)
+
+    async def with_queue_info(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A pending job's view with its queue position and estimated start, from the leader's board
+        (never cached with the view: the board moves every cycle)."""
+        if view["status"] != JobStatus.PENDING.value:
+            return view
+        info = (await self.queue_board()).lookup(view["id"])
+        return {
+            **view,
+            "queue_position": info["queue_position"],
+            "estimated_start_at": iso(info["estimated_start_at"]),
+        }
+
+    async def queue_board(self) -> QueueBoard:
+        if self.is_leader:
+            return self.board
+        if self._reader.stale():
+            async with self._reader_lock:
+                if self._reader.stale():
+                    got = await self.db(self.store.get_scheduler_state, BOARD_KEY)
+                    self._reader.replace(QueueBoard.from_json(got[0]) if got else QueueBoard())
+        return self._reader.board
 
     def _check_rate(self, user: User) -> None:
         tier = tier_of(self.tiers, user.tier, self.settings.default_tier)
@@ -238,12 +346,16 @@ class Platform:
 
     async def cancel(self, user: User, job_id: str) -> Job:
         await self.visible_job(user, job_id)
+        if not user.can_submit:
+            raise PermissionError("viewers cannot cancel jobs")
         job = await self.db(self.store.cancel, job_id, user.name)
         worker = job.worker_id if job.status is JobStatus.CANCELLING and job.lease_token else None
         if worker and not self.channels.send(worker, _cancel_message(job, f"cancelled by {user.name}")):
             # Its lease stream is on another replica (or reconnecting): tell the others.
             note = WorkerNote(worker, "cancel", ((job.id, job.attempt),))
             await self.db(self.notifier.send, [note])
+        if job.gang_id is not None:
+            await self.push_gang_stops(job.id)
         self._changed()
         return job
 
@@ -283,8 +395,8 @@ class Platform:
 
     async def restart(self, user: User, job_id: str) -> Job:
         job = await self.visible_job(user, job_id)
-        if not user.is_admin and job.user != user.name:
-            raise PermissionError("only the job's owner or an admin can restart it")
+        if not user.manages(job.team) and (job.user != user.name or not user.can_submit):
+            raise PermissionError("only the job's owner, a team admin or an admin can restart it")
         job = await self.db(self.store.restart, job_id, user.name)
         self.kick_scheduler.set()
         self._changed()
@@ -373,11 +485,14 @@ class Platform:
         if last is not None:
             return True
         grace = 3 * self.settings.heartbeat_interval
-        if registered_at >= self.leader_since:
+        # Heartbeats cannot be taken while the store is down (the worker's credential is looked up
+        # there), so a store outage is treated like a restart: agents get time to check in again.
+        since = max(self.leader_since, self._store_back_at)
+        if registered_at >= since:
             return time.time() - registered_at < grace
         # Registered with an earlier control-plane process (this one restarted): its agents are
         # reconnecting with backoff, so give them longer before declaring their jobs lost.
-        return time.time() - self.leader_since < max(grace, self.settings.restart_grace)
+        return time.time() - since < max(grace, self.settings.restart_grace)
 
     def schedule_once(self) -> list[Lease]:
         """One scheduler cycle (blocking; run in a thread): snapshot → pure decisions → guarded
@@ -388,6 +503,8 @@ class Platform:
         pending = store.pending_for_scheduling(now)
         if not pending:
             self._reasons = {}
+            self._post_board(QueueBoard(as_of=now), now, force=bool(self.board.positions))
+            self._last_cycle = None
             return []
         running = store.running_for_scheduling()
         snapshot = Snapshot(
@@ -405,9 +522,8 @@ class Platform:
         waiting = {r.id for r in pending} - placed_ids
         self._claims = {j: w for j, w in {**self._claims, **decisions.claims}.items() if j in waiting}
         leases = store.lease(
-            Placement(p.job_id, p.worker_id, p.gpu_indices, p.attempt)
+            Placement(p.job_id, p.worker_id, p.gpu_indices, p.attempt, p.rank, p.world_size)
             for p in decisions.placements
-            if p.rank == 0
         )
         by_id = {r.id: r for r in running}
         for victim in decisions.preemptions:
@@ -425,19 +541,55 @@ class Platform:
             self._preempt_queue.append((row, f"preempted ({victim.reason}) for job {victim.for_job}"))
             self.metrics.preemptions.labels(victim.reason).inc()
         self.shares = decisions.shares
-        self.queue_positions = dict(decisions.queue_position)
+        board = QueueBoard(
+            positions=waiting_positions(decisions.queue_position, {r.id: r.team for r in pending}, waiting),
+            starts={j: t for j, t in self.board.starts.items() if j in waiting},
+            as_of=now,
+            estimated_at=self.board.estimated_at,
+        )
+        self._post_board(board, now)
+        oldest = min((r.queued_at for r in pending if r.id in waiting), default=now)
+        self._last_cycle = (snapshot, decisions) if now - oldest >= ESTIMATE_AFTER_S else None
         # Write only reasons that changed since the last cycle; most cycles change few.
         changed = {j: r for j, r in decisions.reasons.items() if self._reasons.get(j) != r}
         store.set_pending_reasons(changed)
         self._reasons = dict(decisions.reasons)
         placed = {p.id: p for p in pending}
         for lease in leases:
+            if lease.rank:
+                continue  # a gang waited once
             p = placed[lease.job_id]
             self.metrics.wait.labels(p.pool or "default", _PRIORITY_NAMES.get(p.priority, "normal")).observe(
                 max(0.0, now - p.queued_at)
             )
         self.metrics.cycle.observe(time.perf_counter() - t0)
         return leases
+
+    def _post_board(self, board: QueueBoard, now: float, force: bool = False) -> None:
+        self.board = board
+        if force or now - self._board_published >= PUBLISH_EVERY_S:
+            self.store.put_scheduler_state(BOARD_KEY, board.to_json())
+            self._board_published = now
+
+    def estimate_due(self) -> bool:
+        """An estimate is worth its cost once jobs have waited a while (a queue that drains within
+        seconds raises no "when will it start?") and the last one is ``ESTIMATE_EVERY_S`` old."""
+        return self._last_cycle is not None and time.time() - self.board.estimated_at >= ESTIMATE_EVERY_S
+
+    def estimate_once(self) -> None:
+        """Estimated starts for the last cycle's waiting jobs (blocking; run in a thread apart from
+        the scheduler's, which it does not delay: ``decide`` is pure and the snapshot immutable)."""
+        last = self._last_cycle
+        if last is None:
+            return
+        snapshot, decisions = last
+        estimates = estimate_starts(snapshot, first=decisions, max_steps=ETA_MAX_STEPS, max_jobs=ETA_MAX_JOBS)
+        # Merged into whatever board the scheduler has posted since: only jobs still waiting.
+        board = self.board
+        starts = {j: estimates.start_at.get(j) for j in board.positions}
+        self.board = QueueBoard(board.positions, starts, board.as_of, estimated_at=snapshot.now)
+        self.store.put_scheduler_state(BOARD_KEY, self.board.to_json())
+        self._board_published = time.time()
 
     def _scheduling_workers(self) -> list[SchedWorker]:
         out = []
@@ -454,6 +606,7 @@ class Platform:
                     spot=w.labels.get("spot") == "true",
                     schedulable=w.status == "ALIVE" and self._alive(w.id, w.registered_at),
                     labels=dict(w.labels),
+                    cached_uris=frozenset(w.cached_uris),
                 )
             )
         return out
@@ -462,7 +615,9 @@ class Platform:
         started = r.started_at or r.scheduled_at or now
         preempting = self._preempting.get(r.id)
         return RunningJob(
-            id=r.id,
+            # A gang's ranks are one job to the scheduler (preempted, and counted, together).
+            id=r.gang_id or r.id,
+            replica=r.replica_rank,
             team=r.team,
             worker_id=r.worker_id,
             priority=r.priority,
@@ -521,6 +676,26 @@ class Platform:
             )
         return out
 
+    async def push_gang_stops(self, gang_id: str) -> None:
+        """A gang rank ended: tell the workers of the ranks that must now stop, at once where their
+        lease stream is here (elsewhere their next heartbeat carries the command)."""
+        for cmd in await self.db(self.store.gang_stops, gang_id):
+            if cmd.worker_id is None:
+                continue
+            kind = pb.Command.PREEMPT if cmd.kind == "preempt" else pb.Command.CANCEL
+            self.channels.send(
+                cmd.worker_id,
+                pb.LeaseMessage(
+                    command=pb.Command(
+                        kind=kind,
+                        job_id=cmd.job_id,
+                        attempt=cmd.attempt,
+                        lease_token=cmd.lease_token,
+                        reason=cmd.reason,
+                    )
+                ),
+            )
+
     def take_preemptions(self) -> list[WorkerNote]:
         """Send the preempt commands of the last cycles; notes for workers on other replicas."""
         notes = []
@@ -566,9 +741,27 @@ class Platform:
                 "TRAINYARD_JOB_NAME": lease.name or "",
                 "TRAINYARD_TEAM": lease.team,
                 "TRAINYARD_USER": lease.user,
+                "TRAINYARD_RANK": str(lease.rank),
+                "TRAINYARD_WORLD_SIZE": str(lease.world_size),
             }
         )
+        if lease.gang_id:
+            # torch.distributed's env:// rendezvous reads these (and RANK/WORLD_SIZE, set alike).
+            env.update(
+                {
+                    "TRAINYARD_GANG_ID": lease.gang_id,
+                    "MASTER_ADDR": lease.master_addr,
+                    "MASTER_PORT": str(lease.master_port),
+                    "RANK": str(lease.rank),
+                    "WORLD_SIZE": str(lease.world_size),
+                }
+            )
+        names = list(spec.get("secrets") or ())
+        if names:
+            # Rare, so read here on demand (a few ms, on the caller's thread) rather than in every lease.
+            env.update(self.secret_values(lease.team, names))
         return pb.Assignment(
+            secret_env=names,
             job_id=lease.job_id,
             attempt=lease.attempt,
             lease_token=lease.lease_token,
@@ -584,7 +777,20 @@ class Platform:
             resume_from_url=self.presign_get(lease.resume_key) if lease.resume_key else "",
             image=spec.get("image") or "",
             name=lease.name or "",
+            no_network=spec.get("network") is False,
         )
+
+    def secret_values(self, team: str, names: list[str]) -> dict[str, str]:
+        """Decrypted values of a team's secrets; a secret deleted since the submit is left unset
+        (the job sees it missing, as it would a revoked credential)."""
+        sealed = self.store.secret_ciphertexts(team, names)
+        out = {}
+        for name, ciphertext in sealed.items():
+            try:
+                out[name] = self.secret_box.open(team, name, ciphertext)
+            except SecretUnreadable as e:
+                log.error("%s; the job runs without it", e)
+        return out
 
     # ---- reconciler ----------------------------------------------------------------------------
     def reconcile_once(self) -> list[str]:
@@ -592,7 +798,18 @@ class Platform:
         now = time.time()
         touched: list[str] = []
         beats: dict[str, float] = {}
-        for w in self.store.list_workers(include_dead=False):
+        try:
+            alive = self.store.list_workers(include_dead=False)
+        except sa.exc.DBAPIError:
+            self._store_down = True
+            raise
+        if self._store_down:
+            self._store_down = False
+            self._store_back_at = now
+            log.warning(
+                "state store reachable again; workers get %gs to check in", self.settings.restart_grace
+            )
+        for w in alive:
             last = self.cache.last_heartbeat(w.id)
             if last is not None:
                 beats[w.id] = last
@@ -674,9 +891,7 @@ def _pending_job(r: Any, claimed: tuple[str, ...]) -> PendingJob:
         require_region=r.require_region,
         data_uris=tuple(r.data_uris or ()),
         preemptible=r.preemptible,
-        # Gangs are placed by the scheduler core, but the store runs one process per job so far:
-        # until attempts carry ranks, a job is scheduled as its first replica (as before).
-        replicas=1,
+        replicas=r.replicas,
         max_runtime_s=r.max_runtime,
         attempt=r.attempt,
         claimed_workers=claimed,

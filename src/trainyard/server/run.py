@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import sqlalchemy as sa
 import uvicorn
@@ -68,6 +68,13 @@ async def _loop(name: str, kick: object, interval: float, step: object, stop: as
             await kick.wait(interval)  # type: ignore[attr-defined]
 
 
+async def _guarded(name: str, work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("%s failed", name)
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -101,6 +108,7 @@ async def serve(
     server = _QuietServer(config)
 
     leading = asyncio.Event()
+    estimating: list[asyncio.Task[None] | None] = [None]
 
     async def lead_step() -> None:
         # The singleton loops run only on the leader; the others serve REST and workers.
@@ -123,6 +131,11 @@ async def serve(
         notes = platform.dispatch(leases) + platform.take_preemptions()
         if notes:
             await asyncio.to_thread(platform.notifier.send, notes)
+        if platform.estimate_due() and (estimating[0] is None or estimating[0].done()):
+            # Apart from the cycle: an estimate runs the scheduler forward many times.
+            estimating[0] = asyncio.create_task(
+                _guarded("estimate", asyncio.to_thread(platform.estimate_once))
+            )
         # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
         # a long queue (a slow cycle) keeps the scheduler thread (and the GIL) busy a fifth of the time
         # at most.

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 10.0
     cancel_grace: float = 10.0
     restart_grace: float = 15.0  # after a control-plane restart, how long known workers have to check in
+    max_preemptions: int = 10  # free preemptions per job; later ones use a retry (no eviction livelock)
     scheduler_interval: float = 1.0
     max_body: int = 1 << 20
     workdir_limit: int = 100 << 20
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
         description="submission limits per user tier",
     )
     default_tier: str = "enterprise"
+    secret_key: str | None = Field(
+        default=None,
+        description="key for team secrets at rest (64 hex chars); default: generated in home/secret-key",
+    )
 
     @field_validator("max_body", "workdir_limit", "object_limit", "log_tail_bytes", mode="before")
     @classmethod
@@ -80,6 +85,19 @@ def _secret_file(path: Path, make: str) -> str:
 
 def url_secret(home: Path) -> bytes:
     return _secret_file(home / "secret", secrets.token_hex(32)).encode()
+
+
+def secret_key(settings: Settings) -> bytes:
+    """The 256-bit key team secrets are encrypted with. Replicas must share it: set
+    TRAINYARD_SECRET_KEY, or share home (where the first start writes one)."""
+    raw = settings.secret_key or _secret_file(settings.home / "secret-key", secrets.token_hex(32))
+    try:
+        key = bytes.fromhex(raw.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("TRAINYARD_SECRET_KEY must be 64 hex characters (a 256-bit key)")
+    return key
 
 
 def worker_bootstrap_token(home: Path) -> str:

@@ -53,9 +53,27 @@ def job_json(j: Job) -> dict[str, Any]:
         "exit_code": j.exit_code,
         "reason": j.reason,
         "pending_reason": j.pending_reason if j.status.value == "PENDING" else None,
+        # Filled in for pending jobs from the scheduler's board (Platform.with_queue_info).
+        "queue_position": None,
+        "estimated_start_at": None,
         "retry_after": iso(j.not_before),
         "worker_id": j.worker_id,
         "attempts": [attempt_json(a) for a in j.attempts],
+        "gang_id": j.gang_id,
+        "rank": j.replica_rank,
+        # A gang's other ranks (rank 0 is this job); each is readable as a job of its own.
+        "replicas": [
+            {
+                "rank": r.rank,
+                "job_id": r.job_id,
+                "status": r.status.value,
+                "attempt": r.attempt,
+                "worker_id": r.worker_id,
+                "exit_code": r.exit_code,
+                "reason": r.reason,
+            }
+            for r in j.replicas
+        ],
         "urls": {
             "self": base,
             "logs": f"{base}/logs",
@@ -96,6 +114,7 @@ def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, aliv
         "allocated": {"cpu": allocated[0], "memory": allocated[1], "gpu": allocated[2]},
         "running": running,
         "labels": w.labels,
+        "cached_uris": list(w.cached_uris),
         "version": w.version,
         "registered_at": iso(w.registered_at),
         "last_heartbeat": iso(w.last_heartbeat),

@@ -32,6 +32,7 @@ _COMMAND_KINDS = {
     "cancel": pb.Command.CANCEL,
     "kill_stale": pb.Command.KILL_STALE,
     "timeout": pb.Command.TIMEOUT,
+    "preempt": pb.Command.PREEMPT,
 }
 WORKER_CACHE_TTL_S = 5.0
 MAX_PART_SIZE = 5 << 30
@@ -118,6 +119,8 @@ class WorkerService(pbg.WorkerServiceServicer):
             version=request.version or None,
         )
         self.p.forget_worker(worker.id)
+        if request.HasField("data_cache"):
+            await self.p.note_cached_uris(worker.id, request.data_cache.uris)
         self.p._worker_tokens[credential] = (worker, time.monotonic() + WORKER_CACHE_TTL_S)
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         log.info("worker %s registered as %s (%s cpu, %s gpu)", request.name, worker.id, cap.cpu, cap.gpu)
@@ -142,6 +145,9 @@ class WorkerService(pbg.WorkerServiceServicer):
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
         self.p.held_seen(running)
+        self.p.metrics.gpu_utilization.record(worker.id, worker.name, request.gpu_utilization)
+        if request.HasField("data_cache"):
+            await self.p.note_cached_uris(worker.id, request.data_cache.uris)
         cmds = await self.p.db(self.p.store.worker_commands, worker.id, running)
         return pb.HeartbeatResponse(
             known=True,
@@ -154,7 +160,8 @@ class WorkerService(pbg.WorkerServiceServicer):
                     reason=c.reason,
                 )
                 for c in cmds
-            ],
+            ]
+            + await self.p.drain_commands(worker, request.draining, running),
         )
 
     async def Lease(
@@ -230,6 +237,8 @@ class WorkerService(pbg.WorkerServiceServicer):
             if res.ok:
                 self.p.tails.mark_ended(request.job_id, request.attempt)
                 self.p.kick_scheduler.set()
+                if res.gang_id is not None:
+                    await self.p.push_gang_stops(res.gang_id)
         if res.ok:
             self.p.kick_relay.set()
             return pb.ReportResponse(result=pb.ReportResponse.OK, message=res.message)

@@ -39,6 +39,8 @@ api_tokens = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("description", sa.String(200), nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=True),
 )
 
 jobs = sa.Table(
@@ -81,10 +83,17 @@ jobs = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("pending_reason", sa.Text, nullable=True),
     sa.Column("not_before", sa.Float, nullable=True),
+    # Gangs (replicas > 1): the job is rank 0 and names itself as gang; ranks 1..N-1 are member
+    # rows "<id>-<rank>" that run like jobs but are not listed or scheduled on their own.
+    sa.Column("gang_id", sa.String(32), nullable=True),
+    sa.Column("replica_rank", sa.Integer, nullable=False, server_default="0"),
+    # Set on rank 0 when another rank ended badly: {"outcome", "reason"} rank 0's attempt ends with.
+    sa.Column("gang_abort", sa.JSON(none_as_null=True), nullable=True),
     sa.UniqueConstraint("user_name", "idempotency_key", name="uq_jobs_user_idempotency_key"),
     sa.Index("ix_jobs_status", "status"),
     sa.Index("ix_jobs_team_id", "team", "id"),
     sa.Index("ix_jobs_worker", "worker_id"),
+    sa.Index("ix_jobs_gang", "gang_id"),
 )
 
 job_attempts = sa.Table(
@@ -155,6 +164,11 @@ workers = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False),
     sa.Column("registered_at", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=False),
+    # Dataset URIs in the worker's local data cache, as its agent last reported them.
+    sa.Column("cached_uris", sa.JSON, nullable=True),
+    # Set by a drain: from then on the worker's running attempts are preempted (NULL: not drained,
+    # or drained by its own agent, which stops its jobs itself).
+    sa.Column("drain_deadline", sa.Float, nullable=True),
 )
 
 artifacts = sa.Table(
@@ -189,4 +203,39 @@ rate_buckets = sa.Table(
     sa.Column("bucket", sa.String(200), primary_key=True),
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# What the leader publishes for every replica to serve (key "queue": positions and estimated starts).
+scheduler_state = sa.Table(
+    "scheduler_state",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Who cancelled, restarted, drained, changed a team, or managed tokens, users and secrets.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("team", sa.String(64), nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index("ix_audit_log_team_id", "team", "id"),
+)
+
+# Team secrets, encrypted with the control plane's key (Fernet); only a leased attempt gets a value.
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("team", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("ciphertext", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=False),
 )

@@ -8,6 +8,7 @@ caller's transaction. A move whose UPDATE matches no row is refused, never appli
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 import time
 import uuid
@@ -23,16 +24,29 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from trainyard.model import retry as retry_policy
-from trainyard.model.ids import hash_token, new_job_id, new_lease_token, new_token
+from trainyard.model.ids import (
+    TOKEN_ID_HEX,
+    TOKEN_ID_PREFIX,
+    hash_token,
+    new_job_id,
+    new_lease_token,
+    new_token,
+    token_id,
+)
 from trainyard.model.records import (
+    ROLES,
     ArtifactRecord,
     Attempt,
+    AuditEntry,
     Event,
     Job,
     LiveAttempt,
     LogChunk,
     OutboxRow,
+    Replica,
+    SecretInfo,
     Team,
+    TokenInfo,
     User,
     Worker,
 )
@@ -42,11 +56,14 @@ from trainyard.store import migrate
 from trainyard.store.schema import (
     api_tokens,
     artifacts,
+    audit_log,
     job_attempts,
     job_events,
     jobs,
     log_chunks,
     outbox,
+    scheduler_state,
+    secrets,
     teams,
     users,
     workers,
@@ -57,6 +74,7 @@ TOPIC_EVENTS = "job.events"
 EVENT_SCHEMA_VERSION = 1
 _LIVE_NAMES = [s.value for s in LIVE]
 _LEASABLE = sources_of(JobStatus.SCHEDULED)
+_member = jobs.alias("member")
 
 
 # Hot-path statements are built once: constructing a Core statement per call costs ~5x executing
@@ -109,6 +127,9 @@ class Placement:
     worker_id: str
     gpu_indices: tuple[int, ...]
     expected_attempt: int
+    rank: int = 0
+    """A gang's rank (its row is ``member_id(job_id, rank)``); a gang is leased whole or not at all."""
+    world_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,12 @@ class Lease:
     cpu: float
     memory: int
     max_runtime: float
+    rank: int = 0
+    world_size: int = 1
+    master_addr: str = ""
+    """Rank 0's worker host (gangs): where the ranks rendezvous."""
+    master_port: int = 0
+    gang_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,8 @@ class ReportResult:
     ok: bool
     status: JobStatus | None = None
     message: str = ""
+    gang_id: str | None = None
+    """Set when the report was a gang rank's: other ranks may now have to stop (``gang_stops``)."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +183,12 @@ class FinishReport:
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    kind: str  # cancel | kill_stale | timeout
+    kind: str  # cancel | kill_stale | timeout | preempt
     job_id: str
     attempt: int
     lease_token: str
     reason: str = ""
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +259,9 @@ def _decode_cursor(cursor: str) -> str:
     return raw
 
 
+DEFAULT_MAX_PREEMPTIONS = 10
+
+
 class SqlStore:
     """The source of truth. Thread-safe; every public method is one transaction."""
 
@@ -242,6 +275,9 @@ class SqlStore:
         # Called with the ids of the jobs a transaction changed, once it has committed (or failed in
         # doubt): the control plane invalidates its status cache there.
         self.on_commit: Callable[[Sequence[str]], None] | None = None
+        # Free preemptions per job; past them a preemption uses a retry like any infrastructure
+        # failure, so a job that keeps being evicted (a flapping spot fleet) cannot cycle forever.
+        self.max_preemptions = DEFAULT_MAX_PREEMPTIONS
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -305,8 +341,8 @@ class SqlStore:
     def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:
         """Create a user (or add a token to an existing one) and return a new API token. ``tier``
         None keeps an existing user's tier."""
-        if role not in ("admin", "user"):
-            raise ValueError("role must be admin or user")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
         token = new_token("ty")
         now = self.clock()
         with self._tx() as conn:
@@ -330,6 +366,11 @@ class SqlStore:
         return token
 
     def authenticate(self, token: str) -> User | None:
+        found = self.token_user(token)
+        return None if found is None else found[0]
+
+    def token_user(self, token: str) -> tuple[User, float | None] | None:
+        """The user a valid token belongs to, and when the token expires (None: never)."""
         now = self.clock()
         with self._read() as conn:
             row = conn.execute(
@@ -346,7 +387,159 @@ class SqlStore:
             ).first()
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at < now):
             return None
-        return User(name=row.name, team=row.team, role=row.role, tier=row.tier)
+        return User(name=row.name, team=row.team, role=row.role, tier=row.tier), row.expires_at
+
+    # ---- tokens, audit, secrets -----------------------------------------------------------------
+    def get_user(self, name: str) -> User | None:
+        with self._read() as conn:
+            r = conn.execute(sa.select(users).where(users.c.name == name)).first()
+        return None if r is None else User(name=r.name, team=r.team, role=r.role, tier=r.tier)
+
+    def create_token(
+        self, user: str, *, expires_at: float | None, description: str | None, created_by: str
+    ) -> tuple[TokenInfo, str]:
+        """A new API token for an existing user: its listing and the token (shown this once)."""
+        token = new_token("ty")
+        now = self.clock()
+        digest = hash_token(token)
+        with self._tx() as conn:
+            owner = conn.execute(sa.select(users.c.team).where(users.c.name == user)).first()
+            if owner is None:
+                raise NotFound(user)
+            conn.execute(
+                api_tokens.insert().values(
+                    token_hash=digest,
+                    user_name=user,
+                    created_at=now,
+                    expires_at=expires_at,
+                    description=description,
+                    created_by=created_by,
+                )
+            )
+        info = TokenInfo(token_id(digest), user, owner.team, now, expires_at, None, description, created_by)
+        return info, token
+
+    def list_tokens(self, *, user: str | None = None, team: str | None = None) -> list[TokenInfo]:
+        q = (
+            sa.select(api_tokens, users.c.team)
+            .select_from(api_tokens.join(users, users.c.name == api_tokens.c.user_name))
+            .order_by(api_tokens.c.created_at, api_tokens.c.token_hash)
+        )
+        if user is not None:
+            q = q.where(api_tokens.c.user_name == user)
+        if team is not None:
+            q = q.where(users.c.team == team)
+        with self._read() as conn:
+            return [
+                TokenInfo(
+                    token_id(r.token_hash),
+                    r.user_name,
+                    r.team,
+                    r.created_at,
+                    r.expires_at,
+                    r.revoked_at,
+                    r.description,
+                    r.created_by,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def revoke_token(self, token_id_: str) -> TokenInfo | None:
+        """Revoke by listed id (idempotent: revoking again keeps the first time). None: no such token."""
+        prefix = token_id_.removeprefix(TOKEN_ID_PREFIX)
+        if len(prefix) != TOKEN_ID_HEX or not all(c in "0123456789abcdef" for c in prefix):
+            return None
+        now = self.clock()
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(api_tokens.c.token_hash).where(api_tokens.c.token_hash.startswith(prefix))
+            ).all()
+            if len(rows) != 1:
+                return None  # none, or (astronomically unlikely) ambiguous: never revoke a guess
+            conn.execute(
+                api_tokens.update()
+                .where(api_tokens.c.token_hash == rows[0].token_hash, api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return next(t for t in self.list_tokens() if t.id == token_id_)
+
+    def audit(self, actor: str, action: str, target: str, team: str | None, details: dict[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                audit_log.insert().values(
+                    at=self.clock(), actor=actor, action=action, target=target, team=team, details=details
+                )
+            )
+
+    def list_audit(
+        self,
+        *,
+        team: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        q = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if team is not None:
+            q = q.where(audit_log.c.team == team)
+        if actor is not None:
+            q = q.where(audit_log.c.actor == actor)
+        if action is not None:
+            q = q.where(audit_log.c.action == action)
+        with self._read() as conn:
+            return [
+                AuditEntry(r.id, r.at, r.actor, r.action, r.target, r.team, dict(r.details))
+                for r in conn.execute(q)
+            ]
+
+    def put_secret(self, team: str, name: str, ciphertext: str, actor: str) -> SecretInfo:
+        now = self.clock()
+        with self._tx() as conn:
+            self._ensure_team(conn, team)
+            res = conn.execute(
+                secrets.update()
+                .where(secrets.c.team == team, secrets.c.name == name)
+                .values(ciphertext=ciphertext, updated_at=now, updated_by=actor)
+            )
+            if res.rowcount == 0:
+                conn.execute(
+                    secrets.insert().values(
+                        team=team,
+                        name=name,
+                        ciphertext=ciphertext,
+                        created_at=now,
+                        updated_at=now,
+                        updated_by=actor,
+                    )
+                )
+            r = conn.execute(sa.select(secrets).where(secrets.c.team == team, secrets.c.name == name)).one()
+        return SecretInfo(r.team, r.name, r.created_at, r.updated_at, r.updated_by)
+
+    def list_secrets(self, team: str) -> list[SecretInfo]:
+        with self._read() as conn:
+            return [
+                SecretInfo(r.team, r.name, r.created_at, r.updated_at, r.updated_by)
+                for r in conn.execute(
+                    sa.select(secrets).where(secrets.c.team == team).order_by(secrets.c.name)
+                )
+            ]
+
+    def secret_ciphertexts(self, team: str, names: Sequence[str]) -> dict[str, str]:
+        if not names:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(secrets.c.name, secrets.c.ciphertext).where(
+                    secrets.c.team == team, secrets.c.name.in_(list(names))
+                )
+            )
+            return {r.name: r.ciphertext for r in rows}
+
+    def delete_secret(self, team: str, name: str) -> bool:
+        with self._tx() as conn:
+            res = conn.execute(secrets.delete().where(secrets.c.team == team, secrets.c.name == name))
+        return res.rowcount > 0
 
     def set_team(self, name: str, changes: dict[str, Any]) -> Team:
         """Create or update a team. ``changes`` holds only what changes: weight, cpu_quota,
@@ -531,7 +724,18 @@ class SqlStore:
         )
         if team not in self._teams:
             self._ensure_team(conn, team)
+        if spec.replicas > 1:
+            row["gang_id"] = job_id
         conn.execute(_INSERT_JOB, row)
+        if spec.replicas > 1:
+            # Ranks 1..N-1: hidden rows that the gang's lease and ending move with rank 0.
+            conn.execute(
+                _INSERT_JOB,
+                [
+                    {**row, "id": member_id(job_id, k), "replica_rank": k, "idempotency_key": None}
+                    for k in range(1, spec.replicas)
+                ],
+            )
         self._event(
             conn,
             job_id=job_id,
@@ -566,6 +770,7 @@ class SqlStore:
             reason=None,
             pending_reason=None,
             not_before=None,
+            gang_id=job_id if spec.replicas > 1 else None,
         )
 
     def _by_idempotency_key(self, conn: sa.Connection, user: str, key: str) -> sa.Row[Any] | None:
@@ -593,12 +798,26 @@ class SqlStore:
         atts = conn.execute(
             sa.select(job_attempts).where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.number)
         ).all()
-        return _job(row, [_attempt(a) for a in atts])
+        replicas = None
+        if row.gang_id == row.id:
+            replicas = [_replica(m) for m in self._members(conn, row.id)]
+        return _job(row, [_attempt(a) for a in atts], replicas)
+
+    def _members(self, conn: sa.Connection, gang_id: str) -> list[sa.Row[Any]]:
+        """Ranks 1..N-1 of a gang, in rank order."""
+        return list(
+            conn.execute(
+                sa.select(jobs)
+                .where(jobs.c.gang_id == gang_id, jobs.c.replica_rank > 0)
+                .order_by(jobs.c.replica_rank)
+            )
+        )
 
     def list_jobs(
         self, flt: JobFilter, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Job], str | None]:
-        q = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        # A gang is listed once, as its rank 0.
+        q = sa.select(jobs).where(jobs.c.replica_rank == 0).order_by(jobs.c.id.desc()).limit(limit + 1)
         if flt.status:
             q = q.where(jobs.c.status.in_(list(flt.status)))
         if flt.user:
@@ -633,6 +852,10 @@ class SqlStore:
             row = self._job_row(conn, job_id)
             if row is None:
                 raise NotFound(job_id)
+            if row.gang_id is not None and row.gang_id != row.id:
+                job_id, row = row.gang_id, self._job_row(conn, row.gang_id)  # a rank: cancel its gang
+                if row is None:
+                    raise NotFound(job_id)
             status = JobStatus(row.status)
             data = {"by": actor}
             if status is JobStatus.PENDING:
@@ -658,6 +881,12 @@ class SqlStore:
                     .where(job_attempts.c.job_id == job_id, job_attempts.c.number == row.attempt)
                     .values(status=JobStatus.CANCELLING.value)
                 )
+            if row.gang_id is not None:
+                stop = {"outcome": "cancelled", "reason": f"cancelled by {actor}"}
+                if status is JobStatus.PENDING:
+                    self._end_gang_attempt(conn, job_id, row.attempt, JobStatus.CANCELLED, now)
+                elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                    self._stop_members(conn, job_id, row.attempt, stop, now)
             job = self._load_job(conn, job_id)
         assert job is not None
         return job
@@ -668,6 +897,10 @@ class SqlStore:
             row = self._job_row(conn, job_id)
             if row is None:
                 raise NotFound(job_id)
+            if row.gang_id is not None and row.gang_id != row.id:
+                job_id, row = row.gang_id, self._job_row(conn, row.gang_id)  # a rank: restart its gang
+                if row is None:
+                    raise NotFound(job_id)
             if JobStatus(row.status) not in TERMINAL:
                 raise Conflict(f"job {job_id} is {row.status}; only a finished job can be restarted")
             res = conn.execute(
@@ -691,6 +924,26 @@ class SqlStore:
             )
             if res.rowcount != 1:
                 raise Conflict(f"job {job_id} changed while restarting; try again")
+            if row.gang_id is not None:
+                conn.execute(
+                    jobs.update()
+                    # Ranks still stopping from the last run go idle when they report (_close_member).
+                    .where(
+                        jobs.c.gang_id == job_id,
+                        jobs.c.replica_rank > 0,
+                        jobs.c.status.in_([t.value for t in TERMINAL]),
+                    )
+                    .values(
+                        status=JobStatus.PENDING.value,
+                        updated_at=now,
+                        finished_at=None,
+                        exit_code=None,
+                        reason=None,
+                        lease_token=None,
+                        worker_id=None,
+                        gang_abort=None,
+                    )
+                )
             self._event(
                 conn,
                 job_id=job_id,
@@ -753,6 +1006,19 @@ class SqlStore:
             )
             .where(jobs.c.status == JobStatus.PENDING.value)
             .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            # A gang is scheduled as its rank 0, once every other rank is idle again (the ranks
+            # of its last attempt may still be stopping).
+            .where(jobs.c.replica_rank == 0)
+            .where(
+                sa.or_(
+                    jobs.c.gang_id.is_(None),
+                    ~sa.exists().where(
+                        _member.c.gang_id == jobs.c.id,
+                        _member.c.replica_rank > 0,
+                        _member.c.status != JobStatus.PENDING.value,
+                    ),
+                )
+            )
             .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
             .limit(limit)
         )
@@ -778,6 +1044,8 @@ class SqlStore:
                 jobs.c.status,
                 jobs.c.attempt,
                 jobs.c.lease_token,
+                jobs.c.gang_id,
+                jobs.c.replica_rank,
             )
             .select_from(
                 jobs.join(
@@ -839,18 +1107,12 @@ class SqlStore:
         moves: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
         with self._tx() as conn:
-            query = sa.select(jobs).where(jobs.c.id.in_([p.job_id for p in placements]))
+            query = sa.select(jobs).where(jobs.c.id.in_([member_id(p.job_id, p.rank) for p in placements]))
             if self._write_lock is None:
                 query = query.with_for_update()
             rows = {r.id: r for r in conn.execute(query)}
-            for p in placements:
-                row = rows.pop(p.job_id, None)  # pop: a job placed twice in one cycle is leased once
-                if row is None or row.attempt != p.expected_attempt:
-                    continue
-                if JobStatus(row.status) not in _LEASABLE:
-                    continue
-                if row.not_before is not None and row.not_before > now:
-                    continue
+            masters = self._gang_masters(conn, placements)
+            for p, row in self._leasable(placements, rows, now):
                 token = new_lease_token()
                 number = row.attempt + 1
                 moves.append(
@@ -863,6 +1125,7 @@ class SqlStore:
                         "worker_id": p.worker_id,
                         "pending_reason": None,
                         "not_before": None,
+                        "gang_abort": None,
                         "g_id": row.id,
                         "g_status": row.status,
                         "g_attempt": row.attempt,
@@ -881,7 +1144,7 @@ class SqlStore:
                 )
                 attempts.append(
                     {
-                        "job_id": p.job_id,
+                        "job_id": row.id,
                         "number": number,
                         "worker_id": p.worker_id,
                         "lease_token": token,
@@ -892,7 +1155,7 @@ class SqlStore:
                 )
                 leases.append(
                     Lease(
-                        p.job_id,
+                        row.id,
                         number,
                         p.worker_id,
                         token,
@@ -901,10 +1164,16 @@ class SqlStore:
                         row.name,
                         row.team,
                         row.user_name,
+                        # Every rank resumes from the gang's checkpoint: rank 0 writes it.
                         self._resume_key(conn, p.job_id) if row.attempt else None,
                         row.cpu,
                         row.memory,
                         row.max_runtime,
+                        rank=p.rank,
+                        world_size=p.world_size,
+                        master_addr=masters.get(p.job_id, ""),
+                        master_port=gang_port(p.job_id, number) if p.world_size > 1 else 0,
+                        gang_id=row.gang_id,
                     )
                 )
             if moves:
@@ -914,6 +1183,44 @@ class SqlStore:
                     raise ConcurrentChange("a leased job changed while the lease was applied")
                 conn.execute(_INSERT_ATTEMPT, attempts)
         return leases
+
+    def _leasable(
+        self, placements: list[Placement], rows: dict[str, sa.Row[Any]], now: float
+    ) -> Iterator[tuple[Placement, sa.Row[Any]]]:
+        """The placements that may be leased, with their rows: a gang only when every rank's row is
+        there, idle and at the attempt the scheduler saw (all ranks or none)."""
+        by_job: dict[str, list[Placement]] = {}
+        for p in placements:
+            by_job.setdefault(p.job_id, []).append(p)
+        for job_id, group in by_job.items():
+            head = rows.get(job_id)
+            if head is None or head.attempt != group[0].expected_attempt:
+                continue
+            if head.not_before is not None and head.not_before > now:
+                continue
+            ranks = {p.rank: p for p in group}  # a job placed twice in one cycle is leased once
+            world = max(head.replicas, 1)
+            if sorted(ranks) != list(range(world)):
+                continue
+            chosen = [(ranks[k], rows.get(member_id(job_id, k))) for k in range(world)]
+            if all(
+                r is not None and r.attempt == head.attempt and JobStatus(r.status) in _LEASABLE
+                for _, r in chosen
+            ):
+                yield from ((p, r) for p, r in chosen if r is not None)
+
+    def _gang_masters(self, conn: sa.Connection, placements: list[Placement]) -> dict[str, str]:
+        """Each gang's rendezvous host: the hostname of the worker its rank 0 goes to."""
+        rank0 = {p.job_id: p.worker_id for p in placements if p.world_size > 1 and p.rank == 0}
+        if not rank0:
+            return {}
+        hosts: dict[str, str] = {
+            r.id: r.hostname
+            for r in conn.execute(
+                sa.select(workers.c.id, workers.c.hostname).where(workers.c.id.in_(set(rank0.values())))
+            )
+        }
+        return {job: hosts.get(worker, "") for job, worker in rank0.items()}
 
     def _resume_key(self, conn: sa.Connection, job_id: str) -> str | None:
         return conn.execute(
@@ -1058,7 +1365,7 @@ class SqlStore:
             log_bytes=rep.log_bytes,
             checkpoint_key=rep.checkpoint_key,
         )
-        return ReportResult(True, status)
+        return ReportResult(True, status, gang_id=row.gang_id)
 
     def _close_attempt(
         self,
@@ -1074,18 +1381,36 @@ class SqlStore:
         checkpoint_key: str | None = None,
     ) -> JobStatus:
         """End the job's current attempt and move the job on: terminal, or back to PENDING."""
+        if row.gang_id is not None and row.replica_rank > 0:
+            return self._close_member(
+                conn, row, outcome, exit_code, reason, now, stderr_tail, log_bytes, checkpoint_key
+            )
         status = JobStatus(row.status)
         # Only the retry policy matters here; validating the whole spec again would cost more.
         policy = Retry.model_validate(row.spec.get("retry") or {})
         cancel_requested = status is JobStatus.CANCELLING
         if cancel_requested and outcome is not AttemptOutcome.SUCCEEDED:
             outcome = AttemptOutcome.CANCELLED
+        elif row.gang_abort is not None and outcome is not AttemptOutcome.SUCCEEDED:
+            # Another rank ended badly and this one was stopped for it: the gang's attempt ends
+            # as that rank's did (a preempted rank requeues the gang without using a try).
+            outcome = AttemptOutcome(row.gang_abort["outcome"])
+            reason = row.gang_abort["reason"]
         attempt_status: JobStatus
         values: dict[str, Any] = {"exit_code": exit_code, "lease_token": None, "deadline": None}
         folded: float | None = getattr(row, "folded_start", None)
         stored = JobStatus.SCHEDULED if folded is not None else None
         if folded is not None:
             values["started_at"] = folded
+        requeue: dict[str, Any] = {}
+        if outcome is AttemptOutcome.PREEMPTED:
+            before = self._preemptions(conn, row.id, row.attempt)
+            if before >= self.max_preemptions:
+                outcome = AttemptOutcome.INFRA
+                reason = f"{reason or 'preempted'}; preempted {before} times before, so this one uses a retry"
+            elif before + 1 >= self.max_preemptions:
+                # The scheduler must not pick it again (it leaves spot capacity too): no more evictions.
+                requeue["preemptible"] = False
         data: dict[str, Any] = {"outcome": outcome.value, "exit_code": exit_code, "reason": reason}
         if outcome is AttemptOutcome.PREEMPTED:
             self._move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
@@ -1096,7 +1421,7 @@ class SqlStore:
                 JobStatus.PENDING,
                 event_type="requeued",
                 now=now,
-                values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None},
+                values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None, **requeue},
             )
             attempt_status = JobStatus.PREEMPTED
             final = JobStatus.PENDING
@@ -1104,7 +1429,9 @@ class SqlStore:
             if outcome is AttemptOutcome.LOST:
                 self._move(conn, row, JobStatus.LOST, now=now, data=data, values={"lease_token": None})
                 row = self._job_row(conn, row.id)  # type: ignore[assignment]
-            decision = retry_policy.decide(policy, outcome, exit_code, row.tries)
+            # The worker reports an OOM kill as a reason starting "oom" (ExitStatus.describe).
+            oom = outcome is AttemptOutcome.FAILED and (reason or "").startswith("oom")
+            decision = retry_policy.decide(policy, outcome, exit_code, row.tries, oom=oom)
             attempt_status = JobStatus.LOST if outcome is AttemptOutcome.LOST else decision.final_status
             if decision.retry and not cancel_requested:
                 moved = self._move(
@@ -1154,7 +1481,169 @@ class SqlStore:
         if folded is not None:
             attempt_values["started_at"] = folded
         conn.execute(_UPDATE_ATTEMPT, attempt_values)
+        if row.gang_id is not None:
+            self._end_gang_attempt(conn, row.gang_id, row.attempt, final, now)
         return final
+
+    # ---- gangs ---------------------------------------------------------------------------------
+    # A gang is its rank 0 (the job, which the retry policy and preemption act on) plus member rows
+    # for ranks 1..N-1. Rank 0 decides: when it ends, the other ranks are stopped, and the gang's
+    # attempt ends as rank 0's did (as Kubeflow's default success policy: the master's exit is the
+    # job's). When another rank ends badly first, rank 0 is stopped with that rank's outcome. A
+    # member row between attempts waits PENDING ("idle"), unscheduled; the gang is leased again only
+    # once every rank is idle.
+
+    def _close_member(
+        self,
+        conn: sa.Connection,
+        row: sa.Row[Any],
+        outcome: AttemptOutcome,
+        exit_code: int | None,
+        reason: str | None,
+        now: float,
+        stderr_tail: str | None,
+        log_bytes: int | None,
+        checkpoint_key: str | None,
+    ) -> JobStatus:
+        head = self._job_row(conn, row.gang_id)
+        head_status = JobStatus(head.status) if head is not None else JobStatus.CANCELLED
+        same_attempt = head is not None and head.attempt == row.attempt
+        if row.gang_abort is not None and outcome is not AttemptOutcome.SUCCEEDED:
+            outcome = AttemptOutcome.CANCELLED  # stopped because the gang's attempt ended
+        final = head_status if head_status in TERMINAL else JobStatus.PENDING
+        folded: float | None = getattr(row, "folded_start", None)
+        values: dict[str, Any] = {
+            "exit_code": exit_code,
+            "lease_token": None,
+            "deadline": None,
+            "worker_id": None,
+            "gang_abort": None,
+            "reason": reason,
+        }
+        if final in TERMINAL:
+            values["finished_at"] = now
+        if folded is not None:
+            values["started_at"] = folded
+        self._set_member(conn, row, final, now, values, {"outcome": outcome.value, "exit_code": exit_code})
+        conn.execute(
+            _UPDATE_ATTEMPT,
+            {
+                "a_job": row.id,
+                "a_number": row.attempt,
+                "status": _ATTEMPT_STATUS[outcome].value,
+                "outcome": outcome.value,
+                "finished_at": now,
+                "exit_code": exit_code,
+                "reason": reason,
+                "stderr_tail": stderr_tail,
+                "log_bytes": log_bytes,
+                "checkpoint_key": checkpoint_key,
+                **({"started_at": folded} if folded is not None else {}),
+            },
+        )
+        if (
+            outcome is not AttemptOutcome.SUCCEEDED
+            and same_attempt
+            and head is not None
+            and head_status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+            and head.gang_abort is None
+        ):
+            abort = {
+                "outcome": outcome.value,
+                "reason": f"rank {row.replica_rank} {outcome.value}: {reason or ''}",
+            }
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == head.id, jobs.c.attempt == head.attempt)
+                .values(gang_abort=abort, updated_at=now)
+            )
+            self._stop_members(conn, head.id, head.attempt, abort, now)
+        return final
+
+    def _set_member(
+        self,
+        conn: sa.Connection,
+        row: sa.Row[Any],
+        to: JobStatus,
+        now: float,
+        values: dict[str, Any],
+        data: dict[str, Any],
+    ) -> None:
+        """A member row follows its gang rather than the job state machine (a rank that finished
+        waits idle while rank 0 runs on): guarded by status and attempt only."""
+        conn.execute(
+            _MOVE,
+            {
+                "status": to.value,
+                "updated_at": now,
+                **values,
+                "g_id": row.id,
+                # A folded start (see ``_start``) was not written: the row still says SCHEDULED.
+                "g_status": JobStatus.SCHEDULED.value if hasattr(row, "folded_start") else row.status,
+                "g_attempt": row.attempt,
+            },
+        )
+        self._event(
+            conn,
+            job_id=row.id,
+            team=row.team,
+            type_="replica_ended",
+            src=row.status,
+            dst=to.value,
+            attempt=row.attempt,
+            data={**data, "gang": row.gang_id, "rank": row.replica_rank},
+            now=now,
+        )
+
+    def _stop_members(
+        self, conn: sa.Connection, gang_id: str, attempt: int, abort: dict[str, Any], now: float
+    ) -> None:
+        """Flag the gang's live ranks of ``attempt`` to stop (``worker_commands`` and ``gang_stops``
+        tell their workers)."""
+        conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.gang_id == gang_id,
+                jobs.c.replica_rank > 0,
+                jobs.c.attempt == attempt,
+                jobs.c.status.in_(_LIVE_NAMES),
+                jobs.c.gang_abort.is_(None),
+            )
+            .values(gang_abort=abort, updated_at=now)
+        )
+
+    def _end_gang_attempt(
+        self, conn: sa.Connection, gang_id: str, attempt: int, final: JobStatus, now: float
+    ) -> None:
+        """Rank 0's attempt ended as ``final``: stop the other ranks still running it, and let idle
+        ones end with the gang when it is over."""
+        self._stop_members(conn, gang_id, attempt, {"outcome": "cancelled", "reason": "rank 0 ended"}, now)
+        if final in TERMINAL:
+            for m in self._members(conn, gang_id):
+                if m.status == JobStatus.PENDING.value:
+                    self._set_member(
+                        conn,
+                        m,
+                        final,
+                        now,
+                        {"finished_at": now, "pending_reason": None},
+                        {"gang_ended": final.value},
+                    )
+        # The head is between attempts (or done): its stop flag has served.
+        conn.execute(jobs.update().where(jobs.c.id == gang_id).values(gang_abort=None))
+
+    def gang_stops(self, gang_id: str) -> list[WorkerCommand]:
+        """The gang's ranks flagged to stop, as commands for their workers (pushed at once; the
+        heartbeat's ``worker_commands`` repeats them until they stop)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs).where(
+                    sa.or_(jobs.c.gang_id == gang_id, jobs.c.id == gang_id),
+                    jobs.c.status.in_(_LIVE_NAMES),
+                    jobs.c.gang_abort.is_not(None),
+                )
+            ).all()
+        return [_stop_command(r) for r in rows]
 
     # ---- workers -------------------------------------------------------------------------------
     def register_worker(
@@ -1192,6 +1681,7 @@ class SqlStore:
                 status="ALIVE",
                 version=version,
                 token_hash=hash_token(token),
+                drain_deadline=None,
                 last_heartbeat=now,
             )
             if prior is None:
@@ -1216,12 +1706,73 @@ class SqlStore:
             row = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
         return None if row is None else _worker(row)
 
+    def _preemptions(self, conn: sa.Connection, job_id: str, before_attempt: int) -> int:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(job_attempts)
+                .where(
+                    job_attempts.c.job_id == job_id,
+                    job_attempts.c.number < before_attempt,
+                    job_attempts.c.status == JobStatus.PREEMPTED.value,
+                )
+            ).scalar_one()
+        )
+
+    def drain_worker(self, ref: str, deadline: float | None) -> Worker | None:
+        """Mark a worker (by id or name) DRAINING: nothing new is placed there, and from ``deadline``
+        on its running attempts are preempted (None: its agent stops them itself). Draining again
+        only brings a deadline forward. None when no live worker has that id or name."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(workers).where(
+                    sa.or_(workers.c.id == ref, workers.c.name == ref), workers.c.status != "DEAD"
+                )
+            ).first()
+            if row is None:
+                return None
+            if row.drain_deadline is not None and (deadline is None or row.drain_deadline < deadline):
+                deadline = row.drain_deadline
+            conn.execute(
+                workers.update()
+                .where(workers.c.id == row.id)
+                .values(status="DRAINING", drain_deadline=deadline)
+            )
+            return _worker(conn.execute(sa.select(workers).where(workers.c.id == row.id)).one())
+
     def list_workers(self, include_dead: bool = True) -> list[Worker]:
         q = sa.select(workers).order_by(workers.c.name)
         if not include_dead:
             q = q.where(workers.c.status != "DEAD")
         with self._read() as conn:
             return [_worker(r) for r in conn.execute(q)]
+
+    def set_cached_uris(self, worker_id: str, uris: Sequence[str]) -> None:
+        """Record the dataset URIs a worker's local cache holds (sent when they change, not per beat)."""
+        with self._tx() as conn:
+            conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(cached_uris=sorted(set(uris)))
+            )
+
+    # ---- what the leader publishes -------------------------------------------------------------
+    def put_scheduler_state(self, key: str, data: dict[str, Any]) -> None:
+        now = self.clock()
+        with self._tx() as conn:
+            res = conn.execute(
+                scheduler_state.update().where(scheduler_state.c.key == key).values(data=data, updated_at=now)
+            )
+            if res.rowcount == 0:
+                conn.execute(scheduler_state.insert().values(key=key, data=data, updated_at=now))
+
+    def get_scheduler_state(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The published data and when it was written (``None``: nothing published yet)."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(scheduler_state.c.data, scheduler_state.c.updated_at).where(
+                    scheduler_state.c.key == key
+                )
+            ).first()
+        return None if row is None else (dict(row.data), row.updated_at)
 
     def touch_workers(self, seen: dict[str, float]) -> None:
         """Persist last-heartbeat times (batched; the hot path keeps them in the cache)."""
@@ -1269,7 +1820,12 @@ class SqlStore:
                 r.id: r
                 for r in conn.execute(
                     sa.select(
-                        jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.lease_token, jobs.c.worker_id
+                        jobs.c.id,
+                        jobs.c.status,
+                        jobs.c.attempt,
+                        jobs.c.lease_token,
+                        jobs.c.worker_id,
+                        jobs.c.gang_abort,
                     ).where(
                         sa.or_(
                             jobs.c.id.in_(ids),
@@ -1288,6 +1844,8 @@ class SqlStore:
                 cmds.append(WorkerCommand("kill_stale", job_id, attempt, token, "lease no longer held"))
             elif r.status == JobStatus.CANCELLING.value:
                 cmds.append(WorkerCommand("cancel", job_id, attempt, token, "cancel requested"))
+            elif r.gang_abort is not None:
+                cmds.append(_stop_command(r))
         for r in rows.values():
             if (
                 r.status == JobStatus.CANCELLING.value
@@ -1380,7 +1938,15 @@ class SqlStore:
 
     def finish_stuck_cancels(self, now: float, after: float) -> list[str]:
         """A cancel the worker never confirmed (worker wedged) ends as CANCELLED; its lease is void."""
-        stuck = sa.and_(jobs.c.status == JobStatus.CANCELLING.value, jobs.c.cancel_requested_at < now - after)
+        stuck = sa.or_(
+            sa.and_(jobs.c.status == JobStatus.CANCELLING.value, jobs.c.cancel_requested_at < now - after),
+            # A gang rank told to stop (its gang's attempt ended) that never did holds the gang back.
+            sa.and_(
+                jobs.c.status.in_(_LIVE_NAMES),
+                jobs.c.gang_abort.is_not(None),
+                jobs.c.updated_at < now - after,
+            ),
+        )
         return self._close_where(stuck, AttemptOutcome.CANCELLED, lambda row: row.reason or "cancelled", now)
 
     # ---- logs and artifacts --------------------------------------------------------------------
@@ -1559,7 +2125,45 @@ def _team(r: sa.Row[Any]) -> Team:
     )
 
 
-def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:
+def _stop_command(r: Any) -> WorkerCommand:
+    # A gang that will run again (a rank preempted or lost) stops through the preempt path, so rank 0
+    # uploads its checkpoint and the next attempt resumes from it.
+    again = r.gang_abort.get("outcome") in (AttemptOutcome.PREEMPTED.value, AttemptOutcome.LOST.value)
+    kind = "preempt" if again else "cancel"
+    return WorkerCommand(
+        kind, r.id, r.attempt, r.lease_token or "", str(r.gang_abort.get("reason", "")), r.worker_id
+    )
+
+
+_ATTEMPT_STATUS = {
+    AttemptOutcome.SUCCEEDED: JobStatus.SUCCEEDED,
+    AttemptOutcome.FAILED: JobStatus.FAILED,
+    AttemptOutcome.CANCELLED: JobStatus.CANCELLED,
+    AttemptOutcome.TIMED_OUT: JobStatus.TIMED_OUT,
+    AttemptOutcome.START_FAILED: JobStatus.FAILED,
+    AttemptOutcome.INFRA: JobStatus.FAILED,
+    AttemptOutcome.PREEMPTED: JobStatus.PREEMPTED,
+    AttemptOutcome.LOST: JobStatus.LOST,
+}
+
+
+def gang_port(gang_id: str, attempt: int) -> int:
+    """The gang's MASTER_PORT: fixed per attempt (every rank computes the same), spread over
+    20000-29999 so gangs sharing a rank-0 host rarely collide."""
+    digest = hashlib.sha256(f"{gang_id}:{attempt}".encode()).digest()
+    return 20000 + int.from_bytes(digest[:4], "big") % 10000
+
+
+def member_id(gang_id: str, rank: int) -> str:
+    """Rank ``rank``'s row of gang ``gang_id`` (rank 0 is the gang's job itself)."""
+    return gang_id if rank == 0 else f"{gang_id}-{rank}"
+
+
+def _replica(r: sa.Row[Any]) -> Replica:
+    return Replica(r.replica_rank, r.id, JobStatus(r.status), r.attempt, r.worker_id, r.exit_code, r.reason)
+
+
+def _job(row: sa.Row[Any], attempts: list[Attempt], replicas: list[Replica] | None = None) -> Job:
     return Job(
         id=row.id,
         name=row.name,
@@ -1583,6 +2187,9 @@ def _job(row: sa.Row[Any], attempts: list[Attempt]) -> Job:
         not_before=row.not_before,
         attempts=attempts,
         lease_token=row.lease_token,
+        gang_id=row.gang_id,
+        replica_rank=row.replica_rank,
+        replicas=replicas or [],
     )
 
 
@@ -1636,4 +2243,6 @@ def _worker(r: sa.Row[Any]) -> Worker:
         version=r.version,
         registered_at=r.registered_at,
         last_heartbeat=r.last_heartbeat,
+        cached_uris=tuple(r.cached_uris or ()),
+        drain_deadline=r.drain_deadline,
     )

@@ -21,11 +21,15 @@ from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.attempt import AttemptContext, AttemptRunner
 from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity, grpc_target
+from trainyard.worker.datacache import cached_uris
 from trainyard.worker.executors.base import Executor
 from trainyard.worker.executors.process import ProcessExecutor
+from trainyard.worker.gpu import GpuSampler
+from trainyard.worker.isolation import isolation_for
 from trainyard.worker.logship import LogShipper
 from trainyard.worker.rpc import PERMANENT, ControlPlane
 from trainyard.worker.slots import AttemptSlots
+from trainyard.worker.spot import SpotNoticeWatcher
 from trainyard.worker.transfer import Transfers
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class Agent:
 
     def __init__(self, cfg: WorkerConfig, *, executor: Executor | None = None) -> None:
         self.cfg = cfg
-        self.executor: Executor = executor or ProcessExecutor()
+        self.executor: Executor = executor or ProcessExecutor(isolation_for(cfg))
         self.draining = False
         self.runners: dict[AttemptKey, AttemptRunner] = {}
         self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
@@ -63,12 +67,14 @@ class Agent:
         self._lease_call: grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage] | None = None
         self._rpc: ControlPlane | None = None
         self._ctx: AttemptContext | None = None
+        self._gpus = GpuSampler()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        cfg.data_cache.mkdir(parents=True, exist_ok=True)
         # Before taking work: a previous agent's jobs must not run alongside the ones we are about to start.
         self._restarted = set(self.executor.reap_orphans(cfg.work_dir))
         # Whatever the previous run left in its slots belongs to attempts that are over for us.
@@ -112,6 +118,11 @@ class Agent:
                     asyncio.create_task(self._lease_loop(), name="lease"),
                     asyncio.create_task(shipper.run(), name="log-shipper"),
                 ]
+                if cfg.spot_notice_url:
+                    watcher = SpotNoticeWatcher(
+                        http, cfg.spot_notice_url, style=cfg.spot_notice_style, interval_s=cfg.spot_poll_s
+                    )
+                    background.append(asyncio.create_task(self._spot_loop(watcher), name="spot-notice"))
                 await stop.wait()
                 await self._shutdown(background[1])
             finally:
@@ -125,15 +136,14 @@ class Agent:
         """Take no more work, stop the jobs with their grace, report them, then return."""
         self.draining = True
         lease.cancel()
+        await self._announce_draining()
         log.info("stopping: %d attempt(s) running", len(self.runners))
         for runner in list(self.runners.values()):
             # Preempted, not cancelled: the user did not ask for it, and the job goes back to the queue.
             runner.request_stop(AttemptOutcome.PREEMPTED, "the worker is shutting down")
         tasks = list(self._tasks.values())
         if tasks:
-            grace = self.cfg.cancel_grace_s
-            if grace is None:
-                grace = self._rpc.session.cancel_grace_s if self._rpc and self._rpc.session else 10.0
+            grace = self.cfg.preempt_grace_s
             _, pending = await asyncio.wait(tasks, timeout=grace + self.cfg.shutdown_timeout_s)
             if pending:
                 log.warning("gave up waiting for %d attempt(s) to report", len(pending))
@@ -151,6 +161,7 @@ class Agent:
             region=self.cfg.region or "",
             labels=self.cfg.labels,
             version=__version__,
+            data_cache=pb.DataCache(uris=cached_uris(self.cfg.data_cache)),
         )
 
     async def _register(self, *, initial: bool = False) -> None:
@@ -205,6 +216,31 @@ class Agent:
     def _running(self) -> list[pb.RunningAttempt]:
         return [r.running_attempt() for r in self.runners.values() if not r.forgotten]
 
+    async def _spot_loop(self, watcher: SpotNoticeWatcher) -> None:
+        notice = await watcher.wait()
+        log.warning("%s: checkpointing and handing back %d attempt(s)", notice, len(self.runners))
+        await self.preempt_all(f"preempted: {notice}")
+
+    async def preempt_all(self, reason: str) -> None:
+        """Take no more work and stop every attempt as preempted: each uploads its checkpoint, then
+        reports, and its job goes back to the queue without using a retry."""
+        self.draining = True
+        await self._announce_draining()
+        for runner in list(self.runners.values()):
+            runner.request_stop(AttemptOutcome.PREEMPTED, reason)
+
+    async def _announce_draining(self) -> None:
+        """Tell the control plane we drain before handing work back; otherwise the scheduler may
+        place the requeued job right here again, on a worker about to vanish."""
+        rpc = self._rpc
+        if rpc is None or rpc.session is None:
+            return
+        try:
+            await asyncio.wait_for(rpc.heartbeat(self._running, lambda: True), self.cfg.rpc_timeout_s)
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            # Not fatal: the periodic heartbeat says it too, and a lease sent here is handed back.
+            log.warning("could not tell the control plane we drain: %s", e)
+
     async def _heartbeat_loop(self) -> None:
         rpc = self._rpc
         assert rpc is not None
@@ -213,7 +249,12 @@ class Agent:
         while True:
             generation = rpc.generation
             try:
-                resp = await rpc.heartbeat(self._running)
+                resp = await rpc.heartbeat(
+                    self._running,
+                    lambda: self.draining,
+                    lambda: cached_uris(self.cfg.data_cache),
+                    self._gpus.sample,
+                )
             except grpc.aio.AioRpcError as e:
                 if not failing:
                     log.warning("heartbeat failed (%s: %s); jobs keep running", e.code().name, e.details())
@@ -284,12 +325,14 @@ class Agent:
         # The control plane re-sends every leased attempt on reconnect: never start one twice.
         if key in self.runners or key in self._finished:
             return
-        if self.draining:
-            log.info("draining: not starting %s/%d", *key)
-            return
         assert self._ctx is not None
         restarted = key in self._restarted
         runner = AttemptRunner(self._ctx, a, restarted=restarted)
+        if self.draining:
+            # Hand the lease back at once (as preempted: no retry used) rather than sit on it until
+            # the control plane gives up on the assignment; the heartbeat tells it we are draining.
+            log.info("draining: handing back %s/%d", *key)
+            runner.request_stop(AttemptOutcome.PREEMPTED, "the worker is draining")
         self.runners[key] = runner
         task = asyncio.get_running_loop().create_task(runner.run(), name=f"attempt {key[0]}/{key[1]}")
         self._tasks[key] = task

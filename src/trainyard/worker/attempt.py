@@ -16,6 +16,7 @@ from typing import Any
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.config import WorkerConfig
+from trainyard.worker.datacache import ENV as DATA_CACHE_ENV
 from trainyard.worker.executors.base import Executor, ExitStatus, LaunchSpec, RunHandle, StartFailed
 from trainyard.worker.files import (
     ArtifactFile,
@@ -26,6 +27,7 @@ from trainyard.worker.files import (
     unpack_tar,
 )
 from trainyard.worker.logship import LogSealer, LogShipper
+from trainyard.worker.masking import SecretMasker
 from trainyard.worker.rpc import ControlPlane, StaleLease
 from trainyard.worker.slots import AttemptSlots, clear_owner
 from trainyard.worker.spool import LogSpool
@@ -70,7 +72,12 @@ class AttemptRunner:
         self.forgotten = False
         """The lease is gone (STALE, KILL_STALE): no more reports, no uploads."""
         self.handle: RunHandle | None = None
-        self.spool = LogSpool(self.dir / "log", ctx.cfg.max_log_bytes, on_data=self._on_log)
+        self.spool = LogSpool(
+            self.dir / "log",
+            ctx.cfg.max_log_bytes,
+            on_data=self._on_log,
+            masker=SecretMasker(assignment.env.get(k, "") for k in assignment.secret_env),
+        )
         self.sealer: LogSealer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.upload_failed = False
@@ -92,6 +99,8 @@ class AttemptRunner:
 
     def kill_stale(self) -> None:
         """The attempt is not ours any more: kill it at once and say nothing more about it."""
+        if not self.forgotten:
+            log.warning("attempt %s/%d: the lease is no longer ours (stale); killing it", *self.key)
         self.forgotten = True
         if self.handle is not None:
             self.handle.kill()
@@ -102,6 +111,8 @@ class AttemptRunner:
             self.handle.kill()
 
     def _grace_s(self) -> float:
+        if self.stop_outcome is AttemptOutcome.PREEMPTED:
+            return self.ctx.cfg.preempt_grace_s
         if self.ctx.cfg.cancel_grace_s is not None:
             return self.ctx.cfg.cancel_grace_s
         session = self.ctx.rpc.session
@@ -168,6 +179,10 @@ class AttemptRunner:
             on_stale=self.kill_stale,
         )
         started_at = time.monotonic()
+        if self.stop_outcome is not None:
+            # Stopped before it began (a draining agent hands the lease back): nothing to fetch.
+            await self._finish_report(self.stop_outcome, self.stop_reason, None)
+            return
         try:
             spec = await self._prepare()
             if self.forgotten:
@@ -192,7 +207,11 @@ class AttemptRunner:
         await started
         if self.forgotten:
             return
-        if self.stop_outcome is not None:
+        if self.stop_outcome is AttemptOutcome.PREEMPTED and status.ok:
+            # It finished its work within the grace: that is the job's success, not a preemption
+            # (reporting it preempted would run it again).
+            outcome, reason = AttemptOutcome.SUCCEEDED, ""
+        elif self.stop_outcome is not None:
             outcome, reason = self.stop_outcome, self.stop_reason
         elif status.ok:
             outcome, reason = AttemptOutcome.SUCCEEDED, ""
@@ -227,7 +246,7 @@ class AttemptRunner:
             job_id=a.job_id,
             attempt=a.attempt,
             command=tuple(a.command),
-            env=dict(a.env),
+            env={**a.env, DATA_CACHE_ENV: str(self.ctx.cfg.data_cache)},
             cwd=cwd,
             attempt_dir=self.dir,
             checkpoint_dir=ckpt,
@@ -237,6 +256,7 @@ class AttemptRunner:
             cpu=a.cpu,
             memory=a.memory,
             image=a.image,
+            network=not a.no_network,
         )
 
     async def _fetch_bundle(self, url: str, archive: Path, dest: Path, what: str) -> None:

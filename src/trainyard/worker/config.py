@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainyard.worker.isolation import DEFAULT_PIDS_LIMIT, IsolationMode
+
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +55,8 @@ class WorkerConfig:
     pool: str = "default"
     region: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    data_cache_dir: Path | None = None
+    """Datasets kept across jobs (``$TRAINYARD_DATA_CACHE`` for jobs); None: ``<work_dir>/data-cache``."""
     max_log_bytes: int = 1 << 30
     """Per-attempt cap on the log spool; past it a marker line is written and output is dropped."""
 
@@ -85,6 +89,31 @@ class WorkerConfig:
     """Keep an attempt's directory after its final report was accepted (for debugging)."""
     cancel_grace_s: float | None = None
     """Override the control plane's cancel grace (SIGTERM to SIGKILL)."""
+    preempt_grace_s: float = 30.0
+    """SIGTERM to SIGKILL when a job is preempted (agent SIGTERM, spot notice, drain, the scheduler):
+    the job's time to write a checkpoint. AWS gives two minutes of notice, GCP thirty seconds."""
+    spot_notice_url: str | None = None
+    """The cloud's interruption-notice endpoint to poll (None: do not watch), e.g.
+    ``http://169.254.169.254/latest/meta-data/spot/instance-action`` (AWS) or
+    ``http://metadata.google.internal/computeMetadata/v1/instance/preempted`` (GCP)."""
+    spot_notice_style: str = "auto"
+    """``aws``, ``gcp``, or ``auto`` (from the URL: ``computeMetadata`` or ``/preempted`` is GCP)."""
+    spot_poll_s: float = 2.0
+    """How often the notice endpoint is polled; AWS documents checking every five seconds."""
+    isolation: IsolationMode = IsolationMode.OFF
+    """``required``: refuse jobs the node cannot sandbox and limit; ``best-effort``: apply what the
+    node offers and warn once about the rest; ``off``: plain process groups. `yard worker` defaults to
+    best-effort; a config built in code (tests, embedding) opts in."""
+    job_network: bool = True
+    """False: no job on this worker (pool) gets a network but loopback (needs the sandbox)."""
+    job_pids_limit: int = DEFAULT_PIDS_LIMIT
+    """Processes and threads per job (its cgroup's pids limit); 0: unlimited."""
+    protected_dirs: tuple[Path, ...] = ()
+    """Hidden from sandboxed jobs besides the work directory: the platform home (database, tokens)."""
+
+    @property
+    def data_cache(self) -> Path:
+        return self.data_cache_dir or self.work_dir / "data-cache"
 
 
 @dataclass(frozen=True)

@@ -224,12 +224,22 @@ class ControlPlane:
                 log.log(level, "control plane call failed (%s: %s); retrying", code.name, e.details())
             await backoff.sleep()
 
-    async def heartbeat(self, running: Callable[[], list[pb.RunningAttempt]]) -> pb.HeartbeatResponse:
-        return await self._call(
-            self._heartbeat,
-            lambda: pb.HeartbeatRequest(worker_id=self.worker_id, running=running()),
-            retry=False,
-        )
+    async def heartbeat(
+        self,
+        running: Callable[[], list[pb.RunningAttempt]],
+        draining: Callable[[], bool] = lambda: False,
+        data_cache: Callable[[], list[str]] | None = None,
+        gpu_utilization: Callable[[], dict[int, float]] | None = None,
+    ) -> pb.HeartbeatResponse:
+        def request() -> pb.HeartbeatRequest:
+            req = pb.HeartbeatRequest(worker_id=self.worker_id, running=running(), draining=draining())
+            if data_cache is not None:
+                req.data_cache.uris.extend(data_cache())
+            if gpu_utilization is not None:
+                req.gpu_utilization.update(gpu_utilization())
+            return req
+
+        return await self._call(self._heartbeat, request, retry=False)
 
     def lease(self) -> grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage]:
         return self._lease(pb.LeaseRequest(worker_id=self.worker_id), metadata=self._metadata())

@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from trainyard.worker.masking import SecretMasker
+
 STDOUT = 1
 STDERR = 2
 STDERR_TAIL_BYTES = 4096
@@ -20,8 +22,15 @@ class LogSpool:
     byte, so a job without output costs no file.
     """
 
-    def __init__(self, path: Path, max_bytes: int, on_data: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        on_data: Callable[[], None] | None = None,
+        masker: SecretMasker | None = None,
+    ) -> None:
         self.path = path
+        self.masker = masker if masker else None
         self.max_bytes = max_bytes
         self.on_data = on_data
         self.size = 0
@@ -41,6 +50,13 @@ class LogSpool:
         if not data:
             return
         self.received += len(data)
+        if self.masker is not None:
+            data = self.masker.feed(stream, data)
+            if not data:
+                return
+        self._store(stream, data)
+
+    def _store(self, stream: int, data: bytes) -> None:
         if stream == STDERR:
             # The tail is kept apart from the cap: the last words of stderr matter most when the log was cut.
             self._stderr_tail += data
@@ -76,6 +92,9 @@ class LogSpool:
             return f.read(end - start)
 
     def close(self) -> None:
+        if self.masker is not None and not self._closed:
+            for stream in self.masker.streams_held():
+                self._store(stream, self.masker.flush(stream))
         self._closed = True
         if self._fd is not None:
             os.close(self._fd)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from trainyard.model.quantity import format_memory
+
 
 class StartFailed(Exception):
     """The command could not be started (not found, not executable, bad working directory)."""
@@ -32,6 +34,8 @@ class LaunchSpec:
     cpu: float = 0.0
     memory: int = 0
     image: str = ""
+    network: bool = True
+    """False: the job gets no network but loopback (on workers that isolate jobs)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class ExitStatus:
 
     returncode: int | None = None
     signal: int | None = None
+    oom: bool = False
+    """The kernel's OOM killer killed a process of the attempt (its cgroup's memory limit was hit)."""
+    memory_limit: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -53,6 +60,12 @@ class ExitStatus:
         return self.signal is None and self.returncode == 0
 
     def describe(self) -> str:
+        """A report's reason; ``oom: ...`` when the job ran out of memory (the control plane's retry
+        rule ``on: [oom]`` matches that prefix)."""
+        if self.oom:
+            limit = f" of {format_memory(self.memory_limit)}" if self.memory_limit > 0 else ""
+            plain = ExitStatus(returncode=self.returncode, signal=self.signal).describe()
+            return f"oom: out of memory, the job exceeded its memory limit{limit} ({plain})"
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from trainyard.worker.cgroups import AttemptCgroup, write_pid
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink, StartFailed
+from trainyard.worker.isolation import Isolation, IsolationMode, Plan
 from trainyard.worker.slots import OWNER_FILE, SLOTS_DIR, read_owner, write_owner
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class _Protocol(asyncio.SubprocessProtocol):
         self._sink_failed = False
         self.transport: asyncio.SubprocessTransport | None = None
         self.pgid = 0
+        self.plan: Plan | None = None
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.done: asyncio.Future[ExitStatus] = loop.create_future()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -74,6 +80,8 @@ class _Protocol(asyncio.SubprocessProtocol):
         # Whatever the main process left behind in its group goes with it: no orphans.
         if self.pgid:
             _killpg(self.pgid, signal.SIGKILL)
+        if self.plan is not None:
+            status = _isolated_status(self.plan, status)
         if not self.exited.done():
             self.exited.set_result(status)
         self._drain_timer = self._loop.call_later(_DRAIN_TIMEOUT_S, self._force_close)
@@ -110,7 +118,11 @@ class ProcessHandle:
     async def stop(self, grace_s: float) -> None:
         if self._proto.exited.done():
             return
-        _killpg(self._proto.pgid, signal.SIGTERM)
+        plan = self._proto.plan
+        if plan is not None and plan.sandboxed:
+            _terminate_sandboxed(self._proto.pgid, plan)
+        else:
+            _killpg(self._proto.pgid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(self._proto.exited), grace_s)
         except TimeoutError:
@@ -127,7 +139,9 @@ _WHICH_TTL_S = 5.0
 class ProcessExecutor:
     """Runs the command as a local process in a new session, so that its whole tree is one group."""
 
-    def __init__(self) -> None:
+    def __init__(self, isolation: Isolation | None = None) -> None:
+        on = isolation is not None and isolation.mode is not IsolationMode.OFF
+        self._isolation = isolation if on else None
         # The agent's own TRAINYARD_* settings (its worker token among them) are not the job's business.
         # Filtered once: walking os.environ for every job is a measurable share of a short job's cost.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
@@ -171,23 +185,52 @@ class ProcessExecutor:
             raise StartFailed("empty command")
         loop = asyncio.get_running_loop()
         proto = _Protocol(loop, sink)
+        env = self.environment(spec)
+        argv: list[str] | tuple[str, ...] = spec.command
+        executable = self._resolve(spec.command[0], env.get("PATH"))
+        gate: _Gate | None = None
+        if self._isolation is not None:
+            # Inside the sandbox a failed exec would surface as bwrap's exit code 1: check here, so that
+            # a typo is a start failure (retried elsewhere under the infra rule) as it is without one.
+            self._check_command(spec, env, executable)
+            proto.plan = plan = self._isolation.plan(spec, list(spec.command))
+            if plan.argv != list(spec.command):  # wrapped: by bwrap, or by the shell that enters the cgroup
+                argv, executable = plan.argv, plan.argv[0]
+            if plan.sandboxed and plan.cgroup is not None:
+                gate = _Gate()
+                argv = [argv[0], *gate.bwrap_args(), *argv[1:]]
         try:
-            env = self.environment(spec)
             transport, _ = await loop.subprocess_exec(
                 lambda: proto,
-                *spec.command,
-                executable=self._resolve(spec.command[0], env.get("PATH")),
+                *argv,
+                executable=executable,
                 cwd=spec.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                pass_fds=gate.child_fds() if gate is not None else (),
             )
         except OSError as e:
+            _release(proto.plan)
             raise StartFailed(_start_error(spec, e)) from e
         except ValueError as e:  # an argument with a NUL byte
+            _release(proto.plan)
             raise StartFailed(f"cannot start {spec.command[0]!r}: {e}") from e
+        finally:
+            if gate is not None:
+                gate.close_child_ends()
+        if gate is not None:
+            assert proto.plan is not None and proto.plan.cgroup is not None
+            problem = await gate.admit(loop, transport.get_pid(), proto.plan.cgroup)
+            if problem is not None:
+                assert self._isolation is not None
+                if self._isolation.mode is IsolationMode.REQUIRED:
+                    _killpg(transport.get_pid(), signal.SIGKILL)
+                    await asyncio.shield(proto.exited)
+                    raise StartFailed(f"isolation required but the job cannot enter its cgroup: {problem}")
+                log.warning("job %s/%d runs outside its cgroup: %s", spec.job_id, spec.attempt, problem)
         pid = transport.get_pid()
         proto.pgid = pid
         try:
@@ -202,7 +245,140 @@ class ProcessExecutor:
         return ProcessHandle(proto)
 
     def reap_orphans(self, work_dir: Path) -> list[tuple[str, int]]:
-        return reap_orphans(work_dir)
+        found = reap_orphans(work_dir)
+        if self._isolation is not None:
+            # Also what left its process group (or a sandbox) but not its cgroup.
+            self._isolation.sweep()
+        return found
+
+    def _check_command(self, spec: LaunchSpec, env: dict[str, str], resolved: str | None) -> None:
+        if not spec.cwd.is_dir():
+            raise StartFailed(f"working directory not found: {spec.cwd}")
+        prog = spec.command[0]
+        if os.sep in prog:
+            path = os.path.join(spec.cwd, prog)  # an absolute prog stays as it is
+            if not os.path.exists(path):
+                raise StartFailed(f"command not found: {prog}")
+            if os.path.isdir(path) or not os.access(path, os.X_OK):
+                raise StartFailed(f"command not executable: {prog}")
+        elif resolved is None and shutil.which(prog, path=env.get("PATH")) is None:
+            raise StartFailed(f"command not found: {prog}")
+
+
+def _release(plan: Plan | None) -> None:
+    if plan is not None and plan.cgroup is not None:
+        plan.cgroup.release()
+
+
+class _Gate:
+    """Holds a sandbox at its start until its processes are in the job's cgroup.
+
+    bwrap reports its sandbox's first process (``--info-fd``) and then waits (``--block-fd``) before
+    it runs the job: both of its processes move into the cgroup while nothing of the job runs yet, so
+    everything the job starts is counted and limited from its first instruction. (A pre-exec hook
+    would do it in the child, but Python code between fork and exec in a process with gRPC threads
+    can deadlock or crash the child, and it rules out vfork.)"""
+
+    def __init__(self) -> None:
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        for fd in (self.info_r, self.block_w):
+            os.set_inheritable(fd, False)
+
+    def bwrap_args(self) -> list[str]:
+        return ["--info-fd", str(self.info_w), "--block-fd", str(self.block_r)]
+
+    def child_fds(self) -> tuple[int, int]:
+        return (self.info_w, self.block_r)
+
+    def close_child_ends(self) -> None:
+        for fd in (self.info_w, self.block_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def admit(
+        self, loop: asyncio.AbstractEventLoop, bwrap_pid: int, cgroup: AttemptCgroup
+    ) -> str | None:
+        """Move the sandbox into ``cgroup`` and let the job run; what went wrong, or None."""
+        try:
+            info = await self._read_info(loop)
+            pids = [bwrap_pid]
+            child = info.get("child-pid") if info else None
+            if isinstance(child, int):
+                pids.append(child)
+            for procs in cgroup.procs_files:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):  # bwrap failed and is gone
+                        write_pid(procs, pid)
+            return None
+        except OSError as e:
+            return str(e)
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(self.block_w, b"1")
+            os.close(self.block_w)
+
+    async def _read_info(self, loop: asyncio.AbstractEventLoop) -> dict[str, object] | None:
+        done: asyncio.Future[dict[str, object] | None] = loop.create_future()
+        buf = bytearray()
+
+        def readable() -> None:
+            try:
+                chunk = os.read(self.info_r, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # bwrap exited before its sandbox existed: it reports why on stderr
+                if not done.done():
+                    done.set_result(None)
+                return
+            buf.extend(chunk)
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(buf)
+                if isinstance(parsed, dict) and not done.done():
+                    done.set_result(parsed)
+
+        os.set_blocking(self.info_r, False)
+        loop.add_reader(self.info_r, readable)
+        try:
+            return await asyncio.wait_for(done, _GATE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("bwrap did not report its sandbox within %gs", _GATE_TIMEOUT_S)
+            return None
+        finally:
+            loop.remove_reader(self.info_r)
+            os.close(self.info_r)
+
+
+_GATE_TIMEOUT_S = 10.0
+
+
+def _isolated_status(plan: Plan, status: ExitStatus) -> ExitStatus:
+    rc = status.returncode
+    if plan.sandboxed and rc is not None and 128 < rc <= 128 + 64:
+        # bwrap exits 128 + N when the job was killed by signal N: give it back its signal, as an
+        # unsandboxed job would report it (the exit code, 128 + N, is the same either way).
+        status = ExitStatus(signal=rc - 128)
+    cg = plan.cgroup
+    if cg is not None:
+        if cg.oom_killed():
+            status = replace(status, oom=True, memory_limit=cg.limits.memory)
+        cg.kill_all()
+        cg.release()
+    return status
+
+
+def _terminate_sandboxed(pgid: int, plan: Plan) -> None:
+    """SIGTERM the job's processes but not bwrap's own (the group's leader, ``pgid``): bwrap dies of
+    SIGTERM and takes the sandbox down with SIGKILL, which would leave the job no grace to checkpoint."""
+    if plan.cgroup is not None:
+        plan.cgroup.signal(signal.SIGTERM, exclude=(pgid,))
+        return
+    for pid, pgrp in _processes():
+        if pgrp == pgid and pid != pgid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _start_error(spec: LaunchSpec, e: OSError) -> str:

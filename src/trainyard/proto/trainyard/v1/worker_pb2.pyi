@@ -77,6 +77,7 @@ class RegisterRequest(google.protobuf.message.Message):
     REGION_FIELD_NUMBER: builtins.int
     LABELS_FIELD_NUMBER: builtins.int
     VERSION_FIELD_NUMBER: builtins.int
+    DATA_CACHE_FIELD_NUMBER: builtins.int
     name: builtins.str
     """stable name; re-registering with the same name keeps the worker id"""
     hostname: builtins.str
@@ -87,6 +88,8 @@ class RegisterRequest(google.protobuf.message.Message):
     def capacity(self) -> Global___Capacity: ...
     @property
     def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
+    @property
+    def data_cache(self) -> Global___DataCache: ...
     def __init__(
         self,
         *,
@@ -97,11 +100,32 @@ class RegisterRequest(google.protobuf.message.Message):
         region: builtins.str = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         version: builtins.str = ...,
+        data_cache: Global___DataCache | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["capacity", b"capacity"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["capacity", b"capacity", "hostname", b"hostname", "labels", b"labels", "name", b"name", "pool", b"pool", "region", b"region", "version", b"version"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["capacity", b"capacity", "data_cache", b"data_cache"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["capacity", b"capacity", "data_cache", b"data_cache", "hostname", b"hostname", "labels", b"labels", "name", b"name", "pool", b"pool", "region", b"region", "version", b"version"]) -> None: ...
 
 Global___RegisterRequest: typing_extensions.TypeAlias = RegisterRequest
+
+@typing.final
+class DataCache(google.protobuf.message.Message):
+    """Datasets the worker holds in its local data cache (``$TRAINYARD_DATA_CACHE``): the scheduler
+    prefers a worker that already has a job's data.uris. A message, so "not sent" differs from "none".
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    URIS_FIELD_NUMBER: builtins.int
+    @property
+    def uris(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uris: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["uris", b"uris"]) -> None: ...
+
+Global___DataCache: typing_extensions.TypeAlias = DataCache
 
 @typing.final
 class RegisterResponse(google.protobuf.message.Message):
@@ -152,18 +176,53 @@ Global___RunningAttempt: typing_extensions.TypeAlias = RunningAttempt
 class HeartbeatRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    @typing.final
+    class GpuUtilizationEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.int
+        value: builtins.float
+        def __init__(
+            self,
+            *,
+            key: builtins.int = ...,
+            value: builtins.float = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
     WORKER_ID_FIELD_NUMBER: builtins.int
     RUNNING_FIELD_NUMBER: builtins.int
+    DRAINING_FIELD_NUMBER: builtins.int
+    DATA_CACHE_FIELD_NUMBER: builtins.int
+    GPU_UTILIZATION_FIELD_NUMBER: builtins.int
     worker_id: builtins.str
+    draining: builtins.bool
+    """The agent takes no new work (a spot interruption notice, or a drain it was told of): the
+    control plane marks the worker DRAINING so nothing more is placed there.
+    """
     @property
     def running(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]: ...
+    @property
+    def data_cache(self) -> Global___DataCache: ...
+    @property
+    def gpu_utilization(self) -> google.protobuf.internal.containers.ScalarMap[builtins.int, builtins.float]:
+        """Utilization (0..1) of each GPU, by NVML device index, sampled at the heartbeat; empty when the
+        node has no NVML (nothing is reported rather than a made-up zero).
+        """
+
     def __init__(
         self,
         *,
         worker_id: builtins.str = ...,
         running: collections.abc.Iterable[Global___RunningAttempt] | None = ...,
+        draining: builtins.bool = ...,
+        data_cache: Global___DataCache | None = ...,
+        gpu_utilization: collections.abc.Mapping[builtins.int, builtins.float] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["running", b"running", "worker_id", b"worker_id"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["data_cache", b"data_cache"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["data_cache", b"data_cache", "draining", b"draining", "gpu_utilization", b"gpu_utilization", "running", b"running", "worker_id", b"worker_id"]) -> None: ...
 
 Global___HeartbeatRequest: typing_extensions.TypeAlias = HeartbeatRequest
 
@@ -295,6 +354,8 @@ class Assignment(google.protobuf.message.Message):
     RESUME_FROM_URL_FIELD_NUMBER: builtins.int
     IMAGE_FIELD_NUMBER: builtins.int
     NAME_FIELD_NUMBER: builtins.int
+    SECRET_ENV_FIELD_NUMBER: builtins.int
+    NO_NETWORK_FIELD_NUMBER: builtins.int
     job_id: builtins.str
     attempt: builtins.int
     lease_token: builtins.str
@@ -309,6 +370,8 @@ class Assignment(google.protobuf.message.Message):
     """presigned GET of a checkpoint bundle, or empty"""
     image: builtins.str
     name: builtins.str
+    no_network: builtins.bool
+    """the spec's network: false (loopback only, in the sandbox)"""
     @property
     def command(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
@@ -320,6 +383,10 @@ class Assignment(google.protobuf.message.Message):
     @property
     def artifact_paths(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """relative to the job's working directory"""
+
+    @property
+    def secret_env(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """env names holding team secrets: masked as *** in the log"""
 
     def __init__(
         self,
@@ -339,8 +406,10 @@ class Assignment(google.protobuf.message.Message):
         resume_from_url: builtins.str = ...,
         image: builtins.str = ...,
         name: builtins.str = ...,
+        secret_env: collections.abc.Iterable[builtins.str] | None = ...,
+        no_network: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["artifact_paths", b"artifact_paths", "attempt", b"attempt", "command", b"command", "cpu", b"cpu", "cwd", b"cwd", "env", b"env", "gpu_indices", b"gpu_indices", "image", b"image", "job_id", b"job_id", "lease_token", b"lease_token", "max_runtime_s", b"max_runtime_s", "memory", b"memory", "name", b"name", "resume_from_url", b"resume_from_url", "workdir_url", b"workdir_url"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["artifact_paths", b"artifact_paths", "attempt", b"attempt", "command", b"command", "cpu", b"cpu", "cwd", b"cwd", "env", b"env", "gpu_indices", b"gpu_indices", "image", b"image", "job_id", b"job_id", "lease_token", b"lease_token", "max_runtime_s", b"max_runtime_s", "memory", b"memory", "name", b"name", "no_network", b"no_network", "resume_from_url", b"resume_from_url", "secret_env", b"secret_env", "workdir_url", b"workdir_url"]) -> None: ...
 
 Global___Assignment: typing_extensions.TypeAlias = Assignment
 
