@@ -49,6 +49,9 @@ def test_jobs_go_where_their_data_is_cached(cp: ControlPlane) -> None:
 
         wait_for(cached, 15)
         # Either dataset, asked for in either order: always its holder.
-        for uri, holder in [*zip(uris, holders, strict=True), *zip(reversed(uris), reversed(holders), strict=True)]:
+        for uri, holder in [
+            *zip(uris, holders, strict=True),
+            *zip(reversed(uris), reversed(holders), strict=True),
+        ]:
             job = submit(c, ["true"], data={"uris": [uri]})
             assert wait_status(c, job, {"SUCCEEDED"}, 30)["worker_id"] == holder, uri
