@@ -39,9 +39,14 @@ def test_roles(cp: ControlPlane) -> None:
             # A team admin adds people to their own team only, up to team-admin.
             viewer = lc.post("/v1/admin/users", json={"name": "vic", "team": "vision", "role": "viewer"})
             assert viewer.status_code == 201, viewer.text
-            ann = lc.post("/v1/admin/users", json={"name": "ann", "team": "vision", "role": "user"}).json()["token"]
+            ann = lc.post("/v1/admin/users", json={"name": "ann", "team": "vision", "role": "user"}).json()[
+                "token"
+            ]
             assert lc.post("/v1/admin/users", json={"name": "x", "team": "nlp"}).status_code == 403
-            assert lc.post("/v1/admin/users", json={"name": "y", "team": "vision", "role": "admin"}).status_code == 403
+            assert (
+                lc.post("/v1/admin/users", json={"name": "y", "team": "vision", "role": "admin"}).status_code
+                == 403
+            )
             bob = user(admin, "bob", "nlp", "user")
             assert lc.post("/v1/admin/users", json={"name": "bob", "team": "vision"}).status_code == 403
         with cp.client(viewer.json()["token"]) as vc, cp.client(ann) as ac, cp.client(lead) as lc:
@@ -97,7 +102,9 @@ def test_tokens_expire_and_are_revoked(cp: ControlPlane) -> None:
         assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "expires_in"
         assert admin.post("/v1/admin/tokens", json={"user": "nobody"}).status_code == 422
         assert admin.delete("/v1/admin/tokens/tk_000000000000").status_code == 404
-        actions = {e["action"] for e in admin.get("/v1/admin/audit", params={"actor": "tom"}).json()["entries"]}
+        actions = {
+            e["action"] for e in admin.get("/v1/admin/audit", params={"actor": "tom"}).json()["entries"]
+        }
         assert "token.revoke" in actions
 
 
@@ -140,7 +147,10 @@ def test_secrets_reach_the_job_only(cp: ControlPlane) -> None:
             assert done["spec"]["secrets"] == ["API_KEY"]
             assert "API_KEY" not in (done["spec"].get("env") or {})
         with cp.client() as admin:
-            assert admin.get("/v1/secrets", params={"team": "speech"}).json()["secrets"][0]["updated_by"] == "sam"
+            assert (
+                admin.get("/v1/secrets", params={"team": "speech"}).json()["secrets"][0]["updated_by"]
+                == "sam"
+            )
     # At rest it is ciphertext: the database file holds no trace of the value.
     db = b"".join(p.read_bytes() for p in cp.home.glob("trainyard.db*"))
     assert SECRET.encode() not in db
