@@ -397,10 +397,18 @@ function jobPage(view, id) {
         j.finished_at ? el("span", {}, `ran ${dur(span(j.started_at, j.finished_at))}`) : null,
         j.exit_code !== null ? el("span", {}, `exit ${j.exit_code}`) : null,
         j.reason ? el("span", {}, `reason: ${j.reason}`) : null,
-        j.retry_after ? el("span", {}, "retry after ", time(j.retry_after)) : null),
+        j.retry_after ? el("span", {}, "retry after ", time(j.retry_after)) : null,
+        // A gang: rank 0 is this job; the other ranks are jobs of their own (logs, attempts).
+        (j.replicas || []).length ? el("span", {}, `gang of ${j.replicas.length + 1}: `,
+          ...j.replicas.flatMap((r) => [el("a", { href: `#/job/${r.job_id}` }, `rank ${r.rank}`), " ", badge(r.status), " "])) : null,
+        j.gang_id && j.gang_id !== j.id ? el("span", {}, `rank ${j.rank} of gang `, el("a", { href: `#/job/${j.gang_id}` }, j.gang_id)) : null),
       el("div", { class: "actions" }, ...buttons));
     pending.hidden = j.status !== "PENDING";
-    pending.textContent = j.status === "PENDING" ? `Waiting: ${j.pending_reason || "queued for the next scheduling cycle"}` : "";
+    pending.textContent = j.status === "PENDING" ? [
+      `Waiting: ${j.pending_reason || "queued for the next scheduling cycle"}`,
+      j.queue_position ? `#${j.queue_position} in team ${j.team}'s queue` : "",
+      j.estimated_start_at ? `starts by ${new Date(j.estimated_start_at).toLocaleString()} (latest estimate)` : "",
+    ].filter(Boolean).join(" · ") : "";
     attemptsBody.replaceChildren(...j.attempts.map((a) => {
       const rows = [el("tr", {},
         el("td", {}, String(a.number)), el("td", {}, a.worker_id || "–"), el("td", {}, badge(a.status), a.outcome ? ` ${a.outcome}` : ""),
@@ -529,6 +537,9 @@ function jobPage(view, id) {
         let end = null;
         try {
           await sse(`/v1/jobs/${id}/logs?follow=true${q}`, (event, data) => {
+            // A newer follow replaced this one (a status event raced the first load): the rest of
+            // this stream's buffered events must not land in the view the newer one cleared.
+            if (mine.signal.aborted) return;
             const d = JSON.parse(data);
             if (event === "log") {
               attempt = d.attempt;
