@@ -25,13 +25,32 @@ Work is kept near-linear in the number of pending jobs: workers are bucketed per
 by (free GPUs, free-cpu octave) so best fit is a few dict lookups, a job shape that failed is not
 searched again in the cycle (capacity only shrinks within a cycle), and the O(workers) victim and
 reservation searches run for a bounded number of jobs per cycle.
+
+The constant factor matters too (a cycle with 10,000 pending jobs on 2,000 workers should take a
+fraction of a second; ``bench/scheduler.py`` measures it), so the hot paths are written for it:
+
+* Everything jobs of one demand shape share is worked out once per cycle (``_Shape``: the groups
+  it may use, whether it can ever fit, its "waiting for capacity" text), and a shape that fits on
+  no worker even ignoring reservations is marked ``dead`` so later jobs skip the search.
+* Per-worker and per-team state is plain floats and lists, updated in place; the frozen
+  ``ResourceVector`` appears only in the returned shares.
+* A team's fair-share cost is recomputed only when its usage changed; the victim search skips
+  workers whose cheapest victim cannot beat the best found, and the reservation search stops
+  following a worker once it cannot start before the ones already chosen.
+* The cycle's objects form no reference cycles, so ``decide`` pauses the cyclic garbage collector
+  while it runs (a full collection walks the whole snapshot) and refcounting frees everything.
+
+None of this changes a decision: ``tests/unit/scheduler/test_decide_equivalence.py`` pins the
+decisions on a spread of snapshots.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,6 +70,9 @@ from trainyard.scheduler.snapshot import (
 EPS = 1e-9
 _LVL_OFFSET = 32  # cpu octaves from 2**-32 up: far below any real fraction of a core
 _LVL_SPAN = 128
+
+_VictimCost = tuple[int, float, float, int, str]  # worst priority, lost work, lost runtime, size, worker
+_Ends = tuple[list[tuple[float, float, float, int]], float, float, float]
 
 PreemptReason = Literal["priority", "fair-share reclaim"]
 ReasonCode = Literal["quota", "never-fits", "capacity", "reserved", "preempting", "draining", "reservation"]
@@ -115,12 +137,28 @@ def effective_priority(job: PendingJob, now: float, config: SchedulerConfig) -> 
 
 def decide(snapshot: Snapshot) -> Decisions:
     """Everything the scheduler would do now: placements, preemptions, reservations and reasons."""
-    return _Cycle(snapshot).run()
+    # A cycle allocates many short-lived containers and makes no reference cycles, so the cyclic
+    # collector can only cost time here, and a full collection walks the whole snapshot: at 50k
+    # pending jobs, two of them took about 150 ms of one cycle. Refcounting frees it all anyway.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Cycle(snapshot).run()
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _level(cpu: float) -> int:
     # frexp gives cpu = m * 2**e with m in [0.5, 1): e - 1 is the octave, exact for powers of two.
     return math.frexp(cpu)[1] - 1
+
+
+_by_id = operator.attrgetter("id")
+_by_queued_at = operator.attrgetter("queued_at")
+_by_replica = operator.attrgetter("replica")
+_start_and_id = operator.itemgetter(0, 1)
+_by_worker_id = operator.attrgetter("worker_id")
 
 
 def groups_key(job: PendingJob) -> tuple[object, ...]:
@@ -130,7 +168,7 @@ def groups_key(job: PendingJob) -> tuple[object, ...]:
         job.gpu_type if job.gpu else None,
         job.gpu > 0,
         job.preemptible,
-        job.region if job.require_region else None,
+        (job.region,) if job.require_region else None,
         job.cpu,
         job.memory,
         job.gpu,
@@ -157,48 +195,60 @@ class _Res:
     spare: list[float]  # cpu, memory, gpu left over at start_at once the reserved job is in
 
 
-@dataclass(slots=True, eq=False)
 class _W:
-    w: Worker
-    group: _Group
-    free_cpu: float
-    free_mem: float
-    free_gpus: list[int]
-    drain_cpu: float = 0.0
-    drain_mem: float = 0.0
-    drain_gpus: list[int] = field(default_factory=list)
-    key: int | None = None
-    holders: list[RunningJob] = field(default_factory=list)
-    victims: list[RunningJob] = field(default_factory=list)  # preemptible, cheapest loss first
-    victim_total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    victim_here: dict[str, list[float]] = field(default_factory=dict)  # job id -> what it frees here
-    extra: list[tuple[float, float, float, int]] = field(default_factory=list)  # (end, cpu, mem, gpu)
-    res: _Res | None = None
+    """A worker's state through the cycle. It names no group (``_Cycle.group_of`` does): the cycle's
+    objects form no reference cycles, so they are freed as soon as ``decide`` returns.
+
+    A plain slotted class rather than a dataclass: one is built per worker, every cycle."""
+
+    __slots__ = (
+        "dooms",
+        "drain_cpu",
+        "drain_gpus",
+        "drain_mem",
+        "extra",
+        "free_cpu",
+        "free_gpus",
+        "free_mem",
+        "holders",
+        "indexes",
+        "key",
+        "res",
+        "victim_here",
+        "victim_total",
+        "victims",
+        "w",
+    )
+
+    def __init__(self, w: Worker) -> None:
+        self.w = w
+        self.free_cpu = float(w.cpu)
+        self.free_mem = float(w.memory)
+        self.free_gpus = list(range(w.gpu))
+        self.drain_cpu = 0.0
+        self.drain_mem = 0.0
+        self.drain_gpus: list[int] = []
+        self.key: int | None = None
+        self.holders: list[RunningJob] = []
+        self.victims: list[RunningJob] = []  # preemptible, cheapest loss first
+        self.victim_total = [0.0, 0.0, 0.0]
+        self.victim_here: dict[str, list[float]] = {}  # job id -> what it frees here
+        self.extra: list[tuple[float, float, float, int]] = []  # placed this cycle: (end, cpu, mem, gpu)
+        self.res: _Res | None = None
+        self.indexes: list[_Index] = []  # the group's, then one per cached URI
+        self.dooms = 0  # times a holder here was doomed, rolled-back ones included: keys _ends()
 
 
 class _Index:
     """Workers bucketed by ``free GPUs * _LVL_SPAN + free-cpu octave``, with the non-empty keys kept
-    sorted so a best-fit search visits only buckets that exist, smallest first."""
+    sorted so a best-fit search visits only buckets that exist, smallest first. Within a bucket,
+    workers keep the order they entered it in (``_Cycle._rebucket`` maintains both)."""
 
     __slots__ = ("buckets", "keys")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, dict[str, None]] = {}
+        self.buckets: dict[int, dict[str, None]] = {}  # worker ids: an index holds no _W
         self.keys: list[int] = []
-
-    def add(self, key: int, wid: str) -> None:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            bucket = self.buckets[key] = {}
-            bisect.insort(self.keys, key)
-        bucket[wid] = None
-
-    def remove(self, key: int, wid: str) -> None:
-        bucket = self.buckets[key]
-        del bucket[wid]
-        if not bucket:
-            del self.buckets[key]
-            del self.keys[bisect.bisect_left(self.keys, key)]
 
 
 @dataclass(slots=True, eq=False)
@@ -228,6 +278,9 @@ class _T:
     fair: float
     leaving: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """Held by jobs preempted this cycle: still there for quotas, already gone for fair share."""
+    changes: int = 0
+    """Bumped whenever ``usage`` or ``leaving`` changes (undos included), so the fair pass knows
+    when the team's cost needs computing again."""
 
     def share_usage(self) -> list[float]:
         return [
@@ -235,6 +288,20 @@ class _T:
             self.usage[1] - self.leaving[1],
             self.usage[2] - self.leaving[2],
         ]
+
+
+@dataclass(slots=True, eq=False)
+class _Shape:
+    """What every job of one demand shape (constraints, per-replica demand, gang size) shares within
+    a cycle. Identity is the key: memos hold the object itself."""
+
+    groups: list[_Group]
+    never: str | None
+    dead: bool = False
+    """No worker in ``groups`` fits even one replica, reservations aside. Free capacity only shrinks
+    within a cycle, so this stays true once found."""
+    why: dict[int, str] = field(default_factory=dict)
+    """The capacity reason, by the largest free GPU count it names (-1: it names none)."""
 
 
 class _Cycle:
@@ -246,36 +313,43 @@ class _Cycle:
         self.log: list[Callable[[], None]] | None = None
         self.failed: set[tuple[object, ...]] = set()
         self.ck_groups: dict[tuple[object, ...], list[_Group]] = {}
-        self.ranked_memo: dict[tuple[object, ...], list[tuple[float, int, _Group]]] = {}
-        self.never_memo: dict[tuple[object, ...], str | None] = {}
-        self.reason_memo: dict[tuple[object, ...], tuple[int, str]] = {}
-        self.version = 0
+        self.ranked_memo: dict[tuple[object, ...], tuple[list[_Group], list[tuple[float, _Group]]]] = {}
+        self.shapes: dict[tuple[object, ...], _Shape] = {}
         self.doomed: set[str] = set()
         self.preempt_attempts = 0
         self.no_victims: set[tuple[object, ...]] = set()
         self.type_block: str | None = None
-        self.ends_memo: dict[str, tuple[tuple[int, int], list[tuple[float, float, float, int]]]] = {}
+        self.ends_memo: dict[str, tuple[tuple[int, int], _Ends]] = {}
         self.type_groups: list[_Group] = []  # for an untyped job: the groups its quotas ever allow
         self.draining: dict[str, None] = {}
 
         all_workers = sorted(snap.workers, key=lambda w: w.id)
         self.worker_type = {w.id: w.gpu_type for w in all_workers}
-        self.ws: dict[str, _W] = {}
+        ws: dict[str, _W] = {}
+        group_of: dict[str, _Group] = {}
+        self.ws, self.group_of = ws, group_of
         groups: dict[tuple[str, str | None, str | None, bool], _Group] = {}
         cap = [0.0, 0.0, 0.0]
         for w in all_workers:
-            if not w.schedulable or w.id in self.ws:
+            if not w.schedulable or w.id in ws:
                 continue
             gk = (w.pool, w.gpu_type, w.region, w.spot)
             grp = groups.get(gk)
             if grp is None:
                 grp = groups[gk] = _Group(w.pool, w.gpu_type, w.region, w.spot)
-            st = _W(w, grp, float(w.cpu), float(w.memory), list(range(w.gpu)))
+            st = ws[w.id] = _W(w)
+            group_of[w.id] = grp
+            indexes = st.indexes
+            indexes.append(grp.buckets)
+            for uri in w.cached_uris:
+                index = grp.cached.get(uri)
+                if index is None:
+                    index = grp.cached[uri] = _Index()
+                indexes.append(index)
             grp.members.append(st)
             shape = (float(w.cpu), w.memory, w.gpu)
             grp.shapes[shape] = grp.shapes.get(shape, 0) + 1
             grp.max_gpu = max(grp.max_gpu, w.gpu)
-            self.ws[w.id] = st
             cap[0] += w.cpu
             cap[1] += w.memory
             cap[2] += w.gpu
@@ -293,50 +367,66 @@ class _Cycle:
             self.teams[name] = _T(name, team, [0.0, 0.0, 0.0], {}, sh.history_share, sh.fair_share)
 
         self.gangs: dict[str, list[RunningJob]] = {}
+        gangs, teams, worker_type = self.gangs, self.teams, self.worker_type
         used_gpus: dict[str, set[int]] = {}
-        for r in sorted(snap.running, key=lambda r: (r.id, r.replica, r.worker_id)):
-            self.gangs.setdefault(r.id, []).append(r)
-            t = self.teams[r.team]
-            t.usage[0] += r.cpu
-            t.usage[1] += r.memory
-            t.usage[2] += r.gpu
-            gtype = self.worker_type.get(r.worker_id)
-            if r.gpu and gtype:
-                t.by_type[gtype] = t.by_type.get(gtype, 0) + r.gpu
-            host = self.ws.get(r.worker_id)
+        running = sorted(snap.running, key=_by_worker_id)  # by (id, replica, worker), in stable passes
+        running.sort(key=_by_replica)
+        running.sort(key=_by_id)
+        for r in running:
+            gang = gangs.get(r.id)
+            if gang is None:
+                gangs[r.id] = [r]
+            else:
+                gang.append(r)
+            cpu, mem, gpu = r.cpu, r.memory, r.gpu
+            t = teams[r.team]
+            usage = t.usage
+            usage[0] += cpu
+            usage[1] += mem
+            usage[2] += gpu
+            gtype = worker_type.get(r.worker_id)
+            if gpu and gtype:
+                t.by_type[gtype] = t.by_type.get(gtype, 0) + gpu
+            host = ws.get(r.worker_id)
             if host is None:
                 continue  # a lost or draining worker: its use still counts against the team
             host.holders.append(r)
-            host.free_cpu -= r.cpu
-            host.free_mem -= r.memory
-            if r.gpu_indices or not r.gpu:
+            host.free_cpu -= cpu
+            host.free_mem -= mem
+            if r.gpu_indices or not gpu:
                 taken: Iterable[int] = r.gpu_indices
             else:
-                taken = [g for g in host.free_gpus if g not in used_gpus.get(host.w.id, ())][: r.gpu]
-            used_gpus.setdefault(host.w.id, set()).update(taken)
+                taken = [g for g in host.free_gpus if g not in used_gpus.get(r.worker_id, ())][:gpu]
+            if taken:
+                used = used_gpus.get(r.worker_id)
+                if used is None:
+                    used = used_gpus[r.worker_id] = set()
+                used.update(taken)
             if r.terminating:
-                host.drain_cpu += r.cpu
-                host.drain_mem += r.memory
+                host.drain_cpu += cpu
+                host.drain_mem += mem
                 host.drain_gpus.extend(sorted(taken))
-                self.draining[host.w.id] = None
+                self.draining[r.worker_id] = None
             elif r.preemptible:
                 # Replicas of one gang on one worker go together: one victim, their sum freed.
                 here = host.victim_here.get(r.id)
                 if here is None:
                     host.victims.append(r)
-                    host.victim_here[r.id] = [r.cpu, r.memory, r.gpu]
+                    host.victim_here[r.id] = [cpu, mem, gpu]
                 else:
-                    here[0] += r.cpu
-                    here[1] += r.memory
-                    here[2] += r.gpu
-                host.victim_total[0] += r.cpu
-                host.victim_total[1] += r.memory
-                host.victim_total[2] += r.gpu
+                    here[0] += cpu
+                    here[1] += mem
+                    here[2] += gpu
+                total = host.victim_total
+                total[0] += cpu
+                total[1] += mem
+                total[2] += gpu
         for wid, used in used_gpus.items():
-            host = self.ws[wid]
+            host = ws[wid]
             host.free_gpus = [g for g in host.free_gpus if g not in used]
-        for st in self.ws.values():
-            st.victims.sort(key=self._loss_key)
+        for st in ws.values():
+            if len(st.victims) > 1:
+                st.victims.sort(key=self._loss_key)
             self._rebucket(st)
 
     # --- bookkeeping -------------------------------------------------------------------------
@@ -347,26 +437,34 @@ class _Cycle:
         return (r.priority, since, self.now - r.started_at, r.id)
 
     def _rebucket(self, st: _W) -> None:
-        grp = st.group
-        if st.free_cpu > EPS and st.free_mem > 0:
-            lvl = max(min(_level(st.free_cpu), _LVL_SPAN - _LVL_OFFSET - 1), -_LVL_OFFSET)
+        """Move the worker to the bucket its free capacity now belongs in, in every index it is in."""
+        cpu = st.free_cpu
+        if cpu > EPS and st.free_mem > 0:
+            # Clamped only from above: cpu > EPS is far above 2**-_LVL_OFFSET.
+            lvl = min(_level(cpu), _LVL_SPAN - _LVL_OFFSET - 1)
             key: int | None = len(st.free_gpus) * _LVL_SPAN + lvl + _LVL_OFFSET
         else:
             key = None  # holds no cpu or memory: nothing can land here
-        if key == st.key:
+        old = st.key
+        if key == old:
             return
         wid = st.w.id
-        indexes = [grp.buckets]
-        for uri in st.w.cached_uris:
-            index = grp.cached.get(uri)
-            if index is None:
-                index = grp.cached[uri] = _Index()
-            indexes.append(index)
-        for index in indexes:
-            if st.key is not None:
-                index.remove(st.key, wid)
+        for index in st.indexes:
+            buckets = index.buckets
+            if old is not None:
+                was = buckets[old]
+                del was[wid]
+                if not was:
+                    del buckets[old]
+                    keys = index.keys
+                    del keys[bisect.bisect_left(keys, old)]
             if key is not None:
-                index.add(key, wid)
+                now = buckets.get(key)
+                if now is None:
+                    buckets[key] = {wid: None}
+                    bisect.insort(index.keys, key)
+                else:
+                    now[wid] = None
         st.key = key
 
     def _record(self, undo: Callable[[], None]) -> None:
@@ -406,6 +504,7 @@ class _Cycle:
         return undo
 
     def _add_usage(self, t: _T, cpu: float, mem: float, gpu: int, gtype: str | None) -> None:
+        t.changes += 1
         t.usage[0] += cpu
         t.usage[1] += mem
         t.usage[2] += gpu
@@ -415,6 +514,7 @@ class _Cycle:
             return
 
         def undo() -> None:
+            t.changes += 1
             t.usage[0] -= cpu
             t.usage[1] -= mem
             t.usage[2] -= gpu
@@ -428,8 +528,10 @@ class _Cycle:
         return max(usage[0] * inv[0], usage[1] * inv[1], usage[2] * inv[2])
 
     def _cost(self, t: _T) -> float:
-        raw = self._share(t.share_usage()) + self.cfg.history_weight * t.history_share
-        return raw / max(t.fair, EPS)
+        # _share(t.share_usage()) without the list: this runs once per visited job.
+        u, gone, inv = t.usage, t.leaving, self.inv_capacity
+        share = max((u[0] - gone[0]) * inv[0], (u[1] - gone[1]) * inv[1], (u[2] - gone[2]) * inv[2])
+        return (share + self.cfg.history_weight * t.history_share) / max(t.fair, EPS)
 
     # --- the cycle ---------------------------------------------------------------------------
 
@@ -442,11 +544,24 @@ class _Cycle:
         # take it would make the claimant evict again, forever.
         first: dict[str, list[PendingJob]] = {}
         rest: dict[str, list[PendingJob]] = {}
+        now, step, cap = self.now, self.cfg.aging_s_per_priority_step, self.cfg.aging_cap
+
+        def rank(j: PendingJob) -> int:
+            # -effective_priority(), inlined: this runs for every pending job.
+            if step <= 0:
+                return -j.priority
+            return -max(j.priority, min(j.priority + int(max(now - j.queued_at, 0.0) // step), cap))
+
+        position = self.out.queue_position
         for name in sorted(queues):
             q = queues[name]
-            q.sort(key=lambda j: (-effective_priority(j, self.now, self.cfg), j.queued_at, j.id))
+            # By (-effective priority, queued_at, id): three stable sorts, least significant key
+            # first, compare scalars, which is quicker than comparing tuples.
+            q.sort(key=_by_id)
+            q.sort(key=_by_queued_at)
+            q.sort(key=rank)
             for i, job in enumerate(q, 1):
-                self.out.queue_position[job.id] = i
+                position[job.id] = i
             claimed = [j for j in q if j.claimed_workers]
             if claimed:
                 first[name] = claimed
@@ -461,16 +576,26 @@ class _Cycle:
     def _fair_pass(self, queues: dict[str, list[PendingJob]]) -> None:
         """Visit every queued job, the next from whichever team has the lowest weighted cost."""
         heap: list[tuple[float, str]] = []
+        costed: dict[str, int] = {}  # team -> its ``changes`` when its heap entry was costed
         for name, q in queues.items():
             q.reverse()  # pop() from the end is O(1)
-            heap.append((self._cost(self.teams[name]), name))
+            t = self.teams[name]
+            heap.append((self._cost(t), name))
+            costed[name] = t.changes
         heapq.heapify(heap)
+        visit, cost, teams = self._visit, self._cost, self.teams
         while heap:
-            _, name = heapq.heappop(heap)
+            name = heap[0][1]
             q = queues[name]
-            self._visit(q.pop())
-            if q:
-                heapq.heappush(heap, (self._cost(self.teams[name]), name))
+            visit(q.pop())
+            if not q:
+                heapq.heappop(heap)
+                continue
+            t = teams[name]
+            if t.changes != costed[name]:
+                heapq.heapreplace(heap, (cost(t), name))  # names are unique: no ties
+                costed[name] = t.changes
+            # else its cost is the one in its entry, which is still the smallest: it goes again
 
     def _final_shares(self) -> dict[str, TeamShare]:
         out: dict[str, TeamShare] = {}
@@ -496,36 +621,35 @@ class _Cycle:
     def _visit(self, job: PendingJob) -> None:
         self.out.order.append(job.id)
         t = self.teams[job.team]
-        ck = (
+        gpu = job.gpu
+        key = (
             job.pool,
-            job.gpu_type if job.gpu else None,
-            job.gpu > 0,
+            job.gpu_type if gpu else None,
             job.preemptible,
+            job.require_region,
             job.region if job.require_region else None,
-        )
-        groups = self._groups_for(ck, job)
-        # "Never" before "quota": waiting for the team's own jobs to finish would not help.
-        never = self._never_reason(ck, groups, job)
-        if never is not None:
-            self._wait(job, "never-fits", never)
-            return
-        quota = self._quota_reason(t, job)
-        if quota is not None:
-            self._wait(job, quota[0], quota[1])
-            return
-        typed_quota = (
-            job.gpu > 0 and job.gpu_type is None and t.team.quota is not None and t.team.quota.gpu_by_type
-        )
-        # A per-type quota makes success depend on the team, not just the shape.
-        mk = (
-            ck,
             job.cpu,
             job.memory,
-            job.gpu,
+            gpu,
             job.replicas,
-            job.max_runtime_s,
-            job.team if typed_quota else None,
         )
+        sh = self.shapes.get(key)
+        if sh is None:
+            sh = self.shapes[key] = self._shape(job)
+        # "Never" before "quota": waiting for the team's own jobs to finish would not help.
+        if sh.never is not None:
+            self._wait(job, "never-fits", sh.never)
+            return
+        q = t.team.quota
+        if q is not None:
+            quota = self._quota_reason(t, job)
+            if quota is not None:
+                self._wait(job, quota[0], quota[1])
+                return
+        groups = sh.groups
+        typed_quota = gpu > 0 and job.gpu_type is None and q is not None and bool(q.gpu_by_type)
+        # A per-type quota makes success depend on the team, not just the shape.
+        mk = (sh, job.max_runtime_s, job.team if typed_quota else None)
         if typed_quota:
             groups, ever = self._types_with_room(t, job, groups)
             if ever and job.replicas > 1 and self._slots(self.type_groups, job) < job.replicas:
@@ -537,17 +661,22 @@ class _Cycle:
             if not groups:
                 self._wait(job, "quota" if ever else "never-fits", self.type_block or "")
                 return
+        # ``dead`` speaks for the shape's own groups only, not for a per-type quota's subset.
+        dead = sh.dead and groups is sh.groups
         if mk not in self.failed:
             self.type_block = None
-            if self._place_now(job, groups):
-                return
-            if self.type_block is not None:
-                self._wait(job, "quota", self.type_block)
-                return
+            if not dead:
+                if self._place_now(job, groups):
+                    return
+                if self.type_block is not None:
+                    self._wait(job, "quota", self.type_block)
+                    return
+                if job.replicas == 1 and not self.out.reservations and groups is sh.groups:
+                    sh.dead = dead = True  # no reservation was in the way: nothing fits at all
             self.failed.add(mk)
         if self._try_preempt(job, groups):
             return
-        holder = self._reserved_by(job, groups)
+        holder = self._reserved_by(job, groups, sh, dead)
         if holder is not None:
             self._wait(
                 job,
@@ -556,7 +685,7 @@ class _Cycle:
                 f"{self._when(self._reservation_start(holder))}; its max_runtime ends later",
             )
             return
-        why = self._capacity_reason(ck, groups, job)
+        why = self._capacity_reason(sh, groups, job)
         res = self._try_reserve(job, groups)
         if res is not None:
             self._wait(
@@ -567,6 +696,17 @@ class _Cycle:
             )
             return
         self._wait(job, "capacity", why)
+
+    def _shape(self, job: PendingJob) -> _Shape:
+        ck = (
+            job.pool,
+            job.gpu_type if job.gpu else None,
+            job.gpu > 0,
+            job.preemptible,
+            (job.region,) if job.require_region else None,
+        )
+        groups = self._groups_for(ck, job)
+        return _Shape(groups, self._never_reason(groups, job))
 
     def _when(self, t: float) -> str:
         return f"now+{max(t - self.now, 0.0):.0f}s"
@@ -621,15 +761,7 @@ class _Cycle:
                 )
         return None
 
-    def _never_reason(self, ck: tuple[object, ...], groups: list[_Group], job: PendingJob) -> str | None:
-        key = (ck, job.cpu, job.memory, job.gpu, job.replicas)
-        if key in self.never_memo:
-            return self.never_memo[key]
-        reason = self._never_reason_uncached(groups, job)
-        self.never_memo[key] = reason
-        return reason
-
-    def _never_reason_uncached(self, groups: list[_Group], job: PendingJob) -> str | None:
+    def _never_reason(self, groups: list[_Group], job: PendingJob) -> str | None:
         if not self.ws:
             return "no schedulable workers are registered"
         prefix = "no registered worker can ever fit: "
@@ -678,17 +810,20 @@ class _Cycle:
                 slots += per * n
         return slots
 
-    def _capacity_reason(self, ck: tuple[object, ...], groups: list[_Group], job: PendingJob) -> str:
-        key = (ck, job.cpu, job.memory, job.gpu, job.replicas)
-        hit = self.reason_memo.get(key)
-        if hit is not None and hit[0] == self.version:
-            return hit[1]
+    def _capacity_reason(self, sh: _Shape, groups: list[_Group], job: PendingJob) -> str:
+        largest = -1  # the text names the largest free GPU count only when it is too small
         if job.gpu:
-            largest = 0
             for g in groups:
                 if g.buckets.keys:
                     largest = max(largest, g.buckets.keys[-1] // _LVL_SPAN)
-            if largest < job.gpu:
+            largest = max(largest, 0)
+            if largest >= job.gpu:
+                largest = -1
+        hit = sh.why.get(largest)
+        if hit is not None:
+            return hit
+        if job.gpu:
+            if largest >= 0:
                 why = (
                     f"waiting for capacity: needs {job.gpu}×{job.gpu_type or 'gpu'} on one worker; "
                     f"largest free is {largest}"
@@ -699,7 +834,7 @@ class _Cycle:
             why = f"waiting for capacity: needs {_describe(job)}"
         if job.replicas > 1:
             why += f" for each of {job.replicas} gang replicas"
-        self.reason_memo[key] = (self.version, why)
+        sh.why[largest] = why
         return why
 
     # --- placement ---------------------------------------------------------------------------
@@ -713,17 +848,17 @@ class _Cycle:
         s = res.spare
         return s[0] + EPS >= job.cpu and s[1] >= job.memory and s[2] >= job.gpu
 
-    def _search(self, index: _Index, job: PendingJob, use_res: bool) -> _W | None:
-        """Best fit within one group: fewest free GPUs, then the smallest cpu octave, that fits."""
+    def _search(self, index: _Index, job: PendingJob, lc: int, use_res: bool) -> _W | None:
+        """Best fit within one group: fewest free GPUs, then the smallest cpu octave, that fits.
+
+        ``lc`` is the job's cpu octave as a bucket offset: buckets below it hold too little cpu."""
         keys = index.keys
         if not keys:
             return None
         c, m = job.cpu, job.memory
-        lc = max(_level(c) if c > 0 else -_LVL_OFFSET, -_LVL_OFFSET) + _LVL_OFFSET
         buckets = index.buckets
         ws = self.ws
-        for i in range(bisect.bisect_left(keys, job.gpu * _LVL_SPAN + lc), len(keys)):
-            key = keys[i]
+        for key in keys[bisect.bisect_left(keys, job.gpu * _LVL_SPAN + lc) :]:
             if key % _LVL_SPAN < lc:
                 continue  # more GPUs, but a cpu octave below the demand
             for wid in buckets[key]:
@@ -745,89 +880,113 @@ class _Cycle:
             score += cfg.region_cost
         if job.preemptible and not w.spot:
             score += cfg.spot_preference_cost
-        if job.data_uris and w.cached_uris:
-            covered = sum(1 for u in job.data_uris if u in w.cached_uris)
-            score -= cfg.cache_bonus * covered / len(job.data_uris)
+        uris = job.data_uris
+        if uris and w.cached_uris:
+            covered = 0
+            for uri in uris:
+                if uri in w.cached_uris:
+                    covered += 1
+            score -= cfg.cache_bonus * covered / len(uris)
         return score
 
     def _ranked(self, job: PendingJob, groups: list[_Group]) -> list[tuple[float, _Group]]:
         """The job's groups with their fixed soft cost (region, spot), cheapest first."""
+        # Keyed by the list's id, so the entry keeps the list alive: a list that died could hand
+        # its id to another job's groups.
         key = (id(groups), job.region, job.preemptible)
-        ranked = self.ranked_memo.get(key)
-        if ranked is None:
+        hit = self.ranked_memo.get(key)
+        if hit is not None and hit[0] is groups:
+            ranked = hit[1]
+        else:
             cfg = self.cfg
-            ranked = []
+            costed: list[tuple[float, int, _Group]] = []
             for i, g in enumerate(groups):
                 pen = 0.0
                 if job.region is not None and g.region != job.region:
                     pen += cfg.region_cost
                 if job.preemptible and not g.spot:
                     pen += cfg.spot_preference_cost
-                ranked.append((pen, i, g))
-            ranked.sort(key=lambda r: (r[0], r[1]))
-            self.ranked_memo[key] = ranked
-        return [(pen, g) for pen, _, g in ranked]
+                costed.append((pen, i, g))
+            costed.sort(key=lambda r: (r[0], r[1]))
+            ranked = [(pen, g) for pen, _, g in costed]
+            self.ranked_memo[key] = (groups, ranked)
+        return ranked
 
     def _best(self, job: PendingJob, groups: list[_Group], use_res: bool = True) -> _W | None:
         best: _W | None = None
-        best_key: tuple[float, str] = (math.inf, "")
-        bonus = self.cfg.cache_bonus if job.data_uris else 0.0
+        best_score = math.inf
+        best_id = ""
+        uris = job.data_uris
+        bonus = self.cfg.cache_bonus if uris else 0.0
+        c = job.cpu
+        lc = max(_level(c), -_LVL_OFFSET) + _LVL_OFFSET if c > 0 else 0  # the job's octave, as in keys
+        use_res = use_res and bool(self.out.reservations)  # no reservations: nothing to check
+        search = self._search
+        score_of = self._score
         for pen, grp in self._ranked(job, groups):
-            if pen - bonus > best_key[0]:
+            if pen - bonus > best_score:
                 break  # fragmentation and the cache credit cannot make up the group's fixed cost
-            st = self._search(grp.buckets, job, use_res)
+            st = search(grp.buckets, job, lc, use_res)
             if st is None:
                 continue  # nothing fits in this group, so no worker caching the data does either
-            k = (self._score(st, job), st.w.id)
-            if k < best_key:
-                best, best_key = st, k
+            score = score_of(st, job)
+            if score < best_score or (score == best_score and st.w.id < best_id):
+                best, best_score, best_id = st, score, st.w.id
             # Cached data can outweigh best fit: also the best fit among the workers holding it.
-            for uri in job.data_uris:
+            for uri in uris:
                 index = grp.cached.get(uri)
                 if index is not None:
-                    st = self._search(index, job, use_res)
+                    st = search(index, job, lc, use_res)
                     if st is not None:
-                        k = (self._score(st, job), st.w.id)
-                        if k < best_key:
-                            best, best_key = st, k
+                        score = score_of(st, job)
+                        if score < best_score or (score == best_score and st.w.id < best_id):
+                            best, best_score, best_id = st, score, st.w.id
         return best
 
     def _alloc(self, st: _W, job: PendingJob) -> tuple[int, ...]:
         if self.log is not None:
             self.log.append(self._snapshot_worker(st))
-        self.version += 1
-        st.free_cpu -= job.cpu
-        st.free_mem -= job.memory
-        taken = tuple(st.free_gpus[: job.gpu])
-        st.free_gpus = st.free_gpus[job.gpu :]
+        cpu, mem, gpu = job.cpu, job.memory, job.gpu
+        st.free_cpu -= cpu
+        st.free_mem -= mem
+        free = st.free_gpus
+        taken = tuple(free[:gpu])
+        if gpu:
+            st.free_gpus = free[gpu:]
         end = self.now + job.max_runtime_s
-        st.extra.append((end, job.cpu, job.memory, job.gpu))
-        if st.res is not None and st.res.job_id != job.id and end > st.res.start_at + EPS:
-            s = st.res.spare
-            st.res.spare = [s[0] - job.cpu, s[1] - job.memory, s[2] - job.gpu]
+        st.extra.append((end, cpu, mem, gpu))
+        res = st.res
+        if res is not None and res.job_id != job.id and end > res.start_at + EPS:
+            s = res.spare
+            res.spare = [s[0] - cpu, s[1] - mem, s[2] - gpu]
         self._rebucket(st)
         return taken
 
     def _place_now(self, job: PendingJob, groups: list[_Group]) -> bool:
-        chosen: list[tuple[_W, tuple[int, ...]]] = []
         if job.replicas == 1:
             # The common case needs no undo log: nothing changes unless the job is placed.
             st = self._best(job, groups)
             if st is None or not self._types_within_quota(job, [st]):
                 return False
-            chosen.append((st, self._alloc(st, job)))
-        else:
-            self._begin()
-            for _ in range(job.replicas):
-                st = self._best(job, groups)
-                if st is None:
-                    self._rollback()
-                    return False
-                chosen.append((st, self._alloc(st, job)))
-            if not self._types_within_quota(job, [st for st, _ in chosen]):
+            w = st.w
+            gpus = self._alloc(st, job)
+            self._add_usage(self.teams[job.team], job.cpu, job.memory, job.gpu, w.gpu_type)
+            cross = job.region is not None and w.region != job.region
+            self.out.cross_region += cross
+            self.out.placements.append(Placement(job.id, w.id, gpus, 0, 1, job.attempt, cross))
+            return True
+        chosen: list[tuple[_W, tuple[int, ...]]] = []
+        self._begin()
+        for _ in range(job.replicas):
+            st = self._best(job, groups)
+            if st is None:
                 self._rollback()
                 return False
-            self._commit()
+            chosen.append((st, self._alloc(st, job)))
+        if not self._types_within_quota(job, [st for st, _ in chosen]):
+            self._rollback()
+            return False
+        self._commit()
         t = self.teams[job.team]
         for rank, (st, gpus) in enumerate(chosen):
             self._add_usage(t, job.cpu, job.memory, job.gpu, st.w.gpu_type)
@@ -873,9 +1032,11 @@ class _Cycle:
         Only the chosen workers are checked, so such a job may wait at a capped type although
         another type has room; naming the type avoids that.
         """
+        if not job.gpu or job.gpu_type is not None:
+            return True
         t = self.teams[job.team]
         q = t.team.quota
-        if q is None or not q.gpu_by_type or not job.gpu or job.gpu_type is not None:
+        if q is None or not q.gpu_by_type:
             return True
         need: dict[str, int] = {}
         for st in workers:
@@ -969,7 +1130,7 @@ class _Cycle:
         for wid in self.draining:
             st = self.ws[wid]
             if (
-                st.group in groups
+                self.group_of[wid] in groups
                 and st.res is None
                 and st.free_cpu + st.drain_cpu + EPS >= job.cpu
                 and st.free_mem + st.drain_mem >= job.memory
@@ -987,18 +1148,26 @@ class _Cycle:
         reclaim: bool,
         claimant_cost: float,
     ) -> tuple[_W, list[tuple[RunningJob, PreemptReason]]] | None:
-        best: tuple[tuple[object, ...], _W, list[tuple[RunningJob, PreemptReason]]] | None = None
+        best: tuple[_VictimCost, _W, list[tuple[RunningJob, PreemptReason]]] | None = None
         over = {
             n for n, t in self.teams.items() if n != job.team and self._share(t.share_usage()) > t.fair + EPS
         }
         if not by_priority and not over:
             return None
         verdicts: dict[str, PreemptReason | None] = {}
+        # Victims are sorted by priority first, so victims[0] has the lowest: a worker whose lowest
+        # is above the best cost's (highest) priority cannot win, and with no team over its share,
+        # one whose lowest is not below the job's has nobody to evict.
+        floor = job.priority if not over else None
         for grp in groups:
             if grp.max_gpu < job.gpu:
                 continue
             for st in grp.members:
-                if not st.victims or st.res is not None:
+                victims = st.victims
+                if not victims or st.res is not None:
+                    continue
+                lowest = victims[0].priority
+                if (best is not None and lowest > best[0][0]) or (floor is not None and lowest >= floor):
                     continue
                 vt = st.victim_total  # an upper bound: doomed victims are never added back
                 if (
@@ -1093,15 +1262,18 @@ class _Cycle:
         saved = list(t.leaving)
 
         def undo() -> None:
+            t.changes += 1
             t.leaving = saved
 
         self._record(undo)
+        t.changes += 1
         for r in self.gangs[v.id]:
             t.leaving = [t.leaving[0] + r.cpu, t.leaving[1] + r.memory, t.leaving[2] + r.gpu]
             st = self.ws.get(r.worker_id)
             if st is None:
                 continue
             self._record(self._snapshot_worker(st))
+            st.dooms += 1  # not undone: a rollback only costs _ends() a rebuild
             st.drain_cpu += r.cpu
             st.drain_mem += r.memory
             st.drain_gpus = st.drain_gpus + list(r.gpu_indices)
@@ -1118,7 +1290,6 @@ class _Cycle:
     def _claim(self, st: _W, job: PendingJob) -> None:
         """Hold capacity for a job that starts once the victims are gone: free first, then draining."""
         self._record(self._snapshot_worker(st))
-        self.version += 1
         from_free = min(st.free_cpu, job.cpu)
         st.free_cpu -= from_free
         st.drain_cpu -= job.cpu - from_free
@@ -1135,17 +1306,21 @@ class _Cycle:
 
     # --- reservations (EASY backfill) --------------------------------------------------------
 
-    def _reserved_by(self, job: PendingJob, groups: list[_Group]) -> str | None:
-        if not self.out.reservations:
+    def _reserved_by(self, job: PendingJob, groups: list[_Group], sh: _Shape, dead: bool) -> str | None:
+        if not self.out.reservations or dead:
             return None
         st = self._best(job, groups, use_res=False)
-        if st is not None and st.res is not None:
-            return st.res.job_id
-        return None
+        if st is None:
+            if groups is sh.groups:
+                sh.dead = True
+            return None
+        return st.res.job_id if st.res is not None else None
 
-    def _ends(self, st: _W) -> list[tuple[float, float, float, int]]:
-        # Several reservations look at the same workers; rebuild only when the worker changed.
-        stamp = (len(st.extra), len(self.doomed))
+    def _ends(self, st: _W) -> _Ends:
+        """What holds the worker, as (end, cpu, memory, gpu) sorted by end, and its totals."""
+        # Several reservations look at the same workers; rebuild only when the worker changed. It is
+        # never asked mid-transaction, so committed ``extra`` only grows.
+        stamp = (len(st.extra), st.dooms)
         hit = self.ends_memo.get(st.w.id)
         if hit is not None and hit[0] == stamp:
             return hit[1]
@@ -1155,28 +1330,34 @@ class _Cycle:
             end = grace if r.terminating or r.id in self.doomed else r.started_at + r.max_runtime_s
             out.append((max(end, self.now), r.cpu, r.memory, r.gpu))
         out.sort()
-        self.ends_memo[st.w.id] = (stamp, out)
-        return out
+        ends = (out, sum(e[1] for e in out), sum(e[2] for e in out), float(sum(e[3] for e in out)))
+        self.ends_memo[st.w.id] = (stamp, ends)
+        return ends
 
-    def _earliest(self, st: _W, job: PendingJob) -> tuple[float, list[float]] | None:
+    def _earliest(self, st: _W, job: PendingJob, limit: float) -> tuple[float, list[float]] | None:
         """When the job's replica fits on this worker if every holder runs to its bound, and what
-        the worker has left over from then on."""
+        the worker has left over from then on; None if not by ``limit``."""
         w = st.w
-        ends = self._ends(st)
-        used = [sum(e[1] for e in ends), sum(e[2] for e in ends), float(sum(e[3] for e in ends))]
+        ends, cpu, mem, gpu = self._ends(st)
         t = self.now
         i = 0
+        n = len(ends)
         while True:
-            spare = [w.cpu - used[0] - job.cpu, w.memory - used[1] - job.memory, w.gpu - used[2] - job.gpu]
-            if spare[0] >= -EPS and spare[1] >= 0 and spare[2] >= 0:
-                return t, spare
-            if i >= len(ends):
+            spare_cpu = w.cpu - cpu - job.cpu
+            spare_mem = w.memory - mem - job.memory
+            spare_gpu = w.gpu - gpu - job.gpu
+            if spare_cpu >= -EPS and spare_mem >= 0 and spare_gpu >= 0:
+                return t, [spare_cpu, spare_mem, spare_gpu]
+            if i >= n:
                 return None
             t = ends[i][0]
-            while i < len(ends) and ends[i][0] <= t:
-                used[0] -= ends[i][1]
-                used[1] -= ends[i][2]
-                used[2] -= ends[i][3]
+            if t > limit:
+                return None
+            while i < n and ends[i][0] <= t:
+                _, c, m, g = ends[i]
+                cpu -= c
+                mem -= m
+                gpu -= g
                 i += 1
 
     def _try_reserve(self, job: PendingJob, groups: list[_Group]) -> Reservation | None:
@@ -1184,20 +1365,29 @@ class _Cycle:
             return None
         if self.now - job.queued_at < self.cfg.reserve_after_s:
             return None
-        options: list[tuple[float, str, _W, list[float]]] = []
+        # The ``replicas`` earliest workers, by (start, worker id). Once there are that many, a
+        # worker that cannot start by the latest of them is not followed further.
+        chosen: list[tuple[float, str, _W, list[float]]] = []
+        limit = math.inf
         for grp in groups:
             for st in grp.members:
                 w = st.w
                 if st.res is not None or w.cpu + EPS < job.cpu or w.memory < job.memory or w.gpu < job.gpu:
                     continue
-                found = self._earliest(st, job)
-                if found is not None:
-                    options.append((found[0], w.id, st, found[1]))
-        if len(options) < job.replicas:
+                found = self._earliest(st, job, limit)
+                if found is None:
+                    continue
+                option = (found[0], w.id, st, found[1])
+                if len(chosen) < job.replicas:
+                    bisect.insort(chosen, option, key=_start_and_id)
+                elif _start_and_id(option) < _start_and_id(chosen[-1]):
+                    chosen.pop()
+                    bisect.insort(chosen, option, key=_start_and_id)
+                if len(chosen) == job.replicas:
+                    limit = chosen[-1][0]
+        if len(chosen) < job.replicas:
             return None
         # One replica per reserved worker: simpler than packing, and only ever later, never wrong.
-        options.sort(key=lambda o: (o[0], o[1]))
-        chosen = options[: job.replicas]
         start = max(o[0] for o in chosen)
         for _, _, st, spare in chosen:
             st.res = _Res(job.id, start, spare)
