@@ -206,6 +206,45 @@ def test_kill_9_agent_reruns_job_on_the_other(up: tuple[Yard, subprocess.Popen[s
     assert "LOST" in shown and "SUCCEEDED" in shown
 
 
+def test_secrets_tokens_and_audit_from_the_cli(up: tuple[Yard, subprocess.Popen[str]]) -> None:
+    yard, _ = up
+    value = "cli-secret-value-42"
+    proc = subprocess.run(
+        [*YARD, "secret", "set", "CLI_KEY"],
+        input=value + "\n",
+        env=yard.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(yard.run("secret", "ls", "-o", "json").stdout)["secrets"]
+    assert [s["name"] for s in listed] == ["CLI_KEY"] and value not in json.dumps(listed)
+    job_id = yard.run(
+        "submit",
+        "--secret",
+        "CLI_KEY",
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['CLI_KEY'] == 'cli-secret-value-42', os.environ['CLI_KEY'])",
+    ).stdout.strip()
+    assert yard.run("logs", "-f", job_id).stdout.strip() == "True ***"
+    created = yard.run("admin", "token", "create", "--expires", "1h", "--description", "e2e")
+    token, token_id = created.stdout.strip(), created.stderr.split()[0]
+    tokens = json.loads(yard.run("admin", "token", "list", "-o", "json").stdout)["tokens"]
+    assert any(t["id"] == token_id and t["state"] == "active" for t in tokens), tokens
+    as_new = {**yard.env, "TRAINYARD_TOKEN": token}
+    ok = subprocess.run([*YARD, "ls"], env=as_new, cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "revoked" in yard.run("admin", "token", "revoke", token_id).stdout
+    refused = subprocess.run([*YARD, "ls"], env=as_new, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode != 0 and "not valid" in refused.stderr + refused.stdout
+    trail = json.loads(yard.run("admin", "audit", "-o", "json").stdout)["entries"]
+    assert {"secret.set", "token.create", "token.revoke"} <= {e["action"] for e in trail}
+    yard.run("secret", "rm", "CLI_KEY")
+
+
 def test_ctrl_c_stops_everything(up: tuple[Yard, subprocess.Popen[str]]) -> None:
     from trainyard.store.sql import SqlStore
 
@@ -247,42 +286,3 @@ def _agent_pid(home: Path, name: str) -> int:
         if name.encode() in cmd:
             return pid
     raise AssertionError(f"no agent process named {name}")
-
-
-def test_secrets_tokens_and_audit_from_the_cli(up: tuple[Yard, subprocess.Popen[str]]) -> None:
-    yard, _ = up
-    value = "cli-secret-value-42"
-    proc = subprocess.run(
-        [*YARD, "secret", "set", "CLI_KEY"],
-        input=value + "\n",
-        env=yard.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    listed = json.loads(yard.run("secret", "ls", "-o", "json").stdout)["secrets"]
-    assert [s["name"] for s in listed] == ["CLI_KEY"] and value not in json.dumps(listed)
-    job_id = yard.run(
-        "submit",
-        "--secret",
-        "CLI_KEY",
-        "--",
-        sys.executable,
-        "-c",
-        "import os; print(os.environ['CLI_KEY'] == 'cli-secret-value-42', os.environ['CLI_KEY'])",
-    ).stdout.strip()
-    assert yard.run("logs", "-f", job_id).stdout.strip() == "True ***"
-    created = yard.run("admin", "token", "create", "--expires", "1h", "--description", "e2e")
-    token, token_id = created.stdout.strip(), created.stderr.split()[0]
-    tokens = json.loads(yard.run("admin", "token", "list", "-o", "json").stdout)["tokens"]
-    assert any(t["id"] == token_id and t["state"] == "active" for t in tokens), tokens
-    as_new = {**yard.env, "TRAINYARD_TOKEN": token}
-    ok = subprocess.run([*YARD, "ls"], env=as_new, cwd=REPO, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    assert "revoked" in yard.run("admin", "token", "revoke", token_id).stdout
-    refused = subprocess.run([*YARD, "ls"], env=as_new, cwd=REPO, capture_output=True, text=True)
-    assert refused.returncode != 0 and "not valid" in refused.stderr + refused.stdout
-    trail = json.loads(yard.run("admin", "audit", "-o", "json").stdout)["entries"]
-    assert {"secret.set", "token.create", "token.revoke"} <= {e["action"] for e in trail}
-    yard.run("secret", "rm", "CLI_KEY")

@@ -216,7 +216,7 @@ def test_train_tiny_preempted_twice_ends_with_the_uninterrupted_model(
                 "preemptible": True,
             }
             job_id = c.post("/v1/jobs", json=spec).json()["id"]
-            wait_for(lambda: _epochs_done(c, job_id, 1) >= 2, 30, 0.1, "two epochs on agent-1")
+            wait_for(lambda: _epochs_done(c, job_id, 1) >= 2, 60, 0.1, "two epochs on agent-1")
             # Preemption 1: an admin drains the worker; jobs may go on for the deadline, then are preempted.
             drained_at = time.time()
             out = subprocess.run(

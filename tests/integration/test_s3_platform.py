@@ -207,7 +207,8 @@ def test_nothing_is_lost_when_s3_is_unreachable_while_jobs_finish(
     silent += "with open(arts / 'large.bin', 'wb') as f:\n    " + _pattern(mib)
     ids = []
     for code in (talker, silent):
-        r = c.post("/v1/jobs", json={"command": [PY, "-c", code]})
+        # The jobs run sandboxed (a private /tmp): the go file is seen through their cwd.
+        r = c.post("/v1/jobs", json={"command": [PY, "-c", code], "cwd": str(tmp_path)})
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     logs_id, arts_id = ids
