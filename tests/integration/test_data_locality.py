@@ -55,3 +55,25 @@ def test_jobs_go_where_their_data_is_cached(cp: ControlPlane) -> None:
         ]:
             job = submit(c, ["true"], data={"uris": [uri]})
             assert wait_status(c, job, {"SUCCEEDED"}, 30)["worker_id"] == holder, uri
+
+
+def cross_region_count(c: httpx.Client) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith("trainyard_cross_region_placements_total "):
+            return float(line.split()[1])
+    raise AssertionError("trainyard_cross_region_placements_total is not exported")
+
+
+def test_data_region_is_a_soft_preference_counted_when_missed_or_a_hard_one(cp: ControlPlane) -> None:
+    with cp.client() as c:
+        before = cross_region_count(c)
+        # No worker is in eu-west-1: the job runs elsewhere, and the miss is counted.
+        soft = submit(c, ["true"], data={"region": "eu-west-1"})
+        assert wait_status(c, soft, {"SUCCEEDED"}, 30)
+        assert cross_region_count(c) == before + 1
+        hard = submit(c, ["true"], data={"region": "eu-west-1", "require_region": True})
+        reason = wait_for(lambda: c.get(f"/v1/jobs/{hard}").json()["pending_reason"], 15)
+        assert "eu-west-1" in reason, reason
+        c.delete(f"/v1/jobs/{hard}")
+        assert wait_status(c, hard, {"CANCELLED"}, 10)
+        assert cross_region_count(c) == before + 1

@@ -88,6 +88,11 @@ class Metrics:
         self.preemptions = Counter(
             "trainyard_preemptions", "Running jobs the scheduler told to stop", ["reason"], registry=r
         )
+        self.cross_region = Counter(
+            "trainyard_cross_region_placements",
+            "Jobs placed outside their data.region (a soft preference the scheduler could not meet)",
+            registry=r,
+        )
         self.heartbeats_missed = Counter(
             "trainyard_worker_heartbeats_missed", "Workers declared dead after missing heartbeats", registry=r
         )

@@ -563,9 +563,12 @@ class Platform:
                 max(0.0, now - p.queued_at)
             )
         self.metrics.cycle.observe(time.perf_counter() - t0)
+        crossed = {p.job_id for p in decisions.placements if p.cross_region and p.rank == 0}
         return leases
 
     def _post_board(self, board: QueueBoard, now: float, force: bool = False) -> None:
+            if lease.job_id in crossed:
+                self.metrics.cross_region.inc()
         self.board = board
         if force or now - self._board_published >= PUBLISH_EVERY_S:
             self.store.put_scheduler_state(BOARD_KEY, board.to_json())
