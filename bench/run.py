@@ -5,11 +5,16 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
 
   submit_rate_{sqlite,postgres}  8 concurrent clients POSTing /v1/jobs (jobs/s; p50/p99 latency ms)
   dispatch_latency               submit → the worker reported the process started, idle worker (ms)
-  trivial_e2e_rate               500 `true` jobs through one agent, submit to all SUCCEEDED (jobs/s)
+  trivial_e2e_rate               500 `true` jobs through one agent, submit to all SUCCEEDED (jobs/s),
+                                 jobs not sandboxed (--isolation off): the platform's own overhead
   spawn_floor                    bare rate this machine starts and reaps `true` from Python (jobs/s)
+  trivial_e2e_rate_sandboxed     the same with the default --isolation best-effort (bubblewrap and a
+                                 cgroup per job), against spawn_floor_sandboxed: `true` started in
+                                 the same bwrap sandbox from Python
   status_reads_{postgres,redis}  GET /v1/jobs/{id} from 16 concurrent clients (reads/s; latency ms)
   relay_throughput, event_latency_replicas: see bench/backends.py
   scheduler_cycle                one scheduling decision, 10k pending x 2k workers (ms): bench/scheduler.py
+  simulated_day                  a target-scale day (100k jobs), scheduler vs FIFO (s): bench/simulate.py
   ui_latency                     worker's status report → browser DOM, p99 of 50 (ms): bench/ui_latency.py
 """
 
@@ -20,6 +25,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -36,6 +42,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from trainyard.worker.sandbox import SandboxSpec, bwrap_argv
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -336,14 +344,37 @@ def bench_trivial(client: httpx.Client, n: int, clients: int = 4) -> dict[str, A
     }
 
 
-def bench_floor(n: int) -> dict[str, Any]:
-    rates = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            subprocess.run(["true"], check=True)
-        rates.append(n / (time.perf_counter() - t0))
+def bench_floor(n: int, sandboxed: bool = False) -> dict[str, Any]:
+    argv = ["true"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if sandboxed:
+            bwrap = shutil.which("bwrap")
+            if bwrap is None:
+                raise SystemExit("bwrap is missing: `make sandbox` installs it")
+            dirs = [Path(tmp) / d for d in ("checkpoints", "artifacts", "work")]
+            for d in dirs:
+                d.mkdir()
+            argv = bwrap_argv(bwrap, SandboxSpec(command=("true",), cwd=dirs[2], writable=dirs))
+        rates = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                subprocess.run(argv, check=True)
+            rates.append(n / (time.perf_counter() - t0))
     return {"value": statistics.median(rates), "unit": "jobs/s", "n": n, "runs": 3}
+
+
+def trivial_against_floor(name: str, floor: dict[str, Any], n: int, sandboxed: bool) -> dict[str, Any]:
+    env = None if sandboxed else {"TRAINYARD_ISOLATION": "off"}
+    with platform(env_extra=env) as c:
+        trivial = bench_trivial(c, n)
+    # This shared VM's speed drifts by tens of percent within minutes: compare with the floor
+    # measured on both sides of the run, not only minutes before it.
+    after = bench_floor(500, sandboxed)["value"]
+    base = (floor["value"] + after) / 2
+    trivial["baseline"] = {"name": floor["name"], "value": base, "before": floor["value"], "after": after}
+    trivial["ratio_to_floor"] = trivial["value"] / base
+    return {"name": name, **trivial}
 
 
 def main() -> int:
@@ -376,15 +407,16 @@ def main() -> int:
         with platform() as c:
             results.append({"name": "dispatch_latency", **bench_dispatch(c, args.dispatch)})
     if wanted("trivial_e2e_rate") and floor is not None:
-        with platform() as c:
-            trivial = bench_trivial(c, args.trivial)
-        # This shared VM's speed drifts by tens of percent within minutes: compare with the floor
-        # measured on both sides of the run, not only minutes before it.
-        after = bench_floor(500)["value"]
-        base = (floor["value"] + after) / 2
-        trivial["baseline"] = {"name": "spawn_floor", "value": base, "before": floor["value"], "after": after}
-        trivial["ratio_to_floor"] = trivial["value"] / base
-        results.append({"name": "trivial_e2e_rate", **trivial})
+        results.append(trivial_against_floor("trivial_e2e_rate", floor, args.trivial, sandboxed=False))
+    if wanted("spawn_floor_sandboxed", "trivial_e2e_rate_sandboxed"):
+        sandbox_floor = {"name": "spawn_floor_sandboxed", **bench_floor(500, sandboxed=True)}
+        results.append(sandbox_floor)
+        if wanted("trivial_e2e_rate_sandboxed"):
+            results.append(
+                trivial_against_floor(
+                    "trivial_e2e_rate_sandboxed", sandbox_floor, args.trivial, sandboxed=True
+                )
+            )
     if wanted("status_reads_postgres"):
         with postgres_db() as url, platform(url) as c:
             results.append({"name": "status_reads_postgres", **bench_status_reads(c)})
@@ -397,24 +429,25 @@ def main() -> int:
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
     from backends import event_latency_replicas, relay_throughput
     from scheduler import scheduler_cycle
+    from simulate import simulated_day
     from ui_latency import ui_latency
 
-    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle, ui_latency):
+    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle, simulated_day, ui_latency):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
 
     out = HERE / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'metric':<24}{'value':>12}  {'unit':<8}{'p50':>10}{'p99':>10}{'n':>7}  note")
+    print(f"{'metric':<30}{'value':>12}  {'unit':<8}{'p50':>10}{'p99':>10}{'n':>7}  note")
     for r in results:
         note = r.get("note", "")
-        if r["name"] == "trivial_e2e_rate":
-            note = f"{100 * r['ratio_to_floor']:.0f}% of spawn_floor; failed={r['failed']}"
+        if r["name"].startswith("trivial_e2e_rate"):
+            note = f"{100 * r['ratio_to_floor']:.0f}% of {r['baseline']['name']}; failed={r['failed']}"
         if r["name"].startswith(("submit_rate", "status_reads")):
             note = "latency in ms"
         p50 = f"{r['p50']:.1f}" if "p50" in r else "-"
         p99 = f"{r['p99']:.1f}" if "p99" in r else "-"
-        print(f"{r['name']:<24}{r['value']:>12.1f}  {r['unit']:<8}{p50:>10}{p99:>10}{r['n']:>7}  {note}")
+        print(f"{r['name']:<30}{r['value']:>12.1f}  {r['unit']:<8}{p50:>10}{p99:>10}{r['n']:>7}  {note}")
     print(f"wrote {out.relative_to(REPO)}")
     return 0
 
