@@ -99,14 +99,18 @@ def test_database_outage_503_then_consistent(tmp_path: Path, pg: PrivatePostgres
                     "/v1/jobs",
                     json={
                         "command": ["sh", "-c", script],
-                        "env": {"REC": str(recs / str(i))},
+                        "cwd": str(recs),  # writable under the sandbox
+                        "env": {"REC": str(i)},
                         "resources": {"cpu": 0.5},
                     },
                 ).json()["id"]
                 for i in range(20)
             ]
-            statuses = lambda: [c.get(f"/v1/jobs/{j}").json()["status"] for j in ids]  # noqa: E731
-            wait_for(lambda: set(statuses()) == {"RUNNING"}, 30, 0.2, f"all running (now {statuses()})")
+
+            def statuses() -> list[str]:
+                return [c.get(f"/v1/jobs/{j}").json()["status"] for j in ids]
+
+            wait_for(lambda: set(statuses()) == {"RUNNING"}, 30, 0.2, "all 20 jobs running")
             pg.stop()
             down_at = time.monotonic()
             answers: list[httpx.Response] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.harness import Agent, ControlPlane, ServerProcess, wait_for, wait_status
 
@@ -58,11 +59,18 @@ def test_split_brain_stale_agent_is_fenced(tmp_path: Path) -> None:
     cp = ControlPlane(tmp_path / "home").start()
     frozen = Agent(cp, "agent-a")
     spare: Agent | None = None
-    record = tmp_path / "timeline"
+    # The job's cwd is the one place outside its own dirs the sandbox lets it write.
+    jobdir = tmp_path / "job"
+    jobdir.mkdir()
+    record = jobdir / "timeline"
     try:
         with cp.client() as c:
             wait_for(lambda: c.get("/v1/workers").json()["workers"], 30, 0.05, "agent-a")
-            spec = {"command": [sys.executable, "-c", RECORDER], "env": {"RECORD": str(record), "RUN_S": "8"}}
+            spec = {
+                "command": [sys.executable, "-c", RECORDER],
+                "cwd": str(jobdir),
+                "env": {"RECORD": record.name, "RUN_S": "8"},
+            }
             job_id = c.post("/v1/jobs", json=spec).json()["id"]
             wait_status(c, job_id, {"RUNNING"}, 30)
             spare = Agent(cp, "agent-b")
@@ -94,6 +102,68 @@ def test_split_brain_stale_agent_is_fenced(tmp_path: Path) -> None:
         cp.stop()
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (new) parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("isolation", ["off", "best-effort"])
+def test_agent_kill9_takes_its_jobs_and_their_children_along(tmp_path: Path, isolation: str) -> None:
+    """An agent killed with -9 leaves no job running: the job and a child it started are gone within
+    a second or two, not when the next agent on the node starts (the control plane runs the job again
+    elsewhere meanwhile: two live attempts)."""
+    cp = ControlPlane(tmp_path / "home").start()
+    agent = Agent(cp, "agent-1", "--isolation", isolation)
+    jobdir = tmp_path / "job"
+    jobdir.mkdir()
+    try:
+        with cp.client() as c:
+            wait_for(lambda: c.get("/v1/workers").json()["workers"], 30, 0.05, "the agent")
+            # The job and its child write their pids (as the node sees them: the sandbox has its own
+            # PID namespace) to files; a sleeping child stands for a DataLoader worker.
+            script = "sleep 300 & echo $! > child; echo $$ > main; wait"
+            spec = {"command": ["sh", "-c", script], "cwd": str(jobdir)}
+            job_id = c.post("/v1/jobs", json=spec).json()["id"]
+            wait_status(c, job_id, {"RUNNING"}, 30)
+            wait_for(lambda: (jobdir / "child").exists() and (jobdir / "main").exists(), 15)
+            # Find them by their environment, which names the job, whatever PID namespace they are in.
+            pids = wait_for(lambda: _job_pids(job_id) if len(_job_pids(job_id)) >= 2 else None, 15)
+            assert all(_alive(p) for p in pids)
+            agent.kill(signal.SIGKILL)
+            agent.proc.wait(5)
+            killed_at = time.monotonic()
+            wait_for(lambda: not any(_alive(p) for p in pids), 5, 0.02, f"job processes {pids} to die")
+            gone_s = time.monotonic() - killed_at
+            assert gone_s < 2.0, f"job processes outlived their agent by {gone_s:.2f}s"
+            print(
+                f"isolation {isolation}: {len(pids)} job processes gone {gone_s * 1000:.0f} ms after kill -9"
+            )
+    finally:
+        agent.stop()
+        cp.stop()
+
+
+def _job_pids(job_id: str) -> list[int]:
+    """Every process on the node whose environment names the job (bwrap's own excluded)."""
+    out = []
+    needle = f"TRAINYARD_JOB_ID={job_id}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            comm = Path(f"/proc/{entry.name}/comm").read_text().strip()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and comm != "bwrap":
+            out.append(int(entry.name))
+    return out
+
+
 def test_control_plane_kill9_under_200_jobs(tmp_path: Path) -> None:
     home = tmp_path / "home"
     server = ServerProcess(
@@ -116,7 +186,8 @@ def test_control_plane_kill9_under_200_jobs(tmp_path: Path) -> None:
             for i in range(200):
                 spec = {
                     "command": ["sh", "-c", script],
-                    "env": {"REC": str(recs / str(i))},
+                    "cwd": str(recs),  # writable under the sandbox
+                    "env": {"REC": str(i)},
                     "resources": {"cpu": 0.5},
                 }
                 ids.append(c.post("/v1/jobs", json=spec).json()["id"])

@@ -230,16 +230,20 @@ def create_app(p: Platform) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, e: Exception) -> JSONResponse:
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    @app.exception_handler(DBAPIError)
+    async def _store_error(_: Request, e: DBAPIError) -> JSONResponse:
         # Database unreachable is a retryable condition, not a server bug. A connection the server
         # dropped surfaces as OperationalError or InterfaceError, or as a DBAPIError that says so.
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-        if isinstance(e, OperationalError | InterfaceError) or (
-            isinstance(e, DBAPIError) and e.connection_invalidated
-        ):
+        # Answered here, not by the catch-all below: that one re-raises after answering, and the
+        # server then drops the keep-alive connection under the client's next request.
+        if isinstance(e, OperationalError | InterfaceError) or e.connection_invalidated:
             return _error(503, "unavailable", "the state store is unavailable", headers={"Retry-After": "2"})
+        return _error(500, "internal", "internal error")
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception) -> JSONResponse:
         return _error(500, "internal", "internal error")
 
     # ---- jobs ----------------------------------------------------------------------------------

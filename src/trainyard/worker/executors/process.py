@@ -18,6 +18,7 @@ from trainyard.worker.cgroups import AttemptCgroup, write_pid
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink, StartFailed
 from trainyard.worker.isolation import Isolation, IsolationMode, Plan
 from trainyard.worker.slots import OWNER_FILE, SLOTS_DIR, read_owner, write_owner
+from trainyard.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class _Protocol(asyncio.SubprocessProtocol):
         self.transport: asyncio.SubprocessTransport | None = None
         self.pgid = 0
         self.plan: Plan | None = None
+        self.watchdog: Watchdog | None = None
         self.exited: asyncio.Future[ExitStatus] = loop.create_future()
         self.done: asyncio.Future[ExitStatus] = loop.create_future()
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -80,6 +82,8 @@ class _Protocol(asyncio.SubprocessProtocol):
         # Whatever the main process left behind in its group goes with it: no orphans.
         if self.pgid:
             _killpg(self.pgid, signal.SIGKILL)
+            if self.watchdog is not None:
+                self.watchdog.unwatch(self.pgid)
         if self.plan is not None:
             status = _isolated_status(self.plan, status)
         if not self.exited.done():
@@ -139,9 +143,11 @@ _WHICH_TTL_S = 5.0
 class ProcessExecutor:
     """Runs the command as a local process in a new session, so that its whole tree is one group."""
 
-    def __init__(self, isolation: Isolation | None = None) -> None:
+    def __init__(self, isolation: Isolation | None = None, *, watchdog: bool = True) -> None:
         on = isolation is not None and isolation.mode is not IsolationMode.OFF
         self._isolation = isolation if on else None
+        # Kills the jobs' process groups if the agent is killed (see worker/watchdog.py).
+        self.watchdog = Watchdog() if watchdog else None
         # The agent's own TRAINYARD_* settings (its worker token among them) are not the job's business.
         # Filtered once: walking os.environ for every job is a measurable share of a short job's cost.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
@@ -233,6 +239,9 @@ class ProcessExecutor:
                 log.warning("job %s/%d runs outside its cgroup: %s", spec.job_id, spec.attempt, problem)
         pid = transport.get_pid()
         proto.pgid = pid
+        if self.watchdog is not None and not proto.exited.done():
+            proto.watchdog = self.watchdog
+            self.watchdog.watch(pid)
         try:
             # Kept after the process ends (until its slot is released): the reaper checks a group's
             # processes before it kills, so a stale record is harmless.
