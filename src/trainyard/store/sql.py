@@ -2037,14 +2037,19 @@ class SqlStore:
         with self._read() as conn:
             return {
                 r[0]: int(r[1])
-                for r in conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))
+                for r in conn.execute(
+                    # A gang counts once (its rank 0), as it is listed.
+                    sa.select(jobs.c.status, sa.func.count())
+                    .where(jobs.c.replica_rank == 0)
+                    .group_by(jobs.c.status)
+                )
             }
 
     def pending_by_pool_team(self) -> list[tuple[str | None, str, int]]:
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(jobs.c.pool, jobs.c.team, sa.func.count())
-                .where(jobs.c.status == JobStatus.PENDING.value)
+                .where(jobs.c.status == JobStatus.PENDING.value, jobs.c.replica_rank == 0)
                 .group_by(jobs.c.pool, jobs.c.team)
             ).all()
         return [(r[0], r[1], int(r[2])) for r in rows]
