@@ -21,6 +21,7 @@ import typer
 from trainyard.cli import output as out
 from trainyard.cli.jobspec import SubmitFlags, load_spec_file, merge_spec
 from trainyard.cli.output import EMPTY, Format, cell
+from trainyard.cli.simulate import simulate
 from trainyard.client.bundle import BundleError
 from trainyard.client.sdk import (
     Client,
@@ -65,6 +66,7 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Administration: users, database.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.command("simulate")(simulate)
 secret_app = typer.Typer(
     help="Team secrets: given to jobs that name them, never shown again.", no_args_is_help=True
 )

@@ -1,0 +1,231 @@
+"""`yard simulate`: run the real scheduler and a FIFO baseline over a workload and compare them."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trainyard.cli import output as out
+from trainyard.scheduler.core import decide
+from trainyard.scheduler.fifo import decide_fifo
+from trainyard.scheduler.simulate import GroupStats, Policy, SimConfig, SimResult
+from trainyard.scheduler.simulate import simulate as run_simulation
+from trainyard.scheduler.workload import TraceError, Workload, load_trace, synthetic
+
+
+class Synthetic(StrEnum):
+    target = "target"
+    small = "small"
+
+
+class PolicyChoice(StrEnum):
+    both = "both"
+    scheduler = "scheduler"
+    fifo = "fifo"
+
+
+POLICIES: dict[str, Policy] = {"scheduler": decide, "fifo": decide_fifo}
+
+
+def simulate(
+    trace: Annotated[
+        Path | None,
+        typer.Argument(help="JSONL trace of workers, teams, reclaims and jobs", show_default=False),
+    ] = None,
+    synthetic_kind: Annotated[
+        Synthetic | None,
+        typer.Option(
+            "--synthetic", help="generated workload: target (100k jobs/day) or small", case_sensitive=False
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic workload")] = 0,
+    policy: Annotated[
+        PolicyChoice, typer.Option(help="both, scheduler or fifo", case_sensitive=False)
+    ] = PolicyChoice.both,
+    cycle_s: Annotated[
+        float, typer.Option("--cycle-s", help="least simulated seconds between scheduler cycles", min=0.001)
+    ] = SimConfig().cycle_s,
+    plot: Annotated[
+        Path | None, typer.Option(help="write queue depth and team GPU share over time to this PNG")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """Drive the scheduler with a discrete-event clock over a workload; compare with FIFO."""
+    if (trace is None) == (synthetic_kind is None):
+        out.print_error("give either a TRACE file or --synthetic target|small")
+        raise typer.Exit(2)
+    try:
+        if trace is not None:
+            workload = load_trace(str(trace))
+        else:
+            workload = synthetic("target" if synthetic_kind is Synthetic.target else "small", seed=seed)
+    except (OSError, TraceError) as e:
+        out.print_error(str(e))
+        raise typer.Exit(2) from None
+    # The workload's objects live for the whole run: spare the cyclic collector rescanning them.
+    gc.collect()
+    gc.freeze()
+    names = ["scheduler", "fifo"] if policy is PolicyChoice.both else [policy.value]
+    config = SimConfig(cycle_s=cycle_s)
+    results: list[SimResult] = []
+    walls: dict[str, float] = {}
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            results.append(
+                run_simulation(workload, POLICIES[name], name=name, config=config, timer=time.perf_counter)
+            )
+            walls[name] = time.perf_counter() - t0
+            if not as_json:
+                out.note(f"{name}: simulated {results[-1].end_s / 3600:.1f} h in {walls[name]:.1f} s")
+    finally:
+        gc.unfreeze()
+    if plot is not None:
+        write_plot(results, plot)
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(workload, seed, cycle_s, results, walls)) + "\n")
+        return
+    print_report(workload, results, walls)
+    if plot is not None:
+        out.note(f"wrote {plot}")
+
+
+def to_json(
+    workload: Workload, seed: int, cycle_s: float, results: list[SimResult], walls: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "workload": workload.name,
+        "jobs": len(workload.jobs),
+        "workers": len(workload.workers),
+        "seed": seed,
+        "cycle_s": cycle_s,
+        "results": {r.policy: {**dataclasses.asdict(r), "wall_s": walls[r.policy]} for r in results},
+    }
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _pair(results: list[SimResult], cell: Any) -> str:
+    return " / ".join(cell(r) for r in results)
+
+
+def _rows(results: list[SimResult], attr: str, names: list[str], weights: bool) -> list[list[str]]:
+    def find(r: SimResult, name: str) -> GroupStats:
+        groups: tuple[GroupStats, ...] = getattr(r, attr)
+        return next(g for g in (*groups, r.overall) if g.name == name)
+
+    rows = []
+    for name in [*names, "all"]:
+        gs = [find(r, name) for r in results]
+        row = [name]
+        if weights:
+            row.append(f"{gs[0].weight:g}" if gs[0].weight is not None else "")
+        row += [
+            str(gs[0].jobs),
+            " / ".join(_dur(g.wait_p50_s) for g in gs),
+            " / ".join(_dur(g.wait_p95_s) for g in gs),
+            " / ".join(_dur(g.wait_p99_s) for g in gs),
+            " / ".join(str(g.never_started) for g in gs),
+            " / ".join(f"{g.gpu_share:.1%}" for g in gs),
+            " / ".join(str(g.preemptions) for g in gs),
+            " / ".join(f"{g.gpu_hours_lost:.0f}" for g in gs),
+        ]
+        rows.append(row)
+    return rows
+
+
+def print_report(workload: Workload, results: list[SimResult], walls: dict[str, float]) -> None:
+    label = " / ".join(r.policy for r in results)
+    gpus = sum(w.gpu for w in workload.workers)
+    out.print_table(
+        [
+            "POLICY",
+            "GPU UTIL",
+            "JAIN (WINDOWS)",
+            "MEAN RUNNING",
+            "MAX QUEUE",
+            "PREEMPTIONS",
+            "GPU-H LOST",
+            "CYCLES",
+            "WALL",
+        ],
+        [
+            [
+                r.policy,
+                f"{r.gpu_utilization:.1%}",
+                f"{r.jain_index:.3f} ({r.jain_windows})" if r.jain_index is not None else "- (0)",
+                f"{r.mean_running:.0f}",
+                str(r.max_queue_depth),
+                ", ".join(f"{k} {v}" for k, v in r.preemptions_by_reason.items()) or "0",
+                f"{r.overall.gpu_hours_lost:.0f}",
+                str(r.cycles),
+                f"{walls[r.policy]:.1f}s (policy {r.policy_s:.1f}s)",
+            ]
+            for r in results
+        ],
+        title=(
+            f"{workload.name}: {len(workload.jobs)} jobs, {len(workload.workers)} workers ({gpus} GPUs), "
+            f"{len(workload.reclaims)} spot reclaims, {results[0].end_s / 3600:.1f} h simulated"
+        ),
+    )
+    cols = [
+        "JOBS",
+        f"WAIT P50 ({label})",
+        "P95",
+        "P99",
+        "NEVER STARTED",
+        "GPU SHARE",
+        "PREEMPTED",
+        "GPU-H LOST",
+    ]
+    teams = [g.name for g in results[0].teams]
+    sys.stdout.write("\n")
+    out.print_table(["TEAM", "WEIGHT", *cols], _rows(results, "teams", teams, True), title="Per team")
+    prios = [g.name for g in results[0].priorities]
+    sys.stdout.write("\n")
+    out.print_table(["PRIORITY", *cols], _rows(results, "priorities", prios, False), title="Per priority")
+
+
+def write_plot(results: list[SimResult], path: Path) -> None:
+    """Queue depth of every policy on one axis, then each policy's GPU share per team, stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in tests
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1 + len(results), 1, figsize=(11, 3.2 * (1 + len(results))), sharex=True)
+    ax0 = axes[0]
+    for r in results:
+        ax0.plot([t / 3600 for t in r.series.t], r.series.queue_depth, label=r.policy)
+    ax0.set_ylabel("pending jobs")
+    ax0.set_title("Queue depth")
+    ax0.legend(loc="upper left")
+    for ax, r in zip(axes[1:], results, strict=True):
+        hours = [t / 3600 for t in r.series.t]
+        teams = sorted(r.series.share)
+        ax.stackplot(hours, *[r.series.share[n] for n in teams], labels=teams)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of GPUs")
+        jain = f"{r.jain_index:.3f}" if r.jain_index is not None else "-"
+        ax.set_title(f"{r.policy}: GPU share by team (utilization {r.gpu_utilization:.1%}, Jain {jain})")
+        ax.legend(loc="upper left", fontsize="small", ncol=len(teams))
+    axes[-1].set_xlabel("simulated hours")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

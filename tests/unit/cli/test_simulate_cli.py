@@ -1,0 +1,83 @@
+"""`yard simulate` end to end through typer: tables, JSON, the plot, traces and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from trainyard.cli.main import app
+
+runner = CliRunner()
+
+TRACE = "\n".join(
+    [
+        '{"type": "worker", "id": "g1", "cpu": 32, "memory": "256Gi", "gpu": 1, "gpu_type": "a100", "pool": "gpu"}',
+        '{"type": "worker", "id": "c1", "cpu": 8, "memory": "32Gi", "pool": "cpu"}',
+        '{"type": "team", "name": "a", "weight": 2}',
+        '{"id": "j1", "submit": 0, "team": "a", "gpu": 1, "pool": "gpu", "runtime": "10m"}',
+        '{"id": "j2", "submit": 5, "team": "b", "gpu": 1, "pool": "gpu", "runtime": "10m"}',
+        '{"id": "j3", "submit": 6, "team": "b", "cpu": 2, "pool": "cpu", "runtime": "10m"}',
+    ]
+)
+
+
+def test_synthetic_small_prints_both_policies_per_team_and_priority() -> None:
+    result = runner.invoke(app, ["simulate", "--synthetic", "small", "--cycle-s", "60"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "synthetic-small" in out
+    for word in ("Per team", "Per priority", "scheduler", "fifo", "GPU UTIL", "JAIN", "vision", "urgent"):
+        assert word in out, word
+    assert "WAIT P50 (scheduler / fifo)" in out
+
+
+def test_json_output_parses_and_carries_both_results() -> None:
+    result = runner.invoke(
+        app, ["simulate", "--synthetic", "small", "--seed", "2", "--cycle-s", "60", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["workload"] == "synthetic-small" and data["seed"] == 2
+    assert set(data["results"]) == {"scheduler", "fifo"}
+    sched = data["results"]["scheduler"]
+    assert 0 < sched["gpu_utilization"] <= 1
+    assert {t["name"] for t in sched["teams"]} >= {"vision", "nlp"}
+    assert len(sched["series"]["t"]) == len(sched["series"]["queue_depth"]) > 100
+    assert sched["wall_s"] > 0
+
+
+def test_a_trace_with_one_policy_and_a_plot(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE)
+    png = tmp_path / "out.png"
+    result = runner.invoke(app, ["simulate", str(trace), "--policy", "fifo", "--plot", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    fifo = data["results"]["fifo"]
+    assert set(data["results"]) == {"fifo"}
+    # FIFO: j2 waits for j1 to end at 600, and the CPU job j3 (submitted at 6) waits behind j2.
+    b = next(t for t in fifo["teams"] if t["name"] == "b")
+    assert (b["wait_p50_s"], b["wait_p99_s"]) == (594, 595)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_with_both_policies(tmp_path: Path) -> None:
+    png = tmp_path / "both.png"
+    result = runner.invoke(app, ["simulate", "--synthetic", "small", "--cycle-s", "120", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 10_000
+
+
+def test_a_bad_trace_names_its_line(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text(TRACE + '\n{"id": "j4", "submit": 0, "team": "a"}\n')
+    result = runner.invoke(app, ["simulate", str(trace)])
+    assert result.exit_code == 2
+    assert "line 7: missing runtime" in result.stderr
+
+
+def test_a_workload_is_required_and_only_one() -> None:
+    assert runner.invoke(app, ["simulate"]).exit_code == 2
+    assert runner.invoke(app, ["simulate", "x.jsonl", "--synthetic", "small"]).exit_code == 2
