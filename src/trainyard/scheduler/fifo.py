@@ -73,10 +73,13 @@ def decide_fifo(snapshot: Snapshot) -> Decisions:
             job.pool,
             job.gpu_type,
             job.preemptible,
+            # require_region with no region is its own constraint (region-less workers only).
+            job.require_region,
             job.region if job.require_region else None,
             job.cpu,
             job.memory,
             job.gpu,
+            job.replicas,
         )
         if key not in ever:
             ever[key] = _slots_when_empty(workers, job) >= job.replicas
