@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up install sandbox browser test lint typecheck proto proto-check unit contract integration e2e bench clean
+.PHONY: up install sandbox browser podman test lint typecheck proto proto-check unit contract integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ sandbox:
 browser:
 	@test -x /usr/bin/chromium || $(APT) chromium || (apt-get update && $(APT) chromium)
 
+# The docker executor's tests run containers through Podman's Docker-compatible API.
+podman:
+	@command -v podman >/dev/null || $(APT) podman runc || (apt-get update && $(APT) podman runc)
+
 ## make up: install and run the whole platform on its embedded defaults (Ctrl-C stops it)
 up: install
 	$(BIN)/yard up $(ARGS)
@@ -44,7 +48,7 @@ typecheck: install
 	$(BIN)/mypy
 
 ## make test: install and run everything CI runs (stub freshness, lint, types, all tests)
-test: install sandbox browser proto-check lint typecheck
+test: install sandbox browser podman proto-check lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 unit: install
@@ -53,7 +57,7 @@ unit: install
 contract: install
 	$(BIN)/pytest -q tests/contract
 
-integration: install sandbox
+integration: install sandbox podman
 	$(BIN)/pytest -q tests/integration
 
 e2e: install browser

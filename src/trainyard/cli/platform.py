@@ -233,9 +233,48 @@ def register(app: typer.Typer) -> None:
         job_pids_limit: Annotated[
             int, typer.Option(help="processes and threads per job (its cgroup's pids limit; 0: none)", min=0)
         ] = 4096,
+        docker_host: Annotated[
+            str | None,
+            typer.Option(
+                envvar="TRAINYARD_DOCKER_HOST",
+                help="Docker Engine API for jobs with an image, e.g. unix:///var/run/docker.sock or "
+                "Podman's socket (default: none; such jobs fail to start here)",
+            ),
+        ] = None,
+        docker_ulimit: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="ulimit for every container, NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable)"
+            ),
+        ] = None,
+        tls_ca: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="TRAINYARD_TLS_CA",
+                exists=True,
+                dir_okay=False,
+                help="CA (PEM) that signed the control plane's gRPC certificate: connect with TLS",
+            ),
+        ] = None,
+        tls_cert: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="TRAINYARD_TLS_CERT",
+                exists=True,
+                dir_okay=False,
+                help="this worker's client certificate (PEM), for a control plane that requires mTLS",
+            ),
+        ] = None,
+        tls_key: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="TRAINYARD_TLS_KEY", exists=True, dir_okay=False, help="the key (PEM) of --tls-cert"
+            ),
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
-        """Run a worker agent: leases jobs from the control plane and runs them as local processes."""
+        """Run a worker agent: leases jobs from the control plane and runs them as local processes
+        (or, with --docker-host, jobs that name an image as containers)."""
         from trainyard.worker.agent import main as agent_main
         from trainyard.worker.config import WorkerConfig, grpc_target
         from trainyard.worker.isolation import IsolationMode
@@ -284,6 +323,17 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             typer.echo("error: --isolation must be required, best-effort or off", err=True)
             raise typer.Exit(2) from None
+        for u in docker_ulimit or []:
+            from trainyard.worker.executors.docker import parse_ulimit  # the docker SDK: only if used
+
+            try:
+                parse_ulimit(u)
+            except ValueError as e:
+                typer.echo(f"error: --docker-ulimit: {e}", err=True)
+                raise typer.Exit(2) from None
+        if (tls_cert is None) != (tls_key is None):
+            typer.echo("error: a client certificate needs both --tls-cert and --tls-key", err=True)
+            raise typer.Exit(2)
         wname = name or socket.gethostname()
         cfg = WorkerConfig(
             server=server,
@@ -308,6 +358,11 @@ def register(app: typer.Typer) -> None:
             job_pids_limit=job_pids_limit,
             # The platform home holds the database, tokens and credentials: never a job's business.
             protected_dirs=(h.resolve(),),
+            docker_host=docker_host or None,
+            docker_ulimits=tuple(docker_ulimit or ()),
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
         agent_main(cfg)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+_MAX_DURATION_S = 100 * 365 * 86400.0
 
 _MEM_UNITS = {
     "": 1,
@@ -30,6 +33,8 @@ def parse_memory(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("memory must be a size such as 512Mi or 16Gi")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("memory must be a finite size")  # JSON's 1e999 parses as infinity
         if value < 0:
             raise ValueError("memory must not be negative")
         return int(value)
@@ -56,15 +61,19 @@ def human_memory(n: int | float) -> str:
 
 def parse_duration(value: str | int | float) -> float:
     """Seconds from ``30s``, ``2h``, ``1h30m``, ``90`` (plain numbers are seconds)."""
-    if isinstance(value, bool):
+    # Values come straight from JSON bodies: anything but text or a finite number is refused with
+    # ValueError (the API's 422), never a TypeError or an infinity that breaks a later step.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("a duration must look like 30s, 10m or 2h")
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value > _MAX_DURATION_S:
+            raise ValueError("a duration must be at most 100 years")
         if value < 0:
             raise ValueError("a duration must not be negative")
         return float(value)
     text = value.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
+        return parse_duration(float(text))
     pos = 0
     total = 0.0
     for m in _DUR_RE.finditer(text):
@@ -74,7 +83,7 @@ def parse_duration(value: str | int | float) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         raise ValueError(f"duration {value!r} must look like 30s, 10m, 2h or 1h30m")
-    return total
+    return parse_duration(total)
 
 
 def format_duration(seconds: float) -> str:

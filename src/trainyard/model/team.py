@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trainyard.model.quantity import parse_memory
 
 TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+MAX_GPU_QUOTA = 1_000_000
 
 
 class TeamUpdate(BaseModel):
@@ -18,9 +19,15 @@ class TeamUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     weight: float = Field(default=1.0, gt=0, le=1000, description="fair-share weight")
-    cpu_quota: float | None = Field(default=None, ge=0, description="concurrent CPUs")
-    memory_quota: int | None = Field(default=None, ge=0, description="concurrent memory, e.g. 512Gi")
-    gpu_quota: int | None = Field(default=None, ge=0, description="concurrent GPUs of any type")
+    # Upper bounds keep values storable (gpu_quota is a 32-bit column, memory a 64-bit one) and
+    # finite: JSON allows 1e999, which would be stored as infinity and could not be answered.
+    cpu_quota: float | None = Field(default=None, ge=0, le=1e9, description="concurrent CPUs")
+    memory_quota: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="concurrent memory, e.g. 512Gi"
+    )
+    gpu_quota: int | None = Field(
+        default=None, ge=0, le=MAX_GPU_QUOTA, description="concurrent GPUs of any type"
+    )
     gpu_type_quotas: dict[str, int] | None = Field(
         default=None, description="concurrent GPUs per type, e.g. {a100: 8}"
     )
@@ -37,8 +44,8 @@ class TeamUpdate(BaseModel):
             for name, n in v.items():
                 if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,31}", name):
                     raise ValueError(f"{name!r} is not a GPU type label")
-                if n < 0:
-                    raise ValueError(f"the {name} quota must be 0 or more")
+                if not 0 <= n <= MAX_GPU_QUOTA:
+                    raise ValueError(f"the {name} quota must be 0 to {MAX_GPU_QUOTA}")
         return v
 
     def changes(self) -> dict[str, Any]:

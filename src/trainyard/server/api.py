@@ -14,7 +14,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,11 +39,26 @@ from trainyard.server.auth import UserDep
 from trainyard.server.errors import ApiError
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
+from trainyard.server.responses import (
+    AUTHED,
+    DRAIN_BODY,
+    LOG_TEXT,
+    SSE,
+    TEAM_BODY,
+    USER_BODY,
+    WITH_BODY,
+    WORKDIR_BODY,
+    errors,
+)
 from trainyard.server.views import artifact_json, event_json, iso, job_json, team_json, worker_json
 from trainyard.store.sql import Conflict, IdempotencyConflict, JobFilter, NotFound
 from trainyard.web import router as web_router
 
 _STATUSES = {s.value for s in JobStatus}
+# Bounds of integer query parameters: what the store's 32- and 64-bit columns hold (larger values
+# overflowed the database driver and answered 500).
+MAX_ATTEMPT = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
 
 
 def _error(
@@ -175,6 +196,7 @@ def create_app(p: Platform) -> FastAPI:
         schemas = components.setdefault("schemas", {})
         schemas.update(spec_schema.pop("$defs", {}))
         schemas["JobSpec"] = spec_schema
+        schemas["TeamUpdate"] = TeamUpdate.model_json_schema(ref_template="#/components/schemas/{model}")
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
@@ -240,7 +262,7 @@ def create_app(p: Platform) -> FastAPI:
         # server then drops the keep-alive connection under the client's next request.
         if isinstance(e, OperationalError | InterfaceError) or e.connection_invalidated:
             return _error(503, "unavailable", "the state store is unavailable", headers={"Retry-After": "2"})
-        return _error(500, "internal", "internal error")
+        raise e
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> JSONResponse:
@@ -252,6 +274,10 @@ def create_app(p: Platform) -> FastAPI:
         status_code=201,
         tags=["jobs"],
         summary="Submit a job (body: a JobSpec)",
+        responses={
+            200: {"description": "an Idempotency-Key replay: the job that key created"},
+            **errors(*WITH_BODY, 403, 409, 429),
+        },
         openapi_extra={
             "parameters": [
                 {
@@ -332,7 +358,7 @@ def create_app(p: Platform) -> FastAPI:
                     [{"field": "secrets", "message": f"team {team!r} has no secret {n!r}"} for n in missing],
                 )
 
-    @app.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first")
+    @app.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first", responses=errors(*AUTHED))
     async def list_jobs(
         user: UserDep,
         status: Annotated[list[str] | None, Query()] = None,
@@ -364,27 +390,43 @@ def create_app(p: Platform) -> FastAPI:
             raise ApiError(422, "invalid_request", str(e), [{"field": "cursor", "message": str(e)}]) from None
         return {"jobs": [await p.with_queue_info(job_json(j)) for j in jobs], "next_cursor": next_cursor}
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=None)
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=None, responses=errors(*AUTHED, 404))
     async def get_job(job_id: str, user: UserDep) -> JSONResponse:
         # The most polled route: the view is plain JSON data already, so skip FastAPI's re-encoding.
         return JSONResponse(await p.job_view(user, job_id))
 
-    @app.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"], summary="Cancel (idempotent)")
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        status_code=202,
+        tags=["jobs"],
+        summary="Cancel (idempotent)",
+        responses=errors(*AUTHED, 403, 404),
+    )
     async def cancel(job_id: str, user: UserDep) -> dict[str, Any]:
         job = await p.cancel(user, job_id)
         await p.audit(user, "job.cancel", job.id, job.team, {"status": job.status.value})
         return job_json(job)
 
-    @app.post("/v1/jobs/{job_id}/restart", status_code=202, tags=["jobs"])
+    @app.post(
+        "/v1/jobs/{job_id}/restart", status_code=202, tags=["jobs"], responses=errors(*AUTHED, 403, 404, 409)
+    )
     async def restart(job_id: str, user: UserDep) -> dict[str, Any]:
         job = await p.restart(user, job_id)
         await p.audit(user, "job.restart", job.id, job.team, {"attempt": job.attempt})
         return job_json(job)
 
     # ---- events --------------------------------------------------------------------------------
-    @app.get("/v1/jobs/{job_id}/events", tags=["events"], response_model=None)
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        tags=["events"],
+        response_model=None,
+        responses={**SSE, **errors(*AUTHED, 404)},
+    )
     async def job_events(
-        job_id: str, user: UserDep, follow: bool = False, after: Annotated[int, Query(ge=0)] = 0
+        job_id: str,
+        user: UserDep,
+        follow: bool = False,
+        after: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any] | StreamingResponse:
         job = await p.visible_job(user, job_id)
         if not follow:
@@ -415,9 +457,15 @@ def create_app(p: Platform) -> FastAPI:
         finally:
             sub.close()
 
-    @app.get("/v1/events", tags=["events"], summary="SSE stream of every job event you may see")
+    @app.get(
+        "/v1/events",
+        tags=["events"],
+        summary="SSE stream of every job event you may see",
+        response_class=StreamingResponse,
+        responses={**SSE, **errors(*AUTHED)},
+    )
     async def all_events(
-        user: UserDep, after: Annotated[int | None, Query(ge=0)] = None
+        user: UserDep, after: Annotated[int | None, Query(ge=0, le=MAX_OFFSET)] = None
     ) -> StreamingResponse:
         team = None if user.is_admin else user.team
 
@@ -441,14 +489,15 @@ def create_app(p: Platform) -> FastAPI:
         "/v1/jobs/{job_id}/logs",
         tags=["logs"],
         response_model=None,
+        responses={**LOG_TEXT, **errors(*AUTHED, 404)},
         summary="Log bytes; follow=true streams until the attempt ends (SSE with Accept: text/event-stream)",
     )
     async def logs(
         job_id: str,
         user: UserDep,
         request: Request,
-        attempt: Annotated[int | None, Query(ge=1)] = None,
-        since: Annotated[int, Query(ge=0)] = 0,
+        attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPT)] = None,
+        since: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
         follow: bool = False,
     ) -> Response:
@@ -540,9 +589,9 @@ def create_app(p: Platform) -> FastAPI:
                 await asyncio.sleep(0.25)
 
     # ---- artifacts -----------------------------------------------------------------------------
-    @app.get("/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
+    @app.get("/v1/jobs/{job_id}/artifacts", tags=["artifacts"], responses=errors(*AUTHED, 404))
     async def list_artifacts(
-        job_id: str, user: UserDep, attempt: Annotated[int | None, Query(ge=1)] = None
+        job_id: str, user: UserDep, attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPT)] = None
     ) -> dict[str, Any]:
         await p.visible_job(user, job_id)
         arts = await p.db(p.store.artifacts, job_id, attempt)
@@ -551,9 +600,18 @@ def create_app(p: Platform) -> FastAPI:
             arts = [a for a in arts if a.attempt == latest]
         return {"artifacts": [artifact_json(a, p.presign_get(a.object_key)) for a in arts]}
 
-    @app.get("/v1/jobs/{job_id}/artifacts/{path:path}", tags=["artifacts"], response_model=None)
+    @app.get(
+        "/v1/jobs/{job_id}/artifacts/{path:path}",
+        tags=["artifacts"],
+        response_model=None,
+        status_code=307,
+        responses={307: {"description": "redirect to a short-lived download URL"}, **errors(*AUTHED, 404)},
+    )
     async def get_artifact(
-        job_id: str, path: str, user: UserDep, attempt: Annotated[int | None, Query(ge=1)] = None
+        job_id: str,
+        path: str,
+        user: UserDep,
+        attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPT)] = None,
     ) -> Response:
         await p.visible_job(user, job_id)
         arts = [a for a in await p.db(p.store.artifacts, job_id, attempt) if a.path == path]
@@ -562,7 +620,12 @@ def create_app(p: Platform) -> FastAPI:
         art = max(arts, key=lambda a: a.attempt)
         return RedirectResponse(p.presign_get(art.object_key), status_code=307)
 
-    @app.get("/v1/jobs/{job_id}/metrics", tags=["metrics"], summary="Scalar series the job logged")
+    @app.get(
+        "/v1/jobs/{job_id}/metrics",
+        tags=["metrics"],
+        summary="Scalar series the job logged",
+        responses=errors(*AUTHED, 404),
+    )
     async def job_metrics(job_id: str, user: UserDep) -> dict[str, Any]:
         job = await p.visible_job(user, job_id)
         series: dict[str, list[dict[str, Any]]] = {}
@@ -582,7 +645,12 @@ def create_app(p: Platform) -> FastAPI:
 
     # ---- workdir bundles -----------------------------------------------------------------------
     @app.post(
-        "/v1/workdirs", status_code=201, tags=["jobs"], summary="Upload a working-directory bundle (tar.gz)"
+        "/v1/workdirs",
+        status_code=201,
+        tags=["jobs"],
+        summary="Upload a working-directory bundle (tar.gz)",
+        responses=errors(*AUTHED, 413),
+        openapi_extra=WORKDIR_BODY,
     )
     async def upload_workdir(request: Request, user: UserDep) -> dict[str, Any]:
         digest = hashlib.sha256()
@@ -605,7 +673,7 @@ def create_app(p: Platform) -> FastAPI:
         return {"workdir": key, "sha256": digest.hexdigest(), "size": size}
 
     # ---- fleet ---------------------------------------------------------------------------------
-    @app.get("/v1/workers", tags=["fleet"])
+    @app.get("/v1/workers", tags=["fleet"], responses=errors(*AUTHED))
     async def list_workers(user: UserDep) -> dict[str, Any]:
         workers = await p.db(p.store.list_workers)
         live = await p.db(p.store.live_attempts)
@@ -621,7 +689,7 @@ def create_app(p: Platform) -> FastAPI:
             out.append(worker_json(w, (c, m, g), n, p._alive(w.id, w.registered_at)))
         return {"workers": out}
 
-    @app.get("/v1/queues", tags=["fleet"])
+    @app.get("/v1/queues", tags=["fleet"], responses=errors(*AUTHED))
     async def queues(user: UserDep) -> dict[str, Any]:
         pending = await p.db(p.store.pending_by_pool_team)
         running = await p.db(p.store.running_by_team)
@@ -657,6 +725,8 @@ def create_app(p: Platform) -> FastAPI:
         "/v1/admin/workers/{worker}/drain",
         tags=["admin"],
         summary="Drain a worker (id or name): no new work; its jobs are preempted at the deadline (admin)",
+        responses=errors(*WITH_BODY, 403, 404),
+        openapi_extra=DRAIN_BODY,
     )
     async def drain_worker(worker: str, request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin:
@@ -680,11 +750,19 @@ def create_app(p: Platform) -> FastAPI:
         return {**worker_json(w, (0.0, 0, 0), 0, True), "drain_deadline": iso(w.drain_deadline)}
 
     # ---- admin ---------------------------------------------------------------------------------
-    @app.get("/v1/teams", tags=["fleet"], summary="Teams: fair-share weight and quotas")
+    @app.get(
+        "/v1/teams", tags=["fleet"], summary="Teams: fair-share weight and quotas", responses=errors(*AUTHED)
+    )
     async def list_teams(user: UserDep) -> dict[str, Any]:
         return {"teams": [team_json(t) for t in await p.db(p.store.list_teams)]}
 
-    @app.put("/v1/admin/teams/{name}", tags=["admin"], summary="Create or change a team (admin)")
+    @app.put(
+        "/v1/admin/teams/{name}",
+        tags=["admin"],
+        summary="Create or change a team (admin)",
+        responses=errors(*WITH_BODY, 403),
+        openapi_extra=TEAM_BODY,
+    )
     async def set_team(name: str, request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin:
             raise ApiError(403, "forbidden", "only admins can change teams")
@@ -705,7 +783,14 @@ def create_app(p: Platform) -> FastAPI:
         await p.audit(user, "team.set", name, name, body)
         return team_json(team)
 
-    @app.post("/v1/admin/users", status_code=201, tags=["admin"], summary="Create a user and return a token")
+    @app.post(
+        "/v1/admin/users",
+        status_code=201,
+        tags=["admin"],
+        summary="Create a user and return a token",
+        responses=errors(*WITH_BODY, 403),
+        openapi_extra=USER_BODY,
+    )
     async def create_user(request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin and user.role != "team-admin":
             raise ApiError(403, "forbidden", "only admins and team admins can create users")
@@ -718,7 +803,7 @@ def create_app(p: Platform) -> FastAPI:
         details = []
         name, team, role = body.get("name"), body.get("team"), body.get("role", "user")
         tier = body.get("tier")
-        if tier is not None and tier not in p.tiers:
+        if tier is not None and (not isinstance(tier, str) or tier not in p.tiers):
             known = ", ".join(sorted(p.tiers))
             details.append({"field": "tier", "message": f"unknown tier {tier!r}; configured: {known}"})
         if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
@@ -799,7 +884,7 @@ def create_app(p: Platform) -> FastAPI:
         # `leader`: whether this replica runs the scheduler, reconciler and relay right now.
         return {"status": "ok", "leader": p.is_leader}
 
-    @app.get("/readyz", tags=["ops"], response_model=None)
+    @app.get("/readyz", tags=["ops"], response_model=None, responses=errors(503))
     async def readyz() -> Response:
         try:
             await p.db(p.store.ping)
@@ -812,7 +897,7 @@ def create_app(p: Platform) -> FastAPI:
             )
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics() -> Response:
         data = await asyncio.to_thread(generate_latest, p.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -20,6 +20,7 @@ from trainyard.model.team import TEAM_NAME
 from trainyard.server.auth import UserDep
 from trainyard.server.errors import ApiError, invalid, json_object
 from trainyard.server.platform import Platform
+from trainyard.server.responses import AUTHED, SECRET_BODY, TOKEN_BODY, WITH_BODY, errors
 from trainyard.server.views import iso
 from trainyard.store.sql import NotFound
 
@@ -75,7 +76,14 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
             )
         return owner
 
-    @app.post("/v1/admin/tokens", status_code=201, tags=["tokens"], summary="Create an API token")
+    @app.post(
+        "/v1/admin/tokens",
+        status_code=201,
+        tags=["tokens"],
+        summary="Create an API token",
+        responses=errors(*WITH_BODY, 403),
+        openapi_extra=TOKEN_BODY,
+    )
     async def create_token(request: Request, user: UserDep) -> dict[str, Any]:
         body = await json_object(request)
         name = body.get("user", user.name)
@@ -113,7 +121,12 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
         )
         return {**token_json(info, time.time()), "token": token}
 
-    @app.get("/v1/admin/tokens", tags=["tokens"], summary="List API tokens (never the tokens themselves)")
+    @app.get(
+        "/v1/admin/tokens",
+        tags=["tokens"],
+        summary="List API tokens (never the tokens themselves)",
+        responses=errors(*AUTHED, 403),
+    )
     async def list_tokens(
         user: UserDep, user_: Annotated[str | None, Query(alias="user")] = None
     ) -> dict[str, Any]:
@@ -128,7 +141,12 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
         now = time.time()
         return {"tokens": [token_json(t, now) for t in tokens]}
 
-    @app.delete("/v1/admin/tokens/{token_id}", tags=["tokens"], summary="Revoke an API token (idempotent)")
+    @app.delete(
+        "/v1/admin/tokens/{token_id}",
+        tags=["tokens"],
+        summary="Revoke an API token (idempotent)",
+        responses=errors(*AUTHED, 404),
+    )
     async def revoke_token(token_id: str, user: UserDep) -> dict[str, Any]:
         listed = {t.id: t for t in await p.db(p.store.list_tokens)}
         target = listed.get(token_id)
@@ -142,7 +160,10 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
         return token_json(revoked, time.time())
 
     @app.get(
-        "/v1/admin/audit", tags=["admin"], summary="Who did what: newest first (team admins: their team)"
+        "/v1/admin/audit",
+        tags=["admin"],
+        summary="Who did what: newest first (team admins: their team)",
+        responses=errors(*AUTHED, 403),
     )
     async def audit(
         user: UserDep,
@@ -177,7 +198,11 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
             raise invalid("invalid secret name", "name", str(e)) from None
 
     @app.put(
-        "/v1/secrets/{name}", tags=["secrets"], summary="Set a team secret (the value is never returned)"
+        "/v1/secrets/{name}",
+        tags=["secrets"],
+        summary="Set a team secret (the value is never returned)",
+        responses=errors(*WITH_BODY, 403),
+        openapi_extra=SECRET_BODY,
     )
     async def put_secret(
         name: str, request: Request, user: UserDep, team: str | None = None
@@ -198,12 +223,23 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
         await p.audit(user, "secret.set", name, team, {})
         return secret_json(info)
 
-    @app.get("/v1/secrets", tags=["secrets"], summary="A team's secrets: names and dates, never values")
+    @app.get(
+        "/v1/secrets",
+        tags=["secrets"],
+        summary="A team's secrets: names and dates, never values",
+        responses=errors(*AUTHED, 403),
+    )
     async def list_secrets(user: UserDep, team: str | None = None) -> dict[str, Any]:
         team = secret_team(user, team, write=False)
         return {"secrets": [secret_json(s) for s in await p.db(p.store.list_secrets, team)]}
 
-    @app.delete("/v1/secrets/{name}", status_code=204, tags=["secrets"], summary="Delete a team secret")
+    @app.delete(
+        "/v1/secrets/{name}",
+        status_code=204,
+        tags=["secrets"],
+        summary="Delete a team secret",
+        responses=errors(*AUTHED, 403, 404),
+    )
     async def delete_secret(name: str, user: UserDep, team: str | None = None) -> Response:
         team = secret_team(user, team, write=True)
         name = secret_name(name)

@@ -61,6 +61,7 @@ from trainyard.server.queueboard import (
 )
 from trainyard.server.secretbox import SecretBox, SecretUnreadable
 from trainyard.server.settings import Settings, secret_key, url_secret, worker_bootstrap_token
+from trainyard.server.sso import JwtVerifier, looks_like_jwt
 from trainyard.server.views import iso, job_json
 from trainyard.store.sql import Lease, NotFound, Placement, SqlStore, SubmitResult
 
@@ -147,6 +148,7 @@ class Platform:
         # worker credential -> (worker, cache expiry); a death or re-registration evicts at once
         self._worker_tokens: dict[str, tuple[Worker, float]] = {}
         self._auth_cache: dict[str, tuple[User, float]] = {}
+        self.sso = JwtVerifier(settings, self._provision_user) if settings.jwks_url else None
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self.scheduler_config = SchedulerConfig()
         self._teams: dict[str, Team] = {}
@@ -180,7 +182,10 @@ class Platform:
         hit = self._auth_cache.get(token)
         if hit is not None and hit[1] > now:
             return hit[0]
-        found = await self.db(self.store.token_user, token)
+        if self.sso is not None and looks_like_jwt(token):
+            found: tuple[User, float | None] | None = await self.sso.verify(token)
+        else:
+            found = await self.db(self.store.token_user, token)
         if found is None:
             return None
         user, expires_at = found
@@ -189,6 +194,9 @@ class Platform:
         ttl = AUTH_CACHE_TTL_S if expires_at is None else min(AUTH_CACHE_TTL_S, expires_at - time.time())
         self._auth_cache[token] = (user, now + ttl)  # an expiring token is not honoured past its expiry
         return user
+
+    async def _provision_user(self, name: str, team: str, role: str) -> User:
+        return await self.db(self.store.provision_user, name, team, role)
 
     def forget_user_tokens(self, name: str) -> None:
         """A token of ``name`` was revoked: this replica stops honouring it now (others within
@@ -555,20 +563,20 @@ class Platform:
         store.set_pending_reasons(changed)
         self._reasons = dict(decisions.reasons)
         placed = {p.id: p for p in pending}
+        crossed = {p.job_id for p in decisions.placements if p.cross_region and p.rank == 0}
         for lease in leases:
             if lease.rank:
                 continue  # a gang waited once
+            if lease.job_id in crossed:
+                self.metrics.cross_region.inc()
             p = placed[lease.job_id]
             self.metrics.wait.labels(p.pool or "default", _PRIORITY_NAMES.get(p.priority, "normal")).observe(
                 max(0.0, now - p.queued_at)
             )
         self.metrics.cycle.observe(time.perf_counter() - t0)
-        crossed = {p.job_id for p in decisions.placements if p.cross_region and p.rank == 0}
         return leases
 
     def _post_board(self, board: QueueBoard, now: float, force: bool = False) -> None:
-            if lease.job_id in crossed:
-                self.metrics.cross_region.inc()
         self.board = board
         if force or now - self._board_published >= PUBLISH_EVERY_S:
             self.store.put_scheduler_state(BOARD_KEY, board.to_json())

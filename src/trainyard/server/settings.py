@@ -22,6 +22,21 @@ class Settings(BaseSettings):
     port: int = 8080
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
+    # Worker gRPC over TLS (PEM files). With a client CA, a worker must also present a certificate
+    # that CA signed (mutual TLS). Unset: plaintext, for a trusted network or a laptop.
+    grpc_tls_cert: Path | None = Field(default=None, description="server certificate chain (PEM)")
+    grpc_tls_key: Path | None = Field(default=None, description="server private key (PEM)")
+    grpc_tls_client_ca: Path | None = Field(default=None, description="CA that signs worker certificates")
+    # Single sign-on: bearer tokens that are JWTs are verified against this JWKS; platform tokens
+    # keep working alongside.
+    jwks_url: str | None = Field(
+        default=None, description="e.g. https://sso.example.com/.well-known/jwks.json"
+    )
+    jwt_audience: str | None = Field(default=None, description="required `aud`; unset: not checked")
+    jwt_issuer: str | None = Field(default=None, description="required `iss`; unset: not checked")
+    jwt_user_claim: str = Field(default="sub", description="claim holding the user name")
+    jwt_team_claim: str = Field(default="team", description="claim holding the team")
+    jwt_role_claim: str = Field(default="role", description="claim holding the role (default: user)")
     public_url: str | None = Field(
         default=None, description="base of presigned URLs; default http://host:port"
     )

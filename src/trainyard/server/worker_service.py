@@ -23,6 +23,7 @@ from trainyard.objects.base import (
 )
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
+from trainyard.server.grpc_tls import server_credentials
 from trainyard.server.platform import Platform
 from trainyard.store.sql import FinishReport
 
@@ -449,7 +450,9 @@ async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio
         ]
     )
     pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{host}:{port}")
+    creds = server_credentials(platform.settings)
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen for workers on {host}:{port}")
     await server.start()

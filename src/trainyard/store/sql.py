@@ -365,6 +365,24 @@ class SqlStore:
             )
         return token
 
+    def provision_user(self, name: str, team: str, role: str) -> User:
+        """A user vouched for by single sign-on: created on first sight (without an API token),
+        its team and role kept in step with what the identity provider says; tier untouched."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        with self._tx() as conn:
+            existing = conn.execute(sa.select(users).where(users.c.name == name)).first()
+            if existing is None:
+                self._ensure_team(conn, team)
+                conn.execute(
+                    users.insert().values(name=name, team=team, role=role, tier=None, created_at=self.clock())
+                )
+                return User(name=name, team=team, role=role)
+            if existing.team != team or existing.role != role:
+                self._ensure_team(conn, team)
+                conn.execute(users.update().where(users.c.name == name).values(team=team, role=role))
+            return User(name=name, team=team, role=role, tier=existing.tier)
+
     def authenticate(self, token: str) -> User | None:
         found = self.token_user(token)
         return None if found is None else found[0]

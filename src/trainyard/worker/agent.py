@@ -20,14 +20,13 @@ from trainyard import __version__
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.attempt import AttemptContext, AttemptRunner
-from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity, grpc_target
+from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity
 from trainyard.worker.datacache import cached_uris
 from trainyard.worker.executors.base import Executor
-from trainyard.worker.executors.process import ProcessExecutor
+from trainyard.worker.executors.routing import executor_for
 from trainyard.worker.gpu import GpuSampler
-from trainyard.worker.isolation import isolation_for
 from trainyard.worker.logship import LogShipper
-from trainyard.worker.rpc import PERMANENT, ControlPlane
+from trainyard.worker.rpc import PERMANENT, ControlPlane, open_channel
 from trainyard.worker.slots import AttemptSlots
 from trainyard.worker.spot import SpotNoticeWatcher
 from trainyard.worker.transfer import Transfers
@@ -55,7 +54,7 @@ class Agent:
 
     def __init__(self, cfg: WorkerConfig, *, executor: Executor | None = None) -> None:
         self.cfg = cfg
-        self.executor: Executor = executor or ProcessExecutor(isolation_for(cfg))
+        self.executor: Executor = executor or executor_for(cfg)
         self.draining = False
         self.runners: dict[AttemptKey, AttemptRunner] = {}
         self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
@@ -82,7 +81,7 @@ class Agent:
         self._capacity = await asyncio.to_thread(detect_capacity, cfg)
         background: list[asyncio.Task[None]] = []
         async with (
-            grpc.aio.insecure_channel(grpc_target(cfg.server)) as channel,
+            open_channel(cfg) as channel,
             httpx.AsyncClient(timeout=cfg.http_timeout_s) as http,
         ):
             rpc = ControlPlane(

@@ -59,6 +59,13 @@ class WorkerConfig:
     """Datasets kept across jobs (``$TRAINYARD_DATA_CACHE`` for jobs); None: ``<work_dir>/data-cache``."""
     max_log_bytes: int = 1 << 30
     """Per-attempt cap on the log spool; past it a marker line is written and output is dropped."""
+    tls_ca: Path | None = None
+    """CA (PEM) that signed the control plane's gRPC certificate. With it or a client certificate
+    the channel is TLS (no CA: the system's roots); with neither, plaintext."""
+    tls_cert: Path | None = None
+    """This worker's client certificate chain (PEM), for a control plane that requires mutual TLS."""
+    tls_key: Path | None = None
+    """The private key (PEM) of ``tls_cert``."""
 
     # Tunables. The defaults are the production values; tests shrink them.
     log_flush_s: float = 0.1
@@ -110,6 +117,11 @@ class WorkerConfig:
     """Processes and threads per job (its cgroup's pids limit); 0: unlimited."""
     protected_dirs: tuple[Path, ...] = ()
     """Hidden from sandboxed jobs besides the work directory: the platform home (database, tokens)."""
+    docker_host: str | None = None
+    """Docker Engine API address (``unix:///var/run/docker.sock``, or Podman's socket) for jobs that
+    name an image; None: such jobs fail to start here."""
+    docker_ulimits: tuple[str, ...] = ()
+    """``NAME=SOFT[:HARD]`` ulimits for every container (``nofile=1024:4096``); none: the engine's."""
 
     @property
     def data_cache(self) -> Path:

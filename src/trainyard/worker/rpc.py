@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.config import WorkerConfig, grpc_target
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,28 @@ def _fail(batch: list[_Queued], e: BaseException) -> None:
     for _, fut in batch:
         if not fut.done():
             fut.set_exception(e)
+
+
+def channel_credentials(cfg: WorkerConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the control plane channel; None: plaintext."""
+    if cfg.tls_ca is None and cfg.tls_cert is None and cfg.tls_key is None:
+        return None
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ValueError("a client certificate needs both --tls-cert and --tls-key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=cfg.tls_ca.read_bytes() if cfg.tls_ca is not None else None,
+        private_key=cfg.tls_key.read_bytes() if cfg.tls_key is not None else None,
+        certificate_chain=cfg.tls_cert.read_bytes() if cfg.tls_cert is not None else None,
+    )
+
+
+def open_channel(cfg: WorkerConfig) -> grpc.aio.Channel:
+    """The channel to the control plane: TLS (mutual with a client certificate) or plaintext."""
+    target = grpc_target(cfg.server)
+    creds = channel_credentials(cfg)
+    if creds is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, creds)
 
 
 class StaleLease(Exception):
