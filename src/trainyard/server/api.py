@@ -36,7 +36,7 @@ from trainyard.objects.base import ObjectNotFound, check_key
 from trainyard.objects.local import LocalObjectStore
 from trainyard.server.api_tenancy import add_tenancy_routes
 from trainyard.server.auth import UserDep
-from trainyard.server.errors import ApiError
+from trainyard.server.errors import ApiError, json_object
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
 from trainyard.server.responses import (
@@ -731,12 +731,7 @@ def create_app(p: Platform) -> FastAPI:
     async def drain_worker(worker: str, request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin:
             raise ApiError(403, "forbidden", "only admins can drain workers")
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        body = await json_object(request, empty_ok=True)
         try:
             deadline = parse_duration(body.get("deadline") or 0)
         except ValueError as e:
@@ -768,12 +763,7 @@ def create_app(p: Platform) -> FastAPI:
             raise ApiError(403, "forbidden", "only admins can change teams")
         if not TEAM_NAME.fullmatch(name):
             raise ApiError(422, "invalid_request", f"{name!r} is not a team name")
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        body = await json_object(request, empty_ok=True)
         try:
             update = TeamUpdate.model_validate(body)
         except ValidationError as e:
@@ -794,12 +784,7 @@ def create_app(p: Platform) -> FastAPI:
     async def create_user(request: Request, user: UserDep) -> dict[str, Any]:
         if not user.is_admin and user.role != "team-admin":
             raise ApiError(403, "forbidden", "only admins and team admins can create users")
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        body = await json_object(request)
         details = []
         name, team, role = body.get("name"), body.get("team"), body.get("role", "user")
         tier = body.get("tier")
