@@ -68,9 +68,18 @@ class Plan:
 
 
 def _agent_install() -> tuple[Path, ...]:
-    # A job started in the agent's own checkout (the submit directory of a developer's `yard up`)
-    # must not rewrite the code the next agent runs.
-    return (Path(sys.prefix), Path(trainyard.__file__).resolve().parent)
+    """The agent's interpreter environment and its code: a source checkout as a whole when it runs
+    from one (an editable install), else the package.
+
+    Jobs may read them (they run ``trainyard.job`` and often the agent's interpreter) but never
+    write them: a job started in the agent's own checkout (the submit directory of a developer's
+    `yard up`) must not rewrite the code the next agent runs. Where they sit under a directory the
+    sandbox makes private (a checkout in /tmp, as CI clones often are), they are bound back."""
+    package = Path(trainyard.__file__).resolve().parent
+    checkout = package.parent.parent
+    if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
+        return (Path(sys.prefix), checkout)
+    return (Path(sys.prefix), package)
 
 
 class Isolation:

@@ -127,6 +127,10 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         argv += ["--dev-bind-try", d, d]
     for d in PRIVATE_TMPFS:
         argv += ["--tmpfs", d]
+    for a in spec.agent_install:
+        a = _real(a)
+        if any(_within(a, Path(d)) for d in PRIVATE_TMPFS):
+            argv += ["--ro-bind", str(a), str(a)]  # hidden by a private /tmp; protected dirs re-hide below
     for d in KEEP_IN_RUN:
         argv += ["--ro-bind-try", d, d]
     if not own and cwd_is_writable(cwd):
