@@ -150,7 +150,7 @@ class Platform:
         self._auth_cache: dict[str, tuple[User, float]] = {}
         self.sso = JwtVerifier(settings, self._provision_user) if settings.jwks_url else None
         self._reasons: dict[str, str] = {}  # pending reasons as last written
-        self.scheduler_config = SchedulerConfig()
+        self.scheduler_config = SchedulerConfig(half_life_s=settings.fair_share_half_life)
         self._teams: dict[str, Team] = {}
         self._teams_read_at = 0.0
         self._history: dict[str, ResourceVector] = {}  # team -> decayed usage (leader's memory)

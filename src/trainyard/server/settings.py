@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trainyard.model.quantity import parse_memory
+from trainyard.model.quantity import parse_duration, parse_memory
 
 
 class Settings(BaseSettings):
@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         default=None,
         description="key for team secrets at rest (64 hex chars); default: generated in home/secret-key",
     )
+
+    fair_share_half_life: float = Field(
+        default=7 * 86400.0,
+        description="half-life of the usage history fair share weighs (Slurm's PriorityDecayHalfLife), e.g. 7d",
+    )
+
+    @field_validator("fair_share_half_life", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        value = parse_duration(v) if isinstance(v, str | int | float) and not isinstance(v, bool) else v
+        if isinstance(value, float) and value <= 0:
+            raise ValueError("must be a positive duration, e.g. 7d or 12h")
+        return value
 
     @field_validator("max_body", "workdir_limit", "object_limit", "log_tail_bytes", mode="before")
     @classmethod
