@@ -1,6 +1,6 @@
 """Simulated day benchmark: `yard simulate --synthetic target` without the printing.
 
-A day at our target scale (100k submissions, ~10k jobs running on ~2,200 workers with spot
+A day at our target scale (100k submissions, ~10k jobs running on ~2,700 workers with spot
 reclaims) driven through the real scheduler, then through the FIFO baseline on the same workload.
 The value is the scheduler run's wall time; the note carries what the run is for: fairness and
 utilization against FIFO. Pure CPU: no database, no I/O.

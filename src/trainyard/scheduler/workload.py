@@ -376,12 +376,12 @@ class _Scale:
 _SCALES: dict[str, _Scale] = {
     "target": _Scale(
         100_000,
-        (("a100", 1150, 250), ("h100", 450, 100)),
-        (180, 50),
-        reclaims_per_day=120,
-        carry_over=8_500,
-        research_gpu_quota=2400,
-        infra_gpu_quota=1200,
+        (("a100", 1440, 310), ("h100", 560, 125)),
+        (225, 62),
+        reclaims_per_day=150,
+        carry_over=10_500,
+        research_gpu_quota=3000,
+        infra_gpu_quota=1500,
     ),
     "small": _Scale(
         600,
@@ -407,8 +407,8 @@ _TEAMS = (
 
 
 def synthetic(kind: SyntheticKind = "target", *, seed: int = 0) -> Workload:
-    """A seeded day of work: ``target`` is our production scale (100k jobs a day, 8-9k running at
-    once on 2,180 workers with 15,600 GPUs, 120 spot reclaims), ``small`` the same mix on 15
+    """A seeded day of work: ``target`` is our production scale (100k jobs a day, ~10k running at
+    once on 2,722 workers with 19,480 GPUs, 150 spot reclaims), ``small`` the same mix on 15
     workers (600 jobs) for tests and demos."""
     if kind not in _SCALES:
         raise ValueError(f"unknown synthetic workload {kind!r}: target or small")
@@ -495,8 +495,8 @@ def _lognormal(rng: random.Random, median_s: float, sigma: float, lo: float, hi:
 
 def _draw(rng: random.Random, job_id: str, t: float, max_gang: int) -> JobArrival:
     """One job from the mix. Runtimes are lognormal (heavy-tailed) per class: most jobs are minutes
-    long and most GPU-hours are in the few that run for many hours. The mean is ~2 h, so 100k
-    submissions a day keep ~8,000 jobs running on average (Little's law), ~9,000 at the peak."""
+    long and most GPU-hours are in the few that run for many hours. The mean is ~2.4 h, so 100k
+    submissions a day keep ~10,000 jobs running on average (Little's law)."""
     team = rng.choices([n for n, _, _ in _TEAMS], [s for _, _, s in _TEAMS])[0]
     priority = rng.choices((0, 1, 2, 3), (0.15, 0.70, 0.13, 0.02))[0]
     u = rng.random()
@@ -520,7 +520,7 @@ def _draw(rng: random.Random, job_id: str, t: float, max_gang: int) -> JobArriva
             kind="eval",
         )
     if u < 0.71:  # CPU batch: data prep, tokenisation, feature jobs
-        runtime = _lognormal(rng, 100 * 60, 1.0, 300, 12 * 3600)
+        runtime = _lognormal(rng, 125 * 60, 1.0, 300, 12 * 3600)
         return JobArrival(
             job_id,
             t,
@@ -536,7 +536,7 @@ def _draw(rng: random.Random, job_id: str, t: float, max_gang: int) -> JobArriva
             kind="batch",
         )
     if u < 0.996:  # single-node training and fine-tuning
-        runtime = _lognormal(rng, 2.25 * 3600, 1.0, 600, DAY_S)
+        runtime = _lognormal(rng, 2.8 * 3600, 1.0, 600, DAY_S)
         gpu = rng.choices((1, 2, 4, 8), (0.55, 0.25, 0.15, 0.05))[0]
         return JobArrival(
             job_id,
@@ -555,7 +555,7 @@ def _draw(rng: random.Random, job_id: str, t: float, max_gang: int) -> JobArriva
             kind="train",
         )
     # large gang training: whole 8-GPU nodes, hours to a day, always checkpointing
-    runtime = _lognormal(rng, 6 * 3600, 0.8, 1800, DAY_S)
+    runtime = _lognormal(rng, 7.5 * 3600, 0.8, 1800, DAY_S)
     return JobArrival(
         job_id,
         t,
