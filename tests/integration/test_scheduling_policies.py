@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -109,3 +111,44 @@ def test_pending_jobs_show_queue_position_and_estimated_start(cp: ControlPlane) 
             c.delete(f"/v1/jobs/{j}")
         for j in (first, second, third):
             wait_status(c, j, DONE, 20)
+
+
+SAVER = (
+    "import time, trainyard.job as tj\n"
+    "step = 0\n"
+    "while True:\n"
+    "    step += 1\n"
+    "    tj.save_checkpoint(str(step).encode(), step=step)\n"
+    "    time.sleep(0.2)\n"
+)
+
+
+def test_preemption_takes_the_victim_that_loses_the_least_work(cp: ControlPlane) -> None:
+    """The job that has run longer but checkpointed a moment ago loses less than a younger one that
+    never checkpointed: its agent reports the checkpoint times, and the scheduler evicts it."""
+    with cp.client() as c:
+        r = c.post(
+            "/v1/jobs",
+            json={
+                "command": [sys.executable, "-c", SAVER],
+                "resources": {"cpu": 0.5, "memory": "256Mi", "gpu": 2},
+                "priority": "low",
+                "preemptible": True,
+                "name": "saver",
+            },
+        )
+        saver = r.json()["id"]
+        wait_status(c, saver, {"RUNNING"}, 20)
+        time.sleep(3)
+        idle = gpu_job(c, 2, priority="low", preemptible=True, name="never-checkpoints")
+        wait_status(c, idle, {"RUNNING"}, 20)
+        time.sleep(3)  # older than a heartbeat-stale checkpoint time, younger than the saver
+        urgent = gpu_job(c, 2, priority="urgent", name="urgent-3")
+        wait_status(c, urgent, {"RUNNING"}, 30)
+        s = c.get(f"/v1/jobs/{saver}").json()
+        assert s["attempts"][0]["status"] == "PREEMPTED", s["attempts"]
+        assert c.get(f"/v1/jobs/{idle}").json()["status"] == "RUNNING"
+        for j in (saver, idle, urgent):
+            c.delete(f"/v1/jobs/{j}")
+        for j in (saver, idle, urgent):
+            wait_status(c, j, DONE, 30)

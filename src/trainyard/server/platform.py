@@ -167,6 +167,7 @@ class Platform:
         self.writes = GroupCommit(self.store)
         self._beats_persisted = 0.0
         self._cached_uris: dict[str, tuple[str, ...]] = {}  # worker -> data cache as last written
+        self._checkpoints: dict[tuple[str, int], float] = {}  # (job, attempt) -> checkpoint time written
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
         self.leadership = leadership_for(settings.db_url, settings.home)
         self.notifier = notifier_for(settings.db_url)
@@ -217,6 +218,20 @@ class Platform:
         now = time.time()
         for job_id, attempt, _ in running:
             self._held[(job_id, attempt)] = now
+
+    async def note_checkpoints(self, running: Iterable[pb.RunningAttempt]) -> None:
+        """Persist the checkpoint times a heartbeat reports, when they moved (every few minutes per
+        job, not every beat), so the leader's preemption choice sees them whichever replica it is."""
+        moved = []
+        for r in running:
+            key = (r.job_id, r.attempt)
+            if r.last_checkpoint_at > 0 and self._checkpoints.get(key, 0.0) < r.last_checkpoint_at:
+                moved.append((r.job_id, r.attempt, r.last_checkpoint_at))
+        if moved:
+            await self.db(self.store.set_checkpoint_times, moved)
+            if len(self._checkpoints) > 100_000:
+                self._checkpoints.clear()
+            self._checkpoints.update({(j, a): t for j, a, t in moved})
 
     async def note_cached_uris(self, worker_id: str, uris: Iterable[str]) -> None:
         """Persist a worker's data cache when it changed (agents send it with every heartbeat)."""
@@ -638,6 +653,7 @@ class Platform:
             gpu_indices=tuple(r.gpu_indices),
             preemptible=r.preemptible,
             started_at=started,
+            last_checkpoint_at=r.last_checkpoint_at,
             max_runtime_s=r.max_runtime,
             terminating=r.status == JobStatus.CANCELLING.value or preempting is not None,
         )

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
 
     fair_share_half_life: float = Field(
         default=7 * 86400.0,
-        description="half-life of the usage history fair share weighs (Slurm's PriorityDecayHalfLife), e.g. 7d",
+        description="half-life of the usage history fair share weighs (Slurm's PriorityDecayHalfLife)",
     )
 
     @field_validator("fair_share_half_life", mode="before")

@@ -146,6 +146,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
         self.p.held_seen(running)
+        await self.p.note_checkpoints(request.running)
         self.p.metrics.gpu_utilization.record(worker.id, worker.name, request.gpu_utilization)
         if request.HasField("data_cache"):
             await self.p.note_cached_uris(worker.id, request.data_cache.uris)

@@ -114,6 +114,9 @@ job_attempts = sa.Table(
     sa.Column("stderr_tail", sa.Text, nullable=True),
     sa.Column("log_bytes", sa.BigInteger, nullable=True),
     sa.Column("checkpoint_key", sa.Text, nullable=True),
+    # When the running job last wrote a checkpoint, as its agent reports it: preemption picks the
+    # victims that would lose the least work since theirs.
+    sa.Column("last_checkpoint_at", sa.Float, nullable=True),
     sa.Index("ix_job_attempts_worker_status", "worker_id", "status"),
 )
 

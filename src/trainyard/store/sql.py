@@ -1064,6 +1064,7 @@ class SqlStore:
                 jobs.c.lease_token,
                 jobs.c.gang_id,
                 jobs.c.replica_rank,
+                job_attempts.c.last_checkpoint_at,
             )
             .select_from(
                 jobs.join(
@@ -1764,6 +1765,25 @@ class SqlStore:
             q = q.where(workers.c.status != "DEAD")
         with self._read() as conn:
             return [_worker(r) for r in conn.execute(q)]
+
+    def set_checkpoint_times(self, times: Sequence[tuple[str, int, float]]) -> None:
+        """Record when running attempts last checkpointed ((job, attempt, unix s); only forward)."""
+        if not times:
+            return
+        with self._tx() as conn:
+            for job_id, number, at in times:
+                conn.execute(
+                    job_attempts.update()
+                    .where(
+                        job_attempts.c.job_id == job_id,
+                        job_attempts.c.number == number,
+                        sa.or_(
+                            job_attempts.c.last_checkpoint_at.is_(None),
+                            job_attempts.c.last_checkpoint_at < at,
+                        ),
+                    )
+                    .values(last_checkpoint_at=at)
+                )
 
     def set_cached_uris(self, worker_id: str, uris: Sequence[str]) -> None:
         """Record the dataset URIs a worker's local cache holds (sent when they change, not per beat)."""

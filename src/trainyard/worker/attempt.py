@@ -86,7 +86,27 @@ class AttemptRunner:
     # -- commands -----------------------------------------------------------------------------------
 
     def running_attempt(self) -> pb.RunningAttempt:
-        return pb.RunningAttempt(job_id=self.a.job_id, attempt=self.a.attempt, lease_token=self.a.lease_token)
+        return pb.RunningAttempt(
+            job_id=self.a.job_id,
+            attempt=self.a.attempt,
+            lease_token=self.a.lease_token,
+            last_checkpoint_at=self._last_checkpoint_at(),
+        )
+
+    def _last_checkpoint_at(self) -> float:
+        """Newest change in the checkpoint directory: ``save_checkpoint`` renames each one into
+        place, so the directory's own entries move when a checkpoint lands. One scandir per beat."""
+        newest = 0.0
+        try:
+            with os.scandir(self.dir / "checkpoints") as entries:
+                for e in entries:
+                    try:
+                        newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
+                    except OSError:
+                        continue
+        except OSError:
+            return 0.0
+        return newest
 
     def request_stop(self, outcome: AttemptOutcome, reason: str) -> None:
         """Stop the job with the grace period; the first stop request decides the outcome."""

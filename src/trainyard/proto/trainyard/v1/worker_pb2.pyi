@@ -158,17 +158,23 @@ class RunningAttempt(google.protobuf.message.Message):
     JOB_ID_FIELD_NUMBER: builtins.int
     ATTEMPT_FIELD_NUMBER: builtins.int
     LEASE_TOKEN_FIELD_NUMBER: builtins.int
+    LAST_CHECKPOINT_AT_FIELD_NUMBER: builtins.int
     job_id: builtins.str
     attempt: builtins.int
     lease_token: builtins.str
+    last_checkpoint_at: builtins.float
+    """When the job last wrote to its checkpoint directory (unix s; 0: never): what preempting it
+    would lose is the work since then.
+    """
     def __init__(
         self,
         *,
         job_id: builtins.str = ...,
         attempt: builtins.int = ...,
         lease_token: builtins.str = ...,
+        last_checkpoint_at: builtins.float = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "job_id", b"job_id", "lease_token", b"lease_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "job_id", b"job_id", "last_checkpoint_at", b"last_checkpoint_at", "lease_token", b"lease_token"]) -> None: ...
 
 Global___RunningAttempt: typing_extensions.TypeAlias = RunningAttempt
 
