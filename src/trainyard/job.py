@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from trainyard.worker import datacache
+from trainyard import datacache
 
 __all__ = [
     "METRIC_PREFIX",

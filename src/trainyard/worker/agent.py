@@ -17,11 +17,11 @@ import grpc.aio
 import httpx
 
 from trainyard import __version__
+from trainyard.datacache import cached_uris
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.attempt import AttemptContext, AttemptRunner
 from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity
-from trainyard.worker.datacache import cached_uris
 from trainyard.worker.executors.base import Executor
 from trainyard.worker.executors.routing import executor_for
 from trainyard.worker.gpu import GpuSampler

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainyard.datacache import ENV as DATA_CACHE_ENV
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.config import WorkerConfig
-from trainyard.worker.datacache import ENV as DATA_CACHE_ENV
 from trainyard.worker.executors.base import Executor, ExitStatus, LaunchSpec, RunHandle, StartFailed
 from trainyard.worker.files import (
     ArtifactFile,

@@ -1,5 +1,7 @@
 """The worker's local data cache: datasets that outlive the jobs that fetched them.
 
+Standard library only: ``trainyard.job`` (imported by jobs, whatever their environment) uses it.
+
 Jobs find the directory in ``$TRAINYARD_DATA_CACHE`` and keep each dataset in a subdirectory of
 its own (``trainyard.job.dataset_dir(uri)``), which records the URI it holds in a ``.trainyard-uri``
 file once complete. The agent lists those markers with every heartbeat, and the scheduler prefers a
