@@ -68,13 +68,15 @@ class Plan:
 
 
 def _agent_install() -> tuple[Path, ...]:
-    """The agent's interpreter environment and its code: a source checkout as a whole when it runs
-    from one (an editable install), else the package.
+    # A job started in the agent's own checkout (the submit directory of a developer's `yard up`)
+    # must not rewrite the code the next agent runs.
+    return (Path(sys.prefix), Path(trainyard.__file__).resolve().parent)
 
-    Jobs may read them (they run ``trainyard.job`` and often the agent's interpreter) but never
-    write them: a job started in the agent's own checkout (the submit directory of a developer's
-    `yard up`) must not rewrite the code the next agent runs. Where they sit under a directory the
-    sandbox makes private (a checkout in /tmp, as CI clones often are), they are bound back."""
+
+def _agent_visible() -> tuple[Path, ...]:
+    """What jobs must see of the agent's installation even where the sandbox's private /tmp would
+    hide it (a checkout in /tmp, as CI clones often are): its interpreter environment, and its
+    source checkout as a whole when it runs from one (jobs run the examples and tests there)."""
     package = Path(trainyard.__file__).resolve().parent
     checkout = package.parent.parent
     if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
@@ -177,6 +179,7 @@ class Isolation:
                         readonly=[spec.resume_dir] if spec.resume_dir is not None else [],
                         protected=(*s.protected, spec.attempt_dir.parent),
                         agent_install=_agent_install(),
+                        agent_visible=_agent_visible(),
                         network=network,
                         gpu_indices=spec.gpu_indices,
                     ),

@@ -74,6 +74,9 @@ class SandboxSpec:
     protected: Sequence[Path] = ()
     """Hidden from the job: the worker's work directory, the platform home."""
     agent_install: Sequence[Path] = ()
+    agent_visible: Sequence[Path] = ()
+    """Bound back read-only where a private tmpfs hides them, before the protected directories
+    (which may lie inside, e.g. a `yard up` home in the checkout) are hidden again."""
     """Read-only even where a writable directory contains them (the agent's venv and package)."""
     network: bool = True
     gpu_indices: Sequence[int] = ()
@@ -127,7 +130,7 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         argv += ["--dev-bind-try", d, d]
     for d in PRIVATE_TMPFS:
         argv += ["--tmpfs", d]
-    for a in spec.agent_install:
+    for a in spec.agent_visible:
         a = _real(a)
         if any(_within(a, Path(d)) for d in PRIVATE_TMPFS):
             argv += ["--ro-bind", str(a), str(a)]  # hidden by a private /tmp; protected dirs re-hide below

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from dataclasses import replace
@@ -62,6 +63,44 @@ def test_argv_hides_protected_dirs_and_binds_only_the_jobs_own(tmp_path: Path) -
     # Order matters (later mounts win): the hiding comes before the job's own directories.
     assert argv.index(str(work)) < argv.index(str(own / "work"))
     assert argv[argv.index("--chdir") + 1] == str(own / "work")
+
+
+def test_a_checkout_in_tmp_stays_visible_but_its_home_stays_hidden_and_job_dirs_writable() -> None:
+    """`make up` in a checkout under /tmp: the checkout (the agent's venv and code, the examples) is
+    bound back over the private /tmp, read-only; its `.trainyard` home is hidden again after that;
+    the job's own directories inside the home are writable; nothing re-covers them afterwards."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        _check_checkout_in_tmp(Path(tmp) / "repo")
+
+
+def _check_checkout_in_tmp(checkout: Path) -> None:
+    home = checkout / ".trainyard"
+    own = home / "workers" / "w1" / "slots" / "s1"
+    for d in ("checkpoints", "artifacts", "work"):
+        (own / d).mkdir(parents=True)
+    venv = checkout / ".venv"
+    venv.mkdir()
+    argv = bwrap_argv(
+        "bwrap",
+        SandboxSpec(
+            command=["python", "train.py"],
+            cwd=checkout,
+            writable=[own / "checkpoints", own / "artifacts", own / "work"],
+            protected=[home],
+            agent_install=[venv, checkout / "src" / "trainyard"],
+            agent_visible=[venv, checkout],
+        ),
+    )
+    real = str(Path(os.path.realpath(checkout)))
+    mounts = [(argv[i], argv[i + 1]) for i in range(len(argv) - 1) if argv[i].startswith("--")]
+    at = {m: i for i, m in enumerate(mounts)}
+    visible = at[("--ro-bind", real)]
+    hidden = at[("--tmpfs", str(Path(os.path.realpath(home))))]
+    ckpt = at[("--bind", str(Path(os.path.realpath(own / "checkpoints"))))]
+    assert at[("--tmpfs", "/tmp")] < visible < hidden < ckpt
+    # Nothing mounted after the job's directories covers them or the home again.
+    later = [p for flag, p in mounts[ckpt:] if flag in ("--ro-bind", "--bind", "--tmpfs")]
+    assert real not in later and str(Path(os.path.realpath(home))) not in later
 
 
 def test_network_stays_unless_switched_off(tmp_path: Path) -> None:
