@@ -178,6 +178,11 @@ class EngineError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def gone(self) -> bool:
+        """The container no longer exists: Docker answers 404, Podman sometimes 500 "no such container"."""
+        return self.status == 404 or "no such container" in str(self).lower()
+
 
 @dataclass(frozen=True)
 class ContainerExit:
@@ -313,7 +318,7 @@ class Engine:
         try:
             state = self.inspect(cid).get("State") or {}
         except EngineError as e:
-            if e.status != 404:
+            if not e.gone:
                 raise
             # Removed by someone else while it ran (Podman's wait then says 0): it did not end by itself.
             return ContainerExit(code=_SIGKILL_EXIT, oom_killed=False, removed=True)
@@ -333,7 +338,7 @@ class Engine:
         try:
             self._call("remove_container", cid, force=True, v=True)
         except EngineError as e:
-            if e.status != 404:
+            if not e.gone:
                 raise
 
     def labelled(self, label: str, value: str) -> list[tuple[str, dict[str, str]]]:
@@ -422,7 +427,7 @@ class _Watcher:
         try:
             result = self._engine.wait_exit(self._cid)
         except EngineError as e:
-            if e.status == 404:
+            if e.gone:
                 result = ContainerExit(code=_SIGKILL_EXIT, oom_killed=False, removed=True)
             else:
                 self._post(self._fail, e)
