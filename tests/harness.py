@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_run(n: int, avoid: Collection[int] = ()) -> int:
+    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range: a run picked
+    there (port 0's way) can lose its later ports to the next process that asks for any port."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, 32000)
+        run = set(range(first, first + n))
+        if run & set(avoid):
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for p in sorted(run):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports found")
 
 
 def wait_for(

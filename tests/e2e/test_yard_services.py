@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 from tests.e2e.test_yard_cli import YARD, Yard
-from tests.harness import REPO, free_port, wait_for
+from tests.harness import REPO, free_port_run, wait_for
 
 
 def test_up_with_services_and_two_replicas(tmp_path: Path, pg_url: str) -> None:
     home = tmp_path / "home"
-    port, grpc_port = free_port(), free_port()
-    while {port, port + 1} & {grpc_port, grpc_port + 1}:  # two replicas take two of each
-        grpc_port = free_port()
+    # Two replicas take two consecutive ports of each kind; the services `yard up` starts ask the
+    # kernel for ports, so these come from below its ephemeral range.
+    port = free_port_run(2)
+    grpc_port = free_port_run(2, avoid={port, port + 1})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAINYARD_DATABASE_URL": pg_url}
     for var in ("TRAINYARD_REDIS_URL", "TRAINYARD_KAFKA_BOOTSTRAP", "TRAINYARD_OBJECT_STORE"):
         env.pop(var, None)
