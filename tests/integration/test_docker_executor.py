@@ -145,6 +145,8 @@ def podman() -> Iterator[Podman]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=env,
+        # conmon leaves an `oom` marker in its working directory when a container is OOM-killed.
+        cwd=sock.parent,
     )
     url = f"unix://{sock}"
     try:
