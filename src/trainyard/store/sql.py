@@ -1485,21 +1485,19 @@ class SqlStore:
                 # The row changed since it was read (a cancel on another connection): the RUNNING
                 # event already recorded must not stand alone. Roll back; the report is applied again.
                 raise ConcurrentChange(f"job {row.id} changed while its report was applied")
-        attempt_values = {
-            "a_job": row.id,
-            "a_number": row.attempt,
-            "status": attempt_status.value,
-            "outcome": outcome.value,
-            "finished_at": now,
-            "exit_code": exit_code,
-            "reason": reason,
-            "stderr_tail": stderr_tail,
-            "log_bytes": log_bytes,
-            "checkpoint_key": checkpoint_key,
-        }
-        if folded is not None:
-            attempt_values["started_at"] = folded
-        conn.execute(_UPDATE_ATTEMPT, attempt_values)
+        _end_attempt_row(
+            conn,
+            row,
+            attempt_status,
+            outcome,
+            exit_code,
+            reason,
+            now,
+            folded,
+            stderr_tail,
+            log_bytes,
+            checkpoint_key,
+        )
         if row.gang_id is not None:
             self._end_gang_attempt(conn, row.gang_id, row.attempt, final, now)
         return final
@@ -1544,21 +1542,18 @@ class SqlStore:
         if folded is not None:
             values["started_at"] = folded
         self._set_member(conn, row, final, now, values, {"outcome": outcome.value, "exit_code": exit_code})
-        conn.execute(
-            _UPDATE_ATTEMPT,
-            {
-                "a_job": row.id,
-                "a_number": row.attempt,
-                "status": _ATTEMPT_STATUS[outcome].value,
-                "outcome": outcome.value,
-                "finished_at": now,
-                "exit_code": exit_code,
-                "reason": reason,
-                "stderr_tail": stderr_tail,
-                "log_bytes": log_bytes,
-                "checkpoint_key": checkpoint_key,
-                **({"started_at": folded} if folded is not None else {}),
-            },
+        _end_attempt_row(
+            conn,
+            row,
+            _ATTEMPT_STATUS[outcome],
+            outcome,
+            exit_code,
+            reason,
+            now,
+            folded,
+            stderr_tail,
+            log_bytes,
+            checkpoint_key,
         )
         if (
             outcome is not AttemptOutcome.SUCCEEDED
@@ -2166,6 +2161,37 @@ def _team(r: sa.Row[Any]) -> Team:
         gpu_quota=r.gpu_quota,
         gpu_type_quotas=dict(r.gpu_type_quotas or {}),
     )
+
+
+def _end_attempt_row(
+    conn: sa.Connection,
+    row: Any,
+    status: JobStatus,
+    outcome: AttemptOutcome,
+    exit_code: int | None,
+    reason: str | None,
+    now: float,
+    folded: float | None,
+    stderr_tail: str | None,
+    log_bytes: int | None,
+    checkpoint_key: str | None,
+) -> None:
+    """Close the job's current attempt row; ``folded``: a start reported with the end."""
+    values = {
+        "a_job": row.id,
+        "a_number": row.attempt,
+        "status": status.value,
+        "outcome": outcome.value,
+        "finished_at": now,
+        "exit_code": exit_code,
+        "reason": reason,
+        "stderr_tail": stderr_tail,
+        "log_bytes": log_bytes,
+        "checkpoint_key": checkpoint_key,
+    }
+    if folded is not None:
+        values["started_at"] = folded
+    conn.execute(_UPDATE_ATTEMPT, values)
 
 
 def _stop_command(r: Any) -> WorkerCommand:
