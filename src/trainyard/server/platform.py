@@ -25,7 +25,7 @@ from trainyard.cache.redis_tail import RedisLogTails
 from trainyard.cache.resilient import ResilientCache, ResilientLogTails
 from trainyard.cache.sql import SqlCache
 from trainyard.cache.tiers import parse_tiers, tier_of
-from trainyard.model.records import Job, Team, User, Worker
+from trainyard.model.records import Job, User, Worker
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import LIVE, TERMINAL, JobStatus, Priority
 from trainyard.objects.base import ObjectNotFound
@@ -74,7 +74,6 @@ HEARTBEAT_PERSIST_S = 5.0
 RELAY_BATCH = 1000
 ETA_MAX_STEPS = 16  # simulated job-end steps per estimate; later jobs get no estimate (null)
 ETA_MAX_JOBS = 1000  # the first jobs of the global queue order are estimated
-TEAMS_REFRESH_S = 5.0  # how stale the scheduler's copy of team weights and quotas may be
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -151,8 +150,6 @@ class Platform:
         self.sso = JwtVerifier(settings, self._provision_user) if settings.jwks_url else None
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self.scheduler_config = SchedulerConfig(half_life_s=settings.fair_share_half_life)
-        self._teams: dict[str, Team] = {}
-        self._teams_read_at = 0.0
         self._history: dict[str, ResourceVector] = {}  # team -> decayed usage (leader's memory)
         self._history_at = 0.0
         self._preempting: dict[str, float] = {}  # job -> when its preempt command was issued
@@ -660,10 +657,10 @@ class Platform:
 
     def _scheduling_teams(self, running: list[Any], now: float) -> list[SchedTeam]:
         """Teams with their quotas and a usage history decayed with the configured half-life (kept by
-        the leader in memory: a new leader starts the history afresh)."""
-        if now - self._teams_read_at > TEAMS_REFRESH_S:
-            self._teams = {t.name: t for t in self.store.list_teams()}
-            self._teams_read_at = now
+        the leader in memory: a new leader starts the history afresh). Teams are read every cycle, not
+        cached: a weight or quota changed through any replica applies from the next cycle (one small
+        SELECT; teams are few)."""
+        teams = {t.name: t for t in self.store.list_teams()}
         current: dict[str, ResourceVector] = {}
         for r in running:
             current[r.team] = current.get(r.team, ResourceVector()) + ResourceVector(r.cpu, r.memory, r.gpu)
@@ -678,8 +675,8 @@ class Platform:
                 half_life,
             )
         out = []
-        for name in set(self._teams) | set(current):
-            t = self._teams.get(name)
+        for name in set(teams) | set(current):
+            t = teams.get(name)
             quota = None
             if t is not None and (
                 t.cpu_quota is not None
