@@ -58,6 +58,7 @@ __all__ = [
     "load_checkpoint",
     "log_metric",
     "mark_cached",
+    "mark_complete",
     "preempted",
     "resume_from",
     "save_checkpoint",
@@ -153,8 +154,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def install_preemption_handler() -> None:
     """Make SIGTERM set the flag ``preempted()`` reads instead of killing the process.
 
-    The job should then save a checkpoint and exit with code 143 (128 + SIGTERM), which is what
-    the platform expects from a job that was told to stop. Calling this again does nothing.
+    The job should then save a checkpoint and exit (143, 128 + SIGTERM, by convention; the code does
+    not matter: once the platform preempts an attempt, it is requeued whatever it exits with, unless
+    the job called ``mark_complete()``). Calling this again does nothing.
     Must be called from the main thread, like any ``signal.signal``.
     """
     global _installed
@@ -168,6 +170,23 @@ def install_preemption_handler() -> None:
 def preempted() -> bool:
     """True once SIGTERM has arrived after ``install_preemption_handler()``."""
     return _preempted.is_set()
+
+
+COMPLETE_MARKER = ".trainyard-complete"
+"""In the checkpoint directory: the job said its work is done (``mark_complete``)."""
+
+
+def mark_complete() -> None:
+    """Say that this attempt's work is done, so that it counts as finished even when the platform
+    was stopping it for a preemption at the time (a SIGTERM that arrived as the last step ended).
+
+    Without this, an attempt the platform decided to preempt ends PREEMPTED whatever it exits with,
+    and the job is requeued to resume from its checkpoint: a handler that checkpoints and exits 0 is
+    the common pattern, and its remaining work must not be dropped as a success.
+    """
+    directory = checkpoint_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(directory / COMPLETE_MARKER, b"complete\n")
 
 
 # --- checkpoints ------------------------------------------------------------------------------

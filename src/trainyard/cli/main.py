@@ -30,6 +30,7 @@ from trainyard.client.sdk import (
     new_idempotency_key,
     validate_spec,
 )
+from trainyard.model.spec import cwd_problem
 from trainyard.model.states import TERMINAL
 
 P = ParamSpec("P")
@@ -196,8 +197,10 @@ def submit(
     )
     spec = merge_spec(base, flags)
     if workdir is None and not spec.get("workdir") and "cwd" not in spec:
-        # Slurm's convention: the job starts where it was submitted, when that path exists on the worker.
-        spec["cwd"] = os.path.abspath(os.getcwd())
+        # Slurm's convention: the job starts where it was submitted, when the worker shares that path.
+        here = os.path.abspath(os.getcwd())
+        if cwd_problem(here) is None:  # never a system directory: the job runs in its own one then
+            spec["cwd"] = here
     # Checked before any upload, so a typo does not cost a 100 MiB transfer.
     validate_spec(spec)
     client = _client(ctx)

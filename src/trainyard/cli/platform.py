@@ -77,6 +77,18 @@ def register(app: typer.Typer) -> None:
         replicas: Annotated[
             int, typer.Option(help="control-plane replicas (more than 1 needs --services)", min=1, max=8)
         ] = 1,
+        share_cwd: Annotated[
+            bool,
+            typer.Option(
+                "--share-cwd/--no-share-cwd",
+                help="let jobs run in their submit directory when it is inside the directory `yard up` "
+                "started in (jobs read it as an unprivileged user; the home stays hidden)",
+            ),
+        ] = True,
+        allow_cwd: Annotated[
+            list[Path] | None,
+            typer.Option(help="another shared root for jobs' submit directories (repeatable)"),
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run the whole platform: control plane plus local worker agents, each its own process."""
@@ -134,6 +146,12 @@ def register(app: typer.Typer) -> None:
             worker_args += ["--gpus", str(worker_gpus)]
         if worker_gpu_type is not None:
             worker_args += ["--gpu-type", worker_gpu_type]
+        roots = list(allow_cwd or [])
+        if share_cwd and _shareable(Path.cwd()):
+            # A laptop's convention: `yard submit` from the project runs the job there (Slurm's).
+            roots.append(Path.cwd())
+        for root in roots:
+            worker_args += ["--allow-cwd", str(root.resolve())]
         from trainyard import aio
 
         with stack, _database_errors():
@@ -271,6 +289,35 @@ def register(app: typer.Typer) -> None:
                 envvar="TRAINYARD_TLS_KEY", exists=True, dir_okay=False, help="the key (PEM) of --tls-cert"
             ),
         ] = None,
+        allow_cwd: Annotated[
+            list[Path] | None,
+            typer.Option(
+                envvar="TRAINYARD_ALLOW_CWD",
+                help="a shared root (e.g. /data, /home) that jobs' submit directories (cwd) may be in "
+                "(repeatable; default: none, jobs run in their own directory)",
+            ),
+        ] = None,
+        run_as: Annotated[
+            str | None,
+            typer.Option(
+                envvar="TRAINYARD_RUN_AS",
+                help="USER[:GROUP] sandboxed jobs run as when the agent is root (default: nobody); "
+                "never root",
+            ),
+        ] = None,
+        workdir_unpacked_limit: Annotated[
+            str,
+            typer.Option(
+                envvar="TRAINYARD_WORKDIR_UNPACKED_LIMIT",
+                help="bytes a workdir bundle may unpack to, e.g. 10Gi",
+            ),
+        ] = "10Gi",
+        workdir_file_limit: Annotated[
+            int,
+            typer.Option(
+                envvar="TRAINYARD_WORKDIR_FILE_LIMIT", help="files a workdir bundle may hold", min=1
+            ),
+        ] = 100_000,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Run a worker agent: leases jobs from the control plane and runs them as local processes
@@ -323,6 +370,25 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             typer.echo("error: --isolation must be required, best-effort or off", err=True)
             raise typer.Exit(2) from None
+        try:
+            unpacked_cap = parse_memory(workdir_unpacked_limit)
+        except ValueError as e:
+            typer.echo(f"error: --workdir-unpacked-limit: {e}", err=True)
+            raise typer.Exit(2) from None
+        if run_as is not None:
+            from trainyard.worker.jobuser import BadRunAs, parse_run_as
+
+            try:
+                parse_run_as(run_as)
+            except BadRunAs as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
+        shared: list[Path] = []
+        for root in allow_cwd or []:
+            if not root.is_absolute() or str(root) == "/":
+                typer.echo(f"error: --allow-cwd {root}: must be an absolute directory other than /", err=True)
+                raise typer.Exit(2)
+            shared.append(Path(os.path.normpath(root)))
         for u in docker_ulimit or []:
             from trainyard.worker.executors.docker import parse_ulimit  # the docker SDK: only if used
 
@@ -363,8 +429,20 @@ def register(app: typer.Typer) -> None:
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            allow_cwd=tuple(shared),
+            run_as=run_as,
+            workdir_unpacked_limit=unpacked_cap,
+            workdir_file_limit=workdir_file_limit,
         )
         agent_main(cfg)
+
+
+def _shareable(path: Path) -> bool:
+    """A directory `yard up` may share with jobs by default: not /, a system directory or a home."""
+    from trainyard.model.spec import cwd_problem
+
+    resolved = str(path.resolve())
+    return cwd_problem(resolved) is None and resolved != str(Path.home().resolve())
 
 
 def _register_admin() -> None:

@@ -17,10 +17,10 @@ import grpc.aio
 import httpx
 
 from trainyard import __version__
-from trainyard.datacache import cached_uris
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.attempt import AttemptContext, AttemptRunner
+from trainyard.worker.cache_scan import cached_uris
 from trainyard.worker.config import NodeCapacity, WorkerConfig, detect_capacity
 from trainyard.worker.executors.base import Executor
 from trainyard.worker.executors.routing import executor_for

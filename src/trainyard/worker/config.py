@@ -122,6 +122,15 @@ class WorkerConfig:
     name an image; None: such jobs fail to start here."""
     docker_ulimits: tuple[str, ...] = ()
     """``NAME=SOFT[:HARD]`` ulimits for every container (``nofile=1024:4096``); none: the engine's."""
+    allow_cwd: tuple[Path, ...] = ()
+    """Shared roots a job's ``cwd`` may name (``--allow-cwd /data``): a submit directory outside
+    them is not used on this worker (the job runs in its own directory, and its log says why)."""
+    run_as: str | None = None
+    """``USER[:GROUP]`` sandboxed jobs run as when the agent is root; None: ``nobody``."""
+    workdir_unpacked_limit: int | None = 10 << 30
+    """Bytes a workdir bundle may unpack to (``TRAINYARD_WORKDIR_UNPACKED_LIMIT``); None: no limit."""
+    workdir_file_limit: int | None = 100_000
+    """Files a workdir bundle may hold (``TRAINYARD_WORKDIR_FILE_LIMIT``); None: no limit."""
 
     @property
     def data_cache(self) -> Path:

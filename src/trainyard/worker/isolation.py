@@ -48,7 +48,7 @@ class IsolationSettings:
     protected: tuple[Path, ...] = ()
     """Hidden from jobs: the work directory, the platform home (database, tokens, credentials)."""
     data_cache: Path | None = None
-    """Writable for every job (datasets shared across jobs)."""
+    """The data cache's root: hidden from jobs, which each get their team's directory of it."""
     pids_limit: int = DEFAULT_PIDS_LIMIT
     network: bool = True
     """The worker's (pool's) rule: False gives no job on this worker a network but loopback."""
@@ -92,6 +92,7 @@ class Isolation:
         self.mode = settings.mode
         self._warned: set[str] = set()
         self.bwrap = settings.bwrap or shutil.which("bwrap")
+        self.setpriv = shutil.which("setpriv")
         self.sandbox_problem: str | None = None
         self.netns_problem: str | None = None
         self.cgroups: CgroupManager | None = None
@@ -167,8 +168,15 @@ class Isolation:
         else:
             assert self.bwrap is not None
             writable = [spec.checkpoint_dir, spec.artifact_dir, spec.attempt_dir / "work"]
+            if spec.data_cache is not None:
+                writable.append(spec.data_cache)
+            run_as = spec.user
+            if run_as is not None and self.setpriv is None:
+                self._lacking("an unprivileged user for jobs", "setpriv (util-linux) is not installed")
+                run_as = None
+            hidden = [*s.protected, spec.attempt_dir.parent]
             if s.data_cache is not None:
-                writable.append(s.data_cache)
+                hidden.append(s.data_cache)  # other teams' datasets
             try:
                 argv = bwrap_argv(
                     self.bwrap,
@@ -177,16 +185,21 @@ class Isolation:
                         cwd=spec.cwd,
                         writable=[w for w in writable if w.is_dir()],
                         readonly=[spec.resume_dir] if spec.resume_dir is not None else [],
-                        protected=(*s.protected, spec.attempt_dir.parent),
+                        protected=hidden,
                         agent_install=_agent_install(),
                         agent_visible=_agent_visible(),
                         network=network,
                         gpu_indices=spec.gpu_indices,
+                        run_as=run_as,
+                        setpriv=self.setpriv or "setpriv",
                     ),
                 )
             except SandboxRefused as e:
                 raise StartFailed(str(e)) from e
             sandboxed = True
+        if not sandboxed and spec.user is not None:
+            why = "it needs the sandbox; jobs run as the agent's user"
+            self._lacking("an unprivileged user for jobs", why)
         cgroup = self._cgroup(spec)
         if cgroup is not None and not sandboxed:
             argv = _enter_then_exec(cgroup.procs_files, command)

@@ -12,7 +12,9 @@ the node), with:
 - writable: only the job's own checkpoint, artifact and work directories, the data cache, and the
   submit directory it was started in (``cwd``: the user's own directory, Slurm's convention) unless
   that is a system directory;
-- the agent's own installation read-only even when it lies inside the job's submit directory.
+- the agent's own installation read-only even when it lies inside the job's submit directory;
+- an unprivileged user when the agent is root (``run_as``): bwrap keeps only the capabilities to
+  change user, and ``setpriv`` gives them up together with root before it runs the job.
 
 Pure argv construction: ``bwrap_argv`` runs nothing, so every rule is unit-testable.
 """
@@ -81,6 +83,9 @@ class SandboxSpec:
     network: bool = True
     gpu_indices: Sequence[int] = ()
     extra_devices: Sequence[str] = field(default_factory=tuple)
+    run_as: tuple[int, int] | None = None
+    """(uid, gid) the job runs as; None: bwrap's own user (an agent that is not root)."""
+    setpriv: str = "setpriv"
 
 
 def _within(path: Path, parent: Path) -> bool:
@@ -119,9 +124,13 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     ]
     if not spec.network:
         argv.append("--unshare-net")
-    # Root in the sandbox keeps uid 0 but no capability: it cannot remount, unmount, ptrace the
-    # agent, load modules or bypass file permissions of other users. bwrap also sets no_new_privs.
-    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    # No capability survives into the job: it cannot remount, unmount, ptrace the agent or load
+    # modules, and bwrap sets no_new_privs. To leave root, setpriv needs three capabilities for one
+    # exec; it drops them (bounding set included) with the uid change.
+    argv += ["--cap-drop", "ALL"]
+    if spec.run_as is not None:
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     if spec.gpu_indices:
         # Only the job's GPUs exist in its /dev: CUDA_VISIBLE_DEVICES is a hint a job can change.
         for d in (*GPU_SHARED_DEVICES, *(f"/dev/nvidia{i}" for i in spec.gpu_indices)):
@@ -151,5 +160,9 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         a = _real(a)
         if any(_within(a, w) for w in [cwd, *writable]):
             argv += ["--ro-bind", str(a), str(a)]
-    argv += ["--chdir", str(cwd), "--", *spec.command]
-    return argv
+    argv += ["--chdir", str(cwd), "--"]
+    if spec.run_as is not None:
+        uid, gid = spec.run_as
+        argv += [spec.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        argv += ["--inh-caps=-all", "--bounding-set=-all", "--"]
+    return [*argv, *spec.command]

@@ -41,14 +41,15 @@ def _spec(tmp_path: Path, **changes: object) -> LaunchSpec:
 
 
 def test_plan_has_the_jobs_limits_gpus_labels_and_directories(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, resume_dir=tmp_path / "resume")
+    spec = _spec(tmp_path, resume_dir=tmp_path / "resume", data_cache=tmp_path)  # the team's directory
     (tmp_path / "resume").mkdir()
-    plan = plan_container(spec, dataclasses.replace(SETTINGS, pids_limit=4096, data_cache=tmp_path))
+    plan = plan_container(spec, dataclasses.replace(SETTINGS, pids_limit=4096))
     assert plan.image == "pytorch:2" and plan.argv == ("python", "train.py")
     assert (plan.memory, plan.nano_cpus, plan.pids_limit) == (1 << 30, 1_500_000_000, 4096)
     assert plan.gpu_ids == ("2", "5")
     assert plan.labels == {LABEL_WORKER: "w-1234", LABEL_JOB: "job1", LABEL_ATTEMPT: "1"}
     assert plan.user == f"{os.getuid()}:{os.getgid()}" and plan.working_dir == str(spec.cwd)
+    assert plan_container(dataclasses.replace(spec, user=(65534, 65534)), SETTINGS).user == "65534:65534"
     assert plan.network_mode is None
     assert set(plan.mounts) == {
         Mount(spec.checkpoint_dir, spec.checkpoint_dir),

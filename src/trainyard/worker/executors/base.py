@@ -36,6 +36,10 @@ class LaunchSpec:
     image: str = ""
     network: bool = True
     """False: the job gets no network but loopback (on workers that isolate jobs)."""
+    data_cache: Path | None = None
+    """The job's team's directory of the data cache (``$TRAINYARD_DATA_CACHE``), writable for it."""
+    user: tuple[int, int] | None = None
+    """(uid, gid) the job runs as; None: the agent's own user (an agent that is not root)."""
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,10 @@ class DockerSettings:
     network: bool = True
     """False: no container of this worker gets a network (``network_mode=none``)."""
     data_cache: Path | None = None
-    """Bind-mounted writable into every container, like the process sandbox makes it writable."""
+    """The data cache's root; each container gets its team's directory of it (``LaunchSpec``)."""
     user: str | None = None
-    """Who the job runs as; None: the agent's uid:gid, so that what the job writes into its
-    bind-mounted directories belongs to the agent, which uploads and then deletes it."""
+    """Who the job runs as; None: the attempt's user (``LaunchSpec.user``: unprivileged when the agent
+    is root), else the agent's uid:gid."""
     api_timeout_s: float = 60.0
     """Per API call; never applies to the log stream or to waiting for the exit."""
 
@@ -148,8 +148,8 @@ def plan_container(spec: LaunchSpec, settings: DockerSettings) -> ContainerPlan:
         mounts.append(Mount(spec.cwd, spec.cwd, read_only=True))
     if spec.resume_dir is not None:
         mounts.append(Mount(spec.resume_dir, spec.resume_dir, read_only=True))
-    if settings.data_cache is not None and settings.data_cache.is_dir():
-        mounts.append(Mount(settings.data_cache, settings.data_cache))
+    if spec.data_cache is not None and spec.data_cache.is_dir():
+        mounts.append(Mount(spec.data_cache, spec.data_cache))
     return ContainerPlan(
         image=spec.image,
         argv=spec.command,
@@ -160,7 +160,7 @@ def plan_container(spec: LaunchSpec, settings: DockerSettings) -> ContainerPlan:
             LABEL_ATTEMPT: str(spec.attempt),
         },
         working_dir=str(spec.cwd),
-        user=settings.user or f"{os.getuid()}:{os.getgid()}",
+        user=settings.user or ("{}:{}".format(*spec.user) if spec.user else f"{os.getuid()}:{os.getgid()}"),
         mounts=tuple(mounts),
         memory=max(0, spec.memory),
         nano_cpus=max(0, round(spec.cpu * 1e9)),

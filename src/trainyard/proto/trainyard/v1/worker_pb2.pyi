@@ -362,6 +362,7 @@ class Assignment(google.protobuf.message.Message):
     NAME_FIELD_NUMBER: builtins.int
     SECRET_ENV_FIELD_NUMBER: builtins.int
     NO_NETWORK_FIELD_NUMBER: builtins.int
+    TEAM_FIELD_NUMBER: builtins.int
     job_id: builtins.str
     attempt: builtins.int
     lease_token: builtins.str
@@ -378,6 +379,8 @@ class Assignment(google.protobuf.message.Message):
     name: builtins.str
     no_network: builtins.bool
     """the spec's network: false (loopback only, in the sandbox)"""
+    team: builtins.str
+    """the job's team: whose data-cache directory it gets"""
     @property
     def command(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
@@ -414,8 +417,9 @@ class Assignment(google.protobuf.message.Message):
         name: builtins.str = ...,
         secret_env: collections.abc.Iterable[builtins.str] | None = ...,
         no_network: builtins.bool = ...,
+        team: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["artifact_paths", b"artifact_paths", "attempt", b"attempt", "command", b"command", "cpu", b"cpu", "cwd", b"cwd", "env", b"env", "gpu_indices", b"gpu_indices", "image", b"image", "job_id", b"job_id", "lease_token", b"lease_token", "max_runtime_s", b"max_runtime_s", "memory", b"memory", "name", b"name", "no_network", b"no_network", "resume_from_url", b"resume_from_url", "secret_env", b"secret_env", "workdir_url", b"workdir_url"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["artifact_paths", b"artifact_paths", "attempt", b"attempt", "command", b"command", "cpu", b"cpu", "cwd", b"cwd", "env", b"env", "gpu_indices", b"gpu_indices", "image", b"image", "job_id", b"job_id", "lease_token", b"lease_token", "max_runtime_s", b"max_runtime_s", "memory", b"memory", "name", b"name", "no_network", b"no_network", "resume_from_url", b"resume_from_url", "secret_env", b"secret_env", "team", b"team", "workdir_url", b"workdir_url"]) -> None: ...
 
 Global___Assignment: typing_extensions.TypeAlias = Assignment
 
