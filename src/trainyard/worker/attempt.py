@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -14,24 +15,31 @@ from pathlib import Path
 from typing import Any
 
 from trainyard.datacache import ENV as DATA_CACHE_ENV
+from trainyard.job import COMPLETE_MARKER
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.beneath import ANYONE, Reader, chown_tree, read_small
+from trainyard.worker.cache_scan import team_cache_dir
 from trainyard.worker.config import WorkerConfig
 from trainyard.worker.executors.base import Executor, ExitStatus, LaunchSpec, RunHandle, StartFailed
 from trainyard.worker.files import (
     ArtifactFile,
+    UnpackLimits,
     UnsafeArchive,
     collect_artifacts,
     has_entries,
     pack_dir,
     unpack_tar,
 )
+from trainyard.worker.isolation import IsolationMode
+from trainyard.worker.jobuser import job_user
 from trainyard.worker.logship import LogSealer, LogShipper
 from trainyard.worker.masking import SecretMasker
 from trainyard.worker.rpc import ControlPlane, StaleLease
 from trainyard.worker.slots import AttemptSlots, clear_owner
 from trainyard.worker.spool import LogSpool
 from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
+from trainyard.worker.workingdir import WorkingDir, choose
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,12 @@ class AttemptRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self.upload_failed = False
         """An upload failed every try: the directory stays, so no log or artifact byte is lost."""
+        cfg = ctx.cfg
+        self.user = job_user(cfg.run_as) if cfg.isolation is not IsolationMode.OFF else None
+        """(uid, gid) the job runs as; None: the agent's own user (not root, or isolation off)."""
+        self.reader = Reader(*self.user) if self.user is not None else ANYONE
+        """Whose permissions decide what of the job's files the agent may upload."""
+        self.workdir: WorkingDir | None = None
 
     # -- commands -----------------------------------------------------------------------------------
 
@@ -100,6 +114,8 @@ class AttemptRunner:
         try:
             with os.scandir(self.dir / "checkpoints") as entries:
                 for e in entries:
+                    if e.name == COMPLETE_MARKER:
+                        continue
                     try:
                         newest = max(newest, e.stat(follow_symlinks=False).st_mtime)
                     except OSError:
@@ -227,9 +243,10 @@ class AttemptRunner:
         await started
         if self.forgotten:
             return
-        if self.stop_outcome is AttemptOutcome.PREEMPTED and status.ok:
-            # It finished its work within the grace: that is the job's success, not a preemption
-            # (reporting it preempted would run it again).
+        if self.stop_outcome is AttemptOutcome.PREEMPTED and status.ok and self._marked_complete():
+            # It said its work was done (trainyard.job.mark_complete): that is the job's success.
+            # Any other exit, 0 included, of an attempt being preempted is a preemption: the job
+            # resumes from its checkpoint instead of dropping the rest of its work as a success.
             outcome, reason = AttemptOutcome.SUCCEEDED, ""
         elif self.stop_outcome is not None:
             outcome, reason = self.stop_outcome, self.stop_reason
@@ -238,6 +255,9 @@ class AttemptRunner:
         else:
             outcome, reason = AttemptOutcome.FAILED, status.describe()
         await self._finish_report(outcome, reason, status, cwd=spec.cwd)
+
+    def _marked_complete(self) -> bool:
+        return read_small(self.dir / "checkpoints", COMPLETE_MARKER, 64) is not None
 
     async def _supervise(self, handle: RunHandle, started_at: float) -> ExitStatus:
         limit = self.a.max_runtime_s
@@ -251,23 +271,39 @@ class AttemptRunner:
         return await handle.wait()
 
     async def _prepare(self) -> LaunchSpec:
-        a = self.a
+        a, cfg = self.a, self.ctx.cfg
         ckpt, arts, work = self.dir / "checkpoints", self.dir / "artifacts", self.dir / "work"
-        cwd = work
-        if not a.workdir_url and a.cwd and Path(a.cwd).is_dir():
-            cwd = Path(a.cwd)
+        cache = team_cache_dir(cfg.data_cache, a.team)
+        await asyncio.to_thread(self._own_dirs, (ckpt, arts, work, cache))
         if a.workdir_url:
-            await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir")
+            limits = UnpackLimits(cfg.workdir_unpacked_limit, cfg.workdir_file_limit)
+            await self._fetch_bundle(a.workdir_url, self.dir / "workdir.tar.gz", work, "workdir", limits)
         resume_dir: Path | None = None
         if a.resume_from_url:
             resume_dir = self.dir / "resume"
             await self._fetch_bundle(a.resume_from_url, self.dir / "resume.tar.gz", resume_dir, "checkpoint")
+        choice = await asyncio.to_thread(
+            choose,
+            a.cwd,
+            work,
+            allow=cfg.allow_cwd,
+            protected=(cfg.work_dir, cfg.data_cache, *cfg.protected_dirs),
+            has_bundle=bool(a.workdir_url),
+        )
+        if choice.note:
+            self.spool.write(2, f"trainyard: {choice.note}\n".encode())
+        self.workdir = choice.workdir
+        env = dict(a.env)
+        if self.user is not None:
+            # The agent's home is root's: the job's user gets its own directory for dotfiles and caches.
+            env.setdefault("HOME", str(work))
+        env[DATA_CACHE_ENV] = str(cache)
         return LaunchSpec(
             job_id=a.job_id,
             attempt=a.attempt,
             command=tuple(a.command),
-            env={**a.env, DATA_CACHE_ENV: str(self.ctx.cfg.data_cache)},
-            cwd=cwd,
+            env=env,
+            cwd=choice.workdir.path,
             attempt_dir=self.dir,
             checkpoint_dir=ckpt,
             artifact_dir=arts,
@@ -277,15 +313,31 @@ class AttemptRunner:
             memory=a.memory,
             image=a.image,
             network=not a.no_network,
+            data_cache=cache,
+            user=self.user,
         )
 
-    async def _fetch_bundle(self, url: str, archive: Path, dest: Path, what: str) -> None:
+    def _own_dirs(self, dirs: tuple[Path, ...]) -> None:
+        """The job's directories exist and belong to its user (the agent made them as root)."""
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            if self.user is not None:
+                os.chown(d, *self.user, follow_symlinks=False)
+        if self.user is not None:
+            os.chmod(dirs[-1], 0o700)  # the team's cache: its datasets are the team's alone
+
+    async def _fetch_bundle(
+        self, url: str, archive: Path, dest: Path, what: str, limits: UnpackLimits | None = None
+    ) -> None:
         try:
             await self.ctx.transfers.get_file(url, archive)
         except TransferError as e:
             raise StartFailed(f"{what} download failed: {e}") from e
         try:
-            await asyncio.to_thread(unpack_tar, archive, dest)
+            await asyncio.to_thread(unpack_tar, archive, dest, limits)
+            if self.user is not None:
+                # Unpacked by root before the job exists: the job's user may then read and change it.
+                await asyncio.to_thread(chown_tree, dest, *self.user)
         except UnsafeArchive as e:
             raise StartFailed(f"{what} unpack failed: {e}") from e
         finally:
@@ -364,7 +416,7 @@ class AttemptRunner:
         if status is not None and (status.returncode is not None or status.signal is not None):
             req.exit_code = status.exit_code
             req.has_exit_code = True
-        resp = await self.ctx.rpc.report(req)
+        resp = await self.ctx.rpc.report_final(req)
         if resp.result == pb.ReportResponse.STALE:
             log.info("final report for %s/%d answered stale", *self.key)
         self.forgotten = True
@@ -373,8 +425,17 @@ class AttemptRunner:
         arts = self.dir / "artifacts"
         if not self.a.artifact_paths and not has_entries(arts):
             return []
+        # Relative to the working directory's trusted root, never to a path the job could re-point.
+        workdir = self.workdir or WorkingDir(self.dir / "work")
         files: list[ArtifactFile] = await asyncio.to_thread(
-            collect_artifacts, arts, cwd, list(self.a.artifact_paths)
+            functools.partial(
+                collect_artifacts,
+                arts,
+                workdir.root,
+                list(self.a.artifact_paths),
+                self.reader,
+                work_rel=workdir.rel,
+            )
         )
         if not files:
             return []
@@ -386,9 +447,13 @@ class AttemptRunner:
             signed = urls.get(f.name)
             if signed is None:
                 raise TransferError(f"no upload URL for artifact {f.name}")
-            await self.ctx.transfers.put_file(
-                signed.url, f.path, target=self._object(pb.UrlRequest.ARTIFACT, f.name)
-            )
+            try:
+                with f.opened(self.reader) as path:
+                    await self.ctx.transfers.put_file(
+                        signed.url, path, target=self._object(pb.UrlRequest.ARTIFACT, f.name)
+                    )
+            except OSError as e:
+                raise TransferError(f"artifact {f.name} is no longer readable: {e}") from e
             out.append(pb.Artifact(path=f.name, size=f.size, sha256=f.sha256, object_key=signed.object_key))
         return out
 
