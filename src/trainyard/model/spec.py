@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from trainyard.model.quantity import format_duration, format_memory, parse_duration, parse_memory
@@ -20,6 +21,29 @@ MAX_REPLICAS = 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RETRY_ON_RE = re.compile(r"^(infra|timeout|oom|failed|exit:-?\d{1,3})$")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(value: Any) -> bool:
+    """Whether a lone UTF-16 surrogate (JSON's "\\ud800") hides in ``value``'s text, keys included:
+    such a string cannot be encoded to UTF-8, so the database or protobuf would fail on it later."""
+    try:  # the fast answer (a JobSpec is validated on every submission): orjson encodes to UTF-8
+        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=repr)
+        return False
+    except TypeError:  # a surrogate, or something orjson does not take (a huge int): walk it
+        pass
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE_RE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return False
 
 
 class _Strict(BaseModel):
@@ -151,6 +175,17 @@ class JobSpec(_Strict):
         description="names of the team's secrets (`yard secret set NAME`), given to the job as environment "
         "variables of the same names at run time; never stored in the spec, masked as *** in its logs",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        # One walk over the whole input (nested resources, env, data included), before any field.
+        if isinstance(data, dict) and _has_surrogate(data):
+            for key, value in data.items():
+                if _has_surrogate(key) or _has_surrogate(value):
+                    field = _SURROGATE_RE.sub("?", str(key))
+                    raise ValueError(f"{field} must be valid Unicode text: a lone surrogate (\\ud800) is not")
+        return data
 
     @field_validator("name")
     @classmethod

@@ -36,6 +36,7 @@ from trainyard.objects.base import ObjectNotFound, check_key
 from trainyard.objects.local import LocalObjectStore
 from trainyard.server.api_tenancy import add_tenancy_routes
 from trainyard.server.auth import UserDep
+from trainyard.server.bundles import BundleRefused, check_bundle
 from trainyard.server.errors import ApiError, json_object
 from trainyard.server.metrics import Metrics
 from trainyard.server.platform import Platform, RateLimited
@@ -50,6 +51,7 @@ from trainyard.server.responses import (
     WORKDIR_BODY,
     errors,
 )
+from trainyard.server.safejson import printable
 from trainyard.server.views import artifact_json, event_json, iso, job_json, team_json, worker_json
 from trainyard.store.sql import Conflict, IdempotencyConflict, JobFilter, NotFound
 from trainyard.web import router as web_router
@@ -68,7 +70,9 @@ def _error(
     details: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or []}}
+    # Messages and field names may echo hostile input (a lone surrogate): written so they encode.
+    details = [{k: printable(v) for k, v in d.items()} for d in details or []]
+    body = {"error": {"code": code, "message": printable(message), "details": details}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -84,7 +88,9 @@ def _field_errors(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> lis
 
 
 class BodyLimit:
-    """Refuse request bodies over a size limit with 413 before they are read into memory."""
+    """Refuse request bodies over a size limit with 413 before they are read into memory, and a NUL
+    character in an API path or query with 422 (PostgreSQL refuses NUL in text: a job id or filter
+    holding one would reach the store only to fail there with a 500)."""
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
         self.app = app
@@ -94,7 +100,17 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        path: str = scope["path"]
+        if path.startswith("/v1/") and ("\x00" in path or b"%00" in scope["query_string"]):
+            where = "path" if "\x00" in path else "query"
+            await _error(
+                422,
+                "invalid_request",
+                "the request is not valid",
+                [{"field": where, "message": "must not contain NUL characters"}],
+            )(scope, receive, send)
+            return
+        limit = self.limit_for(path)
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await _error(413, "payload_too_large", f"request body is over the {limit} byte limit")(
@@ -304,17 +320,15 @@ def create_app(p: Platform) -> FastAPI:
                 "Idempotency-Key must be 1 to 256 characters",
                 [{"field": "Idempotency-Key", "message": "must be 1 to 256 characters"}],
             )
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise ApiError(422, "invalid_spec", "the body must be a JSON object (a JobSpec)")
+        body = await json_object(request, code="invalid_spec", what="a JSON object (a JobSpec)")
         try:
             spec = JobSpec.model_validate(body)
         except ValidationError as e:
             raise ApiError(422, "invalid_spec", "the job spec is not valid", _field_errors(e)) from None
+        except ArithmeticError:  # e.g. memory "9…9" (400 digits): float() gives inf, int(inf) overflows
+            raise ApiError(
+                422, "invalid_spec", "the job spec is not valid: a number is out of range"
+            ) from None
         await _check_submittable(user, spec)
         result = await p.submit(user, spec, idempotency_key)
         return JSONResponse(job_json(result.job), status_code=201 if result.created else 200)
@@ -648,11 +662,15 @@ def create_app(p: Platform) -> FastAPI:
         "/v1/workdirs",
         status_code=201,
         tags=["jobs"],
-        summary="Upload a working-directory bundle (tar.gz)",
-        responses=errors(*AUTHED, 413),
+        summary="Upload a working-directory bundle (tar.gz); needs the right to submit jobs",
+        responses=errors(*AUTHED, 403, 413),
         openapi_extra=WORKDIR_BODY,
     )
     async def upload_workdir(request: Request, user: UserDep) -> dict[str, Any]:
+        if not user.can_submit:  # a bundle is only ever the input of a job
+            raise ApiError(
+                403, "forbidden", "viewers cannot upload workdir bundles (they cannot submit jobs)"
+            )
         digest = hashlib.sha256()
         size = 0
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as tmp:
@@ -666,6 +684,14 @@ def create_app(p: Platform) -> FastAPI:
             head = tmp.read(2)
             if head != b"\x1f\x8b":
                 raise ApiError(422, "invalid_request", "the bundle must be a gzip-compressed tar archive")
+            tmp.seek(0)
+            # What it unpacks to, read through its headers (a gzip bomb is refused at its first
+            # oversized member, before its data is inflated); the worker checks again on unpacking.
+            try:
+                await asyncio.to_thread(check_bundle, tmp, s.workdir_unpacked_limit, s.workdir_file_limit)
+            except BundleRefused as e:
+                code = "payload_too_large" if e.status == 413 else "invalid_request"
+                raise ApiError(e.status, code, e.message, [{"field": "body", "message": e.message}]) from None
             tmp.seek(0)
             key = f"bundles/{user.team}/{digest.hexdigest()}.tar.gz"
             if not p.objects.exists(key):
@@ -768,6 +794,10 @@ def create_app(p: Platform) -> FastAPI:
             update = TeamUpdate.model_validate(body)
         except ValidationError as e:
             raise ApiError(422, "invalid_request", "the team is not valid", _field_errors(e)) from None
+        except ArithmeticError:  # memory_quota "9…9": parse_memory overflows
+            raise ApiError(
+                422, "invalid_request", "the team is not valid: a number is out of range"
+            ) from None
         team = await p.db(p.store.set_team, name, update.changes())
         p.kick_scheduler.set()  # a raised quota may let jobs run now
         await p.audit(user, "team.set", name, name, body)

@@ -66,14 +66,19 @@ def secret_json(s: SecretInfo) -> dict[str, Any]:
 
 
 def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
+    def not_yours(actor: User, name: str) -> ApiError:
+        """A user the caller may not manage, or none of that name: one answer for both unless the
+        caller is an admin (who lists every user anyway) or named themselves, so names of other
+        teams' users cannot be probed. (A team admin learns only that the name is not one of their
+        team's.)"""
+        if actor.is_admin or name == actor.name:
+            return invalid("unknown user", "user", f"no user {name!r}")
+        return ApiError(403, "forbidden", "you may manage only your own tokens (team admins: their team's)")
+
     async def token_owner(actor: User, name: str) -> User:
         owner = await p.db(p.store.get_user, name)
-        if owner is None:
-            raise invalid("unknown user", "user", f"no user {name!r}")
-        if owner.name != actor.name and not actor.manages(owner.team):
-            raise ApiError(
-                403, "forbidden", "you may manage only your own tokens (team admins: their team's)"
-            )
+        if owner is None or (owner.name != actor.name and not actor.manages(owner.team)):
+            raise not_yours(actor, name)
         return owner
 
     @app.post(
@@ -114,8 +119,8 @@ def add_tenancy_routes(app: FastAPI, p: Platform) -> None:
                 description=description,
                 created_by=user.name,
             )
-        except NotFound:
-            raise invalid("unknown user", "user", f"no user {name!r}") from None
+        except NotFound:  # removed meanwhile
+            raise not_yours(user, name) from None
         await p.audit(
             user, "token.create", info.id, owner.team, {"user": owner.name, "expires_at": iso(expires_at)}
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
+
+from trainyard.server import safejson
 
 
 class ApiError(Exception):
@@ -27,17 +28,30 @@ class ApiError(Exception):
         self.headers = headers
 
 
-async def json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object, or the documented 400/422."""
+async def json_object(
+    request: Request,
+    *,
+    empty_ok: bool = False,
+    code: str = "invalid_request",
+    what: str = "a JSON object",
+) -> dict[str, Any]:
+    """The request body as a JSON object, or the documented 400/422.
+
+    Every route that takes a JSON body reads it here, through ``safejson.loads``: hostile JSON
+    (nesting 100,000 deep, a 5,000-digit number, NaN, a lone surrogate or NUL in any string) is
+    answered 400 (not JSON we parse) or 422 naming the field (``code``), never a 500, so nothing
+    downstream (database, protobuf, audit trail) ever sees such a value."""
     raw = await request.body()
     if not raw and empty_ok:
         return {}
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        body = safejson.loads(raw)
+    except safejson.JsonRejected as e:
+        if e.problems:
+            raise ApiError(422, code, e.message, e.problems) from None
+        raise ApiError(400, "invalid_json", e.message) from None
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "the body must be a JSON object")
+        raise ApiError(422, code, f"the body must be {what}")
     return body
 
 

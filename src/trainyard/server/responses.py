@@ -32,7 +32,7 @@ class Error(BaseModel):
 
 
 _WHY = {
-    400: "the body is not valid JSON",
+    400: "the body is not valid JSON (or not UTF-8, or nested deeper than 64 levels)",
     401: "no or an invalid, expired or revoked bearer token",
     403: "the caller's role or team does not allow this",
     404: "no such resource (or not visible to the caller)",

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     scheduler_interval: float = 1.0
     max_body: int = 1 << 20
     workdir_limit: int = 100 << 20
+    # What one workdir bundle may unpack to (a small tar.gz can inflate a thousandfold): checked on
+    # upload, and again by the worker when it unpacks.
+    workdir_unpacked_limit: int = Field(default=10 << 30, description="bytes a bundle may unpack to")
+    workdir_file_limit: int = Field(default=100_000, description="entries a bundle may hold")
     object_limit: int = 5 << 30
     url_ttl: float = 600.0
     submit_rate: float = 0.0  # submissions per second per user; 0 = unlimited
@@ -80,10 +84,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration, e.g. 7d or 12h")
         return value
 
-    @field_validator("max_body", "workdir_limit", "object_limit", "log_tail_bytes", mode="before")
+    @field_validator(
+        "max_body", "workdir_limit", "workdir_unpacked_limit", "object_limit", "log_tail_bytes", mode="before"
+    )
     @classmethod
     def _size(cls, v: object) -> object:
         return parse_memory(v) if isinstance(v, str) else v
+
+    @field_validator("workdir_unpacked_limit", "workdir_file_limit")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be more than 0")
+        return v
 
     @property
     def db_url(self) -> str:

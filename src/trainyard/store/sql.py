@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -217,10 +218,27 @@ def _json_dumps(value: Any) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
+def _private_sqlite_file(url: str) -> None:
+    """The database holds token hashes, sealed secrets and every job: mode 0600, not the umask's
+    0644. SQLite gives its -wal and -shm files the main file's mode, so creating that one first is
+    enough; files an older version left readable are narrowed."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError:
+        return  # no such directory, no permission: SQLite says so when it connects
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        with suppress(OSError):
+            os.chmod(name, 0o600)
+
+
 def create_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **_JSON)
+    _private_sqlite_file(url)
     engine = sa.create_engine(
         url,
         **_JSON,
