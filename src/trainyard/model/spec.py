@@ -24,6 +24,39 @@ _RETRY_ON_RE = re.compile(r"^(infra|timeout|oom|failed|exit:-?\d{1,3})$")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
+CWD_SYSTEM_DIRS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+    "/proc", "/run", "/sbin", "/sys", "/usr", "/var",
+)  # fmt: skip
+"""A job's ``cwd`` is never one of these (or inside one): the node's own files are no submit directory."""
+MAX_CWD = 4096
+
+
+def cwd_problem(cwd: str) -> str | None:
+    """Why ``cwd`` cannot be a job's working directory, or None. Absolute: a normalized path outside
+    the system directories (a worker uses it only inside the roots it shares, ``--allow-cwd``);
+    relative: a directory inside the job's own working directory (its bundle), without ``..``."""
+    if len(cwd) > MAX_CWD:
+        return f"must be at most {MAX_CWD} characters"
+    if not cwd.isprintable():
+        return "must not contain control characters"
+    if "\\" in cwd:
+        return "must use / as its separator"
+    parts = cwd.split("/")
+    if ".." in parts:
+        return "must not contain '..'"
+    if not cwd.startswith("/"):
+        return None if cwd.strip() else "must not be blank"
+    cwd = cwd.rstrip("/") or "/"
+    parts = cwd.split("/")
+    if cwd == "/" or "." in parts[1:] or "" in parts[1:]:
+        return "must be a normalized absolute directory other than /" if cwd != "/" else "must not be /"
+    for d in CWD_SYSTEM_DIRS:
+        if cwd == d or cwd.startswith(d + "/"):
+            return f"must not be a system directory ({d})"
+    return None
+
+
 def _has_surrogate(value: Any) -> bool:
     """Whether a lone UTF-16 surrogate (JSON's "\\ud800") hides in ``value``'s text, keys included:
     such a string cannot be encoded to UTF-8, so the database or protobuf would fail on it later."""
@@ -152,8 +185,10 @@ class JobSpec(_Strict):
     )
     cwd: str | None = Field(
         default=None,
-        description="directory the command runs in when no workdir bundle is given and it exists on the "
-        "worker (Slurm's submit-directory convention); `yard submit` sets it to the caller's directory",
+        description="directory the command runs in: relative, inside the job's bundle; absolute, a "
+        "directory on a root the worker shares (`yard worker --allow-cwd`, Slurm's submit-directory "
+        "convention; elsewhere the job runs in its own directory); never /, '..' or a system directory. "
+        "`yard submit` sets it to the caller's directory",
     )
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -195,6 +230,16 @@ class JobSpec(_Strict):
                 "name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         return v
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        problem = cwd_problem(v)
+        if problem is not None:
+            raise ValueError(f"cwd {problem}")
+        return v.rstrip("/") if v.startswith("/") else v
 
     @field_validator("command")
     @classmethod
