@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         "attempt": tj.attempt(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Every epoch is done: a SIGTERM that arrives now must not make the platform run it again.
+    tj.mark_complete()
     print(f"done: loss={loss:.6f} acc={acc:.4f}; wrote {out / 'model.npz'}", flush=True)
     return 0
 

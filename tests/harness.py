@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -149,6 +150,10 @@ class Agent:
                 env.pop(k, None)
             else:
                 env[k] = v
+        if "--allow-cwd" not in args:
+            # Tests run jobs in their temporary directories and in the checkout, as users of a
+            # cluster run them in shared directories the operator allowed.
+            args = (*args, "--allow-cwd", tempfile.gettempdir(), "--allow-cwd", str(REPO))
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*YARD, "worker", "--server", cp.grpc, "--home", str(cp.home), "--name", name, *args],
@@ -176,6 +181,14 @@ class Agent:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def shared_dir(path: Path) -> Path:
+    """A directory jobs may use as their ``cwd`` and write into, as a cluster's shared scratch
+    directory is: jobs run as an unprivileged user, and pytest makes its directories private."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
 
 
 def job_status(c: httpx.Client, job_id: str) -> str:

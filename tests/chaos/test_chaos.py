@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import Agent, ServerProcess, wait_for
+from tests.harness import Agent, ServerProcess, shared_dir, wait_for
 
 SEED = 20240605
 JOBS = 300
@@ -242,7 +242,7 @@ def test_chaos_300_jobs_3_agents(tmp_path: Path) -> None:
         with server.client(token) as c:
             wait_for(lambda: len(c.get("/v1/workers").json()["workers"]) == 3, 30, 0.1, "3 agents")
             for d in jobdirs:
-                d.mkdir(parents=True)
+                shared_dir(d)
             began = time.monotonic()
             ids = [""] * JOBS
             submitter = threading.Thread(target=submit_all, args=(server, token, jobdirs, ids), daemon=True)

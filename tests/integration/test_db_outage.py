@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Agent, ServerProcess, free_port, wait_for
+from tests.harness import Agent, ServerProcess, free_port, shared_dir, wait_for
 
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
@@ -84,8 +84,7 @@ def test_database_outage_503_then_consistent(tmp_path: Path, pg: PrivatePostgres
         },
     ).wait_ready()
     token = (home / "token").read_text().strip()
-    recs = tmp_path / "records"
-    recs.mkdir()
+    recs = shared_dir(tmp_path / "records")
     agent = Agent(server, "agent-1", "--cpus", "16")
     try:
         with server.client(token) as c:

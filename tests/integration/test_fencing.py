@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Agent, ControlPlane, ServerProcess, wait_for, wait_status
+from tests.harness import Agent, ControlPlane, ServerProcess, shared_dir, wait_for, wait_status
 
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
@@ -60,8 +60,7 @@ def test_split_brain_stale_agent_is_fenced(tmp_path: Path) -> None:
     frozen = Agent(cp, "agent-a")
     spare: Agent | None = None
     # The job's cwd is the one place outside its own dirs the sandbox lets it write.
-    jobdir = tmp_path / "job"
-    jobdir.mkdir()
+    jobdir = shared_dir(tmp_path / "job")
     record = jobdir / "timeline"
     try:
         with cp.client() as c:
@@ -118,8 +117,7 @@ def test_agent_kill9_takes_its_jobs_and_their_children_along(tmp_path: Path, iso
     elsewhere meanwhile: two live attempts)."""
     cp = ControlPlane(tmp_path / "home").start()
     agent = Agent(cp, "agent-1", "--isolation", isolation)
-    jobdir = tmp_path / "job"
-    jobdir.mkdir()
+    jobdir = shared_dir(tmp_path / "job")
     try:
         with cp.client() as c:
             wait_for(lambda: c.get("/v1/workers").json()["workers"], 30, 0.05, "the agent")
@@ -175,8 +173,7 @@ def test_control_plane_kill9_under_200_jobs(tmp_path: Path) -> None:
         },
     ).wait_ready()
     token = (home / "token").read_text().strip()
-    recs = tmp_path / "records"
-    recs.mkdir()
+    recs = shared_dir(tmp_path / "records")
     agents = [Agent(server, f"agent-{i}", "--cpus", "16") for i in (1, 2)]
     try:
         with server.client(token) as c:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import REPO, Agent, ControlPlane, platform, wait_for, wait_status
+from tests.harness import REPO, Agent, ControlPlane, platform, shared_dir, wait_for, wait_status
 
 PY = sys.executable
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -307,7 +307,7 @@ def test_large_log_spans_chunks_and_reads_back_exactly(c: httpx.Client) -> None:
 
 def test_failed_job_keeps_its_artifacts_and_spec_paths(c: httpx.Client, tmp_path: Path) -> None:
     out = tmp_path / "wd"
-    out.mkdir()
+    shared_dir(out)
     code = (
         "import os, pathlib\n"
         "pathlib.Path(os.environ['TRAINYARD_ARTIFACT_DIR'], 'partial.txt').write_text('half done')\n"

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Agent, ControlPlane, platform, wait_for, wait_status
+from tests.harness import Agent, ControlPlane, platform, shared_dir, wait_for, wait_status
 from tests.s3_server import AWS_VARS, REGION, S3Server, s3_server
 from trainyard.worker.slots import find_slot
 
@@ -208,7 +208,7 @@ def test_nothing_is_lost_when_s3_is_unreachable_while_jobs_finish(
     ids = []
     for code in (talker, silent):
         # The jobs run sandboxed (a private /tmp): the go file is seen through their cwd.
-        r = c.post("/v1/jobs", json={"command": [PY, "-c", code], "cwd": str(tmp_path)})
+        r = c.post("/v1/jobs", json={"command": [PY, "-c", code], "cwd": str(shared_dir(tmp_path))})
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     logs_id, arts_id = ids

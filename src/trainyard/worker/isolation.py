@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -73,15 +74,23 @@ def _agent_install() -> tuple[Path, ...]:
     return (Path(sys.prefix), Path(trainyard.__file__).resolve().parent)
 
 
+def _agent_home() -> tuple[Path, ...]:
+    home = Path(os.path.expanduser("~"))
+    return (home,) if home.is_absolute() and str(home) not in ("/", "/nonexistent") else ()
+
+
 def _agent_visible() -> tuple[Path, ...]:
     """What jobs must see of the agent's installation even where the sandbox's private /tmp would
     hide it (a checkout in /tmp, as CI clones often are): its interpreter environment, and its
     source checkout as a whole when it runs from one (jobs run the examples and tests there)."""
     package = Path(trainyard.__file__).resolve().parent
     checkout = package.parent.parent
+    # The interpreter itself too: a venv's python is a link into its base installation (pyenv's
+    # lives in root's home, which jobs of another user do not see).
+    interpreter = (Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent)
     if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
-        return (Path(sys.prefix), checkout)
-    return (Path(sys.prefix), package)
+        return (*interpreter, checkout)
+    return (*interpreter, package)
 
 
 class Isolation:
@@ -192,6 +201,7 @@ class Isolation:
                         gpu_indices=spec.gpu_indices,
                         run_as=run_as,
                         setpriv=self.setpriv or "setpriv",
+                        private=_agent_home() if run_as is not None else (),
                     ),
                 )
             except SandboxRefused as e:

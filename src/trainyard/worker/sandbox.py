@@ -85,6 +85,9 @@ class SandboxSpec:
     extra_devices: Sequence[str] = field(default_factory=tuple)
     run_as: tuple[int, int] | None = None
     """(uid, gid) the job runs as; None: bwrap's own user (an agent that is not root)."""
+    private: Sequence[Path] = ()
+    """Replaced by empty directories like /tmp: the agent's own home (root's), which may hold the
+    interpreter jobs run (pyenv) but is no job's business otherwise."""
     setpriv: str = "setpriv"
 
 
@@ -137,32 +140,70 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
             argv += ["--dev-bind-try", d, d]
     for d in spec.extra_devices:
         argv += ["--dev-bind-try", d, d]
-    for d in PRIVATE_TMPFS:
-        argv += ["--tmpfs", d]
+    m = _Mounts(argv, reachable=spec.run_as is not None)
+    private = [Path(d) for d in PRIVATE_TMPFS]
+    for h in spec.private:
+        h = _real(h)
+        if str(h) != "/" and not any(_within(h, p) for p in private):
+            private.append(h)
+    for t in private:
+        m.tmpfs(t)
     for a in spec.agent_visible:
         a = _real(a)
-        if any(_within(a, Path(d)) for d in PRIVATE_TMPFS):
-            argv += ["--ro-bind", str(a), str(a)]  # hidden by a private /tmp; protected dirs re-hide below
+        if any(_within(a, d) for d in private):
+            m.bind("--ro-bind", a, a)  # hidden by a private dir; protected dirs re-hide below
     for d in KEEP_IN_RUN:
-        argv += ["--ro-bind-try", d, d]
+        m.bind("--ro-bind-try", Path(d), Path(d))
     if not own and cwd_is_writable(cwd):
-        argv += ["--bind", str(cwd), str(cwd)]
+        m.bind("--bind", cwd, cwd)
     for p in protected:
         if p.is_dir():
-            argv += ["--tmpfs", str(p)]
+            m.tmpfs(p)
         elif p.exists():
-            argv += ["--ro-bind", "/dev/null", str(p)]
+            m.bind("--ro-bind", Path("/dev/null"), p)
     for w in writable:
-        argv += ["--bind", str(w), str(w)]
+        m.bind("--bind", w, w)
     for r in spec.readonly:
-        argv += ["--ro-bind", str(_real(r)), str(_real(r))]
+        m.bind("--ro-bind", _real(r), _real(r))
     for a in spec.agent_install:
         a = _real(a)
         if any(_within(a, w) for w in [cwd, *writable]):
-            argv += ["--ro-bind", str(a), str(a)]
+            m.bind("--ro-bind", a, a)
     argv += ["--chdir", str(cwd), "--"]
     if spec.run_as is not None:
         uid, gid = spec.run_as
         argv += [spec.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         argv += ["--inh-caps=-all", "--bounding-set=-all", "--"]
     return [*argv, *spec.command]
+
+
+class _Mounts:
+    """Adds mounts to an argv in order. With ``reachable``, the directories bwrap creates on a tmpfs
+    to hold a mount point are made 0755 (bwrap makes them 0700, owned by root): a job of another
+    user must be able to walk to its own directories by their absolute paths."""
+
+    def __init__(self, argv: list[str], *, reachable: bool) -> None:
+        self.argv = argv
+        self.reachable = reachable
+        self._tmpfs: list[Path] = []
+        self._made: set[Path] = set()
+
+    def tmpfs(self, d: Path) -> None:
+        self.argv += ["--tmpfs", str(d)]
+        self._tmpfs.append(d)
+        self._made = {x for x in self._made if not _within(x, d)}  # covered by the new, empty tmpfs
+
+    def bind(self, flag: str, src: Path, dest: Path) -> None:
+        if self.reachable:
+            self._parents(dest)
+        self.argv += [flag, str(src), str(dest)]
+
+    def _parents(self, dest: Path) -> None:
+        covering = [t for t in self._tmpfs if t != dest and _within(dest, t)]
+        if not covering:
+            return
+        top = max(covering, key=lambda t: len(t.parts))
+        for anc in reversed(dest.parents):
+            if anc != top and _within(anc, top) and anc not in self._made:
+                self.argv += ["--perms", "0755", "--dir", str(anc)]
+                self._made.add(anc)
