@@ -285,3 +285,18 @@ sys.exit(0)  # what a Lightning-style handler does
             else:
                 assert outcomes == ["preempted", "succeeded"], done
                 assert "resumed" in admin.get(f"/v1/jobs/{job_id}/logs", params={"attempt": 2}).text
+
+
+def test_a_jobs_loader_variables_never_reach_the_sandboxs_setup(mallory: httpx.Client) -> None:
+    """Beyond the list: bwrap and setpriv run as root; a job's `LD_PRELOAD` in their environment
+    would run a library of the job's choosing as root. Defence: they start with a clean environment
+    and the job's own comes in through a descriptor, exported only by the job's first process."""
+    code = "import os; print('job sees', os.environ.get('LD_PRELOAD'), os.environ.get('TRAINYARD_JOB_ID'))\n"
+    code += "print('Q is', repr(os.environ['Q']))"
+    job = run(mallory, code, env={"LD_PRELOAD": "/nonexistent/trainyard-probe.so", "Q": 'it\'s "quoted" $x'})
+    out = logs(mallory, job)
+    assert job["status"] == "SUCCEEDED", out
+    assert f"job sees /nonexistent/trainyard-probe.so {job['id']}" in out, out
+    # The dynamic loader complains once per program that starts with it: the job's python only.
+    assert out.count("trainyard-probe.so") == 2, out
+    assert "Q is 'it\\'s \"quoted\" $x'" in out, out

@@ -8,12 +8,14 @@ apply; ``off`` runs jobs as plain process groups, as before isolation existed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +25,7 @@ import trainyard
 from trainyard.model.quantity import format_memory
 from trainyard.worker.cgroups import CGROUP_ROOT, AttemptCgroup, CgroupError, CgroupManager, Limits
 from trainyard.worker.executors.base import LaunchSpec, StartFailed
-from trainyard.worker.sandbox import SandboxRefused, SandboxSpec, bwrap_argv
+from trainyard.worker.sandbox import SandboxRefused, SandboxSpec, bwrap_argv, env_script
 
 if TYPE_CHECKING:
     from trainyard.worker.config import WorkerConfig
@@ -66,6 +68,15 @@ class Plan:
     argv: list[str]
     cgroup: AttemptCgroup | None
     sandboxed: bool
+    env_fd: int | None = None
+    """Holds the job's environment for the sandbox (see ``SandboxSpec.env_fd``): pass it to the
+    child, spawn with ``SETUP_ENV``, close it once spawned."""
+
+    def close_env(self) -> None:
+        if self.env_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.env_fd)
+            self.env_fd = None
 
 
 def _agent_install() -> tuple[Path, ...]:
@@ -162,9 +173,11 @@ class Isolation:
                 why,
             )
 
-    def plan(self, spec: LaunchSpec, command: list[str]) -> Plan:
-        """Decide how ``spec`` runs; raises StartFailed when it must not run here."""
+    def plan(self, spec: LaunchSpec, command: list[str], env: Mapping[str, str] | None = None) -> Plan:
+        """Decide how ``spec`` runs; raises StartFailed when it must not run here. With ``env`` (the
+        job's environment), a sandboxed plan carries it in a descriptor (``Plan.env_fd``)."""
         s = self.settings
+        env_fd: int | None = None
         network = spec.network and s.network
         sandboxed = False
         argv = command
@@ -183,6 +196,8 @@ class Isolation:
             if run_as is not None and self.setpriv is None:
                 self._lacking("an unprivileged user for jobs", "setpriv (util-linux) is not installed")
                 run_as = None
+            if env is not None:
+                env_fd = _memfd(env_script(env))
             hidden = [*s.protected, spec.attempt_dir.parent]
             if s.data_cache is not None:
                 hidden.append(s.data_cache)  # other teams' datasets
@@ -202,9 +217,12 @@ class Isolation:
                         run_as=run_as,
                         setpriv=self.setpriv or "setpriv",
                         private=_agent_home() if run_as is not None else (),
+                        env_fd=env_fd,
                     ),
                 )
             except SandboxRefused as e:
+                if env_fd is not None:
+                    os.close(env_fd)
                 raise StartFailed(str(e)) from e
             sandboxed = True
         if not sandboxed and spec.user is not None:
@@ -213,7 +231,7 @@ class Isolation:
         cgroup = self._cgroup(spec)
         if cgroup is not None and not sandboxed:
             argv = _enter_then_exec(cgroup.procs_files, command)
-        return Plan(argv=argv, cgroup=cgroup, sandboxed=sandboxed)
+        return Plan(argv=argv, cgroup=cgroup, sandboxed=sandboxed, env_fd=env_fd)
 
     def _cgroup(self, spec: LaunchSpec) -> AttemptCgroup | None:
         limits = Limits(
@@ -269,6 +287,23 @@ def _enter_then_exec(procs_files: list[Path], command: list[str]) -> list[str]:
         *map(str, procs_files),
         *command,
     ]
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("trainyard-env", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _run_probe(argv: list[str]) -> str | None:

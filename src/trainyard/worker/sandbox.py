@@ -22,7 +22,8 @@ Pure argv construction: ``bwrap_argv`` runs nothing, so every rule is unit-testa
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,10 @@ class SandboxSpec:
     extra_devices: Sequence[str] = field(default_factory=tuple)
     run_as: tuple[int, int] | None = None
     """(uid, gid) the job runs as; None: bwrap's own user (an agent that is not root)."""
+    env_fd: int | None = None
+    """A descriptor holding the job's environment (``env_script``): the sandbox's setup programs
+    (bwrap, setpriv: root, with capabilities) then start with a clean one, so that a job's
+    ``LD_PRELOAD`` or ``LD_LIBRARY_PATH`` reaches only the job. None: bwrap passes its own on."""
     private: Sequence[Path] = ()
     """Replaced by empty directories like /tmp: the agent's own home (root's), which may hold the
     interpreter jobs run (pyenv) but is no job's business otherwise."""
@@ -169,12 +174,34 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         a = _real(a)
         if any(_within(a, w) for w in [cwd, *writable]):
             m.bind("--ro-bind", a, a)
+    command = list(spec.command)
+    if spec.env_fd is not None:
+        # Into the private /run, readable by the job's user: its own environment, nothing else.
+        argv += ["--perms", "0444", "--ro-bind-data", str(spec.env_fd), ENV_FILE]
+        command = ["/bin/sh", "-c", f'. {ENV_FILE} && exec "$@"', "sh", *command]
     argv += ["--chdir", str(cwd), "--"]
     if spec.run_as is not None:
         uid, gid = spec.run_as
         argv += [spec.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         argv += ["--inh-caps=-all", "--bounding-set=-all", "--"]
-    return [*argv, *spec.command]
+    return [*argv, *command]
+
+
+ENV_FILE = "/run/trainyard-env"
+SETUP_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+"""All that bwrap and setpriv see of an environment when the job's comes through ``env_fd``."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_script(env: Mapping[str, str]) -> bytes:
+    """The job's environment as a POSIX shell script of ``export`` lines, values single-quoted (a
+    value is data, never code); names a shell cannot export are left out."""
+    lines = []
+    for name, value in env.items():
+        if _ENV_NAME.fullmatch(name) and "\x00" not in value:
+            quoted = value.replace("'", "'\\''")
+            lines.append(f"export {name}='{quoted}'\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 class _Mounts:

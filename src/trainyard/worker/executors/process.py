@@ -17,6 +17,7 @@ from pathlib import Path
 from trainyard.worker.cgroups import AttemptCgroup, write_pid
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink, StartFailed
 from trainyard.worker.isolation import Isolation, IsolationMode, Plan
+from trainyard.worker.sandbox import SETUP_ENV
 from trainyard.worker.slots import OWNER_FILE, SLOTS_DIR, read_owner, write_owner
 from trainyard.worker.watchdog import Watchdog
 
@@ -195,13 +196,19 @@ class ProcessExecutor:
         argv: list[str] | tuple[str, ...] = spec.command
         executable = self._resolve(spec.command[0], env.get("PATH"))
         gate: _Gate | None = None
+        child_fds: tuple[int, ...] = ()
         if self._isolation is not None:
             # Inside the sandbox a failed exec would surface as bwrap's exit code 1: check here, so that
             # a typo is a start failure (retried elsewhere under the infra rule) as it is without one.
             self._check_command(spec, env, executable)
-            proto.plan = plan = self._isolation.plan(spec, list(spec.command))
+            proto.plan = plan = self._isolation.plan(spec, list(spec.command), env)
             if plan.argv != list(spec.command):  # wrapped: by bwrap, or by the shell that enters the cgroup
                 argv, executable = plan.argv, plan.argv[0]
+            if plan.env_fd is not None:
+                # The job's variables reach it through the descriptor, after the sandbox's setup
+                # (root) has run: the setup itself gets nothing a job chose (LD_PRELOAD and the like).
+                env = dict(SETUP_ENV)
+                child_fds = (*child_fds, plan.env_fd)
             if plan.sandboxed and plan.cgroup is not None:
                 gate = _Gate()
                 argv = [argv[0], *gate.bwrap_args(), *argv[1:]]
@@ -216,7 +223,7 @@ class ProcessExecutor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                pass_fds=gate.child_fds() if gate is not None else (),
+                pass_fds=(*child_fds, *(gate.child_fds() if gate is not None else ())),
             )
         except OSError as e:
             _release(proto.plan)
@@ -227,6 +234,8 @@ class ProcessExecutor:
         finally:
             if gate is not None:
                 gate.close_child_ends()
+            if proto.plan is not None:
+                proto.plan.close_env()
         if gate is not None:
             assert proto.plan is not None and proto.plan.cgroup is not None
             problem = await gate.admit(loop, transport.get_pid(), proto.plan.cgroup)
