@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import pytest
@@ -241,3 +243,166 @@ def test_open_object_store_picks_the_backend(tmp_path: Path, s3: S3Server) -> No
     for bad in ("gs://bucket/x", "s3://", "/plain/path", "file://"):
         with pytest.raises(ValueError, match="object store"):
             open_(bad)
+
+
+# ---- keys: any UTF-8 name a filesystem allows, nothing that could escape or break --------------
+NAMES = [
+    "café.txt",
+    "my model.bin",
+    "a#b?c%d.txt",
+    "日本語/データ.csv",
+    "emoji-🚀.txt",
+    "cafe\u0301.txt",  # the same word decomposed (NFD): a different name, kept as it is
+    "quo\"te's + plus & semi;colon=eq,comma@at!.txt",
+    "%2e%2e/%2F%00%5C.txt",  # percent signs are characters, never decoded into '..', '/', NUL or '\'
+    "~tilde/[brackets]{braces}^caret`tick|pipe<lt>gt.txt",
+    "trailing space .txt",
+    "deep/er/and/deeper/.hidden",
+    "x" * 255,
+    "é" * 127 + ".",  # 255 bytes in UTF-8
+]
+UNSAFE_KEYS = [
+    "",
+    "/etc/passwd",
+    "jobs/x/../../escape",
+    "jobs/x/./y",
+    "jobs//x",
+    "jobs/x/",
+    "..",
+    ".multipart/x",  # the local store's own files
+    "jobs/a\x00b",
+    "jobs/a\nb",
+    "jobs/a\rb",
+    "jobs/a\x1bb",
+    "jobs/a\x7fb",
+    "jobs/a\x85b",
+    "jobs/a\\..\\b",
+    "jobs/lone-\udcff-surrogate",
+    "jobs/non\ufffecharacter",
+    "jobs/" + "x" * 256,
+    "jobs/" + "é" * 128,
+    "jobs/" + "/".join(["x" * 200] * 6),  # over 1024 bytes in all
+]
+
+
+def _name_key(name: str) -> str:
+    return f"jobs/{uuid.uuid4().hex[:12]}/1/artifacts/{name}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_any_utf8_name_is_a_key_end_to_end(store: ObjectStore, name: str) -> None:
+    key = _name_key(name)
+    data = name.encode() + bytes(range(256))
+    store.put(key, data)
+    assert store.exists(key) and store.size(key) == len(data) and store.get(key) == data
+    # Presigned URLs quote the key; the request that arrives names exactly this key again.
+    r = httpx.get(store.presign(key, "GET", 60))
+    assert r.status_code == 200 and r.content == data
+    put = httpx.put(store.presign(key, "PUT", 60), content=b"replaced " + data)
+    assert put.status_code == 200, put.text
+    assert store.get(key) == b"replaced " + data
+    store.delete(key)
+    assert not store.exists(key)
+
+
+@pytest.mark.parametrize("bad", UNSAFE_KEYS, ids=ascii)
+def test_unsafe_keys_are_refused_by_every_operation(store: ObjectStore, bad: str) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: store.put(bad, b"x"),
+        lambda: store.get(bad),
+        lambda: store.exists(bad),
+        lambda: store.size(bad),
+        lambda: store.delete(bad),
+        lambda: store.presign(bad, "GET", 60),
+        lambda: store.presign(bad, "PUT", 60),
+        lambda: store.create_multipart(bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="invalid object key"):
+            call()
+
+
+def test_a_unicode_key_goes_up_in_parts(store: ObjectStore) -> None:
+    key = _name_key("大きな モデル #1.bin")
+    first, last = _expect(MIN_PART_SIZE), b"tail"
+    upload_id = store.create_multipart(key)
+    parts = []
+    for number, body in ((1, first), (2, last)):
+        r = httpx.put(store.presign_part(key, upload_id, number, 60), content=body)
+        assert r.status_code == 200, r.text
+        parts.append(Part(number, r.headers["etag"]))
+    assert store.complete_multipart(key, upload_id, parts) == len(first) + len(last)
+    assert store.get(key) == first + last
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_local_keys_map_to_their_utf8_names_under_the_root(cp: ControlPlane, name: str) -> None:
+    store = LocalObjectStore(cp.settings.objects_dir, url_secret(cp.home), cp.url)
+    key = _name_key(name)
+    store.put(key, b"x")
+    # On disk, each component is the key's own UTF-8 bytes (no escaping another tool must undo),
+    # and the file is under the root: a checked key has no component that could lead elsewhere.
+    path = Path(os.fsdecode(os.fsencode(store.root) + b"/" + key.encode("utf-8")))
+    assert path.is_file() and path.read_bytes() == b"x"
+    assert path.resolve().is_relative_to(store.root.resolve())
+
+
+def _aws_uri_encode(text: str, *, slash: bool) -> str:
+    """AWS's UriEncode: every byte but A-Za-z0-9 and -._~ as %XX (uppercase), '/' kept in paths."""
+    return quote(text, safe="/~" if not slash else "~")
+
+
+def _verify_sigv4_query(method: str, url: str, secret: str) -> None:
+    """Check a presigned URL as S3 does, independently of botocore: from the request that httpx
+    actually sends, S3 decodes the path into the key, encodes it again its own way, and computes the
+    signature over that canonical request. A key quoted differently by the signer would not match."""
+    sent = httpx.Request(method, url).url
+    path = unquote(sent.raw_path.decode("ascii").split("?", 1)[0], errors="strict")
+    query = parse_qs(sent.query.decode("ascii"), keep_blank_values=True)
+    signature = query.pop("X-Amz-Signature")[0]
+    canonical_query = "&".join(
+        f"{_aws_uri_encode(k, slash=True)}={_aws_uri_encode(v[0], slash=True)}"
+        for k, v in sorted(query.items())
+    )
+    host = sent.netloc.decode("ascii")
+    canonical = "\n".join(
+        [
+            method,
+            _aws_uri_encode(path, slash=False),
+            canonical_query,
+            f"host:{host}\n",
+            "host",
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    amz_date = query["X-Amz-Date"][0]
+    _, day, region, service, _ = query["X-Amz-Credential"][0].split("/")
+    scope = f"{day}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (day, region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    assert hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest() == signature, (method, url)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_s3_presigned_urls_for_any_name_verify(s3: S3Server, name: str) -> None:
+    store = S3ObjectStore(s3.create_bucket(), "pre/fix", endpoint=s3.endpoint, region=REGION)
+    key = _name_key(name)
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    _verify_sigv4_query("GET", store.presign(key, "GET", 60), secret)
+    _verify_sigv4_query("PUT", store.presign(key, "PUT", 60), secret)
+    upload_id = store.create_multipart(key)
+    _verify_sigv4_query("PUT", store.presign_part(key, upload_id, 1, 60), secret)
+    store.abort_multipart(key, upload_id)
+    # And the bytes land under exactly this key in the bucket.
+    assert httpx.put(store.presign(key, "PUT", 60), content=b"bytes").status_code == 200
+    assert s3.client().get_object(Bucket=store.bucket, Key=f"pre/fix/{key}")["Body"].read() == b"bytes"
+
+
+def test_s3_keys_count_the_prefix_against_s3s_limit(s3: S3Server) -> None:
+    store = S3ObjectStore(s3.create_bucket(), "p" * 100, endpoint=s3.endpoint, region=REGION)
+    fits = "jobs/" + "/".join(["x" * 200] * 5)  # 1009 bytes: a key, but not under a 101-byte prefix
+    with pytest.raises(ValueError, match="1024"):
+        store.put(fits, b"x")
+    store.put(fits[: 1024 - 101], b"x")

@@ -7,7 +7,21 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 Method = Literal["GET", "PUT"]
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,1023}$")
+
+MAX_KEY_BYTES = 1024
+"""S3's longest key, in UTF-8 bytes. The local store keeps to it too, so a key that works in one
+backend works in every one."""
+MAX_NAME_BYTES = 255
+"""The longest component of a key, in UTF-8 bytes: what Linux and most filesystems take for one name
+(NAME_MAX), so that the local store can keep every key S3 would."""
+_NONCHARACTERS = "".join(
+    [chr(c) for c in range(0xFDD0, 0xFDF0)]
+    + [chr(plane | low) for plane in range(0, 0x110000, 0x10000) for low in (0xFFFE, 0xFFFF)]
+)
+_UNSAFE_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\\\\" + _NONCHARACTERS + "]")
+"""Characters no key may hold: C0 and C1 controls (NUL, newline, escape...) and DEL, which break
+logs, headers, databases and S3's XML listings; the backslash, a path separator to Windows and to
+browsers' URL parsers; Unicode's noncharacters, which XML cannot carry either."""
 
 MIN_PART_SIZE = 5 << 20
 """S3's smallest part (all but the last); the local store enforces it too, so it never drifts."""
@@ -37,10 +51,41 @@ class Part(NamedTuple):
     etag: str
 
 
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an object key, or None when it can.
+
+    A key is a relative path of '/'-separated UTF-8 names: any name a filesystem allows (spaces,
+    accents, emoji, '#', '?', '%', '+', quotes) except what is unsafe somewhere a key goes (a disk
+    path, an S3 key, a URL, a database row, a log line): empty, '.' or '..' components, a leading '/'
+    or '.', control characters, backslashes, noncharacters and lone surrogates (not UTF-8 at all).
+    At most MAX_KEY_BYTES in all and MAX_NAME_BYTES a component."""
+    if not isinstance(key, str) or not key:
+        return "it is empty"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 (a lone surrogate)"
+    if size > MAX_KEY_BYTES:
+        return f"it is {size} bytes long, over {MAX_KEY_BYTES}"
+    bad = _UNSAFE_CHAR.search(key)
+    if bad is not None:
+        what = "a backslash" if bad.group() == "\\" else f"the character U+{ord(bad.group()):04X}"
+        return f"it contains {what}"
+    if key.startswith("."):
+        return "it starts with a dot"  # the local store keeps its own files there
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            return f"it has {'an empty' if not part else f'a {part!r}'} component"
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            return f"a component is over {MAX_NAME_BYTES} bytes long"
+    return None
+
+
 def check_key(key: str) -> str:
-    """Keys are relative paths without '..' or empty parts; anything else is refused."""
-    if not _KEY_RE.match(key) or any(p in ("", ".", "..") for p in key.split("/")):
-        raise ValueError(f"invalid object key {key!r}")
+    """``key`` when it is a safe object key (see ``key_problem``); ValueError saying why otherwise."""
+    problem = key_problem(key)
+    if problem is not None:
+        raise ValueError(f"invalid object key {key!r}: {problem}")
     return key
 
 

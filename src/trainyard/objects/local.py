@@ -41,7 +41,9 @@ class LocalObjectStore:
         self._clock = clock
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        # A checked key is a relative path of plain names, so it stays under the root. On disk each
+        # name is the key's own UTF-8 bytes, whatever the filesystem encoding Python assumes.
+        return self.root / os.fsdecode(check_key(key).encode("utf-8"))
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -111,7 +113,7 @@ class LocalObjectStore:
             raise UploadNotFound(upload_id)
         d = self.root / ".multipart" / upload_id
         try:
-            owner = (d / "key").read_text()
+            owner = (d / "key").read_text(encoding="utf-8")
         except (FileNotFoundError, NotADirectoryError):
             raise UploadNotFound(upload_id) from None
         if owner != key:
@@ -123,7 +125,7 @@ class LocalObjectStore:
         upload_id = secrets.token_hex(16)
         d = self.root / ".multipart" / upload_id
         d.mkdir(parents=True)
-        (d / "key").write_text(key)
+        (d / "key").write_text(key, encoding="utf-8")
         return upload_id
 
     async def put_part_stream(

@@ -16,6 +16,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from trainyard.objects.base import (
+    MAX_KEY_BYTES,
     Method,
     ObjectNotFound,
     Part,
@@ -95,7 +96,11 @@ class S3ObjectStore:
         self.client: S3Client = client
 
     def _key(self, key: str) -> str:
-        return self.prefix + check_key(key)
+        # botocore percent-encodes the key in every request and presigned URL it builds.
+        full = self.prefix + check_key(key)
+        if len(full.encode("utf-8")) > MAX_KEY_BYTES:
+            raise ValueError(f"invalid object key {key!r}: over S3's {MAX_KEY_BYTES} bytes with the prefix")
+        return full
 
     def put(self, key: str, data: bytes) -> None:
         with _translated(key):

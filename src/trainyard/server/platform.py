@@ -44,6 +44,7 @@ from trainyard.scheduler.snapshot import (
 )
 from trainyard.scheduler.snapshot import Team as SchedTeam
 from trainyard.scheduler.snapshot import Worker as SchedWorker
+from trainyard.server.absent import AbsentAttempts
 from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.leader import leadership_for
@@ -166,6 +167,7 @@ class Platform:
         self._cached_uris: dict[str, tuple[str, ...]] = {}  # worker -> data cache as last written
         self._checkpoints: dict[tuple[str, int], float] = {}  # (job, attempt) -> checkpoint time written
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
+        self.absent = AbsentAttempts()  # RUNNING attempts a live worker stopped listing (reconciler)
         self.leadership = leadership_for(settings.db_url, settings.home)
         self.notifier = notifier_for(settings.db_url)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -849,6 +851,9 @@ class Platform:
             self._beats_persisted = now
         grace = self.settings.cancel_grace + 2 * self.settings.heartbeat_interval
         touched += self._requeue_undelivered(now)
+        touched += self.absent.reconcile(
+            self.store.live_attempts, self.store.lose_attempt, now, self.settings.heartbeat_interval
+        )
         touched += self.store.expire_overdue(now, grace)
         touched += self.store.finish_stuck_cancels(now, grace + 30)
         return touched

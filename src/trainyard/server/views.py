@@ -99,7 +99,15 @@ def event_json(e: Event) -> dict[str, Any]:
 
 
 def artifact_json(a: ArtifactRecord, url: str) -> dict[str, Any]:
-    return {"path": a.path, "size": a.size, "sha256": a.sha256, "attempt": a.attempt, "url": url}
+    # `name` is the contract's field (DESIGN.md); `path` is the same, kept for existing clients.
+    return {
+        "name": a.path,
+        "path": a.path,
+        "size": a.size,
+        "sha256": a.sha256,
+        "attempt": a.attempt,
+        "url": url,
+    }
 
 
 def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, alive: bool) -> dict[str, Any]:

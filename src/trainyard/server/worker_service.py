@@ -20,6 +20,7 @@ from trainyard.objects.base import (
     Part,
     StorageUnavailable,
     check_key,
+    key_problem,
 )
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
@@ -45,28 +46,54 @@ _OUTCOMES = {o.value for o in AttemptOutcome} - {AttemptOutcome.LOST.value}
 
 
 def _check_report(request: pb.ReportRequest) -> None:
-    """ValueError (answered INVALID_ARGUMENT) for a report no agent should send."""
+    """ValueError (answered INVALID_ARGUMENT) for a report no agent should send.
+
+    A finished attempt's artifacts and checkpoint must be objects of that attempt, stored under the
+    keys GetUrls hands out: a report cannot point a job's artifact at another job's object."""
     if request.phase == pb.ReportRequest.FINISHED:
         if request.outcome not in _OUTCOMES:
             raise ValueError(f"unknown outcome {request.outcome!r}")
         for a in request.artifacts:
-            check_key(a.object_key)
+            key = _object_key(request.job_id, request.attempt, pb.UrlRequest.ARTIFACT, a.path)
+            if a.object_key != key:
+                raise ValueError(f"artifact {a.path!r}: object key {a.object_key!r} is not the attempt's")
+        if request.checkpoint_key:
+            own = f"jobs/{request.job_id}/{request.attempt}/checkpoint/"
+            if not check_key(request.checkpoint_key).startswith(own):
+                raise ValueError(f"checkpoint key {request.checkpoint_key!r} is not the attempt's")
     elif request.phase != pb.ReportRequest.STARTED:
         raise ValueError("phase must be STARTED or FINISHED")
 
 
-def _object_key(job_id: str, attempt: int, purpose: int, name: str) -> str:
-    """The key an attempt's object of this purpose and name gets; ValueError for anything else.
+_FAMILIES: dict[int, tuple[str, str]] = {
+    pb.UrlRequest.ARTIFACT: ("artifacts", "artifact"),
+    pb.UrlRequest.CHECKPOINT: ("checkpoint", "checkpoint"),
+}
 
-    The same families as GetUrls hands out, so a large object lands where a small one would."""
+
+def _object_key(job_id: str, attempt: int, purpose: int, name: str) -> str:
+    """The key an attempt's object of this purpose and name gets; ValueError saying why for a name
+    that cannot be one (see ``key_problem``: any UTF-8 relative path a filesystem allows works).
+
+    The same families as GetUrls hands out, so a large object lands where a small one would. The key
+    is the name itself under the attempt's prefix; each object store maps it safely (a path under
+    its root, an S3 key), and presigned URLs percent-encode it."""
     base = f"jobs/{job_id}/{attempt}"
     if purpose == pb.UrlRequest.LOG_CHUNK:
-        return f"{base}/logs/{int(name):08d}.log.gz"
-    if purpose == pb.UrlRequest.ARTIFACT:
-        return check_key(f"{base}/artifacts/{name}")
-    if purpose == pb.UrlRequest.CHECKPOINT:
-        return check_key(f"{base}/checkpoint/{name}")
-    raise ValueError("unknown purpose")
+        return check_key(f"{base}/logs/{int(name):08d}.log.gz")
+    if purpose not in _FAMILIES:
+        raise ValueError("unknown purpose")
+    family, what = _FAMILIES[purpose]  # the directory under the attempt's prefix, and the word
+    key = f"{base}/{family}/{name}"
+    problem = key_problem(key)
+    if problem is not None:
+        raise ValueError(f"the {what} name {name!r} cannot be stored: {problem}")
+    return key
+
+
+def _text(value: str) -> str:
+    """Text that every database keeps: NUL, which PostgreSQL refuses in text, replaced."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
@@ -146,6 +173,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
         self.p.held_seen(running)
+        self.p.absent.heartbeat(worker.id, running, time.time())
         await self.p.note_checkpoints(request.running)
         self.p.metrics.gpu_utilization.record(worker.id, worker.name, request.gpu_utilization)
         if request.HasField("data_cache"):
@@ -229,8 +257,8 @@ class WorkerService(pbg.WorkerServiceServicer):
                 worker_id=worker.id,
                 outcome=AttemptOutcome(request.outcome),
                 exit_code=request.exit_code if request.has_exit_code else None,
-                reason=request.reason or None,
-                stderr_tail=request.stderr_tail[-4096:].decode("utf-8", "replace") or None,
+                reason=_text(request.reason) or None,
+                stderr_tail=_text(request.stderr_tail[-4096:].decode("utf-8", "replace")) or None,
                 artifacts=tuple((a.path, a.size, a.sha256, a.object_key) for a in request.artifacts),
                 log_bytes=request.log_bytes,
                 checkpoint_key=request.checkpoint_key or None,
@@ -277,27 +305,16 @@ class WorkerService(pbg.WorkerServiceServicer):
         )
         if not ok:
             return pb.UrlResponse(stale=True)
-        base = f"jobs/{request.job_id}/{request.attempt}"
         urls = []
         for name in request.names:
             try:
-                if request.purpose == pb.UrlRequest.LOG_CHUNK:
-                    key = f"{base}/logs/{int(name):08d}.log.gz"
-                elif request.purpose == pb.UrlRequest.ARTIFACT:
-                    key = check_key(f"{base}/artifacts/{name}")
-                elif request.purpose == pb.UrlRequest.CHECKPOINT:
-                    key = check_key(f"{base}/checkpoint/{name}")
-                else:
-                    raise ValueError("unknown purpose")
+                key = _object_key(request.job_id, request.attempt, request.purpose, name)
+                url = self.p.objects.presign(key, "PUT", self.p.settings.url_ttl)
             except ValueError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name!r}: {e}")
-            urls.append(
-                pb.SignedUrl(
-                    name=name,
-                    url=self.p.objects.presign(key, "PUT", self.p.settings.url_ttl),
-                    object_key=key,
-                )
-            )
+                # Permanent for this name: the agent ends the attempt with a note, never retries.
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                raise AssertionError("unreachable") from e
+            urls.append(pb.SignedUrl(name=name, url=url, object_key=key))
         return pb.UrlResponse(urls=urls)
 
     async def SealLogChunk(

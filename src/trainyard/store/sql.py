@@ -1987,6 +1987,22 @@ class SqlStore:
             )
         return True
 
+    def lose_attempt(self, job_id: str, attempt: int, token: str, reason: str) -> bool:
+        """Close a RUNNING attempt that its live worker no longer runs as LOST (retried as an
+        infrastructure failure). False when the attempt moved on meanwhile."""
+        now = self.clock()
+        with self._tx() as conn:
+            row = self._job_row(conn, job_id)
+            if (
+                row is None
+                or row.status != JobStatus.RUNNING.value
+                or row.attempt != attempt
+                or row.lease_token != token
+            ):
+                return False
+            self._close_attempt(conn, row, AttemptOutcome.LOST, None, reason, now)
+        return True
+
     def finish_stuck_cancels(self, now: float, after: float) -> list[str]:
         """A cancel the worker never confirmed (worker wedged) ends as CANCELLED; its lease is void."""
         stuck = sa.or_(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -12,6 +13,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
+from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.config import WorkerConfig, grpc_target
 
@@ -34,6 +36,30 @@ PERMANENT = frozenset(
     }
 )
 """Errors that another try will not fix. Everything else (UNAVAILABLE above all) is an outage to wait out."""
+
+OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED})
+"""The control plane cannot be reached, or wants a new credential: waited out however long it takes.
+A call that is answered with another error (a server error, a deadline, a message too large) may be
+failing on its own account, which a bounded call gives up on after a while."""
+
+REPORT_GIVE_UP_S = 300.0
+"""How long a final report that a reachable control plane keeps failing is retried before the
+attempt is reported, in a few words, as an infrastructure failure instead (long enough for a
+database failover)."""
+FALLBACK_REASON_CHARS = 1000
+FALLBACK_STDERR_BYTES = 1024
+_KEEPS_OUTCOME = frozenset(
+    {
+        AttemptOutcome.CANCELLED.value,
+        AttemptOutcome.PREEMPTED.value,
+        AttemptOutcome.TIMED_OUT.value,
+        AttemptOutcome.START_FAILED.value,
+        AttemptOutcome.INFRA.value,
+    }
+)
+"""Outcomes a refused final report keeps in its fallback: the platform's own decisions (stop, preempt,
+timeout) and failures that are not the job's. A success or a failure whose report (and so its
+artifacts) did not get through cannot count as the job's own outcome: it becomes INFRA."""
 
 
 _MAX_BATCH = 256
@@ -117,10 +143,15 @@ class ControlPlane:
         rpc_timeout_s: float,
         backoff_initial_s: float,
         backoff_max_s: float,
+        report_give_up_s: float = REPORT_GIVE_UP_S,
     ) -> None:
         self._bootstrap_token = bootstrap_token
         self._timeout = rpc_timeout_s
         self._backoff = (backoff_initial_s, backoff_max_s)
+        self.report_give_up_s = report_give_up_s
+        """How long a final report (or a batch of reports) that keeps failing while the control plane
+        answers is retried; outages (``OUTAGE``) are waited out whatever their length."""
+        self._settling: set[asyncio.Task[None]] = set()  # reports sent one by one after a batch failed
         self.session: Session | None = None
         self.generation = 0
         """Bumped by every Register; a caller that saw an old generation knows its stream is stale."""
@@ -228,9 +259,14 @@ class ControlPlane:
         build: Callable[[], Req],
         *,
         retry: bool = True,
+        give_up_s: float | None = None,
     ) -> Resp:
+        """One call, retried with backoff unless ``retry`` is False. PERMANENT errors are raised at
+        once; with ``give_up_s``, so is an error other than an outage once such errors have gone on
+        for that long (the first of them is always retried)."""
         backoff = self.backoff()
         failures = 0
+        failing_since: float | None = None
         while True:
             generation = self.generation
             try:
@@ -239,6 +275,12 @@ class ControlPlane:
                 code = e.code()
                 if code in PERMANENT or not retry:
                     raise
+                if give_up_s is not None and code not in OUTAGE:
+                    now = time.monotonic()
+                    if failing_since is None:
+                        failing_since = now
+                    elif now - failing_since >= give_up_s:
+                        raise
                 if code == grpc.StatusCode.UNAUTHENTICATED and self.on_unauthenticated is not None:
                     await self.on_unauthenticated(generation)
                 failures += 1
@@ -288,7 +330,63 @@ class ControlPlane:
             req.worker_id = self.worker_id
             return req
 
-        return await self._call(self._report, build)
+        # A final report that keeps failing is given up on (report_final then sends a smaller one);
+        # a STARTED report is retried as long as it takes, as the job runs meanwhile.
+        final = req.phase == pb.ReportRequest.FINISHED
+        return await self._call(self._report, build, give_up_s=self.report_give_up_s if final else None)
+
+    def _settle_each(self, batch: list[_Queued]) -> None:
+        """Send a batch's reports one by one, each answering its own caller: one report the control
+        plane refuses (or cannot take) must not fail the others that happened to share its batch."""
+
+        async def settle(req: pb.ReportRequest, fut: asyncio.Future[pb.ReportResponse]) -> None:
+            try:
+                res = await self._report_one(req)
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+                return
+            if not fut.done():
+                fut.set_result(res)
+
+        for req, fut in batch:
+            task = asyncio.create_task(settle(req, fut), name="report")
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def report_final(self, req: pb.ReportRequest) -> pb.ReportResponse:
+        """An attempt's FINISHED report, which must never leave the attempt RUNNING.
+
+        Sent as ``report`` sends it: through outages, however long, and retried with backoff while
+        it fails otherwise, for ``report_give_up_s``. A report the control plane refuses
+        (INVALID_ARGUMENT or another error no retry fixes) or keeps failing is replaced by a minimal
+        one: INFRA (unless the platform itself stopped the attempt), a reason saying the report was
+        refused and why, no artifacts or checkpoint, the reason and stderr tail cut short. Should
+        that be refused too, the answer is RESULT_UNSPECIFIED: the agent lets the attempt go, and the
+        control plane's reconciler closes it as lost once heartbeats stop listing it."""
+        try:
+            return await self.report(req)
+        except (grpc.aio.AioRpcError, ValueError) as e:
+            # ValueError: a field protobuf cannot encode (a str that is not UTF-8).
+            why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+        log.error(
+            "the final report of %s/%d was refused (%s); reporting an infrastructure failure instead",
+            req.job_id,
+            req.attempt,
+            why,
+        )
+        fallback = fallback_report(req, why)
+        try:
+            return await self.report(fallback)
+        except (grpc.aio.AioRpcError, ValueError) as e:
+            log.error(
+                "the fallback report of %s/%d was refused too (%s); the control plane will find the "
+                "attempt lost",
+                req.job_id,
+                req.attempt,
+                e,
+            )
+            return pb.ReportResponse(result=pb.ReportResponse.RESULT_UNSPECIFIED, message=str(e))
 
     async def _send_reports(self) -> None:
         while True:
@@ -305,19 +403,33 @@ class ControlPlane:
                 try:
                     if not self._batching:
                         raise _Unbatched
-                    resp = await self._call(self._report_batch, build)
+                    resp = await self._call(self._report_batch, build, give_up_s=self.report_give_up_s)
                     results = list(resp.results)
                     if len(results) != len(batch):
                         raise RuntimeError("ReportBatch answered a different number of reports")
                 except _Unbatched:
-                    results = [await self._report_one(req) for req, _ in batch]
+                    self._settle_each(batch)
+                    continue
                 except grpc.aio.AioRpcError as e:
-                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                        _fail(batch, e)
+                    if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        log.info("the control plane has no ReportBatch; sending reports one by one")
+                        self._batching = False
+                    elif len(batch) == 1 and (
+                        e.code() in PERMANENT or batch[0][0].phase == pb.ReportRequest.FINISHED
+                    ):
+                        _fail(batch, e)  # alone, it would fare no better
                         continue
-                    log.info("the control plane has no ReportBatch; sending reports one by one")
-                    self._batching = False
-                    results = [await self._report_one(req) for req, _ in batch]
+                    else:
+                        # Refused or given up on: each report goes on alone, so that one bad report
+                        # fails no other, and a STARTED report is retried as long as it takes.
+                        log.warning(
+                            "a batch of %d report(s) failed (%s: %s); sending them one by one",
+                            len(batch),
+                            e.code().name,
+                            e.details(),
+                        )
+                    self._settle_each(batch)
+                    continue
                 except Exception as e:
                     _fail(batch, e)
                     continue
@@ -333,12 +445,22 @@ class ControlPlane:
         purpose: pb.UrlRequest.Purpose.ValueType,
         names: list[str],
     ) -> dict[str, pb.SignedUrl]:
-        resp = await self._call(
-            self._get_urls,
-            lambda: pb.UrlRequest(
-                job_id=job_id, attempt=attempt, lease_token=lease_token, purpose=purpose, names=names
-            ),
-        )
+        """Upload URLs for ``names``, retried through outages. A name the control plane refuses (or
+        that is not UTF-8) raises TransferError: another try would be refused the same way."""
+        # Imported here: the transfer module builds on this one.
+        from trainyard.worker.transfer import TransferError
+
+        try:
+            resp = await self._call(
+                self._get_urls,
+                lambda: pb.UrlRequest(
+                    job_id=job_id, attempt=attempt, lease_token=lease_token, purpose=purpose, names=names
+                ),
+            )
+        except grpc.aio.AioRpcError as e:  # only what no retry fixes gets here
+            raise TransferError(f"upload URLs refused: {e.code().name}: {e.details()}") from e
+        except ValueError as e:
+            raise TransferError(f"upload URLs not requested: a name is not valid UTF-8 ({e})") from e
         if resp.stale:
             raise StaleLease(f"{job_id}/{attempt}")
         return {u.name: u for u in resp.urls}
@@ -374,3 +496,30 @@ class ControlPlane:
         resp = await self._call(self._abort_multipart, lambda: req, retry=False)
         if resp.stale:
             raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
+
+
+def fallback_report(req: pb.ReportRequest, why: str) -> pb.ReportRequest:
+    """The few words sent in place of a final report the control plane refused (see ``report_final``):
+    the same attempt and lease, its exit code and log size, an outcome that cannot be mistaken for
+    the job's own, and why; nothing that could have been the refused part (artifacts, checkpoint)."""
+    outcome = req.outcome if req.outcome in _KEEPS_OUTCOME else AttemptOutcome.INFRA.value
+    said = f"; the attempt's own outcome: {req.outcome}" + (f" ({req.reason})" if req.reason else "")
+    reason = f"the control plane refused the final report ({why}){said}"
+    if len(reason) > FALLBACK_REASON_CHARS:
+        reason = reason[: FALLBACK_REASON_CHARS - 1] + "…"
+    fallback = pb.ReportRequest(
+        job_id=req.job_id,
+        attempt=req.attempt,
+        lease_token=req.lease_token,
+        phase=pb.ReportRequest.FINISHED,
+        outcome=outcome,
+        # NUL and lone surrogates are the only characters that could make the reason itself refused.
+        reason=reason.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8"),
+        stderr_tail=req.stderr_tail[-FALLBACK_STDERR_BYTES:],
+        log_bytes=req.log_bytes,
+        at=req.at,
+    )
+    if req.has_exit_code:
+        fallback.exit_code = req.exit_code
+        fallback.has_exit_code = True
+    return fallback
