@@ -450,7 +450,7 @@ class AttemptRunner:
             try:
                 with f.opened(self.reader) as path:
                     await self.ctx.transfers.put_file(
-                        signed.url, path, target=self._object(pb.UrlRequest.ARTIFACT, f.name)
+                        signed.url, path, target=self._object(pb.UrlRequest.ARTIFACT, f.name), name=f.name
                     )
             except OSError as e:
                 raise TransferError(f"artifact {f.name} is no longer readable: {e}") from e

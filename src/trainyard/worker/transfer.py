@@ -256,17 +256,20 @@ class Transfers:
         content_type: str = "application/octet-stream",
         *,
         target: UploadTarget | None = None,
+        name: str | None = None,
     ) -> None:
         """Upload a file, streamed from disk; with ``target``, retries get fresh URLs and a large file
-        goes up in parts."""
+        goes up in parts. ``name`` is what messages call it (``path`` may be a ``/proc/self/fd``
+        entry)."""
         size = os.stat(path).st_size
-        what = f"upload of {path.name}"
+        label = name or path.name
+        what = f"upload of {label}"
         if target is not None and size >= self._threshold:
             try:
                 await self._put_multipart(target, path, size, what)
                 return
             except MultipartUnsupported:
-                log.info("the control plane has no multipart uploads; sending %s in one piece", path.name)
+                log.info("the control plane has no multipart uploads; sending %s in one piece", label)
         signed = _Url(url, target.sign if target is not None else None)
 
         async def op() -> None:
