@@ -1,0 +1,452 @@
+"""Free capacity through one cycle: each worker's state, the best-fit index, and placing on it.
+
+Schedulable workers are split into :class:`WorkerGroup`\\ s, one per combination of the hard
+constraints a job can name (pool, GPU type, region, spot). Within a group, workers are bucketed by
+(free GPUs, free-cpu octave) in a :class:`BucketIndex` whose non-empty keys stay sorted, so a best-fit
+search visits only buckets that exist, smallest first: a few dict lookups instead of a scan. A group
+keeps one more such index per cached dataset URI, over the workers that cache it.
+
+:class:`Fleet` owns all of it: it finds the best worker for one replica (fewest free GPUs, then the
+smallest cpu octave that fits, with soft costs for region, spot and cached data), takes capacity for
+a placement or a claim, and moves a worker between buckets whenever its free capacity changes.
+Free capacity only shrinks within a cycle, except when an attempt is rolled back (:mod:`.undo`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from trainyard.scheduler.snapshot import PendingJob, ResourceVector, RunningJob, SchedulerConfig, Worker
+from trainyard.scheduler.undo import Undo, UndoLog
+
+if TYPE_CHECKING:
+    from trainyard.scheduler.reservations import WorkerReservation
+
+EPS = 1e-9
+"""Slack for comparing cpu (fractional cores) and float sums."""
+OCTAVE_OFFSET = 32
+"""Cpu octaves are counted from 2**-32 up: far below any real fraction of a core."""
+OCTAVE_SLOTS = 128
+"""Bucket keys per free-GPU count: ``key = free GPUs * OCTAVE_SLOTS + cpu octave + OCTAVE_OFFSET``."""
+
+Hold = tuple[float, float, float, int]
+"""Capacity held on a worker until some time: (end, cpu, memory, gpu)."""
+
+
+def cpu_octave(cpu: float) -> int:
+    """The power of two just below ``cpu`` (exact for powers of two): 3 cores is octave 1."""
+    # frexp gives cpu = m * 2**e with m in [0.5, 1): e - 1 is the octave, exact for powers of two.
+    return math.frexp(cpu)[1] - 1
+
+
+def groups_key(job: PendingJob) -> tuple[object, ...]:
+    """Everything about a job that decides where it may run and whether it fits."""
+    return (
+        job.pool,
+        job.gpu_type if job.gpu else None,
+        job.gpu > 0,
+        job.preemptible,
+        (job.region,) if job.require_region else None,
+        job.cpu,
+        job.memory,
+        job.gpu,
+        job.replicas,
+    )
+
+
+class WorkerState:
+    """A schedulable worker's capacity through the cycle: what is free, what is draining (held by jobs
+    already told to stop), who holds it, and who could be preempted from it.
+
+    It names no group (``Fleet.group_of`` does): the cycle's objects form no reference cycles, so they
+    are freed as soon as ``decide`` returns. A plain slotted class rather than a dataclass: one is built
+    per worker, every cycle."""
+
+    __slots__ = (
+        "added_holds",
+        "bucket_key",
+        "doom_count",
+        "draining_cpu",
+        "draining_gpus",
+        "draining_memory",
+        "free_cpu",
+        "free_gpus",
+        "free_memory",
+        "holders",
+        "indexes",
+        "reservation",
+        "victim_frees",
+        "victims",
+        "victims_total",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.free_cpu = float(worker.cpu)
+        self.free_memory = float(worker.memory)
+        self.free_gpus = list(range(worker.gpu))
+        self.draining_cpu = 0.0
+        self.draining_memory = 0.0
+        self.draining_gpus: list[int] = []
+        self.bucket_key: int | None = None
+        """The bucket it is in, in every index it belongs to; None while it has no cpu or memory free."""
+        self.holders: list[RunningJob] = []
+        """The running jobs (replicas) on it, from the snapshot."""
+        self.victims: list[RunningJob] = []
+        """Its preemptible holders, one per job, the cheapest loss first."""
+        self.victims_total = [0.0, 0.0, 0.0]
+        """What preempting every victim would free: cpu, memory, gpu."""
+        self.victim_frees: dict[str, list[float]] = {}
+        """Victim job id -> what it frees here (every replica of a gang on this worker)."""
+        self.added_holds: list[Hold] = []
+        """Jobs placed or claimed here this cycle."""
+        self.reservation: WorkerReservation | None = None
+        self.indexes: list[BucketIndex] = []
+        """The indexes it is bucketed in: its group's, then one per dataset URI it caches."""
+        self.doom_count = 0
+        """Times a holder here was doomed, rolled-back ones included: it keys the reservation
+        timeline memo, so a rollback only costs a rebuild."""
+
+
+class BucketIndex:
+    """Workers bucketed by ``free GPUs * OCTAVE_SLOTS + free-cpu octave``, with the non-empty keys kept
+    sorted so a best-fit search visits only buckets that exist, smallest first. Within a bucket,
+    workers keep the order they entered it in (``Fleet.rebucket`` maintains both)."""
+
+    __slots__ = ("buckets", "keys")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, dict[str, None]] = {}  # worker ids: an index holds no WorkerState
+        self.keys: list[int] = []
+
+
+@dataclass(slots=True, eq=False)
+class WorkerGroup:
+    """Workers that share every hard constraint a job can name: pool, GPU type, region, spot."""
+
+    pool: str
+    gpu_type: str | None
+    region: str | None
+    spot: bool
+    members: list[WorkerState] = field(default_factory=list)
+    buckets: BucketIndex = field(default_factory=lambda: BucketIndex())
+    cached: dict[str, BucketIndex] = field(default_factory=dict)
+    """The same index per dataset URI, over the workers that cache it."""
+    shapes: dict[tuple[float, int, int], int] = field(default_factory=dict)
+    """Distinct worker capacities (cpu, memory, gpu) and how many workers have each."""
+    max_gpu: int = 0
+
+
+def replica_slots(groups: list[WorkerGroup], job: PendingJob) -> int:
+    """How many replicas of the job an empty fleet of these groups would hold."""
+    slots = 0
+    for g in groups:
+        for (cpu, mem, gpu), n in g.shapes.items():
+            per = min(
+                int((cpu + EPS) // job.cpu) if job.cpu > 0 else job.replicas,
+                mem // job.memory if job.memory > 0 else job.replicas,
+                gpu // job.gpu if job.gpu > 0 else job.replicas,
+            )
+            slots += per * n
+    return slots
+
+
+class Fleet:
+    """The schedulable workers of one cycle, grouped and indexed for best fit.
+
+    Built from the snapshot's workers with everything free; the cycle then charges the running jobs
+    (``WorkerState`` fields) and calls :meth:`index_all`."""
+
+    def __init__(
+        self, workers: tuple[Worker, ...], config: SchedulerConfig, now: float, undo: UndoLog
+    ) -> None:
+        self.config = config
+        self.now = now
+        self.undo = undo
+        self.workers: dict[str, WorkerState] = {}
+        """Schedulable workers by id, in id order."""
+        self.group_of: dict[str, WorkerGroup] = {}
+        in_id_order = sorted(workers, key=lambda w: w.id)
+        self.gpu_type_of = {w.id: w.gpu_type for w in in_id_order}
+        """GPU type of every registered worker, schedulable or not: jobs running on a lost or draining
+        worker still count against their team's per-type quota."""
+        self.draining: dict[str, None] = {}
+        """Workers where capacity is draining (jobs told to stop still hold it), in the order found."""
+        self.has_reservations = False
+        """A reservation was made this cycle: only then does best fit need to check them."""
+        self._groups_by_constraints: dict[tuple[object, ...], list[WorkerGroup]] = {}
+        self._ranked_memo: dict[
+            tuple[object, ...], tuple[list[WorkerGroup], list[tuple[float, WorkerGroup]]]
+        ] = {}
+
+        hosts, group_of = self.workers, self.group_of
+        groups: dict[tuple[str, str | None, str | None, bool], WorkerGroup] = {}
+        total = [0.0, 0.0, 0.0]
+        for w in in_id_order:
+            if not w.schedulable or w.id in hosts:
+                continue
+            constraints = (w.pool, w.gpu_type, w.region, w.spot)
+            group = groups.get(constraints)
+            if group is None:
+                group = groups[constraints] = WorkerGroup(w.pool, w.gpu_type, w.region, w.spot)
+            host = hosts[w.id] = WorkerState(w)
+            group_of[w.id] = group
+            indexes = host.indexes
+            indexes.append(group.buckets)
+            for uri in w.cached_uris:
+                index = group.cached.get(uri)
+                if index is None:
+                    index = group.cached[uri] = BucketIndex()
+                indexes.append(index)
+            group.members.append(host)
+            shape = (float(w.cpu), w.memory, w.gpu)
+            group.shapes[shape] = group.shapes.get(shape, 0) + 1
+            group.max_gpu = max(group.max_gpu, w.gpu)
+            total[0] += w.cpu
+            total[1] += w.memory
+            total[2] += w.gpu
+        self.groups = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] or "", k[2] or "", k[3]))]
+        """Every group, sorted by (pool, GPU type, region, spot)."""
+        self.capacity = ResourceVector(*total)
+        """The schedulable fleet's total capacity: the denominator of every team's share."""
+
+    def index_all(self) -> None:
+        """Bucket every worker by its free capacity, in id order (once the running jobs are charged)."""
+        for host in self.workers.values():
+            self.rebucket(host)
+
+    def rebucket(self, host: WorkerState) -> None:
+        """Move the worker to the bucket its free capacity now belongs in, in every index it is in."""
+        cpu = host.free_cpu
+        if cpu > EPS and host.free_memory > 0:
+            # Clamped only from above: cpu > EPS is far above 2**-OCTAVE_OFFSET.
+            octave = min(cpu_octave(cpu), OCTAVE_SLOTS - OCTAVE_OFFSET - 1)
+            key: int | None = len(host.free_gpus) * OCTAVE_SLOTS + octave + OCTAVE_OFFSET
+        else:
+            key = None  # holds no cpu or memory: nothing can land here
+        old = host.bucket_key
+        if key == old:
+            return
+        wid = host.worker.id
+        for index in host.indexes:
+            buckets = index.buckets
+            if old is not None:
+                was = buckets[old]
+                del was[wid]
+                if not was:
+                    del buckets[old]
+                    keys = index.keys
+                    del keys[bisect.bisect_left(keys, old)]
+            if key is not None:
+                now = buckets.get(key)
+                if now is None:
+                    buckets[key] = {wid: None}
+                    bisect.insort(index.keys, key)
+                else:
+                    now[wid] = None
+        host.bucket_key = key
+
+    def undo_point(self, host: WorkerState) -> Undo:
+        """How to put the worker's capacity (and its reservation's spare) back as it is now."""
+        saved = (
+            host.free_cpu,
+            host.free_memory,
+            host.free_gpus,
+            host.draining_cpu,
+            host.draining_memory,
+            host.draining_gpus,
+            len(host.added_holds),
+            list(host.reservation.spare) if host.reservation else None,
+        )
+
+        def undo() -> None:
+            (
+                host.free_cpu,
+                host.free_memory,
+                host.free_gpus,
+                host.draining_cpu,
+                host.draining_memory,
+                host.draining_gpus,
+            ) = saved[:6]
+            del host.added_holds[saved[6] :]
+            if host.reservation is not None and saved[7] is not None:
+                host.reservation.spare = saved[7]
+            self.rebucket(host)
+
+        return undo
+
+    # --- which workers a job may use -----------------------------------------------------------
+
+    def groups_for(self, constraints: tuple[object, ...], job: PendingJob) -> list[WorkerGroup]:
+        """The groups whose hard constraints the job accepts; ``constraints`` is the job's key for them.
+
+        The same list object is returned for every job with the same key (the memos rely on it)."""
+        groups = self._groups_by_constraints.get(constraints)
+        if groups is None:
+            groups = [
+                g
+                for g in self.groups
+                if (job.pool is None or g.pool == job.pool)
+                and (job.gpu == 0 or job.gpu_type is None or g.gpu_type == job.gpu_type)
+                and (job.preemptible or not g.spot)
+                and (not job.require_region or g.region == job.region)
+            ]
+            self._groups_by_constraints[constraints] = groups
+        return groups
+
+    # --- best fit ------------------------------------------------------------------------------
+
+    def best_fit(
+        self, job: PendingJob, groups: list[WorkerGroup], use_reservations: bool = True
+    ) -> WorkerState | None:
+        """The best worker for one replica of the job among the groups, or None if none fits now.
+
+        Lowest cost wins: fragmentation left behind plus the soft costs (region, spot) minus the
+        cached-data credit; ties go to the lower worker id. With ``use_reservations``, a reserved
+        worker is used only if the reservation admits the job (backfill)."""
+        best: WorkerState | None = None
+        best_cost = math.inf
+        best_id = ""
+        uris = job.data_uris
+        bonus = self.config.cache_bonus if uris else 0.0
+        cpu = job.cpu
+        octave_key = (
+            max(cpu_octave(cpu), -OCTAVE_OFFSET) + OCTAVE_OFFSET if cpu > 0 else 0
+        )  # as in bucket keys
+        use_reservations = use_reservations and self.has_reservations  # none made: nothing to check
+        first_fit = self._first_fit
+        cost_of = self._fit_cost
+        for fixed_cost, group in self._by_fixed_cost(job, groups):
+            if fixed_cost - bonus > best_cost:
+                break  # fragmentation and the cache credit cannot make up the group's fixed cost
+            host = first_fit(group.buckets, job, octave_key, use_reservations)
+            if host is None:
+                continue  # nothing fits in this group, so no worker caching the data does either
+            cost = cost_of(host, job)
+            if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
+                best, best_cost, best_id = host, cost, host.worker.id
+            # Cached data can outweigh best fit: also the best fit among the workers holding it.
+            for uri in uris:
+                index = group.cached.get(uri)
+                if index is not None:
+                    host = first_fit(index, job, octave_key, use_reservations)
+                    if host is not None:
+                        cost = cost_of(host, job)
+                        if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
+                            best, best_cost, best_id = host, cost, host.worker.id
+        return best
+
+    def _first_fit(
+        self, index: BucketIndex, job: PendingJob, octave_key: int, use_reservations: bool
+    ) -> WorkerState | None:
+        """Best fit within one index: fewest free GPUs, then the smallest cpu octave, that fits.
+
+        ``octave_key`` is the job's cpu octave as a bucket offset: buckets below it hold too little
+        cpu."""
+        keys = index.keys
+        if not keys:
+            return None
+        cpu, mem = job.cpu, job.memory
+        buckets = index.buckets
+        hosts = self.workers
+        for key in keys[bisect.bisect_left(keys, job.gpu * OCTAVE_SLOTS + octave_key) :]:
+            if key % OCTAVE_SLOTS < octave_key:
+                continue  # more GPUs, but a cpu octave below the demand
+            for wid in buckets[key]:
+                host = hosts[wid]
+                if (
+                    host.free_memory >= mem
+                    and host.free_cpu + EPS >= cpu
+                    and (
+                        not use_reservations
+                        or host.reservation is None
+                        or host.reservation.admits(job, self.now)
+                    )
+                ):
+                    return host
+        return None
+
+    def _fit_cost(self, host: WorkerState, job: PendingJob) -> float:
+        """Placing the job here: GPUs and the share of cpu left over, soft costs, cached-data credit."""
+        cfg = self.config
+        w = host.worker
+        cost = float(len(host.free_gpus) - job.gpu)
+        cost += (host.free_cpu - job.cpu) / w.cpu if w.cpu > 0 else 0.0
+        if job.region is not None and w.region != job.region:
+            cost += cfg.region_cost
+        if job.preemptible and not w.spot:
+            cost += cfg.spot_preference_cost
+        uris = job.data_uris
+        if uris and w.cached_uris:
+            covered = 0
+            for uri in uris:
+                if uri in w.cached_uris:
+                    covered += 1
+            cost -= cfg.cache_bonus * covered / len(uris)
+        return cost
+
+    def _by_fixed_cost(self, job: PendingJob, groups: list[WorkerGroup]) -> list[tuple[float, WorkerGroup]]:
+        """The job's groups with their fixed soft cost (region, spot), cheapest first."""
+        # Keyed by the list's id, so the entry keeps the list alive: a list that died could hand
+        # its id to another job's groups.
+        key = (id(groups), job.region, job.preemptible)
+        hit = self._ranked_memo.get(key)
+        if hit is not None and hit[0] is groups:
+            ranked = hit[1]
+        else:
+            cfg = self.config
+            costed: list[tuple[float, int, WorkerGroup]] = []
+            for i, g in enumerate(groups):
+                fixed_cost = 0.0
+                if job.region is not None and g.region != job.region:
+                    fixed_cost += cfg.region_cost
+                if job.preemptible and not g.spot:
+                    fixed_cost += cfg.spot_preference_cost
+                costed.append((fixed_cost, i, g))
+            costed.sort(key=lambda r: (r[0], r[1]))
+            ranked = [(fixed_cost, g) for fixed_cost, _, g in costed]
+            self._ranked_memo[key] = (groups, ranked)
+        return ranked
+
+    # --- taking capacity -----------------------------------------------------------------------
+
+    def allocate(self, host: WorkerState, job: PendingJob) -> tuple[int, ...]:
+        """Take one replica's capacity from the worker's free capacity now; the GPU indices taken."""
+        entries = self.undo.entries
+        if entries is not None:
+            entries.append(self.undo_point(host))
+        cpu, mem, gpu = job.cpu, job.memory, job.gpu
+        host.free_cpu -= cpu
+        host.free_memory -= mem
+        free = host.free_gpus
+        taken = tuple(free[:gpu])
+        if gpu:
+            host.free_gpus = free[gpu:]
+        end = self.now + job.max_runtime_s
+        host.added_holds.append((end, cpu, mem, gpu))
+        reservation = host.reservation
+        if reservation is not None:
+            reservation.overlap(job.id, end, cpu, mem, gpu)
+        self.rebucket(host)
+        return taken
+
+    def claim(self, host: WorkerState, job: PendingJob) -> None:
+        """Hold capacity for a job that starts once the victims are gone: free first, then draining."""
+        self.undo.record(self.undo_point(host))
+        from_free = min(host.free_cpu, job.cpu)
+        host.free_cpu -= from_free
+        host.draining_cpu -= job.cpu - from_free
+        from_free_mem = min(host.free_memory, job.memory)
+        host.free_memory -= from_free_mem
+        host.draining_memory -= job.memory - from_free_mem
+        n = min(len(host.free_gpus), job.gpu)
+        host.free_gpus = host.free_gpus[n:]
+        host.draining_gpus = host.draining_gpus[job.gpu - n :]
+        host.added_holds.append(
+            (self.now + self.config.termination_grace_s + job.max_runtime_s, job.cpu, job.memory, job.gpu)
+        )
+        self.rebucket(host)
