@@ -21,6 +21,8 @@ from trainyard.scheduler.snapshot import PendingJob, RunningJob, Snapshot
 
 @dataclass(frozen=True, slots=True)
 class Estimates:
+    """What :func:`estimate_starts` found: a latest start per pending job, and how far it looked."""
+
     start_at: dict[str, float | None]
     """Estimated latest start per pending job; ``None`` when beyond the simulated horizon."""
     horizon: float

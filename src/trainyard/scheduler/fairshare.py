@@ -18,6 +18,7 @@ from trainyard.scheduler.snapshot import ResourceVector, Snapshot, Team
 
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
+    """What remains of usage after ``elapsed_s`` with this half-life (0 with none: no memory)."""
     if half_life_s <= 0:
         return 0.0
     return math.pow(0.5, max(elapsed_s, 0.0) / half_life_s)
@@ -42,6 +43,8 @@ def accumulate(
 
 
 def dominant_share(usage: ResourceVector, capacity: ResourceVector) -> float:
+    """The largest fraction of the capacity the usage takes in any resource (DRF's dominant share);
+    a resource the capacity lacks counts for nothing."""
     share = 0.0
     if capacity.cpu > 0:
         share = usage.cpu / capacity.cpu
@@ -79,10 +82,12 @@ class TeamShare:
 
     @property
     def over_share(self) -> bool:
+        """Whether the team uses more than its fair share now."""
         return self.share > self.fair_share + 1e-9
 
 
 def capacity_of(snapshot: Snapshot) -> ResourceVector:
+    """The total capacity of the snapshot's schedulable workers."""
     cpu = mem = gpu = 0.0
     for w in snapshot.workers:
         if w.schedulable:

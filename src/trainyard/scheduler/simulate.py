@@ -75,6 +75,8 @@ class SimulationError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
+    """How a simulation runs: cycle spacing, the scheduler's config, and what the report samples."""
+
     cycle_s: float = 60.0
     """Least simulated time between two scheduler cycles. Slurm's main loop runs every 60 s
     (``sched_interval``) besides its event-triggered passes; here a cycle is event-triggered but
@@ -131,6 +133,8 @@ class Series:
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
+    """One policy's run over one workload: per-group waits, utilization, fairness and time series."""
+
     policy: str
     workload: str
     end_s: float

@@ -32,12 +32,15 @@ class ResourceVector:
     gpu: float = 0.0
 
     def __add__(self, other: ResourceVector) -> ResourceVector:
+        """The sum, resource by resource."""
         return ResourceVector(self.cpu + other.cpu, self.memory + other.memory, self.gpu + other.gpu)
 
     def __sub__(self, other: ResourceVector) -> ResourceVector:
+        """The difference, resource by resource."""
         return ResourceVector(self.cpu - other.cpu, self.memory - other.memory, self.gpu - other.gpu)
 
     def scale(self, factor: float) -> ResourceVector:
+        """Every resource multiplied by ``factor``."""
         return ResourceVector(self.cpu * factor, self.memory * factor, self.gpu * factor)
 
 
@@ -54,6 +57,8 @@ class Quota:
 
 @dataclass(frozen=True, slots=True)
 class Team:
+    """A team as the scheduler sees it: its fair-share weight, its quota and its usage history."""
+
     name: str
     weight: float = 1.0
     quota: Quota | None = None
@@ -64,6 +69,8 @@ class Team:
 
 @dataclass(frozen=True, slots=True)
 class Worker:
+    """A registered worker: its total capacity and the hard constraints a job can name."""
+
     id: str
     cpu: float
     memory: int
@@ -82,6 +89,8 @@ class Worker:
 
 @dataclass(frozen=True, slots=True)
 class PendingJob:
+    """A job waiting to start: its demand per replica, constraints, priority and gang size."""
+
     id: str
     team: str
     user: str = ""
@@ -135,6 +144,8 @@ class RunningJob:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
+    """The scheduler's policy knobs: fair-share history, aging, preemption, reservations, soft costs."""
+
     half_life_s: float = 7 * DAY_S
     """Half-life of the usage history (Slurm's PriorityDecayHalfLife defaults to 7 days)."""
     history_weight: float = 0.5
@@ -167,6 +178,8 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Everything one scheduling decision depends on, the clock included."""
+
     now: float
     workers: tuple[Worker, ...] = ()
     pending: tuple[PendingJob, ...] = ()

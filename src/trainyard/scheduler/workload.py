@@ -46,6 +46,8 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class JobArrival:
+    """One job of a workload: when it arrives, what it needs, and how long it runs."""
+
     id: str
     submit_s: float
     """Seconds from the start of the workload; negative for work carried over from before it."""
@@ -77,6 +79,8 @@ class SpotReclaim:
 
 @dataclass(frozen=True, slots=True)
 class Workload:
+    """A workload to simulate: jobs arriving over time, the workers, the teams and spot reclaims."""
+
     name: str
     jobs: tuple[JobArrival, ...]
     workers: tuple[Worker, ...]
@@ -148,6 +152,7 @@ def parse_trace(lines: Iterable[str], name: str = "trace") -> Workload:
 
 
 def load_trace(path: str) -> Workload:
+    """Read a JSONL trace file (the format is in the module docstring)."""
     with open(path, encoding="utf-8") as f:
         return parse_trace(f, name=path)
 
