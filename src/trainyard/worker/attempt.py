@@ -26,6 +26,7 @@ from trainyard.worker.files import (
     ArtifactFile,
     UnpackLimits,
     UnsafeArchive,
+    artifact_name_problem,
     collect_artifacts,
     has_entries,
     pack_dir,
@@ -372,14 +373,16 @@ class AttemptRunner:
         stopping = self.stop_outcome is not None
         problems: list[str] = []
         try:
+            # Found before the log is sealed: a file skipped for its name is noted in the log.
+            found = await self._collect_artifacts() if cwd is not None or self.handle is not None else None
             if self.sealer is not None:
                 try:
                     await self.sealer.finish()
                 except TransferError as e:
                     problems.append(f"log upload failed: {e}")
-            if cwd is not None or self.handle is not None:
+            if found is not None:
                 try:
-                    artifacts = await self._upload_artifacts(cwd or self.dir / "work")
+                    artifacts = await self._upload_artifacts(found)
                 except TransferError as e:
                     problems.append(f"artifact upload failed: {e}")
             if outcome is not AttemptOutcome.SUCCEEDED:
@@ -421,7 +424,7 @@ class AttemptRunner:
             log.info("final report for %s/%d answered stale", *self.key)
         self.forgotten = True
 
-    async def _upload_artifacts(self, cwd: Path) -> list[pb.Artifact]:
+    async def _collect_artifacts(self) -> list[ArtifactFile]:
         arts = self.dir / "artifacts"
         if not self.a.artifact_paths and not has_entries(arts):
             return []
@@ -437,6 +440,18 @@ class AttemptRunner:
                 work_rel=workdir.rel,
             )
         )
+        storable = []
+        for f in files:
+            problem = artifact_name_problem(f.name)
+            if problem is None:
+                storable.append(f)
+            else:
+                note = f"trainyard: artifact {f.name!r} not uploaded: {problem}\n"
+                log.warning("attempt %s/%d: %s", *self.key, note.strip())
+                self.spool.write(2, note.encode("utf-8", "backslashreplace"))
+        return storable
+
+    async def _upload_artifacts(self, files: list[ArtifactFile]) -> list[pb.Artifact]:
         if not files:
             return []
         urls = await self.ctx.rpc.get_urls(

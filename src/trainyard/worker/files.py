@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -163,6 +164,27 @@ class ArtifactFile:
     def opened(self, reader: Reader = ANYONE) -> contextlib.AbstractContextManager[Path]:
         """A path naming this very file while the block runs (see ``beneath.opened_file``)."""
         return opened_file(self.root, self.rel, reader, source=self.source)
+
+
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\ufdd0-\ufdef\ufffe\uffff]")
+MAX_NAME_BYTES = 255
+MAX_ARTIFACT_BYTES = 900
+"""An artifact's name, which becomes part of an object key of at most 1024 bytes."""
+
+
+def artifact_name_problem(name: str) -> str | None:
+    """Why a file's name cannot be stored as an artifact (the control plane refuses the same), or None.
+    Such a file is skipped with a note rather than failing the whole attempt's upload."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    bad = _UNSTORABLE.search(name)
+    if bad is not None:
+        return f"its name contains the character U+{ord(bad.group()):04X}"
+    if size > MAX_ARTIFACT_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in name.split("/")):
+        return "its name is too long"
+    return None
 
 
 def sha256_file(path: Path) -> tuple[int, str]:
