@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from trainyard.cli import output as out
+from trainyard.cli.app import app
 from trainyard.scheduler.core import decide
 from trainyard.scheduler.fifo import decide_fifo
 from trainyard.scheduler.simulate import GroupStats, Policy, SimConfig, SimResult
@@ -35,6 +36,7 @@ class PolicyChoice(StrEnum):
 POLICIES: dict[str, Policy] = {"scheduler": decide, "fifo": decide_fifo}
 
 
+@app.command("simulate")
 def simulate(
     trace: Annotated[
         Path | None,

@@ -1,0 +1,128 @@
+"""The `yard` Typer apps and what every command module shares.
+
+Each command module (``jobs``, ``fleet``, ``secret``, ``admin``, ``platform``, ``worker``,
+``simulate``) imports the apps from here and defines its commands at module level with
+``@app.command()``; ``trainyard.cli.main`` imports those modules so that they register. This module
+imports no command module, so the CLI has no import cycle.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, ParamSpec, TypeVar
+
+import httpx
+import typer
+
+from trainyard.cli import output as out
+from trainyard.cli.output import Format
+from trainyard.client.bundle import BundleError
+from trainyard.client.sdk import Client, TrainyardError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class State:
+    """Per-invocation settings; tests pass one as ``obj=`` with a mock ``transport``."""
+
+    url: str | None = None
+    token: str | None = None
+    transport: httpx.BaseTransport | None = None
+    reconnect_delay: float = 1.0
+    poll_interval: float = 1.0
+
+    def client(self) -> Client:
+        return Client(
+            url=self.url,
+            token=self.token,
+            transport=self.transport,
+            reconnect_delay=self.reconnect_delay,
+            poll_interval=self.poll_interval,
+        )
+
+
+app = typer.Typer(
+    name="yard",
+    help="Trainyard: submit and watch ML jobs, and run the platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+# `yard --help` lists the groups in the order they are added here, after the commands.
+admin_app = typer.Typer(help="Administration: users, database.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+secret_app = typer.Typer(
+    help="Team secrets: given to jobs that name them, never shown again.", no_args_is_help=True
+)
+app.add_typer(secret_app, name="secret")
+token_app = typer.Typer(help="API tokens: create with an expiry, list, revoke.", no_args_is_help=True)
+admin_app.add_typer(token_app, name="token")
+team_app = typer.Typer(help="Teams: fair-share weight and quotas.", no_args_is_help=True)
+admin_app.add_typer(team_app, name="team")
+
+OutputOpt = Annotated[
+    Format, typer.Option("-o", "--output", help="table, json or yaml", case_sensitive=False)
+]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Control plane URL (else TRAINYARD_URL, $TRAINYARD_HOME/url)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="API token (else TRAINYARD_TOKEN, $TRAINYARD_HOME/token)")
+    ] = None,
+) -> None:
+    state = ctx.ensure_object(State)
+    if url:
+        state.url = url
+    if token:
+        state.token = token
+
+
+def client_of(ctx: typer.Context) -> Client:
+    """The SDK client for this invocation (`--url`, `--token`, or a test's transport)."""
+    return ctx.ensure_object(State).client()
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn the SDK's errors into `error: ...` on stderr and exit status 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except TrainyardError as exc:
+            out.print_error(exc)
+        except (BundleError, TimeoutError) as exc:
+            out.print_error(str(exc))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # `yard logs ID | head` closes the pipe early; that is not an error.
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+__all__ = [
+    "OutputOpt",
+    "State",
+    "admin_app",
+    "app",
+    "client_of",
+    "handle_errors",
+    "secret_app",
+    "team_app",
+    "token_app",
+]

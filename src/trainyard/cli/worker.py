@@ -1,0 +1,415 @@
+"""`yard worker`: run a worker agent on this machine.
+
+The command only collects its options into :class:`WorkerOptions`; :func:`worker_config` checks them
+(in the order a user meets the errors) and builds the agent's :class:`WorkerConfig`. The agent, the
+docker SDK and the job-user lookup are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from trainyard.cli.app import app
+from trainyard.cli.local import HomeOpt, home_dir, setup_logging
+from trainyard.model.quantity import parse_memory
+
+if TYPE_CHECKING:
+    from trainyard.worker.config import WorkerConfig
+    from trainyard.worker.isolation import IsolationMode
+
+# -- options -----------------------------------------------------------------------------------
+
+ServerOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_SERVER",
+        help="control plane gRPC address; several replicas as a comma list of IP:port",
+    ),
+]
+TokenFileOpt = Annotated[Path | None, typer.Option(help="file with the worker bootstrap token")]
+NameOpt = Annotated[str | None, typer.Option(help="stable worker name (default: hostname)")]
+WorkDirOpt = Annotated[Path | None, typer.Option(help="local state (default: HOME/workers/NAME)")]
+DataCacheOpt = Annotated[
+    Path | None,
+    typer.Option(help="datasets kept across jobs, reported for placement (default: WORK_DIR/data-cache)"),
+]
+CpusOpt = Annotated[float | None, typer.Option(help="declared CPUs (default: detected)")]
+MemoryOpt = Annotated[str | None, typer.Option(help="declared memory, e.g. 32Gi (default: detected)")]
+GpusOpt = Annotated[int | None, typer.Option(help="declared GPUs (default: NVML)")]
+GpuTypeOpt = Annotated[str | None, typer.Option(help="GPU type label, e.g. a100")]
+PoolOpt = Annotated[str, typer.Option(help="worker pool label")]
+RegionOpt = Annotated[str | None, typer.Option(help="region label, e.g. us-east-1")]
+LabelOpt = Annotated[list[str] | None, typer.Option(help="extra label K=V (repeatable)")]
+SpotOpt = Annotated[bool, typer.Option("--spot", help="spot capacity: only preemptible jobs are placed here")]
+SpotNoticeUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TRAINYARD_SPOT_NOTICE_URL",
+        help="interruption-notice endpoint to watch, e.g. "
+        "http://169.254.169.254/latest/meta-data/spot/instance-action (AWS) or "
+        "http://metadata.google.internal/computeMetadata/v1/instance/preempted (GCP)",
+    ),
+]
+SpotNoticeStyleOpt = Annotated[
+    str, typer.Option(envvar="TRAINYARD_SPOT_NOTICE_STYLE", help="aws, gcp or auto (from the URL)")
+]
+SpotPollOpt = Annotated[
+    float, typer.Option(envvar="TRAINYARD_SPOT_POLL", help="seconds between notice checks")
+]
+PreemptGraceOpt = Annotated[
+    float,
+    typer.Option(
+        envvar="TRAINYARD_PREEMPT_GRACE",
+        help="seconds a preempted job has to checkpoint (SIGTERM to SIGKILL)",
+    ),
+]
+MaxLogBytesOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_MAX_LOG_BYTES",
+        help="per-attempt log cap, e.g. 1Gi; past it output is dropped",
+    ),
+]
+IsolationOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_ISOLATION",
+        help="required (refuse jobs that cannot be sandboxed and limited), best-effort (apply "
+        "what the node offers, warn about the rest) or off (plain process groups)",
+    ),
+]
+JobNetworkOpt = Annotated[
+    bool,
+    typer.Option(
+        "--job-network/--no-job-network", help="give jobs a network (off: loopback only, sandboxed)"
+    ),
+]
+JobPidsLimitOpt = Annotated[
+    int, typer.Option(help="processes and threads per job (its cgroup's pids limit; 0: none)", min=0)
+]
+DockerHostOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TRAINYARD_DOCKER_HOST",
+        help="Docker Engine API for jobs with an image, e.g. unix:///var/run/docker.sock or "
+        "Podman's socket (default: none; such jobs fail to start here)",
+    ),
+]
+DockerUlimitOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="ulimit for every container, NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable)"),
+]
+TlsCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="TRAINYARD_TLS_CA",
+        exists=True,
+        dir_okay=False,
+        help="CA (PEM) that signed the control plane's gRPC certificate: connect with TLS",
+    ),
+]
+TlsCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="TRAINYARD_TLS_CERT",
+        exists=True,
+        dir_okay=False,
+        help="this worker's client certificate (PEM), for a control plane that requires mTLS",
+    ),
+]
+TlsKeyOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="TRAINYARD_TLS_KEY", exists=True, dir_okay=False, help="the key (PEM) of --tls-cert"),
+]
+AllowCwdOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        envvar="TRAINYARD_ALLOW_CWD",
+        help="a shared root (e.g. /data, /home) that jobs' submit directories (cwd) may be in "
+        "(repeatable; default: none, jobs run in their own directory)",
+    ),
+]
+RunAsOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TRAINYARD_RUN_AS",
+        help="USER[:GROUP] sandboxed jobs run as when the agent is root (default: nobody); never root",
+    ),
+]
+WorkdirUnpackedLimitOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_WORKDIR_UNPACKED_LIMIT",
+        help="bytes a workdir bundle may unpack to, e.g. 10Gi",
+    ),
+]
+WorkdirFileLimitOpt = Annotated[
+    int,
+    typer.Option(envvar="TRAINYARD_WORKDIR_FILE_LIMIT", help="files a workdir bundle may hold", min=1),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """`yard worker`'s options as given (after Typer's own checks), before they are validated."""
+
+    server: str
+    home: Path | None
+    token_file: Path | None
+    name: str | None
+    work_dir: Path | None
+    data_cache: Path | None
+    cpus: float | None
+    memory: str | None
+    gpus: int | None
+    gpu_type: str | None
+    pool: str
+    region: str | None
+    label: list[str] | None
+    spot: bool
+    spot_notice_url: str | None
+    spot_notice_style: str
+    spot_poll: float
+    preempt_grace: float
+    max_log_bytes: str
+    isolation: str
+    job_network: bool
+    job_pids_limit: int
+    docker_host: str | None
+    docker_ulimit: list[str] | None
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    allow_cwd: list[Path] | None
+    run_as: str | None
+    workdir_unpacked_limit: str
+    workdir_file_limit: int
+
+
+@app.command()
+def worker(
+    server: ServerOpt = "127.0.0.1:50051",
+    home: HomeOpt = None,
+    token_file: TokenFileOpt = None,
+    name: NameOpt = None,
+    work_dir: WorkDirOpt = None,
+    data_cache: DataCacheOpt = None,
+    cpus: CpusOpt = None,
+    memory: MemoryOpt = None,
+    gpus: GpusOpt = None,
+    gpu_type: GpuTypeOpt = None,
+    pool: PoolOpt = "default",
+    region: RegionOpt = None,
+    label: LabelOpt = None,
+    spot: SpotOpt = False,
+    spot_notice_url: SpotNoticeUrlOpt = None,
+    spot_notice_style: SpotNoticeStyleOpt = "auto",
+    spot_poll: SpotPollOpt = 2.0,
+    preempt_grace: PreemptGraceOpt = 30.0,
+    max_log_bytes: MaxLogBytesOpt = "1Gi",
+    isolation: IsolationOpt = "best-effort",
+    job_network: JobNetworkOpt = True,
+    job_pids_limit: JobPidsLimitOpt = 4096,
+    docker_host: DockerHostOpt = None,
+    docker_ulimit: DockerUlimitOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    allow_cwd: AllowCwdOpt = None,
+    run_as: RunAsOpt = None,
+    workdir_unpacked_limit: WorkdirUnpackedLimitOpt = "10Gi",
+    workdir_file_limit: WorkdirFileLimitOpt = 100_000,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a worker agent: leases jobs from the control plane and runs them as local processes
+    (or, with --docker-host, jobs that name an image as containers)."""
+    from trainyard.worker.agent import main as agent_main
+
+    setup_logging(verbose)
+    options = WorkerOptions(
+        server=server,
+        home=home,
+        token_file=token_file,
+        name=name,
+        work_dir=work_dir,
+        data_cache=data_cache,
+        cpus=cpus,
+        memory=memory,
+        gpus=gpus,
+        gpu_type=gpu_type,
+        pool=pool,
+        region=region,
+        label=label,
+        spot=spot,
+        spot_notice_url=spot_notice_url,
+        spot_notice_style=spot_notice_style,
+        spot_poll=spot_poll,
+        preempt_grace=preempt_grace,
+        max_log_bytes=max_log_bytes,
+        isolation=isolation,
+        job_network=job_network,
+        job_pids_limit=job_pids_limit,
+        docker_host=docker_host,
+        docker_ulimit=docker_ulimit,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_cwd=allow_cwd,
+        run_as=run_as,
+        workdir_unpacked_limit=workdir_unpacked_limit,
+        workdir_file_limit=workdir_file_limit,
+    )
+    agent_main(worker_config(options))
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def worker_config(o: WorkerOptions) -> WorkerConfig:
+    """Check the options and build the agent's configuration.
+
+    An invalid option is `error: ...` on stderr and exit status 2; a missing worker token, status 1.
+    """
+    from trainyard.worker.config import WorkerConfig
+
+    h = home_dir(o.home)
+    _check_server(o.server)
+    token = _worker_token(o.token_file, h)
+    labels = _labels(o.label or [], o.spot)
+    mem = _size("--memory", o.memory) if o.memory is not None else None
+    log_cap = _size("--max-log-bytes", o.max_log_bytes)
+    if o.spot_notice_style not in ("aws", "gcp", "auto"):
+        _fail("--spot-notice-style must be aws, gcp or auto")
+    mode = _isolation(o.isolation)
+    unpacked_cap = _size("--workdir-unpacked-limit", o.workdir_unpacked_limit)
+    if o.run_as is not None:
+        _check_run_as(o.run_as)
+    shared = _shared_roots(o.allow_cwd or [])
+    _check_ulimits(o.docker_ulimit or [])
+    if (o.tls_cert is None) != (o.tls_key is None):
+        _fail("a client certificate needs both --tls-cert and --tls-key")
+    wname = o.name or socket.gethostname()
+    return WorkerConfig(
+        server=o.server,
+        token=token,
+        name=wname,
+        work_dir=(o.work_dir or h / "workers" / wname).resolve(),
+        data_cache_dir=o.data_cache.resolve() if o.data_cache else None,
+        cpus=o.cpus,
+        memory=mem,
+        gpus=o.gpus,
+        gpu_type=o.gpu_type,
+        pool=o.pool,
+        region=o.region,
+        labels=labels,
+        max_log_bytes=log_cap,
+        preempt_grace_s=o.preempt_grace,
+        spot_notice_url=o.spot_notice_url or None,
+        spot_notice_style=o.spot_notice_style,
+        spot_poll_s=o.spot_poll,
+        isolation=mode,
+        job_network=o.job_network,
+        job_pids_limit=o.job_pids_limit,
+        # The platform home holds the database, tokens and credentials: never a job's business.
+        protected_dirs=(h.resolve(),),
+        docker_host=o.docker_host or None,
+        docker_ulimits=tuple(o.docker_ulimit or ()),
+        tls_ca=o.tls_ca,
+        tls_cert=o.tls_cert,
+        tls_key=o.tls_key,
+        allow_cwd=tuple(shared),
+        run_as=o.run_as,
+        workdir_unpacked_limit=unpacked_cap,
+        workdir_file_limit=o.workdir_file_limit,
+    )
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _check_server(server: str) -> None:
+    from trainyard.worker.config import grpc_target
+
+    try:
+        grpc_target(server)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _worker_token(token_file: Path | None, home: Path) -> str:
+    """$TRAINYARD_WORKER_TOKEN, else the contents of `--token-file`, else of HOME/worker-token."""
+    token = os.environ.get("TRAINYARD_WORKER_TOKEN")
+    if token:
+        return token
+    path = token_file or home / "worker-token"
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        _fail(f"no worker token: set TRAINYARD_WORKER_TOKEN or --token-file ({e})", code=1)
+
+
+def _labels(items: list[str], spot: bool) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            _fail(f"--label {item!r} must be K=V")
+        labels[k] = v
+    if spot:
+        labels["spot"] = "true"  # the scheduler reads it: preemptible jobs only
+    return labels
+
+
+def _size(flag: str, value: str) -> int:
+    """A byte size such as 1Gi, or `error: FLAG: ...`."""
+    try:
+        return parse_memory(value)
+    except ValueError as e:
+        _fail(f"{flag}: {e}")
+
+
+def _isolation(value: str) -> IsolationMode:
+    from trainyard.worker.isolation import IsolationMode
+
+    try:
+        return IsolationMode(value)
+    except ValueError:
+        _fail("--isolation must be required, best-effort or off")
+
+
+def _check_run_as(run_as: str) -> None:
+    from trainyard.worker.jobuser import BadRunAs, parse_run_as
+
+    try:
+        parse_run_as(run_as)
+    except BadRunAs as e:
+        _fail(str(e))
+
+
+def _shared_roots(roots: list[Path]) -> list[Path]:
+    """`--allow-cwd` roots, normalized; each must be absolute and not /."""
+    shared: list[Path] = []
+    for root in roots:
+        if not root.is_absolute() or str(root) == "/":
+            _fail(f"--allow-cwd {root}: must be an absolute directory other than /")
+        shared.append(Path(os.path.normpath(root)))
+    return shared
+
+
+def _check_ulimits(ulimits: list[str]) -> None:
+    for u in ulimits:
+        from trainyard.worker.executors.docker import parse_ulimit  # the docker SDK: only if used
+
+        try:
+            parse_ulimit(u)
+        except ValueError as e:
+            _fail(f"--docker-ulimit: {e}")
