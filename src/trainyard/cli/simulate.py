@@ -64,6 +64,8 @@ def simulate(
     if (trace is None) == (synthetic_kind is None):
         out.print_error("give either a TRACE file or --synthetic target|small")
         raise typer.Exit(2)
+    if plot is not None:
+        require_matplotlib()  # before the run, not after an hour of it
     try:
         if trace is not None:
             workload = load_trace(str(trace))
@@ -202,6 +204,15 @@ def print_report(workload: Workload, results: list[SimResult], walls: dict[str, 
     prios = [g.name for g in results[0].priorities]
     sys.stdout.write("\n")
     out.print_table(["PRIORITY", *cols], _rows(results, "priorities", prios, False), title="Per priority")
+
+
+def require_matplotlib() -> None:
+    """`--plot` needs matplotlib, which only the `plot` extra installs: say so, and exit 2."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        out.print_error("--plot needs matplotlib: pip install 'trainyard[plot]'")
+        raise typer.Exit(2) from None
 
 
 def write_plot(results: list[SimResult], path: Path) -> None:

@@ -1,10 +1,13 @@
-"""`yard simulate` end to end through typer: tables, JSON, the plot, traces and their errors."""
+"""`yard simulate` end to end through typer: tables, JSON, the plot (and without matplotlib), traces and
+their errors."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from trainyard.cli.main import app
@@ -81,3 +84,21 @@ def test_a_bad_trace_names_its_line(tmp_path: Path) -> None:
 def test_a_workload_is_required_and_only_one() -> None:
     assert runner.invoke(app, ["simulate"]).exit_code == 2
     assert runner.invoke(app, ["simulate", "x.jsonl", "--synthetic", "small"]).exit_code == 2
+
+
+def test_plot_without_matplotlib_says_which_extra_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # matplotlib is the `plot` extra: a lean install has none. None in sys.modules fails its import.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    png = tmp_path / "day.png"
+    result = runner.invoke(app, ["simulate", "--synthetic", "small", "--plot", str(png)])
+    assert result.exit_code == 2
+    assert result.stderr == "error: --plot needs matplotlib: pip install 'trainyard[plot]'\n"
+    assert result.stdout == "" and not png.exists()  # refused before the simulation, not after it
+
+
+def test_without_plot_matplotlib_is_not_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = runner.invoke(app, ["simulate", "--synthetic", "small", "--policy", "fifo", "--json"])
+    assert result.exit_code == 0, result.output
