@@ -98,7 +98,14 @@ def _agent_visible() -> tuple[Path, ...]:
     checkout = package.parent.parent
     # The interpreter itself too: a venv's python is a link into its base installation (pyenv's
     # lives in root's home, which jobs of another user do not see).
-    interpreter = (Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent)
+    interpreter = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent]
+    # An installation in the agent's home (pyenv, conda) as a whole: its shims and tools too, so that
+    # `python` on the job's PATH works for the job's user as it does for the agent.
+    for home in _agent_home():
+        for p in list(interpreter):
+            if p != home and home in p.parents:
+                interpreter.append(home / p.relative_to(home).parts[0])
+    interpreter = sorted(dict.fromkeys(interpreter), key=lambda p: len(p.parts))  # parents first
     if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
         return (*interpreter, checkout)
     return (*interpreter, package)
