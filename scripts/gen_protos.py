@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import shutil
 import subprocess
 import sys
@@ -23,17 +24,20 @@ def generate(dest: Path) -> None:
             "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
             f"--python_out={dest}",
             f"--grpc_python_out={dest}",
             f"--mypy_out={dest}",
+            # Typed stubs for the generated client and servicer (the agent uses the async stub).
+            f"--mypy_grpc_out={dest}",
             *protos,
         ],
         check=True,
     )
     # protoc writes absolute `from trainyard.v1 import ...`; the stubs live under trainyard.proto.
     for f in dest.rglob("*.py*"):
-        text = f.read_text()
-        f.write_text(text.replace("from trainyard.v1 import", "from trainyard.proto.trainyard.v1 import"))
+        text = f.read_text().replace("from trainyard.v1 import", "from trainyard.proto.trainyard.v1 import")
+        f.write_text(re.sub(r"(?<![.\w])trainyard\.v1\.", "trainyard.proto.trainyard.v1.", text))
     for d in [dest, *[p for p in dest.rglob("*") if p.is_dir()]]:
         (d / "__init__.py").touch()
 

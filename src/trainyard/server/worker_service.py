@@ -467,7 +467,7 @@ async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
         ]
     )
-    pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)  # type: ignore[no-untyped-call]
+    pbg.add_WorkerServiceServicer_to_server(WorkerService(platform), server)
     creds = server_credentials(platform.settings)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

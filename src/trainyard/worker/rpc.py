@@ -15,6 +15,7 @@ import grpc.aio
 
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
 from trainyard.worker.config import WorkerConfig, grpc_target
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_SERVICE = "/trainyard.v1.WorkerService/"
 
 PERMANENT = frozenset(
     {
@@ -157,75 +157,24 @@ class ControlPlane:
         """Bumped by every Register; a caller that saw an old generation knows its stream is stale."""
         self.on_unauthenticated: Callable[[int], Awaitable[None]] | None = None
         """Called with the generation whose credential was refused; expected to register again."""
-        ch = channel
-        self._register: grpc.aio.UnaryUnaryMultiCallable[pb.RegisterRequest, pb.RegisterResponse] = (
-            ch.unary_unary(
-                _SERVICE + "Register", pb.RegisterRequest.SerializeToString, pb.RegisterResponse.FromString
-            )
-        )
-        self._heartbeat: grpc.aio.UnaryUnaryMultiCallable[pb.HeartbeatRequest, pb.HeartbeatResponse] = (
-            ch.unary_unary(
-                _SERVICE + "Heartbeat", pb.HeartbeatRequest.SerializeToString, pb.HeartbeatResponse.FromString
-            )
-        )
-        self._lease: grpc.aio.UnaryStreamMultiCallable[pb.LeaseRequest, pb.LeaseMessage] = ch.unary_stream(
-            _SERVICE + "Lease", pb.LeaseRequest.SerializeToString, pb.LeaseMessage.FromString
-        )
-        self._report: grpc.aio.UnaryUnaryMultiCallable[pb.ReportRequest, pb.ReportResponse] = ch.unary_unary(
-            _SERVICE + "Report", pb.ReportRequest.SerializeToString, pb.ReportResponse.FromString
-        )
-        self._report_batch: grpc.aio.UnaryUnaryMultiCallable[
-            pb.ReportBatchRequest, pb.ReportBatchResponse
-        ] = ch.unary_unary(
-            _SERVICE + "ReportBatch",
-            pb.ReportBatchRequest.SerializeToString,
-            pb.ReportBatchResponse.FromString,
-        )
+        # The generated client: one typed multi-callable per method of the proto's WorkerService.
+        stub: pbg.WorkerServiceAsyncStub = pbg.WorkerServiceStub(channel)
+        self._register = stub.Register
+        self._heartbeat = stub.Heartbeat
+        self._lease = stub.Lease
+        self._report = stub.Report
+        self._report_batch = stub.ReportBatch
+        self._push_logs = stub.PushLogs
+        self._get_urls = stub.GetUrls
+        self._seal = stub.SealLogChunk
+        self._start_multipart = stub.StartMultipart
+        self._sign_parts = stub.SignMultipartParts
+        self._complete_multipart = stub.CompleteMultipart
+        self._abort_multipart = stub.AbortMultipart
         self._queued: list[_Queued] = []
         self._queued_wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._batching = True  # off once a control plane answers ReportBatch with UNIMPLEMENTED
-        self._push_logs: grpc.aio.StreamStreamMultiCallable[pb.LogData, pb.LogAck] = ch.stream_stream(
-            _SERVICE + "PushLogs", pb.LogData.SerializeToString, pb.LogAck.FromString
-        )
-        self._get_urls: grpc.aio.UnaryUnaryMultiCallable[pb.UrlRequest, pb.UrlResponse] = ch.unary_unary(
-            _SERVICE + "GetUrls", pb.UrlRequest.SerializeToString, pb.UrlResponse.FromString
-        )
-        self._seal: grpc.aio.UnaryUnaryMultiCallable[pb.SealLogChunkRequest, pb.ReportResponse] = (
-            ch.unary_unary(
-                _SERVICE + "SealLogChunk",
-                pb.SealLogChunkRequest.SerializeToString,
-                pb.ReportResponse.FromString,
-            )
-        )
-        self._start_multipart: grpc.aio.UnaryUnaryMultiCallable[
-            pb.StartMultipartRequest, pb.StartMultipartResponse
-        ] = ch.unary_unary(
-            _SERVICE + "StartMultipart",
-            pb.StartMultipartRequest.SerializeToString,
-            pb.StartMultipartResponse.FromString,
-        )
-        self._sign_parts: grpc.aio.UnaryUnaryMultiCallable[
-            pb.SignMultipartPartsRequest, pb.SignMultipartPartsResponse
-        ] = ch.unary_unary(
-            _SERVICE + "SignMultipartParts",
-            pb.SignMultipartPartsRequest.SerializeToString,
-            pb.SignMultipartPartsResponse.FromString,
-        )
-        self._complete_multipart: grpc.aio.UnaryUnaryMultiCallable[
-            pb.CompleteMultipartRequest, pb.CompleteMultipartResponse
-        ] = ch.unary_unary(
-            _SERVICE + "CompleteMultipart",
-            pb.CompleteMultipartRequest.SerializeToString,
-            pb.CompleteMultipartResponse.FromString,
-        )
-        self._abort_multipart: grpc.aio.UnaryUnaryMultiCallable[
-            pb.AbortMultipartRequest, pb.AbortMultipartResponse
-        ] = ch.unary_unary(
-            _SERVICE + "AbortMultipart",
-            pb.AbortMultipartRequest.SerializeToString,
-            pb.AbortMultipartResponse.FromString,
-        )
 
     @property
     def worker_id(self) -> str:
