@@ -35,9 +35,14 @@ def generate(dest: Path) -> None:
         check=True,
     )
     # protoc writes absolute `from trainyard.v1 import ...`; the stubs live under trainyard.proto.
+    # Only module references: the wire names ('/trainyard.v1.WorkerService/...') stay as they are.
     for f in dest.rglob("*.py*"):
         text = f.read_text().replace("from trainyard.v1 import", "from trainyard.proto.trainyard.v1 import")
-        f.write_text(re.sub(r"(?<![.\w])trainyard\.v1\.", "trainyard.proto.trainyard.v1.", text))
+        if f.suffix == ".pyi":
+            text = re.sub(
+                r"(?<![./'\w])trainyard\.v1\.worker_pb2\b", "trainyard.proto.trainyard.v1.worker_pb2", text
+            )
+        f.write_text(text)
     for d in [dest, *[p for p in dest.rglob("*") if p.is_dir()]]:
         (d / "__init__.py").touch()
 

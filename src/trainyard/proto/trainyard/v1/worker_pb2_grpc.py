@@ -35,62 +35,62 @@ class WorkerServiceStub:
             channel: A grpc.Channel.
         """
         self.Register = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/Register',
+                '/trainyard.v1.WorkerService/Register',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.RegisterRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.RegisterResponse.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/Heartbeat',
+                '/trainyard.v1.WorkerService/Heartbeat',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
         self.Lease = channel.unary_stream(
-                '/trainyard.proto.trainyard.v1.WorkerService/Lease',
+                '/trainyard.v1.WorkerService/Lease',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.LeaseMessage.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/Report',
+                '/trainyard.v1.WorkerService/Report',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.ReportRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
                 _registered_method=True)
         self.ReportBatch = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/ReportBatch',
+                '/trainyard.v1.WorkerService/ReportBatch',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportBatchResponse.FromString,
                 _registered_method=True)
         self.PushLogs = channel.stream_stream(
-                '/trainyard.proto.trainyard.v1.WorkerService/PushLogs',
+                '/trainyard.v1.WorkerService/PushLogs',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.LogData.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.LogAck.FromString,
                 _registered_method=True)
         self.GetUrls = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/GetUrls',
+                '/trainyard.v1.WorkerService/GetUrls',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.UrlRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.UrlResponse.FromString,
                 _registered_method=True)
         self.SealLogChunk = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/SealLogChunk',
+                '/trainyard.v1.WorkerService/SealLogChunk',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.SealLogChunkRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
                 _registered_method=True)
         self.StartMultipart = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/StartMultipart',
+                '/trainyard.v1.WorkerService/StartMultipart',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.StartMultipartResponse.FromString,
                 _registered_method=True)
         self.SignMultipartParts = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/SignMultipartParts',
+                '/trainyard.v1.WorkerService/SignMultipartParts',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsResponse.FromString,
                 _registered_method=True)
         self.CompleteMultipart = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/CompleteMultipart',
+                '/trainyard.v1.WorkerService/CompleteMultipart',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.CompleteMultipartResponse.FromString,
                 _registered_method=True)
         self.AbortMultipart = channel.unary_unary(
-                '/trainyard.proto.trainyard.v1.WorkerService/AbortMultipart',
+                '/trainyard.v1.WorkerService/AbortMultipart',
                 request_serializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartRequest.SerializeToString,
                 response_deserializer=trainyard_dot_v1_dot_worker__pb2.AbortMultipartResponse.FromString,
                 _registered_method=True)
@@ -251,9 +251,9 @@ def add_WorkerServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'trainyard.proto.trainyard.v1.WorkerService', rpc_method_handlers)
+            'trainyard.v1.WorkerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('trainyard.proto.trainyard.v1.WorkerService', rpc_method_handlers)
+    server.add_registered_method_handlers('trainyard.v1.WorkerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -274,7 +274,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/Register',
+            '/trainyard.v1.WorkerService/Register',
             trainyard_dot_v1_dot_worker__pb2.RegisterRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.RegisterResponse.FromString,
             options,
@@ -301,7 +301,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/Heartbeat',
+            '/trainyard.v1.WorkerService/Heartbeat',
             trainyard_dot_v1_dot_worker__pb2.HeartbeatRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.HeartbeatResponse.FromString,
             options,
@@ -328,7 +328,7 @@ class WorkerService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/Lease',
+            '/trainyard.v1.WorkerService/Lease',
             trainyard_dot_v1_dot_worker__pb2.LeaseRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.LeaseMessage.FromString,
             options,
@@ -355,7 +355,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/Report',
+            '/trainyard.v1.WorkerService/Report',
             trainyard_dot_v1_dot_worker__pb2.ReportRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
             options,
@@ -382,7 +382,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/ReportBatch',
+            '/trainyard.v1.WorkerService/ReportBatch',
             trainyard_dot_v1_dot_worker__pb2.ReportBatchRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.ReportBatchResponse.FromString,
             options,
@@ -409,7 +409,7 @@ class WorkerService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/PushLogs',
+            '/trainyard.v1.WorkerService/PushLogs',
             trainyard_dot_v1_dot_worker__pb2.LogData.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.LogAck.FromString,
             options,
@@ -436,7 +436,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/GetUrls',
+            '/trainyard.v1.WorkerService/GetUrls',
             trainyard_dot_v1_dot_worker__pb2.UrlRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.UrlResponse.FromString,
             options,
@@ -463,7 +463,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/SealLogChunk',
+            '/trainyard.v1.WorkerService/SealLogChunk',
             trainyard_dot_v1_dot_worker__pb2.SealLogChunkRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.ReportResponse.FromString,
             options,
@@ -490,7 +490,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/StartMultipart',
+            '/trainyard.v1.WorkerService/StartMultipart',
             trainyard_dot_v1_dot_worker__pb2.StartMultipartRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.StartMultipartResponse.FromString,
             options,
@@ -517,7 +517,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/SignMultipartParts',
+            '/trainyard.v1.WorkerService/SignMultipartParts',
             trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.SignMultipartPartsResponse.FromString,
             options,
@@ -544,7 +544,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/CompleteMultipart',
+            '/trainyard.v1.WorkerService/CompleteMultipart',
             trainyard_dot_v1_dot_worker__pb2.CompleteMultipartRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.CompleteMultipartResponse.FromString,
             options,
@@ -571,7 +571,7 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/trainyard.proto.trainyard.v1.WorkerService/AbortMultipart',
+            '/trainyard.v1.WorkerService/AbortMultipart',
             trainyard_dot_v1_dot_worker__pb2.AbortMultipartRequest.SerializeToString,
             trainyard_dot_v1_dot_worker__pb2.AbortMultipartResponse.FromString,
             options,
