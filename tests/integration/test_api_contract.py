@@ -149,19 +149,21 @@ def test_list_filters_and_cursor(c: httpx.Client) -> None:
 
 
 def test_all_events_stream(c: httpx.Client, cp: ControlPlane) -> None:
+    # Submitted first, then read from the start of the log (after=0): no race with the subscription.
+    job = c.post("/v1/jobs", json={"command": ["true"], "pool": "none-such"}).json()
     got: list[dict[str, Any]] = []
 
     def listen() -> None:
-        with cp.client() as lc, lc.stream("GET", "/v1/events", timeout=20) as r:
+        with cp.client() as lc, lc.stream("GET", "/v1/events", params={"after": 0}, timeout=20) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
-                    got.append(json.loads(line[6:]))
-                    return
+                    event = json.loads(line[6:])
+                    if event["job_id"] == job["id"]:
+                        got.append(event)
+                        return
 
     t = threading.Thread(target=listen, daemon=True)
     t.start()
-    time.sleep(0.5)
-    job = c.post("/v1/jobs", json={"command": ["true"], "pool": "none-such"}).json()
     t.join(10)
     assert got and got[0]["job_id"] == job["id"] and got[0]["type"] == "submitted"
 

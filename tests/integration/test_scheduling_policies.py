@@ -30,6 +30,17 @@ def gpu_job(c: httpx.Client, gpus: int, **spec: object) -> str:
     return str(r.json()["id"])
 
 
+def wait_running_for(c: httpx.Client, job_id: str, seconds: float) -> None:
+    """Until the job's current attempt has run ``seconds`` by its recorded start: the victim choice
+    below is about how much work each job would lose, which only time running makes."""
+
+    def ran_long_enough() -> bool:
+        started = c.get(f"/v1/jobs/{job_id}").json()["attempts"][-1]["started_at"]
+        return started is not None and time.time() - datetime.fromisoformat(started).timestamp() >= seconds
+
+    wait_for(ran_long_enough, seconds + 20, 0.1, f"job {job_id} to run {seconds:g}s")
+
+
 def test_team_gpu_quota_is_never_exceeded(cp: ControlPlane) -> None:
     with cp.client() as admin:
         assert admin.put("/v1/admin/teams/vision", json={"gpu_quota": 2}).status_code == 200
@@ -139,10 +150,10 @@ def test_preemption_takes_the_victim_that_loses_the_least_work(cp: ControlPlane)
         )
         saver = r.json()["id"]
         wait_status(c, saver, {"RUNNING"}, 20)
-        time.sleep(3)
+        wait_running_for(c, saver, 3.0)
         idle = gpu_job(c, 2, priority="low", preemptible=True, name="never-checkpoints")
         wait_status(c, idle, {"RUNNING"}, 20)
-        time.sleep(3)  # older than a heartbeat-stale checkpoint time, younger than the saver
+        wait_running_for(c, idle, 3.0)  # older than a heartbeat-stale checkpoint time, younger than the saver
         urgent = gpu_job(c, 2, priority="urgent", name="urgent-3")
         wait_status(c, urgent, {"RUNNING"}, 30)
         s = c.get(f"/v1/jobs/{saver}").json()

@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from trainyard.worker.executors.base import LaunchSpec
@@ -88,3 +88,12 @@ async def wait_gone_async(pid: int, timeout: float = 5.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def wait_for_async(pred: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``pred`` until it is true, keeping the event loop (and an agent on it) running."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)

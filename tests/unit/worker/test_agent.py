@@ -20,7 +20,7 @@ from trainyard.worker import RegistrationRefused, WorkerConfig, run_agent
 from trainyard.worker.slots import find_slot
 
 from .fake_control_plane import BOOTSTRAP, FakeWorkerService, ObjectStore, start_server
-from .helpers import PY, alive, kill_quietly, wait_gone_async
+from .helpers import PY, alive, kill_quietly, wait_for_async, wait_gone_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -394,8 +394,10 @@ def test_reports_survive_a_control_plane_outage(tmp_path: Path) -> None:
             svc.assign(_assignment("j13", [PY, "-c", script]))
             await svc.wait_for(lambda: b"started" in svc.rec.logs[("j13", 1)])
             await server.stop(0)
-            go.touch()  # the job ends while nobody listens
-            await asyncio.sleep(0.5)
+            go.touch()  # the job ends while nobody listens: its last line reaches the local spool
+            slot = find_slot(cfg.work_dir, "j13", 1)
+            assert slot is not None
+            await wait_for_async(lambda: b"finishing" in (slot / "log").read_bytes(), 10)
             server, _ = await start_server(svc, port)
             done = await svc.wait_finished("j13")
             assert done.outcome == "succeeded"
