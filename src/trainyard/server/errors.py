@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from trainyard.server import safejson
+from trainyard.server.safejson import printable
 
 
 class ApiError(Exception):
@@ -56,4 +59,31 @@ async def json_object(
 
 
 def invalid(message: str, field: str, detail: str) -> ApiError:
+    """A 422 ``invalid_request`` naming one field and what is wrong with it."""
     return ApiError(422, "invalid_request", message, [{"field": field, "message": detail}])
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The documented error body, ``{"error": {"code", "message", "details"}}``, with ``status``."""
+    # Messages and field names may echo hostile input (a lone surrogate): written so they encode.
+    details = [{k: printable(v) for k, v in d.items()} for d in details or []]
+    body = {"error": {"code": code, "message": printable(message), "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_errors(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, str]]:
+    """A pydantic validation error as the API's field-level details (dotted field, message)."""
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": loc, "message": msg})
+    return out
