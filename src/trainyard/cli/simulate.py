@@ -125,10 +125,6 @@ def _dur(s: float | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def _pair(results: list[SimResult], cell: Any) -> str:
-    return " / ".join(cell(r) for r in results)
-
-
 def _rows(results: list[SimResult], attr: str, names: list[str], weights: bool) -> list[list[str]]:
     def find(r: SimResult, name: str) -> GroupStats:
         groups: tuple[GroupStats, ...] = getattr(r, attr)

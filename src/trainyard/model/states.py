@@ -82,10 +82,6 @@ RESTARTABLE: frozenset[JobStatus] = TERMINAL
 """A restart is the one way out of a terminal state: it starts a new attempt from PENDING."""
 
 
-def can_move(src: JobStatus, dst: JobStatus) -> bool:
-    return dst in ALLOWED[src]
-
-
 def sources_of(dst: JobStatus) -> frozenset[JobStatus]:
     """Every state from which ``dst`` may be entered: the guard of a conditional UPDATE."""
     return frozenset(s for s, targets in ALLOWED.items() if dst in targets)

@@ -114,9 +114,11 @@ class Backoff:
         self._next = initial_s
 
     def reset(self) -> None:
+        """Start the next wait from the initial delay again (after a success)."""
         self._next = self.initial_s
 
     async def sleep(self) -> None:
+        """Wait the current delay (with jitter), then double it up to the maximum."""
         delay = self._next * random.uniform(0.5, 1.0)
         self._next = min(self.max_s, self._next * 2)
         await asyncio.sleep(delay)
@@ -178,9 +180,11 @@ class ControlPlane:
 
     @property
     def worker_id(self) -> str:
+        """This worker's id from its last Register; empty before the first."""
         return self.session.worker_id if self.session else ""
 
     def backoff(self) -> Backoff:
+        """A fresh backoff with the agent's initial and maximum delays."""
         return Backoff(*self._backoff)
 
     def _metadata(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -245,6 +249,8 @@ class ControlPlane:
         data_cache: Callable[[], list[str]] | None = None,
         gpu_utilization: Callable[[], dict[int, float]] | None = None,
     ) -> pb.HeartbeatResponse:
+        """Send one heartbeat (running attempts, drain state, data cache, GPU use); the answer carries commands."""
+
         def request() -> pb.HeartbeatRequest:
             req = pb.HeartbeatRequest(worker_id=self.worker_id, running=running(), draining=draining())
             if data_cache is not None:
@@ -256,9 +262,11 @@ class ControlPlane:
         return await self._call(self._heartbeat, request, retry=False)
 
     def lease(self) -> grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage]:
+        """Open the lease stream: assignments and commands for this worker until it ends."""
         return self._lease(pb.LeaseRequest(worker_id=self.worker_id), metadata=self._metadata())
 
     def push_logs(self) -> grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck]:
+        """Open the live log stream (bytes of running attempts, acknowledged by offset)."""
         return self._push_logs(None, metadata=self._metadata())
 
     async def report(self, req: pb.ReportRequest) -> pb.ReportResponse:
@@ -415,6 +423,7 @@ class ControlPlane:
         return {u.name: u for u in resp.urls}
 
     async def seal(self, req: pb.SealLogChunkRequest) -> None:
+        """Record an uploaded log chunk of an attempt with the control plane."""
         resp = await self._call(self._seal, lambda: req)
         if resp.result == pb.ReportResponse.STALE:
             raise StaleLease(f"{req.job_id}/{req.attempt}")
@@ -424,24 +433,28 @@ class ControlPlane:
     # window rather than the unbounded one here. Signing part URLs touches nothing but the control
     # plane, so it waits out an outage like GetUrls.
     async def start_multipart(self, req: pb.StartMultipartRequest) -> pb.StartMultipartResponse:
+        """Begin a multipart upload of a large artifact or checkpoint."""
         resp = await self._call(self._start_multipart, lambda: req, retry=False)
         if resp.stale:
             raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
         return resp
 
     async def sign_multipart_parts(self, req: pb.SignMultipartPartsRequest) -> pb.SignMultipartPartsResponse:
+        """Presigned URLs for parts of a multipart upload."""
         resp = await self._call(self._sign_parts, lambda: req)
         if resp.stale:
             raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
         return resp
 
     async def complete_multipart(self, req: pb.CompleteMultipartRequest) -> pb.CompleteMultipartResponse:
+        """Finish a multipart upload from its parts' ETags."""
         resp = await self._call(self._complete_multipart, lambda: req, retry=False)
         if resp.stale:
             raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
         return resp
 
     async def abort_multipart(self, req: pb.AbortMultipartRequest) -> None:
+        """Give up a multipart upload, so that its parts are freed."""
         resp = await self._call(self._abort_multipart, lambda: req, retry=False)
         if resp.stale:
             raise StaleLease(f"{req.ref.job_id}/{req.ref.attempt}")
