@@ -249,7 +249,8 @@ class ControlPlane:
         data_cache: Callable[[], list[str]] | None = None,
         gpu_utilization: Callable[[], dict[int, float]] | None = None,
     ) -> pb.HeartbeatResponse:
-        """Send one heartbeat (running attempts, drain state, data cache, GPU use); the answer carries commands."""
+        """Send one heartbeat (running attempts, drain state, data cache, GPU use); the answer
+        carries commands."""
 
         def request() -> pb.HeartbeatRequest:
             req = pb.HeartbeatRequest(worker_id=self.worker_id, running=running(), draining=draining())
