@@ -6,6 +6,10 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Literal, NamedTuple, Protocol
 
+# Re-exported: the stores and their callers import these from here.
+from trainyard.model.multipart import MAX_PARTS as MAX_PARTS
+from trainyard.model.multipart import MIN_PART_SIZE as MIN_PART_SIZE
+
 Method = Literal["GET", "PUT"]
 
 MAX_KEY_BYTES = 1024
@@ -22,11 +26,6 @@ _UNSAFE_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\\\\" + _NONCHARACTERS + "]")
 """Characters no key may hold: C0 and C1 controls (NUL, newline, escape...) and DEL, which break
 logs, headers, databases and S3's XML listings; the backslash, a path separator to Windows and to
 browsers' URL parsers; Unicode's noncharacters, which XML cannot carry either."""
-
-MIN_PART_SIZE = 5 << 20
-"""S3's smallest part (all but the last); the local store enforces it too, so it never drifts."""
-MAX_PARTS = 10_000
-"""S3's largest part number."""
 
 
 class ObjectNotFound(KeyError):

@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 import httpx
 
-from trainyard.objects.base import MAX_PARTS, MIN_PART_SIZE
+from trainyard.model.multipart import MAX_PARTS, MIN_PART_SIZE
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.rpc import PERMANENT, Backoff, ControlPlane
 
