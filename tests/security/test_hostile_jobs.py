@@ -119,7 +119,10 @@ def test_finding_1_links_out_of_a_shared_cwd_are_not_followed(
     private.write_text(SECRET)
     private.chmod(0o600)  # root's own file in a shared directory: the job's user may not read it
     job = run(
-        mallory, "print('ok')", cwd=str(d), artifacts=["own.txt", "shadow", "root/etc/shadow", "token", "."]
+        mallory,
+        "print('ok')",
+        cwd=str(d),
+        artifacts=["own.txt", "shadow", "root/etc/shadow", "token", "root-only.txt"],
     )
     assert job["status"] == "SUCCEEDED", job
     assert artifact_names(mallory, job) == {"own.txt"}
