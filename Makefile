@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up install sandbox browser podman test lint typecheck proto proto-check unit contract integration e2e bench clean
+.PHONY: up install sandbox browser podman kubectl image deploy-check test lint typecheck proto proto-check unit contract integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,16 @@ browser:
 podman:
 	@command -v podman >/dev/null || $(APT) podman runc || (apt-get update && $(APT) podman runc)
 
+# The Kubernetes manifests' tests (tests/deploy) render them with `kubectl kustomize`: Debian's
+# kubernetes-client (kubectl 1.20, kustomize v2.0.3, which deploy/kubernetes is written for; a newer
+# kubectl renders them too).
+kubectl:
+	@command -v kubectl >/dev/null || $(APT) kubernetes-client || (apt-get update && $(APT) kubernetes-client)
+
+## make deploy-check: render and validate deploy/kubernetes (every overlay), offline
+deploy-check: install kubectl
+	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
+
 ## make up: install and run the whole platform on its embedded defaults (Ctrl-C stops it)
 up: install
 	$(BIN)/yard up $(ARGS)
@@ -48,7 +58,7 @@ typecheck: install
 	$(BIN)/mypy
 
 ## make test: install and run everything CI runs (stub freshness, lint, types, all tests)
-test: install sandbox browser podman proto-check lint typecheck
+test: install sandbox browser podman kubectl proto-check lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 unit: install
