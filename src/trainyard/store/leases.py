@@ -1,0 +1,298 @@
+"""Leases: the scheduler's snapshot of pending and running jobs, and applying its placements.
+
+Owns the PENDING → SCHEDULED move and the creation of ``job_attempts`` rows: each lease is a new
+attempt with a new random lease token (the fencing token every later report must carry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from trainyard.model.ids import new_lease_token
+from trainyard.model.records import LiveAttempt
+from trainyard.model.states import JobStatus, sources_of
+from trainyard.store.db import Db
+from trainyard.store.errors import ConcurrentChange
+from trainyard.store.gangs import gang_port, member_id
+from trainyard.store.records import Lease, Placement
+from trainyard.store.rows import PENDING_COLUMNS, RUNNING_COLUMNS, PendingRow, RunningRow
+from trainyard.store.schema import job_attempts, jobs, workers
+from trainyard.store.transitions import LIVE_NAMES, MOVE, record_event
+
+_LEASABLE = sources_of(JobStatus.SCHEDULED)
+_INSERT_ATTEMPT = job_attempts.insert()
+_member = jobs.alias("member")
+_CURRENT_ATTEMPT = sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt)
+
+
+def resume_key(conn: sa.Connection, job_id: str) -> str | None:
+    """The newest checkpoint an earlier attempt of the job left, if any."""
+    return conn.execute(
+        sa.select(job_attempts.c.checkpoint_key)
+        .where(job_attempts.c.job_id == job_id, job_attempts.c.checkpoint_key.is_not(None))
+        .order_by(job_attempts.c.number.desc())
+        .limit(1)
+    ).scalar()
+
+
+class LeaseRepo:
+    """What the scheduler reads each cycle, and the leases it grants."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    # ---- the snapshot --------------------------------------------------------------------------
+    def pending_for_scheduling(self, now: float, limit: int = 50_000) -> list[PendingRow]:
+        """Pending jobs with every field the scheduler weighs (columns only: no spec parsing)."""
+        q = (
+            sa.select(*PENDING_COLUMNS)
+            .where(jobs.c.status == JobStatus.PENDING.value)
+            .where(sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+            # A gang is scheduled as its rank 0, once every other rank is idle again (the ranks
+            # of its last attempt may still be stopping).
+            .where(jobs.c.replica_rank == 0)
+            .where(
+                sa.or_(
+                    jobs.c.gang_id.is_(None),
+                    ~sa.exists().where(
+                        _member.c.gang_id == jobs.c.id,
+                        _member.c.replica_rank > 0,
+                        _member.c.status != JobStatus.PENDING.value,
+                    ),
+                )
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._db.read() as conn:
+            return list(map(PendingRow._make, conn.execute(q)))
+
+    def running_for_scheduling(self) -> list[RunningRow]:
+        """Every live attempt with what it holds and what losing it would cost (for preemption)."""
+        q = (
+            sa.select(*RUNNING_COLUMNS)
+            .select_from(jobs.join(job_attempts, _CURRENT_ATTEMPT))
+            .where(jobs.c.status.in_(LIVE_NAMES))
+        )
+        with self._db.read() as conn:
+            return list(map(RunningRow._make, conn.execute(q)))
+
+    def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
+        """Every live attempt (or one worker's), as the reconciler checks them."""
+        q = (
+            sa.select(
+                job_attempts.c.job_id,
+                job_attempts.c.number,
+                job_attempts.c.worker_id,
+                job_attempts.c.lease_token,
+                jobs.c.status,
+                jobs.c.cpu,
+                jobs.c.memory,
+                job_attempts.c.gpu_indices,
+                job_attempts.c.scheduled_at,
+            )
+            .select_from(job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id))
+            .where(jobs.c.status.in_(LIVE_NAMES))
+            .where(jobs.c.attempt == job_attempts.c.number)
+        )
+        if worker_id is not None:
+            q = q.where(job_attempts.c.worker_id == worker_id)
+        with self._db.read() as conn:
+            return [
+                LiveAttempt(
+                    job_id=r.job_id,
+                    attempt=r.number,
+                    worker_id=r.worker_id,
+                    lease_token=r.lease_token,
+                    status=JobStatus(r.status),
+                    cpu=r.cpu,
+                    memory=r.memory,
+                    gpu_indices=tuple(r.gpu_indices),
+                    scheduled_at=r.scheduled_at,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def set_pending_reasons(self, reasons: dict[str, str]) -> None:
+        """Record why each pending job waits (jobs that left PENDING meanwhile are left alone)."""
+        if not reasons:
+            return
+        with self._db.tx() as conn:
+            for job_id, reason in reasons.items():
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
+                    .values(pending_reason=reason)
+                )
+        self._db.changed(list(reasons))  # no event row, but the job's view changed
+
+    # ---- leasing -------------------------------------------------------------------------------
+    def lease(self, placements: Iterable[Placement]) -> list[Lease]:
+        """Apply the scheduler's placements in one transaction; each is guarded by status and attempt.
+
+        The rows are read locked (SQLite: the transaction is the only writer; PostgreSQL: FOR UPDATE),
+        so every guard that holds at the read holds at the write, and the whole cycle's moves and
+        attempt rows go in one executemany each instead of two statements per job."""
+        now = self._db.clock()
+        placements = list(placements)
+        if not placements:
+            return []
+        leases: list[Lease] = []
+        moves: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        with self._db.tx() as conn:
+            query = sa.select(jobs).where(jobs.c.id.in_([member_id(p.job_id, p.rank) for p in placements]))
+            if self._db.write_lock is None:
+                query = query.with_for_update()
+            rows = {r.id: r for r in conn.execute(query)}
+            masters = self._gang_masters(conn, placements)
+            for p, row in self._leasable(placements, rows, now):
+                token = new_lease_token()
+                moves.append(_lease_move(row, p, token, now))
+                record_event(
+                    conn,
+                    job_id=row.id,
+                    team=row.team,
+                    type_=JobStatus.SCHEDULED.value.lower(),
+                    src=row.status,
+                    dst=JobStatus.SCHEDULED.value,
+                    attempt=row.attempt + 1,
+                    data={"worker": p.worker_id, "gpu_indices": list(p.gpu_indices)},
+                    now=now,
+                )
+                attempts.append(_attempt_values(row, p, token, now))
+                leases.append(self._granted(conn, row, p, token, masters))
+            if moves:
+                result = conn.execute(MOVE, moves)
+                if self._db.engine.dialect.supports_sane_multi_rowcount and result.rowcount != len(moves):
+                    # Cannot happen with the rows locked; if it does, write nothing rather than guess.
+                    raise ConcurrentChange("a leased job changed while the lease was applied")
+                conn.execute(_INSERT_ATTEMPT, attempts)
+        return leases
+
+    def _granted(
+        self, conn: sa.Connection, row: sa.Row[Any], p: Placement, token: str, masters: dict[str, str]
+    ) -> Lease:
+        """The lease of ``row``'s next attempt, as its worker's assignment needs it."""
+        number = row.attempt + 1
+        return Lease(
+            row.id,
+            number,
+            p.worker_id,
+            token,
+            p.gpu_indices,
+            row.spec,
+            row.name,
+            row.team,
+            row.user_name,
+            # Every rank resumes from the gang's checkpoint: rank 0 writes it.
+            resume_key(conn, p.job_id) if row.attempt else None,
+            row.cpu,
+            row.memory,
+            row.max_runtime,
+            rank=p.rank,
+            world_size=p.world_size,
+            master_addr=masters.get(p.job_id, ""),
+            master_port=gang_port(p.job_id, number) if p.world_size > 1 else 0,
+            gang_id=row.gang_id,
+        )
+
+    def _leasable(
+        self, placements: list[Placement], rows: dict[str, sa.Row[Any]], now: float
+    ) -> Iterator[tuple[Placement, sa.Row[Any]]]:
+        """The placements that may be leased, with their rows: a gang only when every rank's row is
+        there, idle and at the attempt the scheduler saw (all ranks or none)."""
+        by_job: dict[str, list[Placement]] = {}
+        for p in placements:
+            by_job.setdefault(p.job_id, []).append(p)
+        for job_id, group in by_job.items():
+            head = rows.get(job_id)
+            if head is None or head.attempt != group[0].expected_attempt:
+                continue
+            if head.not_before is not None and head.not_before > now:
+                continue
+            ranks = {p.rank: p for p in group}  # a job placed twice in one cycle is leased once
+            world = max(head.replicas, 1)
+            if sorted(ranks) != list(range(world)):
+                continue
+            chosen = [(ranks[k], rows.get(member_id(job_id, k))) for k in range(world)]
+            if all(
+                r is not None and r.attempt == head.attempt and JobStatus(r.status) in _LEASABLE
+                for _, r in chosen
+            ):
+                yield from ((p, r) for p, r in chosen if r is not None)
+
+    def _gang_masters(self, conn: sa.Connection, placements: list[Placement]) -> dict[str, str]:
+        """Each gang's rendezvous host: the hostname of the worker its rank 0 goes to."""
+        rank0 = {p.job_id: p.worker_id for p in placements if p.world_size > 1 and p.rank == 0}
+        if not rank0:
+            return {}
+        hosts: dict[str, str] = {
+            r.id: r.hostname
+            for r in conn.execute(
+                sa.select(workers.c.id, workers.c.hostname).where(workers.c.id.in_(set(rank0.values())))
+            )
+        }
+        return {job: hosts.get(worker, "") for job, worker in rank0.items()}
+
+    def leased_to(self, worker_id: str) -> list[Lease]:
+        """Every attempt a worker holds: re-sent on each lease-stream (re)connect."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(jobs, job_attempts.c.gpu_indices)
+                .select_from(jobs.join(job_attempts, _CURRENT_ATTEMPT))
+                .where(jobs.c.worker_id == worker_id, jobs.c.status.in_(LIVE_NAMES))
+                .order_by(jobs.c.id)
+            ).all()
+            return [
+                Lease(
+                    r.id,
+                    r.attempt,
+                    worker_id,
+                    r.lease_token,
+                    tuple(r.gpu_indices),
+                    r.spec,
+                    r.name,
+                    r.team,
+                    r.user_name,
+                    resume_key(conn, r.id) if r.attempt > 1 else None,
+                    r.cpu,
+                    r.memory,
+                    r.max_runtime,
+                )
+                for r in rows
+            ]
+
+
+def _lease_move(row: sa.Row[Any], p: Placement, token: str, now: float) -> dict[str, Any]:
+    """The guarded PENDING → SCHEDULED update of ``row`` for one executemany of ``MOVE``."""
+    return {
+        "status": JobStatus.SCHEDULED.value,
+        "updated_at": now,
+        "attempt": row.attempt + 1,
+        "tries": row.tries + 1,
+        "lease_token": token,
+        "worker_id": p.worker_id,
+        "pending_reason": None,
+        "not_before": None,
+        "gang_abort": None,
+        "g_id": row.id,
+        "g_status": row.status,
+        "g_attempt": row.attempt,
+    }
+
+
+def _attempt_values(row: sa.Row[Any], p: Placement, token: str, now: float) -> dict[str, Any]:
+    """The new attempt's ``job_attempts`` row."""
+    return {
+        "job_id": row.id,
+        "number": row.attempt + 1,
+        "worker_id": p.worker_id,
+        "lease_token": token,
+        "status": JobStatus.SCHEDULED.value,
+        "gpu_indices": list(p.gpu_indices),
+        "scheduled_at": now,
+    }
