@@ -21,6 +21,7 @@ from trainyard.model.quantity import parse_memory
 
 if TYPE_CHECKING:
     from trainyard.worker.config import WorkerConfig
+    from trainyard.worker.fleet import FleetSpec
     from trainyard.worker.isolation import IsolationMode
 
 # -- options -----------------------------------------------------------------------------------
@@ -153,6 +154,47 @@ WorkdirFileLimitOpt = Annotated[
     int,
     typer.Option(envvar="TRAINYARD_WORKDIR_FILE_LIMIT", help="files a workdir bundle may hold", min=1),
 ]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_EXECUTOR",
+        help="process (run jobs; with --docker-host, images as containers) or sim (simulate each "
+        "job's process from its YARD_SIM variable, for fleet simulation; see the README)",
+    ),
+]
+AgentsOpt = Annotated[
+    int,
+    typer.Option(help="agents in this process, named NAME-0001.. (--executor sim only)", min=1),
+]
+SimShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="a simulated node's CPUS/MEMORY[/GPUS[xTYPE]], e.g. 8/32Gi or 96/1Ti/8xa100; repeatable: "
+        "agent i takes shape i mod the count (default: --cpus/--memory/--gpus/--gpu-type, else 8/32Gi)"
+    ),
+]
+SimPoolsOpt = Annotated[
+    str | None, typer.Option(help="comma list of pools; agent i takes pool i mod the count (default: --pool)")
+]
+SimRegionsOpt = Annotated[
+    str | None,
+    typer.Option(help="comma list of regions; agent i takes region i mod the count (default: --region)"),
+]
+SimSpotFractionOpt = Annotated[
+    float | None,
+    typer.Option(help="share of the agents that are spot, spread evenly (default: --spot)", min=0.0, max=1.0),
+]
+SimChannelsOpt = Annotated[
+    int,
+    typer.Option(help="gRPC connections the simulated agents share (0: one per 100 agents)", min=0),
+]
+SimRampOpt = Annotated[
+    float, typer.Option(help="seconds over which the simulated agents start, evenly spread", min=0.0)
+]
+SimDefaultOpt = Annotated[
+    str,
+    typer.Option(help="the simulated behaviour of jobs without YARD_SIM, e.g. duration=30s,log_rate=1/s"),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
@@ -191,6 +233,15 @@ class WorkerOptions:
     run_as: str | None
     workdir_unpacked_limit: str
     workdir_file_limit: int
+    executor: str = "process"
+    agents: int = 1
+    sim_shape: list[str] | None = None
+    sim_pools: str | None = None
+    sim_regions: str | None = None
+    sim_spot_fraction: float | None = None
+    sim_channels: int = 0
+    sim_ramp: float = 0.0
+    sim_default: str = ""
 
 
 @app.command()
@@ -226,12 +277,20 @@ def worker(
     run_as: RunAsOpt = None,
     workdir_unpacked_limit: WorkdirUnpackedLimitOpt = "10Gi",
     workdir_file_limit: WorkdirFileLimitOpt = 100_000,
+    executor: ExecutorOpt = "process",
+    agents: AgentsOpt = 1,
+    sim_shape: SimShapeOpt = None,
+    sim_pools: SimPoolsOpt = None,
+    sim_regions: SimRegionsOpt = None,
+    sim_spot_fraction: SimSpotFractionOpt = None,
+    sim_channels: SimChannelsOpt = 0,
+    sim_ramp: SimRampOpt = 0.0,
+    sim_default: SimDefaultOpt = "",
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a worker agent: leases jobs from the control plane and runs them as local processes
-    (or, with --docker-host, jobs that name an image as containers)."""
-    from trainyard.worker.agent import main as agent_main
-
+    (or, with --docker-host, jobs that name an image as containers). With --executor sim, runs
+    --agents simulated agents in this process against the real control plane (fleet simulation)."""
     setup_logging(verbose)
     options = WorkerOptions(
         server=server,
@@ -265,8 +324,26 @@ def worker(
         run_as=run_as,
         workdir_unpacked_limit=workdir_unpacked_limit,
         workdir_file_limit=workdir_file_limit,
+        executor=executor,
+        agents=agents,
+        sim_shape=sim_shape,
+        sim_pools=sim_pools,
+        sim_regions=sim_regions,
+        sim_spot_fraction=sim_spot_fraction,
+        sim_channels=sim_channels,
+        sim_ramp=sim_ramp,
+        sim_default=sim_default,
     )
-    agent_main(worker_config(options))
+    _check_executor(options)
+    cfg = worker_config(options)
+    if options.executor == "sim":
+        from trainyard.worker.fleet import main as fleet_main
+
+        fleet_main(fleet_spec(options, cfg))
+        return
+    from trainyard.worker.agent import main as agent_main
+
+    agent_main(cfg)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -328,6 +405,62 @@ def worker_config(o: WorkerOptions) -> WorkerConfig:
         run_as=o.run_as,
         workdir_unpacked_limit=unpacked_cap,
         workdir_file_limit=o.workdir_file_limit,
+    )
+
+
+def _check_executor(o: WorkerOptions) -> None:
+    if o.executor not in ("process", "sim"):
+        _fail("--executor must be process or sim")
+    if o.executor == "sim":
+        return
+    if o.agents != 1:
+        _fail("--agents needs --executor sim (only simulated agents share a process)")
+    given = [
+        flag
+        for flag, value in (
+            ("--sim-shape", o.sim_shape),
+            ("--sim-pools", o.sim_pools),
+            ("--sim-regions", o.sim_regions),
+            ("--sim-spot-fraction", o.sim_spot_fraction),
+            ("--sim-channels", o.sim_channels),
+            ("--sim-ramp", o.sim_ramp),
+            ("--sim-default", o.sim_default),
+        )
+        if value
+    ]
+    if given:
+        _fail(f"{given[0]} needs --executor sim")
+
+
+def _items(value: str | None) -> tuple[str, ...]:
+    return tuple(s.strip() for s in (value or "").split(",") if s.strip())
+
+
+def fleet_spec(o: WorkerOptions, cfg: WorkerConfig) -> FleetSpec:
+    """The simulated fleet of `yard worker --executor sim`; `error: ...` for a bad --sim-* option."""
+    from trainyard.worker.executors.sim import SimSyntaxError, parse_sim
+    from trainyard.worker.fleet import FleetSpec, parse_shape
+
+    shapes = []
+    for text in o.sim_shape or []:
+        try:
+            shapes.append(parse_shape(text))
+        except ValueError as e:
+            _fail(f"--sim-shape: {e}")
+    try:
+        behaviour = parse_sim(o.sim_default)
+    except SimSyntaxError as e:
+        _fail(f"--sim-default: {e}")
+    return FleetSpec(
+        base=cfg,
+        agents=o.agents,
+        shapes=tuple(shapes),
+        pools=_items(o.sim_pools),
+        regions=_items(o.sim_regions),
+        spot_fraction=o.sim_spot_fraction,
+        channels=o.sim_channels,
+        ramp_s=o.sim_ramp,
+        behaviour=behaviour,
     )
 
 

@@ -52,9 +52,22 @@ class RegistrationRefused(Exception):
 class Agent:
     """The worker agent; ``run`` returns once ``stop`` is set and its attempts were stopped and reported."""
 
-    def __init__(self, cfg: WorkerConfig, *, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        *,
+        executor: Executor | None = None,
+        channel: grpc.aio.Channel | None = None,
+        http: httpx.AsyncClient | None = None,
+        sample_gpus: bool = True,
+    ) -> None:
+        """``channel`` and ``http``: shared with other agents of this process (a simulated fleet),
+        left open when this one stops; None: the agent opens and closes its own. ``sample_gpus``:
+        report the node's GPU utilization (off for simulated agents, which have no GPUs to read)."""
         self.cfg = cfg
         self.executor: Executor = executor or executor_for(cfg)
+        self._channel = channel
+        self._http = http
         self.draining = False
         self.runners: dict[AttemptKey, AttemptRunner] = {}
         self._tasks: dict[AttemptKey, asyncio.Task[None]] = {}
@@ -66,7 +79,7 @@ class Agent:
         self._lease_call: grpc.aio.UnaryStreamCall[pb.LeaseRequest, pb.LeaseMessage] | None = None
         self._rpc: ControlPlane | None = None
         self._ctx: AttemptContext | None = None
-        self._gpus = GpuSampler()
+        self._gpus = GpuSampler() if sample_gpus else None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -80,10 +93,13 @@ class Agent:
         self.slots.reset()
         self._capacity = await asyncio.to_thread(detect_capacity, cfg)
         background: list[asyncio.Task[None]] = []
-        async with (
-            open_channel(cfg) as channel,
-            httpx.AsyncClient(timeout=cfg.http_timeout_s) as http,
-        ):
+        async with contextlib.AsyncExitStack() as own:
+            channel = self._channel
+            if channel is None:
+                channel = await own.enter_async_context(open_channel(cfg))
+            http = self._http
+            if http is None:
+                http = await own.enter_async_context(httpx.AsyncClient(timeout=cfg.http_timeout_s))
             rpc = ControlPlane(
                 channel,
                 bootstrap_token=cfg.token,
@@ -252,7 +268,7 @@ class Agent:
                     self._running,
                     lambda: self.draining,
                     lambda: cached_uris(self.cfg.data_cache),
-                    self._gpus.sample,
+                    self._gpus.sample if self._gpus is not None else None,
                 )
             except grpc.aio.AioRpcError as e:
                 if not failing:

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -92,13 +92,14 @@ def channel_credentials(cfg: WorkerConfig) -> grpc.ChannelCredentials | None:
     )
 
 
-def open_channel(cfg: WorkerConfig) -> grpc.aio.Channel:
-    """The channel to the control plane: TLS (mutual with a client certificate) or plaintext."""
+def open_channel(cfg: WorkerConfig, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The channel to the control plane: TLS (mutual with a client certificate) or plaintext.
+    ``options``: gRPC channel arguments (a simulated fleet asks for a connection of its own)."""
     target = grpc_target(cfg.server)
     creds = channel_credentials(cfg)
     if creds is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, creds)
+        return grpc.aio.insecure_channel(target, options=list(options) or None)
+    return grpc.aio.secure_channel(target, creds, options=list(options) or None)
 
 
 class StaleLease(Exception):
