@@ -23,6 +23,11 @@ from trainyard.store.rows import worker_record
 from trainyard.store.schema import job_attempts, jobs, workers
 from trainyard.store.transitions import LIVE_NAMES
 
+_BEAT = (
+    workers.update().where(workers.c.id == sa.bindparam("w_id")).values(last_heartbeat=sa.bindparam("w_at"))
+)
+_LAST_BEAT = sa.select(workers.c.last_heartbeat).where(workers.c.id == sa.bindparam("w_id"))
+
 
 class FleetRepo:
     """Workers and their heartbeats. Every public method is one transaction."""
@@ -161,6 +166,17 @@ class FleetRepo:
                     .where(workers.c.id == wid, workers.c.status != "DEAD")
                     .values(last_heartbeat=at)
                 )
+
+    def record_heartbeat(self, worker_id: str, at: float) -> None:
+        """Set one worker's last heartbeat (the cache's SQL fallback, while Redis is down)."""
+        with self._db.tx() as conn:
+            conn.execute(_BEAT, {"w_id": worker_id, "w_at": at})
+
+    def heartbeat_at(self, worker_id: str) -> float | None:
+        """One worker's last heartbeat as stored (None: no such worker, or never)."""
+        with self._db.engine.connect() as conn:
+            at: float | None = conn.execute(_LAST_BEAT, {"w_id": worker_id}).scalar()
+        return at
 
     # ---- death ---------------------------------------------------------------------------------
     def mark_worker_dead(

@@ -16,7 +16,7 @@ Where things live:
 - ``logs.py``: the log-chunk and artifact index; ``outbox.py``: the outbox relay and replay check;
 - ``views.py``: counts for the queue pages and the leader's published state;
 - ``rows.py``: typed rows and record conversions; ``records.py``: what callers pass and get back;
-- ``errors.py``: the exceptions.
+- ``ports.py``: the ``Protocol`` each consumer needs; ``errors.py``: the exceptions.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from trainyard.store.attempts import AttemptRepo
 from trainyard.store.db import Db, OnCommit, create_engine, normalize_url
@@ -155,6 +156,7 @@ class SqlStore:
         self.migrate = db.migrate
         self.close = db.close
         self.ping = db.ping
+        self.transaction = db.tx
         self._tx = db.tx  # the cache's SQL fallback still uses this name
         self.apply_batch = db.apply_batch
 
@@ -202,6 +204,8 @@ class SqlStore:
         self.set_checkpoint_times = fleet.set_checkpoint_times
         self.set_cached_uris = fleet.set_cached_uris
         self.touch_workers = fleet.touch_workers
+        self.record_heartbeat = fleet.record_heartbeat
+        self.heartbeat_at = fleet.heartbeat_at
         self.mark_worker_dead = fleet.mark_worker_dead
         self.worker_commands = fleet.worker_commands
         self.count_by_status = views.count_by_status
@@ -242,3 +246,41 @@ class SqlStore:
         self.outbox_lag = outbox.outbox_lag
         self.outbox_events = outbox.outbox_events
         self.existing_event_ids = outbox.existing_event_ids
+
+
+if TYPE_CHECKING:
+    from trainyard.store import ports
+
+    def _satisfies_the_ports(store: SqlStore) -> None:
+        """mypy checks that the facade and each repository offer what their consumers need."""
+        repos: tuple[
+            ports.Outbox,
+            ports.EventLog,
+            ports.Tenancy,
+            ports.Authenticator,
+            ports.Secrets,
+            ports.AuditTrail,
+            ports.BatchWriter,
+            ports.Schema,
+        ] = (
+            store.outbox,
+            store.outbox,
+            store.tenancy,
+            store.tenancy,
+            store.tenancy,
+            store.tenancy,
+            store.db,
+            store.db,
+        )
+        facade: tuple[
+            ports.Outbox,
+            ports.EventLog,
+            ports.Heartbeats,
+            ports.Tenancy,
+            ports.Authenticator,
+            ports.Secrets,
+            ports.AuditTrail,
+            ports.BatchWriter,
+            ports.Schema,
+        ] = (store, store, store, store, store, store, store, store, store)
+        del repos, facade
