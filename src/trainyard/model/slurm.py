@@ -766,7 +766,8 @@ def _spec(st: _State, script_name: str, submit_dir: str | None, warnings: list[s
         where = st.where["mem" if kind == "node" else f"mem-per-{kind}"]
         if size == 0:
             warnings.append(
-                f"{where}: a memory size of 0 (all of a node's) is not supported; the default applies"
+                f"{where}: --mem=0 (all of a node's memory) cannot be asked for; the job gets the default "
+                "memory unless a size is given (yard sbatch --mem=200G SCRIPT)"
             )
         elif kind == "node":
             resources["memory"] = size
