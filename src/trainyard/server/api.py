@@ -43,7 +43,7 @@ def create_app(p: Platform) -> FastAPI:
     app.state.platform = p
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit_for=_body_limits(p.settings))
-    app.add_middleware(FastJobReads, authenticate=p.authenticate, job_view=p.job_view)
+    app.add_middleware(FastJobReads, authenticate=p.auth.authenticate, job_view=p.jobs.job_view)
     app.add_middleware(CountRequests, metrics=p.metrics)
     add_error_handlers(app)
     for router in ROUTERS:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainyard.server.errors import ApiError, error_response
-from trainyard.server.platform import RateLimited
+from trainyard.server.services.jobs import RateLimited
 from trainyard.store.sql import Conflict, IdempotencyConflict, NotFound
 
 

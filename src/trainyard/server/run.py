@@ -15,7 +15,8 @@ import uvicorn
 from trainyard import aio
 from trainyard.bus.base import BusUnavailable
 from trainyard.server.api import create_app
-from trainyard.server.platform import RELAY_BATCH, Platform
+from trainyard.server.platform import Platform
+from trainyard.server.services.outbox import RELAY_BATCH
 from trainyard.server.settings import Settings, write_private
 from trainyard.server.worker_service import start_grpc
 
@@ -75,6 +76,100 @@ async def _guarded(name: str, work: Awaitable[None]) -> None:
         log.exception("%s failed", name)
 
 
+class LeaderLoops:
+    """The singleton loops (scheduler, reconciler, outbox relay): every replica runs them, and each
+    step does its work only while this replica leads. ``hold`` set: nothing new is placed."""
+
+    def __init__(self, platform: Platform, hold: asyncio.Event | None) -> None:
+        self.p = platform
+        self.hold = hold
+        self.leading = asyncio.Event()
+        self._estimating: asyncio.Task[None] | None = None
+
+    def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """The loops as tasks, until ``stop``."""
+        p, s = self.p, self.p.settings
+        return [
+            asyncio.create_task(_loop("leadership", None, LEADERSHIP_INTERVAL_S, self.lead_step, stop)),
+            asyncio.create_task(
+                _loop("scheduler", p.kick_scheduler, s.scheduler_interval, self.schedule_step, stop)
+            ),
+            asyncio.create_task(
+                _loop("reconciler", None, max(0.05, s.heartbeat_interval / 2), self.reconcile_step, stop)
+            ),
+            asyncio.create_task(_loop("relay", p.kick_relay, 1.0, self.relay_step, stop)),
+        ]
+
+    async def lead_step(self) -> None:
+        """Take the lead if free, or check it is still held."""
+        # The singleton loops run only on the leader; the others serve REST and workers.
+        p = self.p
+        if await asyncio.to_thread(p.leadership.try_acquire):
+            if not self.leading.is_set():
+                p.replica.lead()
+                self.leading.set()
+                p.kick_scheduler.set()
+                p.kick_relay.set()
+        else:
+            p.replica.follow()
+            self.leading.clear()
+
+    async def schedule_step(self) -> None:
+        """One scheduler cycle; its leases and preemptions go to the workers."""
+        if (self.hold is not None and self.hold.is_set()) or not self.leading.is_set():
+            return
+        t0 = time.monotonic()
+        scheduler, dispatcher = self.p.scheduler, self.p.dispatcher
+        leases = await asyncio.to_thread(scheduler.schedule_once)
+        notes = dispatcher.dispatch(leases) + dispatcher.preempt(scheduler.take_preemptions())
+        if notes:
+            await asyncio.to_thread(self.p.notifier.send, notes)
+        if scheduler.estimate_due() and (self._estimating is None or self._estimating.done()):
+            # Apart from the cycle: an estimate runs the scheduler forward many times.
+            self._estimating = asyncio.create_task(
+                _guarded("estimate", asyncio.to_thread(scheduler.estimate_once))
+            )
+        # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
+        # a long queue (a slow cycle) keeps the scheduler thread (and the GIL) busy a fifth of the time
+        # at most.
+        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 4 * (time.monotonic() - t0)))
+
+    async def reconcile_step(self) -> None:
+        """One reconciliation pass; what it changed wakes the scheduler and the relay."""
+        if not self.leading.is_set():
+            return
+        if await asyncio.to_thread(self.p.reconciler.reconcile_once):
+            self.p.kick_scheduler.set()
+            self.p.kick_relay.set()
+
+    async def relay_step(self) -> None:
+        """Relay every committed event onto the bus."""
+        if not self.leading.is_set():
+            return
+        while await self.p.relay.relay_once() >= RELAY_BATCH:
+            pass
+        # Batch the events of the next few milliseconds into one read and one mark; live views
+        # (SSE, the UI) still see a change well within their one-second promise.
+        await asyncio.sleep(0.05)
+
+
+def _rest_server(settings: Settings, platform: Platform) -> _QuietServer:
+    config = uvicorn.Config(
+        create_app(platform),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        access_log=False,
+        # No proxy in front by default (the address is loopback); behind one, TRAINYARD_PUBLIC_URL
+        # is what clients are told. Each of these saves work on every request.
+        proxy_headers=False,
+        server_header=False,
+    )
+    return _QuietServer(config)
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
@@ -91,84 +186,11 @@ async def serve(
     except BusUnavailable as e:
         log.warning("event bus not ready (%s); starting anyway, the outbox keeps every event", e)
     grpc_server, grpc_port = await start_grpc(platform, settings.grpc_host, settings.grpc_port)
-    app = create_app(platform)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-        access_log=False,
-        # No proxy in front by default (the address is loopback); behind one, TRAINYARD_PUBLIC_URL
-        # is what clients are told. Each of these saves work on every request.
-        proxy_headers=False,
-        server_header=False,
-    )
-    server = _QuietServer(config)
-
-    leading = asyncio.Event()
-    estimating: list[asyncio.Task[None] | None] = [None]
-
-    async def lead_step() -> None:
-        # The singleton loops run only on the leader; the others serve REST and workers.
-        if await asyncio.to_thread(platform.leadership.try_acquire):
-            if not leading.is_set():
-                platform.leader_since = time.time()
-                platform.is_leader = True
-                leading.set()
-                platform.kick_scheduler.set()
-                platform.kick_relay.set()
-        else:
-            platform.is_leader = False
-            leading.clear()
-
-    async def schedule_step() -> None:
-        if (hold is not None and hold.is_set()) or not leading.is_set():
-            return
-        t0 = time.monotonic()
-        leases = await asyncio.to_thread(platform.schedule_once)
-        notes = platform.dispatch(leases) + platform.take_preemptions()
-        if notes:
-            await asyncio.to_thread(platform.notifier.send, notes)
-        if platform.estimate_due() and (estimating[0] is None or estimating[0].done()):
-            # Apart from the cycle: an estimate runs the scheduler forward many times.
-            estimating[0] = asyncio.create_task(
-                _guarded("estimate", asyncio.to_thread(platform.estimate_once))
-            )
-        # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
-        # a long queue (a slow cycle) keeps the scheduler thread (and the GIL) busy a fifth of the time
-        # at most.
-        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 4 * (time.monotonic() - t0)))
-
-    async def reconcile_step() -> None:
-        if not leading.is_set():
-            return
-        if await asyncio.to_thread(platform.reconcile_once):
-            platform.kick_scheduler.set()
-            platform.kick_relay.set()
-
-    async def relay_step() -> None:
-        if not leading.is_set():
-            return
-        while await platform.relay_once() >= RELAY_BATCH:
-            pass
-        # Batch the events of the next few milliseconds into one read and one mark; live views
-        # (SSE, the UI) still see a change well within their one-second promise.
-        await asyncio.sleep(0.05)
-
-    hb = settings.heartbeat_interval
-    await lead_step()
-    platform.notifier.start(asyncio.get_running_loop(), platform.deliver_note)
-    tasks = [
-        asyncio.create_task(server.serve(), name="rest"),
-        asyncio.create_task(_loop("leadership", None, LEADERSHIP_INTERVAL_S, lead_step, stop)),
-        asyncio.create_task(
-            _loop("scheduler", platform.kick_scheduler, settings.scheduler_interval, schedule_step, stop)
-        ),
-        asyncio.create_task(_loop("reconciler", None, max(0.05, hb / 2), reconcile_step, stop)),
-        asyncio.create_task(_loop("relay", platform.kick_relay, 1.0, relay_step, stop)),
-    ]
+    server = _rest_server(settings, platform)
+    loops = LeaderLoops(platform, hold)
+    await loops.lead_step()
+    platform.notifier.start(asyncio.get_running_loop(), platform.dispatcher.deliver_note)
+    tasks = [asyncio.create_task(server.serve(), name="rest"), *loops.start(stop)]
     while not server.started:
         if tasks[0].done():
             await grpc_server.stop(0)
@@ -185,13 +207,12 @@ async def serve(
     await grpc_server.stop(1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks, return_exceptions=True)
-    platform.notifier.stop()
-    platform.bus.close()
-    platform.leadership.release()
-    platform.store.close()
+    platform.close()
 
 
 def main(settings: Settings) -> None:
+    """Run a control plane until SIGINT or SIGTERM."""
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

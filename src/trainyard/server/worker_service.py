@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import grpc
 
-from trainyard.model.ids import hash_token
 from trainyard.model.records import LogChunk, Worker
 from trainyard.model.states import AttemptOutcome
 from trainyard.objects.base import (
@@ -26,17 +24,12 @@ from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.proto.trainyard.v1 import worker_pb2_grpc as pbg
 from trainyard.server.grpc_tls import server_credentials
 from trainyard.server.platform import Platform
+from trainyard.server.services.dispatch import command_message
+from trainyard.server.services.fleet import Beat
 from trainyard.store.sql import FinishReport
 
 log = logging.getLogger("trainyard.worker_service")
 
-_COMMAND_KINDS = {
-    "cancel": pb.Command.CANCEL,
-    "kill_stale": pb.Command.KILL_STALE,
-    "timeout": pb.Command.TIMEOUT,
-    "preempt": pb.Command.PREEMPT,
-}
-WORKER_CACHE_TTL_S = 5.0
 MAX_PART_SIZE = 5 << 30
 """S3's largest part."""
 PARTS_PER_CALL = 1000
@@ -104,19 +97,21 @@ def _bearer(context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
 
 
 class WorkerService(pbg.WorkerServiceServicer):
+    """The worker protocol over the platform's services: authentication, fleet, dispatch, attempts."""
+
     def __init__(self, platform: Platform) -> None:
-        self.p = platform
+        self.kick_scheduler = platform.kick_scheduler
+        self.auth = platform.auth
+        self.fleet = platform.fleet
+        self.dispatcher = platform.dispatcher
+        self.attempts = platform.attempts
+        self.logs = platform.logs
+        self.objects = platform.objects
+        self.settings = platform.settings
 
     async def _worker(self, context: grpc.aio.ServicerContext) -> Worker:  # type: ignore[type-arg]
         """The calling worker, from its credential; aborts UNAUTHENTICATED otherwise."""
-        token = _bearer(context)
-        now = time.monotonic()
-        hit = self.p._worker_tokens.get(token)
-        worker = hit[0] if hit is not None and hit[1] > now else None
-        if worker is None and token:
-            worker = await self.p.db(self.p.store.worker_by_token, token)
-            if worker is not None:
-                self.p._worker_tokens[token] = (worker, now + WORKER_CACHE_TTL_S)
+        worker = await self.auth.worker(_bearer(context))
         if worker is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid worker credential is required")
             raise AssertionError("unreachable")
@@ -127,14 +122,13 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.RegisterRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.RegisterResponse:
-        token = _bearer(context)
-        if not token or hash_token(token) != hash_token(self.p.bootstrap_token):
+        if not self.auth.is_bootstrap(_bearer(context)):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the worker bootstrap token is required")
         cap = request.capacity
         if not request.name or cap.cpu <= 0 or cap.memory <= 0 or cap.gpu < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name and a positive capacity are required")
-        worker, credential = await self.p.db(
-            self.p.store.register_worker,
+        worker, credential = await self.fleet.register(
+            cached_uris=request.data_cache.uris if request.HasField("data_cache") else None,
             name=request.name,
             hostname=request.hostname or request.name,
             pool=request.pool or "default",
@@ -146,18 +140,12 @@ class WorkerService(pbg.WorkerServiceServicer):
             labels=dict(request.labels),
             version=request.version or None,
         )
-        self.p.forget_worker(worker.id)
-        if request.HasField("data_cache"):
-            await self.p.note_cached_uris(worker.id, request.data_cache.uris)
-        self.p._worker_tokens[credential] = (worker, time.monotonic() + WORKER_CACHE_TTL_S)
-        self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
         log.info("worker %s registered as %s (%s cpu, %s gpu)", request.name, worker.id, cap.cpu, cap.gpu)
-        self.p.kick_scheduler.set()
         return pb.RegisterResponse(
             worker_id=worker.id,
             worker_token=credential,
-            heartbeat_interval_s=self.p.settings.heartbeat_interval,
-            cancel_grace_s=self.p.settings.cancel_grace,
+            heartbeat_interval_s=self.settings.heartbeat_interval,
+            cancel_grace_s=self.settings.cancel_grace,
         )
 
     async def Heartbeat(
@@ -170,29 +158,15 @@ class WorkerService(pbg.WorkerServiceServicer):
             # Declared dead while it was away: its attempts were requeued. It must register anew
             # (which kills anything it still runs through KILL_STALE on the next heartbeat).
             return pb.HeartbeatResponse(known=False)
-        self.p.cache.heartbeat(worker.id, 3 * self.p.settings.heartbeat_interval)
-        running = [(r.job_id, r.attempt, r.lease_token) for r in request.running]
-        self.p.held_seen(running)
-        self.p.absent.heartbeat(worker.id, running, time.time())
-        await self.p.note_checkpoints(request.running)
-        self.p.metrics.gpu_utilization.record(worker.id, worker.name, request.gpu_utilization)
-        if request.HasField("data_cache"):
-            await self.p.note_cached_uris(worker.id, request.data_cache.uris)
-        cmds = await self.p.db(self.p.store.worker_commands, worker.id, running)
-        return pb.HeartbeatResponse(
-            known=True,
-            commands=[
-                pb.Command(
-                    kind=_COMMAND_KINDS[c.kind],
-                    job_id=c.job_id,
-                    attempt=c.attempt,
-                    lease_token=c.lease_token,
-                    reason=c.reason,
-                )
-                for c in cmds
-            ]
-            + await self.p.drain_commands(worker, request.draining, running),
+        beat = Beat(
+            running=[(r.job_id, r.attempt, r.lease_token) for r in request.running],
+            checkpoints=[(r.job_id, r.attempt, r.last_checkpoint_at) for r in request.running],
+            draining=request.draining,
+            cached_uris=request.data_cache.uris if request.HasField("data_cache") else None,
+            gpu_utilization=request.gpu_utilization,
         )
+        cmds = await self.fleet.heartbeat(worker, beat)
+        return pb.HeartbeatResponse(known=True, commands=[command_message(c) for c in cmds])
 
     async def Lease(
         self,
@@ -200,18 +174,17 @@ class WorkerService(pbg.WorkerServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[pb.LeaseMessage]:
         worker = await self._worker(context)
-        queue = self.p.channels.connect(worker.id)
+        queue = self.dispatcher.connect(worker.id)
         try:
             # Re-send everything this worker holds: it dedupes by (job, attempt).
-            held = await self.p.db(self.p.store.leased_to, worker.id)
-            for lease in held:
-                yield pb.LeaseMessage(assignment=self.p.build_assignment(lease))
-            self.p.kick_scheduler.set()
+            for msg in await self.dispatcher.held_assignments(worker.id):
+                yield msg
+            self.kick_scheduler.set()
             while True:
                 msg = await queue.get()
                 yield msg
         finally:
-            self.p.channels.disconnect(worker.id, queue)
+            self.dispatcher.disconnect(worker.id, queue)
 
     async def Report(
         self,
@@ -242,13 +215,8 @@ class WorkerService(pbg.WorkerServiceServicer):
 
     async def _report(self, request: pb.ReportRequest, worker: Worker) -> pb.ReportResponse:
         _check_report(request)
-        store = self.p.store
         if request.phase == pb.ReportRequest.STARTED:
-            res = await self.p.writes.run(
-                lambda conn: store.report_started_in(
-                    conn, request.job_id, request.attempt, request.lease_token, worker.id
-                )
-            )
+            res = await self.attempts.started(request.job_id, request.attempt, request.lease_token, worker.id)
         else:
             rep = FinishReport(
                 job_id=request.job_id,
@@ -263,14 +231,8 @@ class WorkerService(pbg.WorkerServiceServicer):
                 log_bytes=request.log_bytes,
                 checkpoint_key=request.checkpoint_key or None,
             )
-            res = await self.p.writes.run(lambda conn: store.report_finished_in(conn, rep))
-            if res.ok:
-                self.p.tails.mark_ended(request.job_id, request.attempt)
-                self.p.kick_scheduler.set()
-                if res.gang_id is not None:
-                    await self.p.push_gang_stops(res.gang_id)
+            res = await self.attempts.finished(rep)
         if res.ok:
-            self.p.kick_relay.set()
             return pb.ReportResponse(result=pb.ReportResponse.OK, message=res.message)
         return pb.ReportResponse(result=pb.ReportResponse.STALE, message=res.message)
 
@@ -285,13 +247,11 @@ class WorkerService(pbg.WorkerServiceServicer):
             key = (msg.job_id, msg.attempt)
             ok = verified.get(key)
             if ok is None:
-                ok = verified[key] = await self.p.db(
-                    self.p.store.attempt_token_ok, msg.job_id, msg.attempt, msg.lease_token
-                )
+                ok = verified[key] = await self.attempts.token_ok(msg.job_id, msg.attempt, msg.lease_token)
             if not ok:
                 yield pb.LogAck(job_id=msg.job_id, attempt=msg.attempt, offset=msg.offset, stale=True)
                 continue
-            end = self.p.tails.append(msg.job_id, msg.attempt, msg.offset, msg.data)
+            end = self.logs.append(msg.job_id, msg.attempt, msg.offset, msg.data)
             yield pb.LogAck(job_id=msg.job_id, attempt=msg.attempt, offset=end)
 
     async def GetUrls(
@@ -300,16 +260,14 @@ class WorkerService(pbg.WorkerServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.UrlResponse:
         await self._worker(context)
-        ok = await self.p.db(
-            self.p.store.attempt_token_ok, request.job_id, request.attempt, request.lease_token
-        )
+        ok = await self.attempts.token_ok(request.job_id, request.attempt, request.lease_token)
         if not ok:
             return pb.UrlResponse(stale=True)
         urls = []
         for name in request.names:
             try:
                 key = _object_key(request.job_id, request.attempt, request.purpose, name)
-                url = self.p.objects.presign(key, "PUT", self.p.settings.url_ttl)
+                url = self.objects.presign(key, "PUT", self.settings.url_ttl)
             except ValueError as e:
                 # Permanent for this name: the agent ends the attempt with a note, never retries.
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -335,7 +293,7 @@ class WorkerService(pbg.WorkerServiceServicer):
             object_key=request.object_key,
             stored_size=request.stored_size,
         )
-        ok = await self.p.db(self.p.store.add_log_chunk, chunk, request.lease_token)
+        ok = await self.attempts.seal_log_chunk(chunk, request.lease_token)
         result = pb.ReportResponse.OK if ok else pb.ReportResponse.STALE
         return pb.ReportResponse(result=result)
 
@@ -347,7 +305,7 @@ class WorkerService(pbg.WorkerServiceServicer):
     ) -> str | None:
         """The upload's object key; None when the lease token is not the attempt's (answered stale)."""
         await self._worker(context)
-        ok = await self.p.db(self.p.store.attempt_token_ok, ref.job_id, ref.attempt, ref.lease_token)
+        ok = await self.attempts.token_ok(ref.job_id, ref.attempt, ref.lease_token)
         if not ok:
             return None
         try:
@@ -375,10 +333,8 @@ class WorkerService(pbg.WorkerServiceServicer):
         raise AssertionError("unreachable")
 
     def _part_urls(self, key: str, upload_id: str, numbers: list[int]) -> list[pb.PartUrl]:
-        ttl = self.p.settings.url_ttl
-        return [
-            pb.PartUrl(number=n, url=self.p.objects.presign_part(key, upload_id, n, ttl)) for n in numbers
-        ]
+        ttl = self.settings.url_ttl
+        return [pb.PartUrl(number=n, url=self.objects.presign_part(key, upload_id, n, ttl)) for n in numbers]
 
     async def StartMultipart(
         self,
@@ -388,7 +344,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.StartMultipartResponse(stale=True)
-        size, part_size, limit = request.size, request.part_size, self.p.settings.object_limit
+        size, part_size, limit = request.size, request.part_size, self.settings.object_limit
         if not 0 <= size <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{size} bytes is over the {limit} limit")
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE or -(-size // part_size) > MAX_PARTS:
@@ -396,7 +352,7 @@ class WorkerService(pbg.WorkerServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"parts must be {MIN_PART_SIZE}..{MAX_PART_SIZE} bytes and at most {MAX_PARTS} of them",
             )
-        upload_id = await self._storage(context, self.p.objects.create_multipart, key)
+        upload_id = await self._storage(context, self.objects.create_multipart, key)
         count = max(1, -(-size // part_size))
         first = list(range(1, min(count, PARTS_PER_CALL) + 1))
         parts = await self._storage(context, self._part_urls, key, upload_id, first)
@@ -424,7 +380,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.CompleteMultipartResponse(stale=True)
-        objects, upload_id = self.p.objects, request.ref.upload_id
+        objects, upload_id = self.objects, request.ref.upload_id
         parts = [Part(p.number, p.etag) for p in request.parts]
         try:
             size = await asyncio.to_thread(objects.complete_multipart, key, upload_id, parts)
@@ -438,11 +394,11 @@ class WorkerService(pbg.WorkerServiceServicer):
         except StorageUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"object storage unavailable: {e}")
             raise AssertionError("unreachable") from e
-        if size > self.p.settings.object_limit:
+        if size > self.settings.object_limit:
             await self._storage(context, objects.delete, key)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{size} bytes is over the {self.p.settings.object_limit} limit",
+                f"{size} bytes is over the {self.settings.object_limit} limit",
             )
         return pb.CompleteMultipartResponse(object_key=key, size=size)
 
@@ -454,7 +410,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.AbortMultipartResponse(stale=True)
-        await self._storage(context, self.p.objects.abort_multipart, key, request.ref.upload_id)
+        await self._storage(context, self.objects.abort_multipart, key, request.ref.upload_id)
         return pb.AbortMultipartResponse()
 
 

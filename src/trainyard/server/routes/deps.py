@@ -1,4 +1,7 @@
-"""FastAPI dependencies of the route modules: the caller and the platform's services."""
+"""FastAPI dependencies of the route modules: the caller and the platform's services.
+
+Each is an ``async`` function (a plain one would run in a thread pool) reading the service off the
+platform that ``create_app`` put in ``app.state``."""
 
 from __future__ import annotations
 
@@ -6,16 +9,88 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from trainyard.objects.base import ObjectStore
 from trainyard.server.auth import UserDep
 from trainyard.server.platform import Platform
+from trainyard.server.services.auth import AuthService
+from trainyard.server.services.files import FileService
+from trainyard.server.services.fleet import FleetService
+from trainyard.server.services.health import Health
+from trainyard.server.services.jobs import JobService
+from trainyard.server.services.logs import LogService
+from trainyard.server.services.tenancy import TenancyService
+from trainyard.server.settings import Settings
 
-__all__ = ["PlatformDep", "UserDep"]
+__all__ = [
+    "AuthDep",
+    "FilesDep",
+    "FleetDep",
+    "HealthDep",
+    "JobsDep",
+    "LogsDep",
+    "ObjectsDep",
+    "SettingsDep",
+    "TenancyDep",
+    "UserDep",
+]
 
 
-async def platform(request: Request) -> Platform:
-    """The platform this app serves (async: a plain function would run in a thread pool)."""
+def _platform(request: Request) -> Platform:
     p: Platform = request.app.state.platform
     return p
 
 
-PlatformDep = Annotated[Platform, Depends(platform)]
+async def jobs(request: Request) -> JobService:
+    """The job service."""
+    return _platform(request).jobs
+
+
+async def logs(request: Request) -> LogService:
+    """The log service."""
+    return _platform(request).logs
+
+
+async def files(request: Request) -> FileService:
+    """Artifacts and workdir bundles."""
+    return _platform(request).files
+
+
+async def fleet(request: Request) -> FleetService:
+    """Workers and queues."""
+    return _platform(request).fleet
+
+
+async def auth(request: Request) -> AuthService:
+    """Users and API tokens."""
+    return _platform(request).auth
+
+
+async def tenancy(request: Request) -> TenancyService:
+    """Teams, secrets and the audit trail."""
+    return _platform(request).tenancy
+
+
+async def health(request: Request) -> Health:
+    """Leadership, readiness and metrics."""
+    return _platform(request).health
+
+
+async def objects(request: Request) -> ObjectStore:
+    """The object store (served here only when it is the local one)."""
+    return _platform(request).objects
+
+
+async def settings(request: Request) -> Settings:
+    """The control plane's settings."""
+    return _platform(request).settings
+
+
+JobsDep = Annotated[JobService, Depends(jobs)]
+LogsDep = Annotated[LogService, Depends(logs)]
+FilesDep = Annotated[FileService, Depends(files)]
+FleetDep = Annotated[FleetService, Depends(fleet)]
+AuthDep = Annotated[AuthService, Depends(auth)]
+TenancyDep = Annotated[TenancyService, Depends(tenancy)]
+HealthDep = Annotated[Health, Depends(health)]
+ObjectsDep = Annotated[ObjectStore, Depends(objects)]
+SettingsDep = Annotated[Settings, Depends(settings)]

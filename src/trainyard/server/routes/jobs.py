@@ -10,18 +10,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from trainyard.model.records import Job, User
+from trainyard.model.records import Job
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL
-from trainyard.objects.base import check_key
 from trainyard.server.errors import ApiError, field_errors, json_object
-from trainyard.server.platform import Platform
 from trainyard.server.responses import AUTHED, SSE, WITH_BODY, errors
-from trainyard.server.routes.deps import PlatformDep, UserDep
+from trainyard.server.routes.deps import JobsDep, TenancyDep, UserDep
 from trainyard.server.routes.params import MAX_OFFSET, STATUSES
 from trainyard.server.routes.sse import next_any, next_for_job, sse, sse_event
+from trainyard.server.services.jobs import BadCursor, JobService, SpecRejected
 from trainyard.server.views import event_json, job_json
-from trainyard.store.sql import JobFilter
 
 router = APIRouter()
 
@@ -51,7 +49,9 @@ router = APIRouter()
         },
     },
 )
-async def submit(request: Request, user: UserDep, p: PlatformDep) -> Response:
+async def submit(request: Request, user: UserDep, jobs: JobsDep) -> Response:
+    """Accept a job. The body is a JobSpec; with an ``Idempotency-Key`` header a retried request
+    returns the job the key created (200) instead of a second one, and another body gets 409."""
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:
         raise ApiError(
@@ -67,55 +67,18 @@ async def submit(request: Request, user: UserDep, p: PlatformDep) -> Response:
         raise ApiError(422, "invalid_spec", "the job spec is not valid", field_errors(e)) from None
     except ArithmeticError:  # e.g. memory "9…9" (400 digits): float() gives inf, int(inf) overflows
         raise ApiError(422, "invalid_spec", "the job spec is not valid: a number is out of range") from None
-    await _check_submittable(p, user, spec)
-    result = await p.submit(user, spec, idempotency_key)
+    try:
+        await jobs.check_submittable(user, spec)
+    except SpecRejected as e:
+        raise ApiError(422, "invalid_spec", "the job spec is not valid", e.details) from None
+    result = await jobs.submit(user, spec, idempotency_key)
     return JSONResponse(job_json(result.job), status_code=201 if result.created else 200)
-
-
-async def _check_submittable(p: Platform, user: User, spec: JobSpec) -> None:
-    if not user.can_submit:
-        raise ApiError(403, "forbidden", "viewers cannot submit jobs")
-    if spec.team and spec.team != user.team:
-        if not user.is_admin:
-            raise ApiError(403, "forbidden", f"you may submit only to your team {user.team!r}")
-        if not await p.db(p.store.team_exists, spec.team):
-            raise ApiError(
-                422,
-                "invalid_spec",
-                "the job spec is not valid",
-                [{"field": "team", "message": f"team {spec.team!r} does not exist"}],
-            )
-    if spec.workdir is not None:
-        team = spec.team or user.team
-        ok = spec.workdir.startswith(f"bundles/{team}/")
-        try:
-            ok = ok and p.objects.exists(check_key(spec.workdir))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ApiError(
-                422,
-                "invalid_spec",
-                "the job spec is not valid",
-                [{"field": "workdir", "message": "no such uploaded workdir for your team"}],
-            )
-    if spec.secrets:
-        team = spec.team or user.team
-        known = {s.name for s in await p.db(p.store.list_secrets, team)}
-        missing = [n for n in spec.secrets if n not in known]
-        if missing:
-            raise ApiError(
-                422,
-                "invalid_spec",
-                "the job spec is not valid",
-                [{"field": "secrets", "message": f"team {team!r} has no secret {n!r}"} for n in missing],
-            )
 
 
 @router.get("/v1/jobs", tags=["jobs"], summary="List jobs, newest first", responses=errors(*AUTHED))
 async def list_jobs(
     user: UserDep,
-    p: PlatformDep,
+    jobs: JobsDep,
     status: Annotated[list[str] | None, Query()] = None,
     user_: Annotated[str | None, Query(alias="user")] = None,
     team: str | None = None,
@@ -123,6 +86,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
+    """The jobs you may see (an admin: all; others: their team's), newest first. ``status`` takes
+    one or more states (repeated or comma-separated); ``next_cursor`` fetches the next page."""
     statuses = [x.upper() for part in (status or []) for x in part.split(",") if x]
     bad = [x for x in statuses if x not in STATUSES]
     if bad:
@@ -132,24 +97,21 @@ async def list_jobs(
             "unknown status",
             [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad],
         )
-    flt = JobFilter(
-        status=statuses,
-        user=user_,
-        team=team,
-        name=name,
-        visible_team=None if user.is_admin else user.team,
-    )
     try:
-        jobs, next_cursor = await p.db(p.store.list_jobs, flt, limit, cursor)
-    except ValueError as e:
+        views, next_cursor = await jobs.list_jobs(
+            user, statuses=statuses, owner=user_, team=team, name=name, limit=limit, cursor=cursor
+        )
+    except BadCursor as e:
         raise ApiError(422, "invalid_request", str(e), [{"field": "cursor", "message": str(e)}]) from None
-    return {"jobs": [await p.with_queue_info(job_json(j)) for j in jobs], "next_cursor": next_cursor}
+    return {"jobs": views, "next_cursor": next_cursor}
 
 
 @router.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=None, responses=errors(*AUTHED, 404))
-async def get_job(job_id: str, user: UserDep, p: PlatformDep) -> JSONResponse:
+async def get_job(job_id: str, user: UserDep, jobs: JobsDep) -> JSONResponse:
+    """The job with its attempts, and while it is pending its place in the queue and estimated start.
+    (Usually answered before routing, by ``middleware.FastJobReads``, with the same body.)"""
     # The most polled route: the view is plain JSON data already, so skip FastAPI's re-encoding.
-    return JSONResponse(await p.job_view(user, job_id))
+    return JSONResponse(await jobs.job_view(user, job_id))
 
 
 @router.delete(
@@ -159,18 +121,21 @@ async def get_job(job_id: str, user: UserDep, p: PlatformDep) -> JSONResponse:
     summary="Cancel (idempotent)",
     responses=errors(*AUTHED, 403, 404),
 )
-async def cancel(job_id: str, user: UserDep, p: PlatformDep) -> dict[str, Any]:
-    job = await p.cancel(user, job_id)
-    await p.audit(user, "job.cancel", job.id, job.team, {"status": job.status.value})
+async def cancel(job_id: str, user: UserDep, jobs: JobsDep, tenancy: TenancyDep) -> dict[str, Any]:
+    """A pending job ends at once; a running one is CANCELLING until its worker has stopped it. A
+    finished job stays as it was."""
+    job = await jobs.cancel(user, job_id)
+    await tenancy.audit(user, "job.cancel", job.id, job.team, {"status": job.status.value})
     return job_json(job)
 
 
 @router.post(
     "/v1/jobs/{job_id}/restart", status_code=202, tags=["jobs"], responses=errors(*AUTHED, 403, 404, 409)
 )
-async def restart(job_id: str, user: UserDep, p: PlatformDep) -> dict[str, Any]:
-    job = await p.restart(user, job_id)
-    await p.audit(user, "job.restart", job.id, job.team, {"attempt": job.attempt})
+async def restart(job_id: str, user: UserDep, jobs: JobsDep, tenancy: TenancyDep) -> dict[str, Any]:
+    """Run a finished job again as a new attempt (its owner, a team admin or an admin)."""
+    job = await jobs.restart(user, job_id)
+    await tenancy.audit(user, "job.restart", job.id, job.team, {"attempt": job.attempt})
     return job_json(job)
 
 
@@ -183,29 +148,30 @@ async def restart(job_id: str, user: UserDep, p: PlatformDep) -> dict[str, Any]:
 async def job_events(
     job_id: str,
     user: UserDep,
-    p: PlatformDep,
+    jobs: JobsDep,
     follow: bool = False,
     after: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any] | StreamingResponse:
-    job = await p.visible_job(user, job_id)
+    """The job's state history after event ``after``; ``follow=true`` streams new events (SSE) until
+    the job ends."""
+    job = await jobs.visible_job(user, job_id)
     if not follow:
-        events = await p.db(p.store.job_events, job_id, after)
-        return {"events": [event_json(e) for e in events]}
-    return sse(_follow_job_events(p, job, after))
+        return {"events": [event_json(e) for e in await jobs.events(job_id, after)]}
+    return sse(_follow_job_events(jobs, job, after))
 
 
-async def _follow_job_events(p: Platform, job: Job, after: int) -> AsyncIterator[str]:
-    sub = p.bus.subscribe(frozenset({"job.events", "job.submitted"}))
+async def _follow_job_events(jobs: JobService, job: Job, after: int) -> AsyncIterator[str]:
+    sub = jobs.subscribe_events()
     try:
         last = after
         while True:
-            for e in await p.db(p.store.job_events, job.id, last):
+            for e in await jobs.events(job.id, last):
                 last = e.id
                 yield sse_event("job_event", json.dumps(event_json(e)), e.id)
-            current = await p.db(p.store.get_job, job.id)
+            current = await jobs.current(job.id)
             if current is None or current.status in TERMINAL:
                 # The job may have finished between the two reads: its last events first.
-                for e in await p.db(p.store.job_events, job.id, last):
+                for e in await jobs.events(job.id, last):
                     last = e.id
                     yield sse_event("job_event", json.dumps(event_json(e)), e.id)
                 yield sse_event("end", json.dumps({"status": current.status.value if current else None}))
@@ -226,16 +192,17 @@ async def _follow_job_events(p: Platform, job: Job, after: int) -> AsyncIterator
     responses={**SSE, **errors(*AUTHED)},
 )
 async def all_events(
-    user: UserDep, p: PlatformDep, after: Annotated[int | None, Query(ge=0, le=MAX_OFFSET)] = None
+    user: UserDep, jobs: JobsDep, after: Annotated[int | None, Query(ge=0, le=MAX_OFFSET)] = None
 ) -> StreamingResponse:
+    """Every job event you may see, from event ``after`` (default: from now on), as SSE."""
     team = None if user.is_admin else user.team
 
     async def gen() -> AsyncIterator[str]:
-        sub = p.bus.subscribe(frozenset({"job.events", "job.submitted"}))
+        sub = jobs.subscribe_events()
         try:
-            last = after if after is not None else await p.db(p.store.last_event_id)
+            last = after if after is not None else await jobs.last_event_id()
             while True:
-                for e in await p.db(p.store.events_since, last, team):
+                for e in await jobs.events_since(last, team):
                     last = e.id
                     yield sse_event("job_event", json.dumps(event_json(e)), e.id)
                 if not await next_any(sub, 15.0):

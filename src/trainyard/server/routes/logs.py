@@ -13,11 +13,12 @@ from fastapi.responses import Response, StreamingResponse
 from trainyard.model.records import Job
 from trainyard.model.states import TERMINAL
 from trainyard.server.errors import ApiError
-from trainyard.server.platform import Platform
 from trainyard.server.responses import AUTHED, LOG_TEXT, errors
-from trainyard.server.routes.deps import PlatformDep, UserDep
+from trainyard.server.routes.deps import JobsDep, LogsDep, UserDep
 from trainyard.server.routes.params import MAX_ATTEMPT, MAX_OFFSET
 from trainyard.server.routes.sse import sse, sse_event
+from trainyard.server.services.jobs import JobService
+from trainyard.server.services.logs import LogService
 
 router = APIRouter()
 
@@ -33,41 +34,46 @@ async def logs(
     job_id: str,
     user: UserDep,
     request: Request,
-    p: PlatformDep,
+    jobs: JobsDep,
+    logs: LogsDep,
     attempt: Annotated[int | None, Query(ge=1, le=MAX_ATTEMPT)] = None,
     since: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     follow: bool = False,
 ) -> Response:
-    job = await p.visible_job(user, job_id)
+    """An attempt's log (default: the latest attempt) from byte ``since``, or its last ``tail``
+    lines. ``follow=true`` streams until the attempt ends: plain text, or SSE (``log``, ``attempt``
+    and ``end`` events) with ``Accept: text/event-stream``. The headers give the attempt and the
+    offset to resume from."""
+    job = await jobs.visible_job(user, job_id)
     if attempt is not None and attempt > job.attempt:
         raise ApiError(404, "not_found", f"job {job_id} has no attempt {attempt}")
     if tail is not None:
-        sl = await p.tail_lines(job, attempt, tail)
+        sl = await logs.tail_lines(job, attempt, tail)
     elif follow:
-        sl = await p.read_log(job, attempt, since)
+        sl = await logs.read_log(job, attempt, since)
     else:
         number = attempt if attempt is not None else job.attempt
-        end = max(since, await p.log_end(job, number))
+        end = max(since, await logs.log_end(job, number))
         headers = {"X-Trainyard-Attempt": str(number), "X-Trainyard-Next-Offset": str(end)}
         return StreamingResponse(
-            _log_range(p, job, number, since, end), media_type="text/plain; charset=utf-8", headers=headers
+            _log_range(logs, job, number, since, end), media_type="text/plain; charset=utf-8", headers=headers
         )
     headers = {"X-Trainyard-Attempt": str(sl.attempt), "X-Trainyard-Next-Offset": str(sl.next_offset)}
     if not follow:
         return Response(sl.data, media_type="text/plain; charset=utf-8", headers=headers)
     sse_wanted = "text/event-stream" in request.headers.get("accept", "")
     gen = _follow_logs(
-        p, job, attempt, sl.offset + len(sl.data) if sl.data else sl.next_offset, sl.data, sse_wanted
+        jobs, logs, job, attempt, sl.offset + len(sl.data) if sl.data else sl.next_offset, sl.data, sse_wanted
     )
     if sse_wanted:
         return sse(gen)  # type: ignore[arg-type]
     return StreamingResponse(gen, media_type="text/plain; charset=utf-8", headers=headers)
 
 
-async def _log_range(p: Platform, job: Job, number: int, pos: int, end: int) -> AsyncIterator[bytes]:
+async def _log_range(logs: LogService, job: Job, number: int, pos: int, end: int) -> AsyncIterator[bytes]:
     while pos < end:
-        sl = await p.read_log(job, number, pos)
+        sl = await logs.read_log(job, number, pos)
         if not sl.data:
             return
         data = sl.data[: end - sl.offset]
@@ -76,7 +82,7 @@ async def _log_range(p: Platform, job: Job, number: int, pos: int, end: int) -> 
 
 
 async def _follow_logs(
-    p: Platform, job: Job, attempt: int | None, pos: int, first: bytes, sse: bool
+    jobs: JobService, logs: LogService, job: Job, attempt: int | None, pos: int, first: bytes, sse: bool
 ) -> AsyncIterator[bytes | str]:
     number = attempt if attempt is not None else job.attempt
     pinned = attempt is not None
@@ -91,16 +97,16 @@ async def _follow_logs(
         yield out(first, pos - len(first))
     while True:
         if number > 0:
-            sl = await p.read_log(job, number, pos)
+            sl = await logs.read_log(job, number, pos)
             if sl.data:
                 yield out(sl.data, sl.offset)
                 pos = sl.offset + len(sl.data)
-        current = await p.db(p.store.get_job, job.id)
+        current = await jobs.current(job.id)
         if current is None:
             return
-        if number > 0 and not p.attempt_live(current, number):
+        if number > 0 and not logs.attempt_live(current, number):
             # The attempt ended: its final bytes were sealed before the report; read them once more.
-            sl = await p.read_log(current, number, pos)
+            sl = await logs.read_log(current, number, pos)
             if sl.data:
                 yield out(sl.data, sl.offset)
             if pinned or current.status in TERMINAL:
@@ -122,6 +128,6 @@ async def _follow_logs(
             number, pos = current.attempt, 0
         job = current
         if number > 0:
-            await p.tails.wait(job.id, number, 1.0, since=pos)
+            await logs.wait(job.id, number, 1.0, since=pos)
         else:
             await asyncio.sleep(0.25)

@@ -11,26 +11,27 @@ from collections.abc import AsyncIterator, Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from trainyard.objects.base import ObjectNotFound
+from trainyard.objects.base import ObjectNotFound, ObjectStore
 from trainyard.objects.local import LocalObjectStore
 from trainyard.server.errors import ApiError
-from trainyard.server.platform import Platform
-from trainyard.server.routes.deps import PlatformDep
+from trainyard.server.routes.deps import ObjectsDep, SettingsDep
 
 router = APIRouter()
 
 
-def local_objects(p: Platform) -> LocalObjectStore:
-    if not isinstance(p.objects, LocalObjectStore):
+def local_objects(objects: ObjectStore) -> LocalObjectStore:
+    """The local object store, or 404: with S3, presigned URLs point at the bucket itself."""
+    if not isinstance(objects, LocalObjectStore):
         raise ApiError(404, "not_found", "objects are not served by this control plane")
-    return p.objects
+    return objects
 
 
 @router.get("/objects/{key:path}", include_in_schema=False, response_model=None)
 async def get_object(
-    key: str, p: PlatformDep, method: str = "", expires: str = "", sig: str = ""
+    key: str, object_store: ObjectsDep, method: str = "", expires: str = "", sig: str = ""
 ) -> Response:
-    objects = local_objects(p)
+    """An object's bytes, for a URL presigned for GET."""
+    objects = local_objects(object_store)
     why = objects.verify(key, "GET", expires, sig) if method == "GET" else "URL is not for GET"
     if why:
         raise ApiError(403, "forbidden", why)
@@ -49,15 +50,17 @@ async def get_object(
 async def put_object(
     key: str,
     request: Request,
-    p: PlatformDep,
+    object_store: ObjectsDep,
+    settings: SettingsDep,
     method: str = "",
     expires: str = "",
     sig: str = "",
     upload_id: str = "",
     part: int = 0,
 ) -> Response:
-    objects = local_objects(p)
-    limit = p.settings.object_limit
+    """Store an object (or one part of a multipart upload), for a URL presigned for PUT."""
+    objects = local_objects(object_store)
+    limit = settings.object_limit
     if method != "PUT":
         raise ApiError(403, "forbidden", "URL is not for PUT")
     why = objects.verify(key, "PUT", expires, sig, upload_id=upload_id, part=part)

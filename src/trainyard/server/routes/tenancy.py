@@ -1,4 +1,4 @@
-"""REST routes for tenancy: API tokens (expiry, revocation), the audit trail, and team secrets.
+"""Tenancy: API tokens (expiry, revocation), the audit trail, and team secrets.
 
 Roles rise ``viewer < user < team-admin < admin``. Anyone manages their own tokens; a team admin
 also manages the tokens and secrets of their team and reads its audit trail; an admin, everything.
@@ -13,22 +13,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from trainyard.model.quantity import parse_duration
 from trainyard.model.records import AuditEntry, SecretInfo, TokenInfo, User
 from trainyard.model.spec import check_secret_name
 from trainyard.model.team import TEAM_NAME
+from trainyard.server.bodies import NewToken, SecretBody, validate
 from trainyard.server.errors import ApiError, invalid, json_object
-from trainyard.server.platform import Platform
 from trainyard.server.responses import AUTHED, SECRET_BODY, TOKEN_BODY, WITH_BODY, errors
-from trainyard.server.routes.deps import PlatformDep, UserDep
+from trainyard.server.routes.deps import AuthDep, TenancyDep, UserDep
+from trainyard.server.services.auth import AuthService
 from trainyard.server.views import iso
 from trainyard.store.sql import NotFound
 
-MAX_SECRET_BYTES = 64 << 10
-MAX_TOKEN_LIFETIME_S = 5 * 365 * 86400.0
-
 
 def token_json(t: TokenInfo, now: float) -> dict[str, Any]:
+    """A token's record as the API shows it, with its state (active, expired, revoked) at ``now``."""
     state = "revoked" if t.revoked_at else "expired" if t.expires_at and t.expires_at < now else "active"
     return {
         "id": t.id,
@@ -44,6 +42,7 @@ def token_json(t: TokenInfo, now: float) -> dict[str, Any]:
 
 
 def audit_json(e: AuditEntry) -> dict[str, Any]:
+    """An audit entry as the API shows it."""
     return {
         "id": e.id,
         "at": iso(e.at),
@@ -56,6 +55,7 @@ def audit_json(e: AuditEntry) -> dict[str, Any]:
 
 
 def secret_json(s: SecretInfo) -> dict[str, Any]:
+    """A secret's record (never its value) as the API shows it."""
     return {
         "name": s.name,
         "team": s.team,
@@ -78,8 +78,9 @@ def not_yours(actor: User, name: str) -> ApiError:
     return ApiError(403, "forbidden", "you may manage only your own tokens (team admins: their team's)")
 
 
-async def token_owner(p: Platform, actor: User, name: str) -> User:
-    owner = await p.db(p.store.get_user, name)
+async def token_owner(auth: AuthService, actor: User, name: str) -> User:
+    """The user ``name`` if ``actor`` may manage their tokens (themselves, or as their team's admin)."""
+    owner = await auth.get_user(name)
     if owner is None or (owner.name != actor.name and not actor.manages(owner.team)):
         raise not_yours(actor, name)
     return owner
@@ -93,37 +94,22 @@ async def token_owner(p: Platform, actor: User, name: str) -> User:
     responses=errors(*WITH_BODY, 403),
     openapi_extra=TOKEN_BODY,
 )
-async def create_token(request: Request, user: UserDep, p: PlatformDep) -> dict[str, Any]:
-    body = await json_object(request)
-    name = body.get("user", user.name)
-    if not isinstance(name, str):
-        raise invalid("the token is not valid", "user", "must be a user name")
-    description = body.get("description")
-    if description is not None and (not isinstance(description, str) or len(description) > 200):
-        raise invalid("the token is not valid", "description", "must be text of at most 200 characters")
-    expires_at = None
-    if body.get("expires_in") is not None:
-        try:
-            lifetime = parse_duration(body["expires_in"])
-        except ValueError as e:
-            raise invalid("the token is not valid", "expires_in", str(e)) from None
-        if not 0 < lifetime <= MAX_TOKEN_LIFETIME_S:
-            raise invalid("the token is not valid", "expires_in", "must be more than 0 and at most 5 years")
-        expires_at = time.time() + lifetime
-    owner = await token_owner(p, user, name)
+async def create_token(request: Request, user: UserDep, auth: AuthDep, tenancy: TenancyDep) -> dict[str, Any]:
+    """A new API token of yours (or, for a team admin, of a user of their team up to their own
+    role), optionally expiring; the token itself is shown only here."""
+    new = validate(NewToken, await json_object(request), "the token is not valid", first_only=True)
+    name = new.user if new.user is not None else user.name
+    expires_at = time.time() + new.expires_in if new.expires_in is not None else None
+    owner = await token_owner(auth, user, name)
     if owner.rank > user.rank:
         raise ApiError(403, "forbidden", f"a {user.role} cannot create tokens for a {owner.role}")
     try:
-        info, token = await p.db(
-            p.store.create_token,
-            owner.name,
-            expires_at=expires_at,
-            description=description,
-            created_by=user.name,
+        info, token = await auth.create_token(
+            owner.name, expires_at=expires_at, description=new.description, created_by=user.name
         )
     except NotFound:  # removed meanwhile
         raise not_yours(user, name) from None
-    await p.audit(
+    await tenancy.audit(
         user, "token.create", info.id, owner.team, {"user": owner.name, "expires_at": iso(expires_at)}
     )
     return {**token_json(info, time.time()), "token": token}
@@ -136,16 +122,18 @@ async def create_token(request: Request, user: UserDep, p: PlatformDep) -> dict[
     responses=errors(*AUTHED, 403),
 )
 async def list_tokens(
-    user: UserDep, p: PlatformDep, user_: Annotated[str | None, Query(alias="user")] = None
+    user: UserDep, auth: AuthDep, user_: Annotated[str | None, Query(alias="user")] = None
 ) -> dict[str, Any]:
+    """Token records: an admin's of anyone (or of ``user``), a team admin's of their team, anyone
+    else's only their own."""
     if user.is_admin:
-        tokens = await p.db(p.store.list_tokens, user=user_)
+        tokens = await auth.list_tokens(user=user_)
     elif user.role == "team-admin":
-        tokens = await p.db(p.store.list_tokens, user=user_, team=user.team)
+        tokens = await auth.list_tokens(user=user_, team=user.team)
     else:
         if user_ not in (None, user.name):
             raise ApiError(403, "forbidden", "you may list only your own tokens")
-        tokens = await p.db(p.store.list_tokens, user=user.name)
+        tokens = await auth.list_tokens(user=user.name)
     now = time.time()
     return {"tokens": [token_json(t, now) for t in tokens]}
 
@@ -156,16 +144,17 @@ async def list_tokens(
     summary="Revoke an API token (idempotent)",
     responses=errors(*AUTHED, 404),
 )
-async def revoke_token(token_id: str, user: UserDep, p: PlatformDep) -> dict[str, Any]:
-    listed = {t.id: t for t in await p.db(p.store.list_tokens)}
+async def revoke_token(token_id: str, user: UserDep, auth: AuthDep, tenancy: TenancyDep) -> dict[str, Any]:
+    """Revoke one of your tokens (a team admin: of their team; an admin: any). It stops working at
+    once on this replica and within seconds on the others."""
+    listed = {t.id: t for t in await auth.list_tokens()}
     target = listed.get(token_id)
     if target is None or (target.user != user.name and not user.manages(target.team)):
         raise ApiError(404, "not_found", f"no token {token_id!r}")
-    revoked = await p.db(p.store.revoke_token, token_id)
+    revoked = await auth.revoke_token(token_id)
     if revoked is None:
         raise ApiError(404, "not_found", f"no token {token_id!r}")
-    p.forget_user_tokens(revoked.user)
-    await p.audit(user, "token.revoke", token_id, revoked.team, {"user": revoked.user})
+    await tenancy.audit(user, "token.revoke", token_id, revoked.team, {"user": revoked.user})
     return token_json(revoked, time.time())
 
 
@@ -177,23 +166,26 @@ async def revoke_token(token_id: str, user: UserDep, p: PlatformDep) -> dict[str
 )
 async def audit(
     user: UserDep,
-    p: PlatformDep,
+    tenancy: TenancyDep,
     actor: str | None = None,
     action: str | None = None,
     team: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    """The audit trail, newest first, filtered by actor, action and team."""
     if not user.is_admin:
         if user.role != "team-admin":
             raise ApiError(403, "forbidden", "only admins and team admins read the audit trail")
         if team not in (None, user.team):
             raise ApiError(403, "forbidden", f"you may read only team {user.team!r}'s audit trail")
         team = user.team
-    entries = await p.db(p.store.list_audit, team=team, actor=actor, action=action, limit=limit)
+    entries = await tenancy.list_audit(team=team, actor=actor, action=action, limit=limit)
     return {"entries": [audit_json(e) for e in entries]}
 
 
 def secret_team(user: User, team: str | None, *, write: bool) -> str:
+    """The team whose secrets the request is about (default: the caller's), if the caller may see
+    them (``write``: and change them)."""
     team = team or user.team
     if not TEAM_NAME.fullmatch(team):
         raise invalid("invalid team", "team", f"{team!r} is not a team name")
@@ -205,6 +197,7 @@ def secret_team(user: User, team: str | None, *, write: bool) -> str:
 
 
 def secret_name(name: str) -> str:
+    """``name`` if it can name a secret (an environment variable name), else a 422."""
     try:
         return check_secret_name(name)
     except ValueError as e:
@@ -219,17 +212,15 @@ def secret_name(name: str) -> str:
     openapi_extra=SECRET_BODY,
 )
 async def put_secret(
-    name: str, request: Request, user: UserDep, p: PlatformDep, team: str | None = None
+    name: str, request: Request, user: UserDep, tenancy: TenancyDep, team: str | None = None
 ) -> dict[str, Any]:
+    """Set a secret of your team (team admins and admins); leased jobs that name it get it as an
+    environment variable, masked in their logs."""
     team = secret_team(user, team, write=True)
     name = secret_name(name)
-    value = (await json_object(request)).get("value")
-    if not isinstance(value, str) or not value or len(value.encode()) > MAX_SECRET_BYTES or "\x00" in value:
-        raise invalid(
-            "the secret is not valid", "value", "must be non-empty text of at most 64 KiB, without NUL"
-        )
-    info = await p.db(p.store.put_secret, team, name, p.secret_box.seal(team, name, value), user.name)
-    await p.audit(user, "secret.set", name, team, {})
+    value = validate(SecretBody, await json_object(request), "the secret is not valid").value
+    info = await tenancy.put_secret(team, name, value, user.name)
+    await tenancy.audit(user, "secret.set", name, team, {})
     return secret_json(info)
 
 
@@ -239,9 +230,10 @@ async def put_secret(
     summary="A team's secrets: names and dates, never values",
     responses=errors(*AUTHED, 403),
 )
-async def list_secrets(user: UserDep, p: PlatformDep, team: str | None = None) -> dict[str, Any]:
+async def list_secrets(user: UserDep, tenancy: TenancyDep, team: str | None = None) -> dict[str, Any]:
+    """Your team's secrets (an admin: any team's): names and dates, never values."""
     team = secret_team(user, team, write=False)
-    return {"secrets": [secret_json(s) for s in await p.db(p.store.list_secrets, team)]}
+    return {"secrets": [secret_json(s) for s in await tenancy.list_secrets(team)]}
 
 
 @router.delete(
@@ -251,10 +243,11 @@ async def list_secrets(user: UserDep, p: PlatformDep, team: str | None = None) -
     summary="Delete a team secret",
     responses=errors(*AUTHED, 403, 404),
 )
-async def delete_secret(name: str, user: UserDep, p: PlatformDep, team: str | None = None) -> Response:
+async def delete_secret(name: str, user: UserDep, tenancy: TenancyDep, team: str | None = None) -> Response:
+    """Delete a secret of your team (team admins and admins); jobs leased later run without it."""
     team = secret_team(user, team, write=True)
     name = secret_name(name)
-    if not await p.db(p.store.delete_secret, team, name):
+    if not await tenancy.delete_secret(team, name):
         raise ApiError(404, "not_found", f"team {team!r} has no secret {name!r}")
-    await p.audit(user, "secret.delete", name, team, {})
+    await tenancy.audit(user, "secret.delete", name, team, {})
     return Response(status_code=204)

@@ -1,0 +1,257 @@
+"""Jobs: submit (rate limits, idempotency), cancel, restart, and the views of jobs and their events.
+
+Visibility is one rule: an admin sees every job, anyone else their team's. A job the caller may not
+see is answered as one that does not exist (``NotFound``), so ids of other teams cannot be probed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from trainyard.bus.base import EventBus
+from trainyard.cache.base import STATUS_TTL_S, Cache
+from trainyard.cache.tiers import Tier, tier_of
+from trainyard.model.records import Event, Job, User
+from trainyard.model.spec import JobSpec
+from trainyard.model.states import JobStatus
+from trainyard.server.group_commit import GroupCommit
+from trainyard.server.hub import Kick
+from trainyard.server.metrics import Metrics
+from trainyard.server.services.blocking import off_loop
+from trainyard.server.services.board import QueueBoards
+from trainyard.server.services.dispatch import Dispatcher
+from trainyard.server.services.files import FileService
+from trainyard.server.services.tenancy import TenancyService
+from trainyard.server.settings import Settings
+from trainyard.server.views import iso, job_json
+from trainyard.store.sql import JobFilter, NotFound, SqlStore, SubmitResult
+
+JOB_TOPICS = frozenset({"job.events", "job.submitted"})
+"""The bus topics that carry job events (a hint to re-read them from the store)."""
+
+
+class RateLimited(Exception):
+    """Over the user's submission rate (answered 429 with Retry-After)."""
+
+    def __init__(self, retry_after: float) -> None:
+        if retry_after == float("inf"):
+            super().__init__("this user's tier allows no submissions")
+            retry_after = 86400.0
+        else:
+            super().__init__(f"submission rate limit reached; retry in {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class SpecRejected(Exception):
+    """A valid spec this caller cannot run as it stands: field-level details (answered 422)."""
+
+    def __init__(self, details: list[dict[str, str]]) -> None:
+        super().__init__("the job spec is not valid")
+        self.details = details
+
+
+class BadCursor(ValueError):
+    """A list cursor this API did not give out (answered 422 naming ``cursor``)."""
+
+
+class JobService:
+    """The job operations of the REST API (blocking store work runs off the event loop)."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        *,
+        writes: GroupCommit,
+        cache: Cache,
+        status_cache: bool,
+        bus: EventBus,
+        boards: QueueBoards,
+        dispatcher: Dispatcher,
+        tenancy: TenancyService,
+        files: FileService,
+        metrics: Metrics,
+        settings: Settings,
+        tiers: dict[str, Tier],
+        kick_scheduler: Kick,
+        kick_relay: Kick,
+    ) -> None:
+        self.store = store
+        self.writes = writes
+        self.cache = cache
+        # The status cache pays off where reads would cross the network to PostgreSQL from many
+        # replicas; on the embedded defaults a SQLite read is as cheap as the cache's bookkeeping.
+        self.status_cache = status_cache
+        self.bus = bus
+        self.boards = boards
+        self.dispatcher = dispatcher
+        self.tenancy = tenancy
+        self.files = files
+        self.metrics = metrics
+        self.settings = settings
+        self.tiers = tiers
+        self.kick_scheduler = kick_scheduler
+        self.kick_relay = kick_relay
+
+    # ---- reading -------------------------------------------------------------------------------
+    @staticmethod
+    def can_see(user: User, job: Job) -> bool:
+        """Admins see every job; others their team's."""
+        return user.is_admin or job.team == user.team
+
+    async def visible_job(self, user: User, job_id: str) -> Job:
+        """The job, or ``NotFound`` when it does not exist or the caller may not see it."""
+        job = await off_loop(self.store.get_job, job_id)
+        if job is None or not self.can_see(user, job):
+            raise NotFound(job_id)
+        return job
+
+    async def current(self, job_id: str) -> Job | None:
+        """The job as stored now, whoever may see it (for streams that already checked)."""
+        return await off_loop(self.store.get_job, job_id)
+
+    async def job_view(self, user: User, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}: from the status cache when it holds the job, else from the store (and
+        cached for the next reader). The cache is invalidated after every commit that changes a job."""
+        if not self.status_cache:
+            return await self.with_queue_info(job_json(await self.visible_job(user, job_id)))
+        cached, ticket = self.cache.get_status(job_id)
+        if cached is not None and (user.is_admin or cached.get("team") == user.team):
+            return await self.with_queue_info(cached)
+        job = await self.visible_job(user, job_id)
+        view = job_json(job)
+        self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
+        return await self.with_queue_info(view)
+
+    async def with_queue_info(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A pending job's view with its queue position and estimated start, from the leader's board
+        (never cached with the view: the board moves every cycle)."""
+        if view["status"] != JobStatus.PENDING.value:
+            return view
+        info = (await self.boards.current()).lookup(view["id"])
+        return {
+            **view,
+            "queue_position": info["queue_position"],
+            "estimated_start_at": iso(info["estimated_start_at"]),
+        }
+
+    async def list_jobs(
+        self,
+        user: User,
+        *,
+        statuses: Sequence[str],
+        owner: str | None,
+        team: str | None,
+        name: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The views of the jobs the caller may see, newest first, and the next page's cursor
+        (BadCursor: the cursor is not one this API gave out)."""
+        flt = JobFilter(
+            status=statuses,
+            user=owner,
+            team=team,
+            name=name,
+            visible_team=None if user.is_admin else user.team,
+        )
+        try:
+            jobs, next_cursor = await off_loop(self.store.list_jobs, flt, limit, cursor)
+        except ValueError as e:
+            raise BadCursor(str(e)) from None
+        return [await self.with_queue_info(job_json(j)) for j in jobs], next_cursor
+
+    # ---- events ----------------------------------------------------------------------------------
+    async def events(self, job_id: str, after: int = 0) -> list[Event]:
+        """A job's events after the event id ``after``, oldest first."""
+        return await off_loop(self.store.job_events, job_id, after)
+
+    async def events_since(self, after: int, team: str | None) -> list[Event]:
+        """Every job's events after ``after`` (of one team if given), oldest first."""
+        return await off_loop(self.store.events_since, after, team)
+
+    async def last_event_id(self) -> int:
+        """The newest event's id (where a live stream with no ``after`` starts)."""
+        return await off_loop(self.store.last_event_id)
+
+    def subscribe_events(self) -> Any:
+        """A bus subscription to job events: a hint to read them again (close it when done)."""
+        return self.bus.subscribe(JOB_TOPICS)
+
+    # ---- submit ----------------------------------------------------------------------------------
+    async def check_submittable(self, user: User, spec: JobSpec) -> None:
+        """PermissionError or SpecRejected when ``user`` may not run ``spec`` as it stands: a viewer,
+        another team's job, an unknown team, a workdir bundle of another team, a missing secret."""
+        if not user.can_submit:
+            raise PermissionError("viewers cannot submit jobs")
+        if spec.team and spec.team != user.team:
+            if not user.is_admin:
+                raise PermissionError(f"you may submit only to your team {user.team!r}")
+            if not await self.tenancy.team_exists(spec.team):
+                raise SpecRejected([{"field": "team", "message": f"team {spec.team!r} does not exist"}])
+        team = spec.team or user.team
+        if spec.workdir is not None and not self.files.bundle_exists(team, spec.workdir):
+            raise SpecRejected([{"field": "workdir", "message": "no such uploaded workdir for your team"}])
+        if spec.secrets:
+            known = {s.name for s in await self.tenancy.list_secrets(team)}
+            missing = [n for n in spec.secrets if n not in known]
+            if missing:
+                raise SpecRejected(
+                    [{"field": "secrets", "message": f"team {team!r} has no secret {n!r}"} for n in missing]
+                )
+
+    def check_rate(self, user: User) -> None:
+        """RateLimited when the user is over their tier's (or the global) submission rate."""
+        tier = tier_of(self.tiers, user.tier, self.settings.default_tier)
+        if not tier.unlimited:
+            wait = self.cache.take(f"submit:tier:{user.name}", tier.rate_per_s, tier.burst)
+            if wait > 0:
+                raise RateLimited(wait)
+        if self.settings.submit_rate > 0:
+            wait = self.cache.take(
+                f"submit:{user.name}", self.settings.submit_rate, self.settings.submit_burst
+            )
+            if wait > 0:
+                raise RateLimited(wait)
+
+    async def submit(self, user: User, spec: JobSpec, idempotency_key: str | None) -> SubmitResult:
+        """Accept a job (rate-limited); an Idempotency-Key replay returns the job that key made."""
+        self.check_rate(user)
+        store = self.store
+        try:
+            job = await self.writes.run(lambda conn: store.insert_job_in(conn, user, spec, idempotency_key))
+            result = SubmitResult(job=job, created=True)
+        except sa.exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            result = await off_loop(store.replay, user, spec, idempotency_key)
+        if result.created:
+            self.metrics.submitted.inc()
+            self.kick_scheduler.set()
+            self.kick_relay.set()
+        return result
+
+    # ---- cancel and restart ----------------------------------------------------------------------
+    async def cancel(self, user: User, job_id: str) -> Job:
+        """Cancel (idempotent): a pending job ends at once, a running one is CANCELLING until its
+        worker confirms; a finished job stays as it was."""
+        await self.visible_job(user, job_id)
+        if not user.can_submit:
+            raise PermissionError("viewers cannot cancel jobs")
+        job = await off_loop(self.store.cancel, job_id, user.name)
+        await self.dispatcher.cancel(job, f"cancelled by {user.name}")
+        if job.gang_id is not None:
+            await self.dispatcher.push_gang_stops(job.id)
+        self.kick_relay.set()
+        return job
+
+    async def restart(self, user: User, job_id: str) -> Job:
+        """Run a finished job again as a new attempt (its owner, a team admin or an admin)."""
+        job = await self.visible_job(user, job_id)
+        if not user.manages(job.team) and (job.user != user.name or not user.can_submit):
+            raise PermissionError("only the job's owner, a team admin or an admin can restart it")
+        job = await off_loop(self.store.restart, job_id, user.name)
+        self.kick_scheduler.set()
+        self.kick_relay.set()
+        return job
