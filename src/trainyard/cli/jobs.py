@@ -16,6 +16,7 @@ from trainyard.cli.app import OutputOpt, app, client_of, handle_errors
 from trainyard.cli.jobspec import SubmitFlags, load_spec_file, merge_spec
 from trainyard.cli.output import EMPTY, Format, cell
 from trainyard.client.sdk import TrainyardError, job_exit_code, new_idempotency_key, validate_spec
+from trainyard.model import slurm
 from trainyard.model.spec import cwd_problem
 from trainyard.model.states import TERMINAL
 
@@ -68,10 +69,23 @@ def submit(
     output: Annotated[
         Format | None, typer.Option("-o", "--output", help="json or yaml: print the job, not just its id")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the JobSpec (YAML, or -o json) and submit nothing")
+    ] = False,
 ) -> None:
+    # Imported here so that `yard --help` lists submit before sbatch (commands list as registered).
+    from trainyard.cli import sbatch
+
     base = load_spec_file(file) if file is not None else {}
+    # `yard submit script.sh`: a Slurm batch script, its #SBATCH directives under these flags.
+    script = sbatch.batch_script_arg(command or ())
+    warnings: list[str] = []
+    if script is not None:
+        base, warnings = sbatch.script_spec(
+            sbatch.read_script(script), script_name=script.name, base=base, workdir=workdir is not None
+        )
     flags = SubmitFlags(
-        command=command or (),
+        command=() if script is not None else command or (),
         name=name,
         kind=kind,
         image=image,
@@ -90,11 +104,18 @@ def submit(
         replicas=replicas,
     )
     spec = merge_spec(base, flags)
+    if script is not None:
+        slurm.sync_env(spec)
     if workdir is None and not spec.get("workdir") and "cwd" not in spec:
         # Slurm's convention: the job starts where it was submitted, when the worker shares that path.
         here = os.path.abspath(os.getcwd())
         if cwd_problem(here) is None:  # never a system directory: the job runs in its own one then
             spec["cwd"] = here
+    if dry_run:
+        sbatch.print_dry_run(spec, warnings, output)
+        return
+    sbatch.print_warnings(warnings)
+    sbatch.check_supported(spec)
     # Checked before any upload, so a typo does not cost a 100 MiB transfer.
     validate_spec(spec)
     client = client_of(ctx)
@@ -103,7 +124,7 @@ def submit(
         out.note(f"uploaded workdir {workdir} as {key}")
         spec["workdir"] = key
     # A generated key makes the SDK's retry after a dropped connection safe: no duplicate job.
-    job = client.submit(spec, idempotency_key=idempotency_key or new_idempotency_key())
+    job = sbatch.send(client, spec, idempotency_key or new_idempotency_key())
     if output is None or output is Format.table:
         sys.stdout.write(f"{job['id']}\n")
     else:

@@ -16,6 +16,7 @@ from trainyard.cli.app import State, admin_app, app
 # isort: off
 from trainyard.cli import simulate  # noqa: F401  (simulate)
 from trainyard.cli import jobs  # noqa: F401  (submit, get, ls, logs, cancel, restart, events, artifacts)
+from trainyard.cli import sbatch  # noqa: F401  (sbatch)
 from trainyard.cli import fleet  # noqa: F401  (workers, queues)
 from trainyard.cli import platform  # noqa: F401  (up, server)
 from trainyard.cli import worker  # noqa: F401  (worker)
