@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trainyard.server.errors import ApiError, error_response
 from trainyard.server.services.jobs import RateLimited
-from trainyard.store.sql import Conflict, IdempotencyConflict, NotFound
+from trainyard.store import Conflict, IdempotencyConflict, NotFound
 
 
 async def api_error(_: Request, e: ApiError) -> JSONResponse:

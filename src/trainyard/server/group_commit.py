@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from trainyard.store.sql import SqlStore
+from trainyard.store import BatchWriter
 
 T = TypeVar("T")
 log = logging.getLogger("trainyard.group_commit")
 
 
 class GroupCommit:
-    def __init__(self, store: SqlStore, max_batch: int = 256) -> None:
+    def __init__(self, store: BatchWriter, max_batch: int = 256) -> None:
         self._store = store
         self._max = max_batch
         self._queue: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []

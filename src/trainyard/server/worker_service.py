@@ -26,7 +26,7 @@ from trainyard.server.grpc_tls import server_credentials
 from trainyard.server.platform import Platform
 from trainyard.server.services.dispatch import command_message
 from trainyard.server.services.fleet import Beat
-from trainyard.store.sql import FinishReport
+from trainyard.store import FinishReport
 
 log = logging.getLogger("trainyard.worker_service")
 

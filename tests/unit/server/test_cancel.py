@@ -9,7 +9,7 @@ import pytest
 from tests.unit.server.plane import ALICE, BOB, CANCEL_GRACE_S, HEARTBEAT_S, VIEWER, Plane, drained
 from trainyard.model.states import AttemptOutcome, JobStatus
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
-from trainyard.store.sql import NotFound
+from trainyard.store import NotFound
 
 pytestmark = pytest.mark.anyio
 

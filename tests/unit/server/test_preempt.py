@@ -10,7 +10,7 @@ from tests.unit.server.plane import CANCEL_GRACE_S, HEARTBEAT_S, Plane, drained
 from trainyard.model.records import Worker
 from trainyard.model.states import AttemptOutcome, JobStatus
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
-from trainyard.store.sql import Lease
+from trainyard.store import Lease
 
 pytestmark = pytest.mark.anyio
 

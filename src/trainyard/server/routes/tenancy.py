@@ -22,7 +22,7 @@ from trainyard.server.responses import AUTHED, SECRET_BODY, TOKEN_BODY, WITH_BOD
 from trainyard.server.routes.deps import AuthDep, TenancyDep, UserDep
 from trainyard.server.services.auth import AuthService
 from trainyard.server.views import iso
-from trainyard.store.sql import NotFound
+from trainyard.store import NotFound
 
 
 def token_json(t: TokenInfo, now: float) -> dict[str, Any]:

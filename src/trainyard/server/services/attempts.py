@@ -3,13 +3,18 @@ reports is one transaction), sealed log chunks, and the lease-token check of eve
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trainyard.model.records import LogChunk
 from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.logs import LogService
-from trainyard.store.sql import FinishReport, ReportResult, SqlStore
+from trainyard.store import FinishReport, ReportResult
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 
 class AttemptService:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from trainyard.model.ids import hash_token
 from trainyard.model.records import TokenInfo, User, Worker
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.settings import Settings, worker_bootstrap_token
 from trainyard.server.sso import JwtVerifier, looks_like_jwt
-from trainyard.store.sql import SqlStore
+from trainyard.store import Authenticator, Tenancy
 
 AUTH_CACHE_TTL_S = 5.0
 """How long a token's user is cached: a revoked token stops working within it on other replicas."""
@@ -19,12 +20,21 @@ WORKER_CACHE_TTL_S = 5.0
 """How long a worker credential's worker is cached."""
 
 
+class AuthStore(Authenticator, Tenancy, Protocol):
+    """What the auth service needs of the store: tokens to users, users and their API tokens, and
+    worker credentials to workers."""
+
+    def worker_by_token(self, token: str) -> Worker | None:
+        """The worker a credential belongs to."""
+        ...
+
+
 class AuthService:
     """Tokens and credentials to users and workers (cached), and the users' API tokens."""
 
     def __init__(
         self,
-        store: SqlStore,
+        store: AuthStore,
         settings: Settings,
         *,
         monotonic: Callable[[], float] = time.monotonic,

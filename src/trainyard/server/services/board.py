@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from trainyard.server.queueboard import BOARD_KEY, BoardReader, QueueBoard
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.replica import Replica
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 
 class QueueBoards:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from trainyard.model.records import Job
 from trainyard.model.states import LIVE, JobStatus
@@ -18,7 +19,10 @@ from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.notify import Notifier, WorkerNote
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.tenancy import TenancyService
-from trainyard.store.sql import Lease, SqlStore, WorkerCommand
+from trainyard.store import Lease, WorkerCommand
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 _COMMAND_KINDS = {
     "cancel": pb.Command.CANCEL,

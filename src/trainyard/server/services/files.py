@@ -8,12 +8,15 @@ import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trainyard.model.records import ArtifactRecord
 from trainyard.objects.base import ObjectStore, check_key
 from trainyard.server.bundles import check_bundle
 from trainyard.server.services.blocking import off_loop
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 
 class BundleInvalid(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainyard.cache.base import Cache
 from trainyard.model.records import User, Worker
@@ -17,7 +17,10 @@ from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.reconcile import Reconciler
 from trainyard.server.services.replica import Replica
 from trainyard.server.views import worker_json
-from trainyard.store.sql import SqlStore, WorkerCommand
+from trainyard.store import WorkerCommand
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 DRAIN_PREEMPT_REASON = "preempted: the worker is being drained"
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from prometheus_client import generate_latest
 
 from trainyard.server.metrics import Metrics
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.replica import Replica
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 
 class Health:

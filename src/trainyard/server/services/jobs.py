@@ -6,7 +6,7 @@ see is answered as one that does not exist (``NotFound``), so ids of other teams
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -26,7 +26,10 @@ from trainyard.server.services.files import FileService
 from trainyard.server.services.tenancy import TenancyService
 from trainyard.server.settings import Settings
 from trainyard.server.views import iso, job_json
-from trainyard.store.sql import JobFilter, NotFound, SqlStore, SubmitResult
+from trainyard.store import JobFilter, NotFound, SubmitResult
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 JOB_TOPICS = frozenset({"job.events", "job.submitted"})
 """The bus topics that carry job events (a hint to re-read them from the store)."""

@@ -7,14 +7,16 @@ import gzip
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainyard.cache.base import LogTailStore
 from trainyard.model.records import Job
 from trainyard.model.states import LIVE
 from trainyard.objects.base import ObjectNotFound, ObjectStore
 from trainyard.server.services.blocking import off_loop
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 log = logging.getLogger("trainyard.server")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainyard.bus.base import EventBus
 from trainyard.bus.relay import OutboxRelay
 from trainyard.model.states import TERMINAL
 from trainyard.server.metrics import Metrics
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 RELAY_BATCH = 1000
 """Events per read of the outbox; a full batch means more are waiting."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -18,7 +19,9 @@ from trainyard.server.absent import AbsentAttempts
 from trainyard.server.metrics import Metrics
 from trainyard.server.services.auth import AuthService
 from trainyard.server.services.replica import Replica
-from trainyard.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 log = logging.getLogger("trainyard.server")
 

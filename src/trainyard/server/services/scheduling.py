@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainyard.model.states import JobStatus, Priority
 from trainyard.scheduler.core import Decisions, decide
@@ -35,7 +35,10 @@ from trainyard.server.queueboard import (
 )
 from trainyard.server.services.board import QueueBoards
 from trainyard.server.services.replica import Replica
-from trainyard.store.sql import Lease, Placement, SqlStore, WorkerCommand
+from trainyard.store import Lease, Placement, WorkerCommand
+
+if TYPE_CHECKING:
+    from trainyard.store.sql import SqlStore
 
 log = logging.getLogger("trainyard.server")
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from trainyard.cache.tiers import Tier
 from trainyard.model.records import AuditEntry, SecretInfo, Team, User
 from trainyard.server.hub import Kick
 from trainyard.server.secretbox import SecretBox, SecretUnreadable
 from trainyard.server.services.blocking import off_loop
-from trainyard.store.sql import SqlStore
+from trainyard.store import AuditTrail, Secrets, Tenancy
 
 log = logging.getLogger("trainyard.server")
+
+
+class TenancyStore(Tenancy, Secrets, AuditTrail, Protocol):
+    """What the tenancy service needs of the store: teams, sealed secrets, the audit trail."""
 
 
 class TenancyService:
     """What teams are, what secrets they hold, and who changed what."""
 
     def __init__(
-        self, store: SqlStore, secret_box: SecretBox, tiers: dict[str, Tier], kick_scheduler: Kick
+        self, store: TenancyStore, secret_box: SecretBox, tiers: dict[str, Tier], kick_scheduler: Kick
     ) -> None:
         self.store = store
         self.secret_box = secret_box
