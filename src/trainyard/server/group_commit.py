@@ -21,6 +21,10 @@ log = logging.getLogger("trainyard.group_commit")
 
 
 class GroupCommit:
+    """Writes from many concurrent requests applied together: each ``run`` queues an operation, one
+    writer task applies everything queued in one transaction (``apply_batch``), and each caller gets
+    its own operation's result or exception."""
+
     def __init__(self, store: BatchWriter, max_batch: int = 256) -> None:
         self._store = store
         self._max = max_batch
@@ -29,6 +33,7 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
 
     async def run(self, op: Callable[[sa.Connection], T]) -> T:
+        """Queue ``op`` (a function of the transaction's connection) and wait for its result."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._writer(), name="group-commit")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -58,5 +63,6 @@ class GroupCommit:
                         fut.set_exception(value)
 
     def close(self) -> None:
+        """Stop the writer task (operations still queued are not applied)."""
         if self._task is not None:
             self._task.cancel()

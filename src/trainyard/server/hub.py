@@ -19,9 +19,11 @@ class Kick:
         self._event = asyncio.Event()
 
     def set(self) -> None:
+        """Wake the waiter (or the next one to wait)."""
         self._event.set()
 
     async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a kick; True when kicked (the kick is consumed)."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
@@ -37,11 +39,13 @@ class WorkerChannels:
         self._queues: dict[str, list[asyncio.Queue[pb.LeaseMessage]]] = defaultdict(list)
 
     def connect(self, worker_id: str) -> asyncio.Queue[pb.LeaseMessage]:
+        """A new lease stream of the worker: the queue its messages are put on."""
         q: asyncio.Queue[pb.LeaseMessage] = asyncio.Queue()
         self._queues[worker_id].append(q)
         return q
 
     def disconnect(self, worker_id: str, q: asyncio.Queue[pb.LeaseMessage]) -> None:
+        """The stream behind ``q`` ended."""
         qs = self._queues.get(worker_id)
         if qs and q in qs:
             qs.remove(q)
@@ -49,6 +53,7 @@ class WorkerChannels:
                 del self._queues[worker_id]
 
     def connected(self, worker_id: str) -> bool:
+        """Whether the worker has a lease stream on this replica."""
         return bool(self._queues.get(worker_id))
 
     def send(self, worker_id: str, msg: pb.LeaseMessage) -> bool:

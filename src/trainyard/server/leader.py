@@ -27,12 +27,16 @@ ADVISORY_LOCK_KEY = 0x7472_6169_6E79_6172  # "trainyar"
 
 
 class Leadership(Protocol):
+    """Who runs the singleton loops: a lock only one replica holds at a time."""
+
     def try_acquire(self) -> bool:
         """True while this process is the leader: takes the lead if free, checks it is still held if
         held. Blocking (call it from a thread); never raises."""
         ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Give up the lead (on shutdown), so another replica takes it at once."""
+        ...
 
 
 def libpq_url(sqlalchemy_url: str) -> str:
@@ -41,6 +45,8 @@ def libpq_url(sqlalchemy_url: str) -> str:
 
 
 class PostgresLeadership:
+    """Leadership as a session-level advisory lock on a connection of its own."""
+
     def __init__(self, url: str, key: int = ADVISORY_LOCK_KEY, timeout_s: float = 3.0) -> None:
         self._url = libpq_url(url)
         self._key = key
@@ -66,6 +72,7 @@ class PostgresLeadership:
         return conn
 
     def try_acquire(self) -> bool:
+        """Take the lock if free, or check the session holding it is still alive."""
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
@@ -91,6 +98,7 @@ class PostgresLeadership:
                 return False
 
     def release(self) -> None:
+        """Close the session, which frees the lock."""
         with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(Exception):
@@ -107,6 +115,7 @@ class FileLeadership:
         self._file: IO[str] | None = None
 
     def try_acquire(self) -> bool:
+        """Take the lock file if no other process holds it."""
         if self._file is not None:
             return True
         f = open(self._path, "a")  # noqa: SIM115 - held open for the life of the leadership
@@ -119,12 +128,15 @@ class FileLeadership:
         return True
 
     def release(self) -> None:
+        """Close the lock file, which frees the lock."""
         if self._file is not None:
             self._file.close()
             self._file = None
 
 
 def leadership_for(db_url: str, home: Path) -> Leadership:
+    """The leadership that fits the database: an advisory lock on PostgreSQL, a lock file beside a
+    SQLite database."""
     if make_url(db_url).get_backend_name() == "postgresql":
         return PostgresLeadership(db_url)
     return FileLeadership(home / "leader.lock")

@@ -69,10 +69,12 @@ class LogTails:
         return start, bytes(tail.buf[start - tail.base :])
 
     def end(self, job_id: str, attempt: int) -> int | None:
+        """The offset just past the attempt's live bytes; None when this replica holds none."""
         tail = self._tails.get((job_id, attempt))
         return None if tail is None else tail.end
 
     def mark_ended(self, job_id: str, attempt: int) -> None:
+        """The attempt ended: wake its followers; its tail is evicted after ``keep_ended_s``."""
         tail = self._get(job_id, attempt)
         tail.ended_at = time.monotonic()
         self._wake(tail)

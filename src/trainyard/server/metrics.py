@@ -72,6 +72,8 @@ class _GpuCollector(Collector):
 
 
 class Metrics:
+    """The control plane's Prometheus metrics, in a registry of its own (one per platform)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -103,4 +105,5 @@ class Metrics:
         r.register(self.gpu_utilization)
 
     def add_queue_collector(self, read: Callable[[], dict[str, object]]) -> None:
+        """Export the queue gauges that ``read`` returns (called at every scrape)."""
         self.registry.register(_QueueCollector(read))

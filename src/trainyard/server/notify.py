@@ -28,31 +28,43 @@ _MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 
 @dataclass(frozen=True)
 class WorkerNote:
+    """Something for a worker whose lease stream may be on another replica: new leases, a
+    preemption or a cancel (``kind``) of these (job, attempt) pairs."""
+
     worker_id: str
-    kind: str  # "lease" | "cancel"
+    kind: str  # "lease" | "preempt" | "cancel"
     jobs: tuple[tuple[str, int], ...]
 
 
 class Notifier(Protocol):
+    """Hints between replicas: a note for a worker reaches the replica holding its stream."""
+
     def send(self, notes: Sequence[WorkerNote]) -> None:
         """Blocking: call from a thread."""
         ...
 
-    def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[WorkerNote], None]) -> None: ...
+    def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[WorkerNote], None]) -> None:
+        """Deliver notes from other replicas by calling ``deliver`` on ``loop``."""
+        ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop listening and close connections."""
+        ...
 
 
 class LocalNotifier:
     """One replica: every worker is connected here, so there is nobody to tell."""
 
     def send(self, notes: Sequence[WorkerNote]) -> None:
+        """Nothing to do: there is no other replica."""
         return None
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[WorkerNote], None]) -> None:
+        """Nothing to do: there is no other replica."""
         return None
 
     def stop(self) -> None:
+        """Nothing to do."""
         return None
 
 
@@ -74,6 +86,8 @@ def _payloads(notes: Sequence[WorkerNote]) -> list[str]:
 
 
 class PostgresNotifier:
+    """Notes over PostgreSQL's LISTEN/NOTIFY, on the database every replica shares."""
+
     def __init__(self, url: str) -> None:
         self._url = libpq_url(url)
         self._send_conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -82,6 +96,7 @@ class PostgresNotifier:
         self._thread: threading.Thread | None = None
 
     def send(self, notes: Sequence[WorkerNote]) -> None:
+        """NOTIFY the notes (blocking; a failure is logged: heartbeats carry every command too)."""
         payloads = _payloads(notes)
         if not payloads:
             return
@@ -100,6 +115,8 @@ class PostgresNotifier:
                         log.warning("could not notify other replicas (%s); heartbeats will catch up", e)
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[WorkerNote], None]) -> None:
+        """LISTEN in a thread of its own, reconnecting after errors; notes go to ``deliver``."""
+
         def listen() -> None:
             while not self._stop.is_set():
                 try:
@@ -120,6 +137,7 @@ class PostgresNotifier:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the listening thread and close the sending connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2.0)
@@ -140,6 +158,7 @@ def _parse(payload: str) -> WorkerNote | None:
 
 
 def notifier_for(db_url: str) -> Notifier:
+    """LISTEN/NOTIFY on PostgreSQL; nothing to tell on SQLite (one replica per database)."""
     from sqlalchemy.engine import make_url
 
     if make_url(db_url).get_backend_name() == "postgresql":

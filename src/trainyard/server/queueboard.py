@@ -26,6 +26,8 @@ ESTIMATE_AFTER_S = 3.0
 
 @dataclass
 class QueueBoard:
+    """The board the leader publishes: each waiting job's place and estimated start."""
+
     positions: dict[str, int] = field(default_factory=dict)
     """Pending job -> 1-based place among the waiting jobs of its team's queue."""
     starts: dict[str, float | None] = field(default_factory=dict)
@@ -34,12 +36,14 @@ class QueueBoard:
     estimated_at: float = 0.0
 
     def lookup(self, job_id: str) -> dict[str, Any]:
+        """The queue fields of a job's view (both None for a job not on the board)."""
         return {
             "queue_position": self.positions.get(job_id),
             "estimated_start_at": self.starts.get(job_id),
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The board as stored in ``scheduler_state``."""
         # Rounded: a second is far finer than any estimate, and the board is rewritten every second.
         return {
             "as_of": self.as_of,
@@ -50,6 +54,7 @@ class QueueBoard:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> QueueBoard:
+        """A board read back from ``scheduler_state``."""
         return cls(
             positions={str(k): int(v) for k, v in data.get("positions", {}).items()},
             starts={str(k): (None if v is None else float(v)) for k, v in data.get("starts", {}).items()},
@@ -84,8 +89,10 @@ class BoardReader:
         self.read_at = 0.0
 
     def stale(self, now: float | None = None) -> bool:
+        """Whether the copy is older than ``REFRESH_EVERY_S``."""
         return (now if now is not None else time.monotonic()) - self.read_at >= REFRESH_EVERY_S
 
     def replace(self, board: QueueBoard) -> None:
+        """Keep a freshly read board."""
         self.board = board
         self.read_at = time.monotonic()

@@ -15,11 +15,15 @@ from trainyard.model.records import ROLES
 
 
 class ErrorDetail(BaseModel):
+    """One field-level problem."""
+
     field: str = Field(description="the offending field, dotted (e.g. resources.memory)")
     message: str
 
 
 class ErrorInfo(BaseModel):
+    """What went wrong: a machine-readable code, a message, and field-level details."""
+
     code: str = Field(description="machine-readable, e.g. not_found, invalid_spec, rate_limited")
     message: str
     details: list[ErrorDetail]

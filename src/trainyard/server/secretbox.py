@@ -19,15 +19,20 @@ class SecretUnreadable(Exception):
 
 
 class SecretBox:
+    """Team secrets sealed with AES-GCM under the control plane's key, bound to their team and
+    name (a sealed value moved to another secret does not open)."""
+
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
 
     def seal(self, team: str, name: str, value: str) -> str:
+        """The sealed form of ``value`` (versioned, base64)."""
         nonce = os.urandom(_NONCE)
         sealed = self._aead.encrypt(nonce, value.encode(), _aad(team, name))
         return _VERSION + base64.b64encode(nonce + sealed).decode()
 
     def open(self, team: str, name: str, ciphertext: str) -> str:
+        """The value of a sealed secret; SecretUnreadable when it does not open."""
         if not ciphertext.startswith(_VERSION):
             raise SecretUnreadable(f"secret {team}/{name}: unknown format")
         try:

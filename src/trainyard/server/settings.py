@@ -13,6 +13,8 @@ from trainyard.model.quantity import parse_duration, parse_memory
 
 
 class Settings(BaseSettings):
+    """Everything a control plane is configured with (``TRAINYARD_*`` environment variables)."""
+
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
 
     home: Path = Field(default=Path(".trainyard"), description="all embedded state lives here")
@@ -100,14 +102,17 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
+        """The database URL: ``database_url``, or a SQLite file in home."""
         return self.database_url or f"sqlite:///{self.home.resolve() / 'trainyard.db'}"
 
     @property
     def base_url(self) -> str:
+        """The URL clients are told: ``public_url``, or the address served."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def objects_dir(self) -> Path:
+        """Where a local object store keeps its files."""
         if self.object_store and self.object_store.startswith("file://"):
             return Path(self.object_store[len("file://") :])
         return self.home / "objects"
@@ -125,6 +130,7 @@ def _secret_file(path: Path, make: str) -> str:
 
 
 def url_secret(home: Path) -> bytes:
+    """The key presigned object URLs are signed with, kept in home."""
     return _secret_file(home / "secret", secrets.token_hex(32)).encode()
 
 
@@ -150,6 +156,7 @@ def worker_bootstrap_token(home: Path) -> str:
 
 
 def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (mode 600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -53,6 +53,8 @@ class Jwks:
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str | None) -> dict[str, Any] | None:
+        """The provider's key of that id, refreshed when stale or unknown (at most every
+        ``JWKS_MIN_REFRESH_S`` for an unknown one)."""
         now = time.monotonic()
         if now - self._fetched_at > JWKS_TTL_S or (
             kid not in self._keys and now - self._fetched_at > JWKS_MIN_REFRESH_S
@@ -106,6 +108,7 @@ class JwtVerifier:
         self.provision = provision
 
     async def verify(self, token: str) -> tuple[User, float] | None:
+        """The user a JWT vouches for, provisioned on first sight, and its expiry; None if refused."""
         claims = await self.claims(token)
         if claims is None:
             return None
@@ -128,6 +131,7 @@ class JwtVerifier:
         return user, float(claims["exp"])
 
     async def claims(self, token: str) -> dict[str, Any] | None:
+        """The token's claims if its signature, algorithm, issuer, audience and expiry check out."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

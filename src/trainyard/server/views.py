@@ -12,12 +12,14 @@ _PRIORITY = {p.rank: p.value for p in Priority}
 
 
 def iso(ts: float | None) -> str | None:
+    """A unix time as ISO 8601 in UTC with milliseconds (``…Z``); None stays None."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def attempt_json(a: Attempt) -> dict[str, Any]:
+    """An attempt as the API shows it."""
     return {
         "number": a.number,
         "worker_id": a.worker_id,
@@ -35,6 +37,7 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
 
 
 def job_json(j: Job) -> dict[str, Any]:
+    """A job as the API shows it, with its attempts, its ranks (gangs) and its URLs."""
     base = f"/v1/jobs/{j.id}"
     return {
         "id": j.id,
@@ -84,6 +87,7 @@ def job_json(j: Job) -> dict[str, Any]:
 
 
 def event_json(e: Event) -> dict[str, Any]:
+    """A job event as the API shows it."""
     return {
         "id": e.id,
         "event_id": e.event_id,
@@ -99,6 +103,7 @@ def event_json(e: Event) -> dict[str, Any]:
 
 
 def artifact_json(a: ArtifactRecord, url: str) -> dict[str, Any]:
+    """An artifact with its download URL as the API shows it."""
     # `name` is the contract's field (DESIGN.md); `path` is the same, kept for existing clients.
     return {
         "name": a.path,
@@ -111,6 +116,7 @@ def artifact_json(a: ArtifactRecord, url: str) -> dict[str, Any]:
 
 
 def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, alive: bool) -> dict[str, Any]:
+    """A worker as the API shows it; one that is not alive (and not dead yet) is UNRESPONSIVE."""
     return {
         "id": w.id,
         "name": w.name,
@@ -130,6 +136,7 @@ def worker_json(w: Worker, allocated: tuple[float, int, int], running: int, aliv
 
 
 def team_json(t: Team) -> dict[str, Any]:
+    """A team with its weight and quotas as the API shows it."""
     return {
         "name": t.name,
         "weight": t.weight,

@@ -122,6 +122,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.RegisterRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.RegisterResponse:
+        """An agent (re)registers with the bootstrap token: its worker id and credential."""
         if not self.auth.is_bootstrap(_bearer(context)):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the worker bootstrap token is required")
         cap = request.capacity
@@ -153,6 +154,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.HeartbeatRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.HeartbeatResponse:
+        """A live worker's heartbeat: the commands it must act on (``known`` false: register anew)."""
         worker = await self._worker(context)
         if worker.status == "DEAD":
             # Declared dead while it was away: its attempts were requeued. It must register anew
@@ -173,6 +175,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.LeaseRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[pb.LeaseMessage]:
+        """The worker's lease stream: what it holds (again), then new assignments and commands."""
         worker = await self._worker(context)
         queue = self.dispatcher.connect(worker.id)
         try:
@@ -191,6 +194,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.ReportRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.ReportResponse:
+        """An attempt started or finished; STALE for an old lease token."""
         worker = await self._worker(context)
         try:
             return await self._report(request, worker)
@@ -203,6 +207,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.ReportBatchRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.ReportBatchResponse:
+        """Several reports at once, applied in one transaction by group commit."""
         worker = await self._worker(context)
         try:
             for r in request.reports:
@@ -241,6 +246,8 @@ class WorkerService(pbg.WorkerServiceServicer):
         request_iterator: AsyncIterator[pb.LogData],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[pb.LogAck]:
+        """Live log bytes, acknowledged with the offset kept (``stale``: the attempt is not this
+        worker's any more)."""
         await self._worker(context)
         verified: dict[tuple[str, int], bool] = {}
         async for msg in request_iterator:
@@ -259,6 +266,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.UrlRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.UrlResponse:
+        """Presigned upload URLs for an attempt's log chunks, artifacts or checkpoint."""
         await self._worker(context)
         ok = await self.attempts.token_ok(request.job_id, request.attempt, request.lease_token)
         if not ok:
@@ -280,6 +288,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.SealLogChunkRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.ReportResponse:
+        """Index a log chunk the worker uploaded."""
         await self._worker(context)
         expected = f"jobs/{request.job_id}/{request.attempt}/logs/{request.seq:08d}.log.gz"
         if request.object_key != expected or request.end_offset < request.start_offset:
@@ -341,6 +350,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.StartMultipartRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.StartMultipartResponse:
+        """Start a multipart upload of a large artifact or checkpoint: the first part URLs."""
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.StartMultipartResponse(stale=True)
@@ -363,6 +373,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.SignMultipartPartsRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.SignMultipartPartsResponse:
+        """Presigned URLs for more parts of a multipart upload."""
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.SignMultipartPartsResponse(stale=True)
@@ -377,6 +388,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.CompleteMultipartRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.CompleteMultipartResponse:
+        """Assemble a multipart upload: its key and size."""
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.CompleteMultipartResponse(stale=True)
@@ -407,6 +419,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         request: pb.AbortMultipartRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.AbortMultipartResponse:
+        """Abandon a multipart upload."""
         key = await self._multipart_key(request.ref, context)
         if key is None:
             return pb.AbortMultipartResponse(stale=True)
@@ -415,6 +428,7 @@ class WorkerService(pbg.WorkerServiceServicer):
 
 
 async def start_grpc(platform: Platform, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Serve the worker service on ``host:port`` (TLS when configured): the server and its port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 16 << 20),
