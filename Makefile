@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up install sandbox browser podman kubectl image deploy-check test lint typecheck proto proto-check unit contract integration e2e bench clean
+.PHONY: up install sandbox browser podman kubectl image image-smoke deploy-check test lint typecheck proto proto-check unit contract integration e2e bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,25 @@ kubectl:
 ## make deploy-check: render and validate deploy/kubernetes (every overlay), offline
 deploy-check: install kubectl
 	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
+
+## make image: build the control plane and agent image with podman (deploy/Containerfile). Without a
+## registry the base image is made from Debian's packages first (deploy/image/base.sh, as root).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= localhost/trainyard:$(VERSION)
+BASE_IMAGE ?= localhost/trainyard-base:bookworm
+comma := ,
+# Behind a proxy that re-signs TLS, pip in the build needs its CA bundle (PIP_CERT, as pip reads it).
+PIP_CERT_SECRET := $(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT))
+image: podman
+	@podman image exists $(BASE_IMAGE) || { command -v debootstrap >/dev/null || $(APT) debootstrap \
+		|| (apt-get update && $(APT) debootstrap); deploy/image/base.sh $(BASE_IMAGE); }
+	podman build -f deploy/Containerfile --ignorefile deploy/containerignore \
+		--build-arg BASE=$(BASE_IMAGE) $(PIP_CERT_SECRET) -t $(IMAGE) .
+
+## make image-smoke: run the image for real (control plane, sandboxed agent, one job)
+PODMAN_RUN_OPTS ?= --ulimit nofile=1024:1024 --ulimit nproc=4096:4096
+image-smoke: image
+	PODMAN_RUN_OPTS='$(PODMAN_RUN_OPTS)' deploy/image/smoke.sh $(IMAGE)
 
 ## make up: install and run the whole platform on its embedded defaults (Ctrl-C stops it)
 up: install
