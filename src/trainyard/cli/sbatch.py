@@ -31,9 +31,14 @@ PLANNED: Mapping[str, str] = {
 _HEAD_BYTES = 256 * 1024
 
 
-def load_srun_shim() -> str:
-    """The ``srun`` a batch script finds on its PATH: ``trainyard/shims/srun``, shipped in the package."""
-    return resources.files("trainyard").joinpath("shims/srun").read_text(encoding="utf-8")
+SHIMS = ("srun", "scontrol")
+
+
+def load_shims() -> dict[str, str]:
+    """The programs a batch script finds on its PATH (``srun``, ``scontrol``), by name: the files of
+    ``trainyard/shims/``, shipped in the package."""
+    folder = resources.files("trainyard").joinpath("shims")
+    return {name: folder.joinpath(name).read_text(encoding="utf-8") for name in SHIMS}
 
 
 def read_script(path: Path) -> str:
@@ -92,7 +97,7 @@ def script_spec(
         script_name=script_name,
         args=args,
         options=options,
-        srun_shim=load_srun_shim(),
+        shims=load_shims(),
         submit_dir=None if workdir else here,
         environ=os.environ,
     )
@@ -303,7 +308,7 @@ __all__ = [
     "batch_script_arg",
     "check_supported",
     "default_cwd",
-    "load_srun_shim",
+    "load_shims",
     "print_dry_run",
     "print_warnings",
     "read_script",

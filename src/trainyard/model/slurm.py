@@ -17,12 +17,12 @@ What a script becomes:
   at submit time on any worker, with or without a shared file system, a bundle or an image that
   holds it. The wrapper writes it to a private directory (``$TMPDIR`` or ``/tmp``: private per job
   in the sandbox), sets the ``SLURM_*`` variables from the ``TRAINYARD_*`` ones the platform sets at
-  lease, puts a ``srun`` shim on ``PATH``, defines ``module``/``ml`` as a note that succeeds when the
-  worker has no environment modules, and ``exec``s the script under bash (with the shebang's flags,
-  ``-l`` aside), or under its own interpreter when the shebang names another one (python, say). The
-  script is exec'd, so its process, exit status and signals are those of a plain ``bash script.sh``
-  job. A script is at most ``MAX_SCRIPT_BYTES``: one argument of a command line cannot be longer
-  than 128 KiB on Linux.
+  lease, puts the ``srun`` and ``scontrol`` shims on ``PATH``, defines ``module``/``ml`` as a note
+  that succeeds when the worker has no environment modules, and ``exec``s the script under bash
+  (with the shebang's flags, ``-l`` aside), or under its own interpreter when the shebang names
+  another one (python, say). The script is exec'd, so its process, exit status and signals are
+  those of a plain ``bash script.sh`` job. A script is at most ``MAX_SCRIPT_BYTES``: one argument
+  of a command line cannot be longer than 128 KiB on Linux.
 - ``--array`` and ``--dependency`` give the planned ``array`` and ``depends_on`` fields (issue 16);
   a control plane that does not know them yet refuses them, and the CLI says so.
 """
@@ -944,7 +944,7 @@ fi
 script="$d/$0"
 printf '%s' "$1" > "$script" || exit 1
 shift
-printf '%s' @SRUN@ > "$d/bin/srun" && chmod 755 "$d/bin/srun" || exit 1
+@SHIMS@
 export PATH="$d/bin${PATH:+:$PATH}"
 nodes=$(_ty_num "${TRAINYARD_WORLD_SIZE:-}" 1)
 node=$(_ty_num "${TRAINYARD_RANK:-}" 0)
@@ -960,6 +960,8 @@ export SLURM_RESTART_COUNT=$(($(_ty_num "${TRAINYARD_ATTEMPT:-}" 1) - 1))
 export SLURM_SUBMIT_DIR="${SLURM_SUBMIT_DIR:-$PWD}"
 export SLURM_CLUSTER_NAME="${SLURM_CLUSTER_NAME:-trainyard}"
 export SLURMD_NODENAME="${HOSTNAME:-localhost}"
+export SLURM_JOB_NODELIST="${MASTER_ADDR:-$SLURMD_NODENAME}"
+export SLURM_NODELIST="$SLURM_JOB_NODELIST"
 if [ -n "${TRAINYARD_ARRAY_INDEX:-}" ]; then
   export SLURM_ARRAY_TASK_ID="$TRAINYARD_ARRAY_INDEX"
   export SLURM_ARRAY_JOB_ID="${TRAINYARD_ARRAY_JOB_ID:-${TRAINYARD_ARRAY_ID:-$SLURM_JOB_ID}}"
@@ -977,15 +979,24 @@ fi
 """
 
 
-def batch_command(text: str, *, script_name: str, args: Sequence[str] = (), srun_shim: str) -> list[str]:
+def batch_command(
+    text: str, *, script_name: str, args: Sequence[str] = (), shims: Mapping[str, str]
+) -> list[str]:
     """The job's command: ``bash -c WRAPPER NAME TEXT ARGS...`` (see the module's docstring).
-    ``srun_shim``: the text of the ``srun`` the job finds on its PATH (``trainyard/shims/srun``)."""
+    ``shims``: the programs the job finds on its PATH by name (``srun``, ``scontrol``: the files in
+    ``trainyard/shims/``) and their text."""
     run, _ = shebang(text)
     if run:
         line = "exec " + " ".join(shlex.quote(w) for w in run) + ' "$script" "$@"'
     else:
         line = 'chmod 700 "$script" && exec "$script" "$@"'
-    wrapper = _WRAPPER.replace("@SRUN@", shlex.quote(_compact(srun_shim))).replace("@RUN@", line)
+    writes = []
+    for prog, body in sorted(shims.items()):
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", prog):
+            raise ValueError(f"shim name {prog!r} must be a plain program name")
+        target = f'"$d/bin/{prog}"'
+        writes.append(f"printf '%s' {shlex.quote(_compact(body))} > {target} && chmod 755 {target} || exit 1")
+    wrapper = _WRAPPER.replace("@SHIMS@", "\n".join(writes)).replace("@RUN@", line)
     name = re.sub(r"[^A-Za-z0-9._-]", "_", posixpath.basename(script_name)) or "slurm_script"
     if name.startswith("."):
         name = "_" + name
@@ -1018,7 +1029,7 @@ def parse_script(
     script_name: str = "script.sh",
     args: Sequence[str] = (),
     options: Sequence[str] = (),
-    srun_shim: str,
+    shims: Mapping[str, str],
     qos_table: Mapping[str, str] = DEFAULT_QOS,
     submit_dir: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -1039,7 +1050,7 @@ def parse_script(
         environ=environ,
     )
     _, notes = shebang(text)
-    spec["command"] = batch_command(text, script_name=script_name, args=args, srun_shim=srun_shim)
+    spec["command"] = batch_command(text, script_name=script_name, args=args, shims=shims)
     return SbatchResult(spec, warnings + notes + more)
 
 

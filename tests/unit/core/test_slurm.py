@@ -17,8 +17,8 @@ import trainyard
 from trainyard.model import slurm
 from trainyard.model.spec import JobSpec
 
-SHIM_PATH = Path(trainyard.__file__).resolve().parent / "shims" / "srun"
-SHIM = SHIM_PATH.read_text()
+SHIM_DIR = Path(trainyard.__file__).resolve().parent / "shims"
+SHIMS = {name: (SHIM_DIR / name).read_text() for name in ("srun", "scontrol")}
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -426,12 +426,12 @@ def test_script_size_and_content_limits() -> None:
     # A script at the limit still makes a command the JobSpec takes.
     big = "#!/bin/bash\n" + "# filler\n" * ((slurm.MAX_SCRIPT_BYTES - 20) // 9)
     assert slurm.script_problem(big) is None
-    spec = slurm.parse_script(big, srun_shim=SHIM).spec
+    spec = slurm.parse_script(big, shims=SHIMS).spec
     JobSpec.model_validate(spec)
 
 
 def test_dos_line_ends_become_unix_ones() -> None:
-    r = slurm.parse_script("#!/bin/bash\r\n#SBATCH -c 2\r\necho hi\r\n", srun_shim=SHIM)
+    r = slurm.parse_script("#!/bin/bash\r\n#SBATCH -c 2\r\necho hi\r\n", shims=SHIMS)
     assert r.spec["resources"] == {"cpu": 2}
     assert "\r" not in r.spec["command"][4]
     assert r.warnings[0].startswith("the script has DOS line ends")
@@ -446,7 +446,7 @@ def run_job(
     tmp: Path,
 ) -> subprocess.CompletedProcess[str]:
     """The job's command as a worker runs it: the spec's env plus what the platform sets at lease."""
-    spec = slurm.parse_script(text, script_name="job.sh", args=args, options=options, srun_shim=SHIM).spec
+    spec = slurm.parse_script(text, script_name="job.sh", args=args, options=options, shims=SHIMS).spec
     JobSpec.model_validate(spec)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TRAINYARD_"))}
     full = {
@@ -601,3 +601,21 @@ def test_the_script_text_is_run_as_it_was_submitted(tmp_path: Path) -> None:
     p = run_job(tricky, tmp=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "quotes ' \" $HOME `x` \\n %s\nno newline at the end"
+
+
+def test_scontrol_show_hostnames_gives_the_rendezvous_host(tmp_path: Path) -> None:
+    script = """#!/bin/bash
+#SBATCH -N 2
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+echo "master=$MASTER_ADDR"
+scontrol show hostnames a,b
+scontrol show job "$SLURM_JOB_ID" || echo "scontrol show job: $?"
+"""
+    gang = {"TRAINYARD_RANK": "1", "TRAINYARD_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.5"}
+    p = run_job(script, tmp=tmp_path, env=gang)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["master=10.0.0.5", "a", "b", "scontrol show job: 1"]
+    assert "only 'scontrol show hostnames' is" in p.stderr
+    # One node: this one.
+    p = run_job("#!/bin/bash\nscontrol show hostnames\n", tmp=tmp_path, env={"HOSTNAME": "node7"})
+    assert p.stdout.strip() in ("node7", os.uname().nodename)

@@ -15,7 +15,9 @@ from trainyard.model import slurm
 from trainyard.model.spec import JobSpec
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "slurm"
-SHIM = (Path(trainyard.__file__).resolve().parent / "shims" / "srun").read_text()
+SHIMS = {
+    n: (Path(trainyard.__file__).resolve().parent / "shims" / n).read_text() for n in ("srun", "scontrol")
+}
 SUBMIT_DIR = "/home/alice/proj"
 
 GANG = "the job is a gang of"
@@ -147,7 +149,7 @@ def test_the_corpus_is_covered() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_corpus_script(name: str) -> None:
     text = (CORPUS / name).read_bytes().decode()
-    spec, warnings = slurm.parse_script(text, script_name=name, srun_shim=SHIM, submit_dir=SUBMIT_DIR)
+    spec, warnings = slurm.parse_script(text, script_name=name, shims=SHIMS, submit_dir=SUBMIT_DIR)
     fields, fragments = EXPECTED[name]
     env = {k: v for k, v in spec["env"].items() if not k.startswith("SLURM_")}
     got = {k: v for k, v in spec.items() if k not in ("command", "env")}
