@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainyard.bus.base import BusUnavailable, EventBus
-from trainyard.store.sql import SqlStore
+from trainyard.store.ports import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def id_ranges(ids: Sequence[int]) -> list[tuple[int, int]]:
 class OutboxRelay:
     def __init__(
         self,
-        store: SqlStore,
+        store: Outbox,
         bus: EventBus,
         batch: int = 1000,
         on_published: OnPublished | None = None,

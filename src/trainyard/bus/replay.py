@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from trainyard.bus.base import JOB_TOPICS, BusUnavailable
 from trainyard.bus.kafka import KafkaBusConfig, Options
-from trainyard.store.sql import SqlStore
+from trainyard.store.ports import EventLog
 
 _SHOW = 5  # ids named in the summary of each kind of problem
 
@@ -91,7 +91,7 @@ class ReplayReport:
 
 def replay(
     bootstrap: str,
-    store: SqlStore,
+    store: EventLog,
     timeout_s: float = 60.0,
     *,
     topic_prefix: str = "",

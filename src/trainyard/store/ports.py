@@ -61,6 +61,20 @@ class Heartbeats(Protocol):
         ...
 
 
+class RateBuckets(Protocol):
+    """What the cache's SQL fallback needs for rate limits: one token bucket, updated atomically."""
+
+    def take_rate_tokens(
+        self, bucket: str, burst: float, now: float, step: Callable[[float, float], tuple[float, float]]
+    ) -> float:
+        """Apply ``step`` (tokens, stamp) → (left, wait) to the bucket; returns the wait."""
+        ...
+
+
+class CacheFallback(Heartbeats, RateBuckets, Protocol):
+    """Everything the cache's SQL fallback uses of the store."""
+
+
 class Tenancy(Protocol):
     """What the admin commands and routes need: teams, users and API tokens."""
 

@@ -14,6 +14,7 @@ Where things live:
 - ``reconcile.py``: attempts the platform ends when their worker does not;
 - ``tenancy.py``: teams, users, tokens, secrets, the audit trail;
 - ``logs.py``: the log-chunk and artifact index; ``outbox.py``: the outbox relay and replay check;
+- ``rates.py``: token buckets for the rate limits while Redis is down;
 - ``views.py``: counts for the queue pages and the leader's published state;
 - ``rows.py``: typed rows and record conversions; ``records.py``: what callers pass and get back;
 - ``ports.py``: the ``Protocol`` each consumer needs; ``errors.py``: the exceptions.
@@ -35,6 +36,7 @@ from trainyard.store.jobs import JobRepo
 from trainyard.store.leases import LeaseRepo
 from trainyard.store.logs import LogRepo
 from trainyard.store.outbox import OutboxRepo
+from trainyard.store.rates import RateRepo
 from trainyard.store.reconcile import ReconcileRepo
 from trainyard.store.records import (
     DEFAULT_MAX_PREEMPTIONS,
@@ -109,6 +111,7 @@ class SqlStore:
         self.logs = LogRepo(self.db)
         self.outbox = OutboxRepo(self.db)
         self.views = ViewRepo(self.db)
+        self.rates = RateRepo(self.db)
         self._bind_core()
         self._bind_jobs()
         self._bind_fleet()
@@ -206,6 +209,7 @@ class SqlStore:
         self.touch_workers = fleet.touch_workers
         self.record_heartbeat = fleet.record_heartbeat
         self.heartbeat_at = fleet.heartbeat_at
+        self.take_rate_tokens = self.rates.take_rate_tokens
         self.mark_worker_dead = fleet.mark_worker_dead
         self.worker_commands = fleet.worker_commands
         self.count_by_status = views.count_by_status
