@@ -6,8 +6,6 @@ FastAPI dependencies), the worker gRPC service and the leader's loops (``run.py`
 
 from __future__ import annotations
 
-import time
-
 from trainyard.bus.base import EventBus
 from trainyard.bus.kafka import KafkaBus, KafkaBusConfig
 from trainyard.bus.memory import MemoryBus
@@ -65,7 +63,6 @@ class Platform:
     def __init__(self, settings: Settings, *, store: SqlStore | None = None) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.started_at = time.time()
         self._backends(settings, store)
         self.channels = WorkerChannels()
         self.kick_scheduler = Kick()

@@ -15,4 +15,6 @@ a test builds just the ones it needs over a SQLite store and a fake clock.
 - ``reconcile``: lost workers, undelivered leases, overdue runs, stuck cancels.
 - ``outbox``: the relay of committed events onto the bus.
 - ``replica`` and ``board``: this replica's leadership and liveness rules; the queue board's copy.
+- ``health``: what the operations routes report (leadership, readiness, metrics).
+- ``blocking``: ``off_loop``, how a blocking store call leaves the event loop.
 """
