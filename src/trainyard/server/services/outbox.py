@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainyard.bus.base import EventBus
 from trainyard.bus.relay import OutboxRelay
 from trainyard.model.states import TERMINAL
 from trainyard.server.metrics import Metrics
-
-if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+from trainyard.store import Outbox
 
 RELAY_BATCH = 1000
 """Events per read of the outbox; a full batch means more are waiting."""
@@ -20,7 +18,7 @@ _TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 class EventRelay:
     """Moves committed events from the store's outbox to the bus and counts the jobs that ended."""
 
-    def __init__(self, store: SqlStore, bus: EventBus, metrics: Metrics, *, batch: int = RELAY_BATCH) -> None:
+    def __init__(self, store: Outbox, bus: EventBus, metrics: Metrics, *, batch: int = RELAY_BATCH) -> None:
         self.metrics = metrics
         self.batch = batch
         self.relay = OutboxRelay(store, bus, batch=batch, on_published=self._published)
