@@ -60,6 +60,9 @@ JOB = f"""
 import os, sys, time
 n, agent, pid = os.environ["TRAINYARD_ATTEMPT"], os.environ.get("CHAOS_AGENT", "?"), os.getpid()
 lines = int(os.environ["LINES"])
+# Attempts of one job run as different users (agent 3 runs jobs unsandboxed, as itself; the others
+# as nobody): the shared record file must stay writable for each.
+os.umask(0)
 def mark(kind):
     with open("rec", "a") as f:
         f.write(f"{{kind}} {{n}} {{pid}} {{agent}} {{time.time():.3f}}\\n")
