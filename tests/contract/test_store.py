@@ -280,6 +280,48 @@ def test_preemption_requeues_without_using_a_try(store: SqlStore) -> None:
     assert j is not None and j.tries == 0 and [a.status for a in j.attempts] == ["PREEMPTED"] * 3
 
 
+def test_preempted_and_lost_jobs_keep_their_place_in_the_queue(store: SqlStore) -> None:
+    """As Slurm and Kueue requeue evicted work: a preempted or lost job keeps its ``queued_at`` and
+    comes before a job of its team and priority submitted while it ran; a retried failure goes to
+    the back."""
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    job = store.submit(ALICE, spec(retry={"max_attempts": 3, "on": ["infra", "failed"]})).job
+    wid = worker(store, "w1")
+
+    def run(worker_id: str, at: float) -> tuple[int, str]:
+        now[0] = at
+        attempt, token = lease_one(store, job.id, worker_id)
+        store.report_started(job.id, attempt, token, worker_id)
+        return attempt, token
+
+    def queue() -> list[str]:
+        return [p.id for p in store.pending_for_scheduling(now[0])]
+
+    attempt, token = run(wid, 1010.0)
+    now[0] = 1020.0
+    later = store.submit(ALICE, spec(name="later")).job
+    now[0] = 1030.0
+    assert finish(store, job.id, attempt, token, wid, AttemptOutcome.PREEMPTED, 143) is JobStatus.PENDING
+    j = store.get_job(job.id)
+    assert j is not None and j.queued_at == 1000.0 and j.attempts[-1].status == "PREEMPTED"
+    assert queue() == [job.id, later.id]
+
+    run(wid, 1040.0)
+    now[0] = 1050.0
+    assert store.mark_worker_dead(wid) == [job.id]
+    j = store.get_job(job.id)
+    assert j is not None and j.status is JobStatus.PENDING and j.attempts[-1].status == "LOST"
+    assert j.queued_at == 1000.0 and queue() == [job.id, later.id]
+
+    wid2 = worker(store, "w2")
+    attempt, token = run(wid2, 1060.0)
+    now[0] = 1070.0
+    assert finish(store, job.id, attempt, token, wid2, AttemptOutcome.FAILED, 1) is JobStatus.PENDING
+    j = store.get_job(job.id)
+    assert j is not None and j.queued_at == 1070.0 and queue() == [later.id, job.id]
+
+
 def test_worker_commands_kill_stale(store: SqlStore) -> None:
     wid = worker(store)
     job = store.submit(ALICE, spec()).job
@@ -498,3 +540,35 @@ def test_cancel_and_restart_take_the_whole_gang(store: SqlStore) -> None:
     _head, member = gang_lease(store, running.id, [w1], 2)
     assert store.cancel(running.id, "alice").status is JobStatus.CANCELLING
     assert [s.job_id for s in store.gang_stops(running.id)] == [member.job_id]
+
+
+def test_a_preempted_or_lost_gang_keeps_its_place_in_the_queue(store: SqlStore) -> None:
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    w1, w2 = worker(store, "w1"), worker(store, "w2")
+    gang = store.submit(ALICE, spec(replicas=2)).job
+    now[0] = 1010.0
+    head, member = gang_lease(store, gang.id, [w1, w2], 2)
+    now[0] = 1020.0
+    later = store.submit(ALICE, spec(name="later")).job
+
+    def queue() -> list[str]:
+        return [p.id for p in store.pending_for_scheduling(now[0])]
+
+    # Rank 1's worker dies: rank 0 is stopped and the gang's attempt ends LOST.
+    now[0] = 1030.0
+    assert store.mark_worker_dead(w2) == [member.job_id]
+    assert finish(store, gang.id, 1, head.lease_token, w1, AttemptOutcome.PREEMPTED, 143) is JobStatus.PENDING
+    j = store.get_job(gang.id)
+    assert j is not None and j.attempts[0].outcome == "lost" and j.queued_at == 1000.0
+    assert queue() == [gang.id, later.id]
+    # Rank 0 is preempted: rank 1 is stopped, and the gang is requeued in its place again.
+    w3 = worker(store, "w3")
+    now[0] = 1040.0
+    head, member = gang_lease(store, gang.id, [w1, w3], 2)
+    now[0] = 1050.0
+    assert finish(store, gang.id, 2, head.lease_token, w1, AttemptOutcome.PREEMPTED, 143) is JobStatus.PENDING
+    finish(store, member.job_id, 2, member.lease_token, w3, AttemptOutcome.CANCELLED, -15)
+    j = store.get_job(gang.id)
+    assert j is not None and j.attempts[1].outcome == "preempted" and j.queued_at == 1000.0
+    assert queue() == [gang.id, later.id]

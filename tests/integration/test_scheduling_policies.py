@@ -77,6 +77,29 @@ def test_urgent_job_preempts_a_preemptible_one(cp: ControlPlane) -> None:
         wait_status(c, victim, DONE, 20)
 
 
+def test_a_preempted_job_keeps_its_place_in_its_team_queue(cp: ControlPlane) -> None:
+    """A job preempted while a job of its team and priority waited runs again before that job (it
+    keeps ``queued_at``, as Slurm and Kueue requeue evicted work), not after it."""
+    with cp.client() as c:
+        victim = gpu_job(c, 4, priority="low", preemptible=True, name="victim")
+        wait_status(c, victim, {"RUNNING"}, 20)
+        later = gpu_job(c, 4, priority="low", preemptible=True, name="later")
+        wait_for(lambda: c.get(f"/v1/jobs/{later}").json()["queue_position"] == 1, 10)
+        urgent = gpu_job(c, 4, priority="urgent", name="urgent-3")
+        wait_status(c, urgent, {"RUNNING"}, 30)
+        assert c.get(f"/v1/jobs/{victim}").json()["attempts"][0]["status"] == "PREEMPTED"
+        # Back in the queue ahead of the job submitted after it.
+        wait_for(lambda: c.get(f"/v1/jobs/{victim}").json()["queue_position"] == 1, 10)
+        assert c.get(f"/v1/jobs/{later}").json()["queue_position"] == 2
+        c.delete(f"/v1/jobs/{urgent}")
+        assert wait_status(c, victim, {"RUNNING"}, 30)["attempt"] == 2
+        assert c.get(f"/v1/jobs/{later}").json()["status"] == "PENDING"
+        for j in (victim, later, urgent):
+            c.delete(f"/v1/jobs/{j}")
+        for j in (victim, later, urgent):
+            wait_status(c, j, DONE, 20)
+
+
 def test_non_preemptible_jobs_are_not_preempted(cp: ControlPlane) -> None:
     with cp.client() as c:
         steady = gpu_job(c, 4, priority="low", name="steady")

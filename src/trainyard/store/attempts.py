@@ -237,7 +237,8 @@ class AttemptRepo:
     def _requeue_preempted(
         self, conn: sa.Connection, row: Any, verdict: _Verdict, data: dict[str, Any], now: float
     ) -> None:
-        """RUNNING → PREEMPTED → PENDING: back in the queue without using a try."""
+        """RUNNING → PREEMPTED → PENDING: back in the queue without using a try, and in its place:
+        ``queued_at`` is kept, as Slurm and Kueue requeue evicted work (the eviction was not its doing)."""
         move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
         row = job_row(conn, row.id)
         move(
@@ -246,7 +247,7 @@ class AttemptRepo:
             JobStatus.PENDING,
             event_type="requeued",
             now=now,
-            values={"tries": max(0, row.tries - 1), "queued_at": now, "worker_id": None, **verdict.requeue},
+            values={"tries": max(0, row.tries - 1), "worker_id": None, **verdict.requeue},
         )
 
     def _retry_or_end(
@@ -278,11 +279,14 @@ class AttemptRepo:
         if decision.retry and not verdict.cancel_requested:
             final = JobStatus.PENDING
             values.update(
-                queued_at=now,
                 worker_id=None,
                 reason=reason,
                 not_before=now + decision.delay_s if decision.delay_s else None,
             )
+            if outcome is not AttemptOutcome.LOST:
+                # A failure retried joins the back of the queue; a job whose worker was lost keeps
+                # its place (``queued_at``), as a preempted one does.
+                values["queued_at"] = now
             moved = move(
                 conn,
                 row,
