@@ -212,6 +212,12 @@ def test_submit_watch_live_logs_chart_artifact_and_cancel(browser: Browser, up: 
     expect(page.locator("[data-testid=job-status]")).to_have_text("PENDING")
     expect(page.locator("[data-testid=pending-reason]")).to_be_visible()
     expect(watcher.locator(f"tr[data-job='{job_id}'] td.status")).to_have_text("PENDING")
+    # Its latest start (the blocker's max_runtime, 24 h, away) reads as a local clock time, on its page
+    # and in the jobs list, never as "now+86397s" (issue 16).
+    starts = re.compile(r"starts (tomorrow at|on .+ at) \d")
+    expect(page.locator("[data-testid=pending-reason]")).to_contain_text(starts, timeout=30_000)
+    expect(watcher.locator(f"tr[data-job='{job_id}'] td.why .eta")).to_contain_text(starts, timeout=30_000)
+    assert "now+" not in page.locator("[data-testid=pending-reason]").inner_text()
     watcher.screenshot(path=str(shots / "jobs.png"), full_page=True)
 
     queues = logged_in(browser, up)

@@ -182,7 +182,7 @@ def get(
         if position is not None:
             pairs.append(("Queue", f"#{position} in team {cell(job.get('team'))}'s queue"))
         eta = job.get("estimated_start_at")
-        pairs.append(("Starts by", f"{out.fmt_time(eta)} (latest estimate)" if eta else "no estimate yet"))
+        pairs.append(("Starts", f"{out.fmt_eta(eta)} (latest estimate)" if eta else "no estimate yet"))
     out.print_fields(pairs)
     attempts = job.get("attempts") or []
     if attempts:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -122,6 +123,40 @@ def fmt_age(value: Any, now: datetime | None = None) -> str:
         if secs >= size:
             return f"{secs // size}{unit}"
     return f"{secs}s"
+
+
+ETA_NEAR_S = 3 * 3600
+"""Closer than this, an estimated start reads as a duration ("in 2 h 5 min"); further, as a clock time."""
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def fmt_eta(value: Any, now: datetime | None = None, tz: tzinfo | None = None) -> str:
+    """An estimated start a person reads at a glance, after "starts": ``any moment`` (due within a
+    minute, or past), ``in 3 min`` or ``in 2 h 5 min`` (rounded up: it is a latest start) when
+    near, else a clock time in ``tz`` (default: local), ``at 14:05``, ``tomorrow at 09:30`` or
+    ``on Wed 5 Mar at 14:05``. The server's text unchanged if it does not parse."""
+    dt = parse_time(value)
+    if dt is None:
+        return str(value) if value else EMPTY
+    now = now or datetime.now(UTC)
+    secs = (dt - now).total_seconds()
+    if secs < 60:
+        return "any moment"
+    if secs < ETA_NEAR_S:
+        hours, mins = divmod(math.ceil(secs / 60), 60)
+        if not hours:
+            return f"in {mins} min"
+        return f"in {hours} h {mins} min" if mins else f"in {hours} h"
+    at = datetime.fromtimestamp(math.ceil(dt.timestamp() / 60) * 60, UTC).astimezone(tz)  # rounded up
+    today = now.astimezone(tz).date()
+    clock = f"{at:%H:%M}"
+    if at.date() == today:
+        return f"at {clock}"
+    if at.date() == today + timedelta(days=1):
+        return f"tomorrow at {clock}"
+    year = f" {at.year}" if at.year != today.year else ""
+    return f"on {_DAYS[at.weekday()]} {at.day} {_MONTHS[at.month - 1]}{year} at {clock}"
 
 
 def fmt_duration(start: Any, end: Any) -> str:

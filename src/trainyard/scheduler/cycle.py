@@ -25,7 +25,7 @@ from trainyard.scheduler.capacity import Fleet, WorkerGroup, WorkerState
 from trainyard.scheduler.decisions import Decisions, Placement, ReasonCode
 from trainyard.scheduler.fairshare import TeamShare, dominant_share, team_shares
 from trainyard.scheduler.preemption import Preemptor
-from trainyard.scheduler.reasons import capacity_reason, never_fits_reason, when
+from trainyard.scheduler.reasons import capacity_reason, clock, expected_start, never_fits_reason
 from trainyard.scheduler.reservations import Reservations
 from trainyard.scheduler.snapshot import (
     PendingJob,
@@ -344,7 +344,7 @@ class Cycle:
                 job,
                 "reserved",
                 f"capacity it fits is reserved for {holder} from "
-                f"{when(self.reservations.start_of(holder), self.now)}; its max_runtime ends later",
+                f"{clock(self.reservations.start_of(holder), self.now)}; its max_runtime ends later",
             )
             return
         why = capacity_reason(shape.capacity_reasons, groups, job)
@@ -354,7 +354,7 @@ class Cycle:
                 job,
                 "reservation",
                 f"{why}; holds a reservation on {len(reservation.worker_ids)} worker(s), "
-                f"expected to start by {when(reservation.start_at, self.now)}",
+                f"expected to start {expected_start(reservation.start_at, self.now)}",
             )
             return
         self._waits(job, "capacity", why)

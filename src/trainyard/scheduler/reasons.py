@@ -9,6 +9,10 @@ helpers here.
 
 from __future__ import annotations
 
+import functools
+import math
+from datetime import UTC, datetime
+
 from trainyard.model.quantity import format_memory, human_memory
 from trainyard.scheduler.capacity import EPS, OCTAVE_SLOTS, Fleet, WorkerGroup, replica_slots
 from trainyard.scheduler.snapshot import PendingJob
@@ -30,9 +34,25 @@ def amount(label: str, value: float) -> str:
     return human_memory(value) if label == "memory" else f"{value:g}"
 
 
-def when(t: float, now: float) -> str:
-    """A time as seconds from now, e.g. ``now+120s`` (never negative)."""
-    return f"now+{max(t - now, 0.0):.0f}s"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@functools.lru_cache(maxsize=256)  # a cycle names a few reservations' starts for many jobs
+def clock(t: float, now: float) -> str:
+    """A time in a reason text: UTC to the minute (rounded up), with the date unless it is today's,
+    e.g. ``14:05 UTC`` or ``Mar 5 14:05 UTC``.
+
+    Never a duration from ``now``: a reason is stored and rewritten only when its text changes, so
+    it must stay true however late it is read (clients show ``estimated_start_at`` in local time)."""
+    at = datetime.fromtimestamp(math.ceil(t / 60.0) * 60.0, UTC)
+    if at.date() == datetime.fromtimestamp(now, UTC).date():
+        return f"{at:%H:%M} UTC"
+    return f"{_MONTHS[at.month - 1]} {at.day} {at:%H:%M} UTC"
+
+
+def expected_start(t: float, now: float) -> str:
+    """When a job is expected to start at the latest: ``by 14:05 UTC``, or ``any moment`` once due."""
+    return f"by {clock(t, now)}" if t > now else "any moment"
 
 
 def never_fits_reason(fleet: Fleet, groups: list[WorkerGroup], job: PendingJob) -> str | None:

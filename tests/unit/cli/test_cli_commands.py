@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,23 @@ def test_get_table_shows_attempts_and_pending_reason(state: State, api: FakeAPI)
     header, row = res.stdout.split("\n\n")[1].splitlines()
     assert header.split() == ["ATTEMPT", "WORKER", "STATUS", "STARTED", "FINISHED", "EXIT", "REASON"]
     assert row.split()[:3] == ["1", "w-9", "LOST"]
+
+
+def test_get_shows_queue_place_and_an_eta_read_at_a_glance(state: State, api: FakeAPI) -> None:
+    eta = datetime.now(UTC) + timedelta(minutes=25)
+    api.on(
+        "GET",
+        "/v1/jobs/j-8",
+        job("j-8", status="PENDING", queue_position=2, estimated_start_at=eta.isoformat()),
+    )
+    res = yard(state, "get", "j-8")
+    assert res.exit_code == 0, res.stderr
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in res.stdout.splitlines() if line)}
+    assert fields["Queue"] == "#2 in team vision's queue"
+    assert fields["Starts"] == "in 25 min (latest estimate)"
+    api.on("GET", "/v1/jobs/j-9", job("j-9", status="PENDING", estimated_start_at=None))
+    res = yard(state, "get", "j-9")
+    assert "Starts:" in res.stdout and "no estimate yet" in res.stdout
 
 
 def test_get_json_and_not_found(state: State, api: FakeAPI) -> None:

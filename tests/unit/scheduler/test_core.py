@@ -327,7 +327,9 @@ def test_blocked_big_job_reserves_and_only_short_jobs_backfill() -> None:
     assert where(d) == {"short": "w"}
     assert d.reason_codes["big"] == "reservation"
     assert d.reason_codes["long"] == "reserved"
-    assert d.reasons["long"].startswith("capacity it fits is reserved for big from now+3600s")
+    # NOW is 1970-01-02 03:46:40 UTC: a clock time, rounded up to the minute.
+    assert d.reasons["long"].startswith("capacity it fits is reserved for big from 04:47 UTC")
+    assert d.reasons["big"].endswith("holds a reservation on 1 worker(s), expected to start by 04:47 UTC")
 
 
 def test_a_long_job_may_use_what_the_reservation_leaves_over() -> None:

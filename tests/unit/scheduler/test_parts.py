@@ -7,8 +7,13 @@ to one shows up next to it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+
 from tests.unit.scheduler.helpers import NOW, gpu_node, job, node, team
 from trainyard.scheduler.capacity import OCTAVE_OFFSET, OCTAVE_SLOTS, Fleet, cpu_octave
+from trainyard.scheduler.reasons import clock, expected_start
 from trainyard.scheduler.reservations import WorkerReservation
 from trainyard.scheduler.snapshot import GIB, ResourceVector, SchedulerConfig, Worker
 from trainyard.scheduler.teams import TeamLedger, TeamState, quota_block
@@ -110,3 +115,31 @@ def test_quota_block_says_never_before_in_use() -> None:
     )
     assert quota_block(state, job("two", gpu=2)) == ("quota", "team vision at GPU quota 3/4")
     assert quota_block(state, job("one", gpu=1)) is None
+
+
+_T0 = datetime(2025, 3, 4, 13, 0, tzinfo=UTC).timestamp()  # a Tuesday, 13:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "text"),
+    [
+        (-600, "any moment"),
+        (0, "any moment"),
+        (1, "by 13:01 UTC"),  # rounded up: a latest start
+        (60, "by 13:01 UTC"),
+        (3 * 3600 + 5 * 60, "by 16:05 UTC"),
+        (10 * 3600 + 59 * 60, "by 23:59 UTC"),
+        (10 * 3600 + 59 * 60 + 1, "by Mar 5 00:00 UTC"),  # rounded up into tomorrow (UTC): dated
+        (86397, "by Mar 5 13:00 UTC"),  # was "now+86397s"
+        (30 * 86400, "by Apr 3 13:00 UTC"),
+    ],
+)
+def test_reason_times_are_clock_times_that_stay_true_when_read_later(offset_s: float, text: str) -> None:
+    assert expected_start(_T0 + offset_s, _T0) == text
+
+
+def test_a_reason_time_does_not_move_as_the_cycles_go_by() -> None:
+    """Reasons are written only when their text changes: the same start reads the same all day."""
+    start = _T0 + 2 * 3600 + 30
+    assert {clock(start, _T0 + k * 600) for k in range(12)} == {"15:01 UTC"}
+    assert clock(start, _T0 - 14 * 3600) == "Mar 4 15:01 UTC"  # written the day before

@@ -55,6 +55,37 @@ function dur(s) {
   return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
+// An estimated start, read at a glance after "starts": "any moment" (due within a minute, or past),
+// "in 3 min" or "in 2 h 5 min" when near (rounded up: it is a latest start), else a local clock time
+// in the browser's locale: "at 14:05", "tomorrow at 09:30", "on Wed, 5 Mar at 14:05". `yard get`
+// says the same (cli/output.py).
+const ETA_NEAR_S = 3 * 3600;
+function eta(iso, now = Date.now()) {
+  const t = Date.parse(iso);
+  const s = (t - now) / 1000;
+  if (!iso || Number.isNaN(s)) return iso || "";
+  if (s < 60) return "any moment";
+  if (s < ETA_NEAR_S) {
+    const m = Math.ceil(s / 60);
+    const h = Math.floor(m / 60);
+    return h ? `in ${h} h` + (m % 60 ? ` ${m % 60} min` : "") : `in ${m} min`;
+  }
+  const at = new Date(Math.ceil(t / 60000) * 60000); // to the minute, rounded up as well
+  const hm = at.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" });
+  const midnight = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+  const today = new Date(now);
+  const days = Math.round((midnight(at) - midnight(today)) / 86400000);
+  if (days === 0) return `at ${hm}`;
+  if (days === 1) return `tomorrow at ${hm}`;
+  const opts = { weekday: "short", day: "numeric", month: "short" };
+  if (at.getFullYear() !== today.getFullYear()) opts.year = "numeric";
+  return `on ${at.toLocaleDateString([], opts)} at ${hm}`;
+}
+
+function etaText(j) {
+  return j.status === "PENDING" && j.estimated_start_at ? `starts ${eta(j.estimated_start_at)} (latest estimate)` : "";
+}
+
 function span(a, b) {
   if (!a) return null;
   return ((b ? Date.parse(b) : Date.now()) - Date.parse(a)) / 1000;
@@ -289,7 +320,8 @@ function jobsPage(view, _arg, params) {
       el("td", {}, el("span", { title: j.created_at }, ago(j.created_at))),
       el("td", { class: "runtime" }, j.started_at ? dur(span(j.started_at, j.finished_at)) : "–"),
       el("td", {}, String(j.attempt)),
-      el("td", { class: "why" }, why));
+      el("td", { class: "why" }, why, j.status === "PENDING" && j.estimated_start_at
+        ? el("div", { class: "muted small eta", title: new Date(j.estimated_start_at).toLocaleString() }, etaText(j)) : null));
     return tr;
   }
 
@@ -348,10 +380,17 @@ function jobsPage(view, _arg, params) {
   }
   onEvent.reconnected = () => load();
   const off = hub.on(onEvent);
+  let ticks = 0;
   const tick = setInterval(() => {
+    let pending = false;
     for (const { tr, job } of rows.values()) {
       if (job.started_at && !job.finished_at) tr.querySelector("td.runtime").textContent = dur(span(job.started_at, null));
+      const e = tr.querySelector("td.why .eta");
+      if (e) e.textContent = etaText(job);
+      pending ||= job.status === "PENDING";
     }
+    // Queue places, estimates and reasons move without job events: refresh a page that shows waiting jobs.
+    if (pending && ++ticks % 10 === 0) load();
   }, 1000);
   load();
   return () => { off(); ctrl.abort(); clearInterval(tick); reloadFirst.cancel(); for (const t of refreshRow.values()) clearTimeout(t); };
@@ -407,7 +446,7 @@ function jobPage(view, id) {
     pending.textContent = j.status === "PENDING" ? [
       `Waiting: ${j.pending_reason || "queued for the next scheduling cycle"}`,
       j.queue_position ? `#${j.queue_position} in team ${j.team}'s queue` : "",
-      j.estimated_start_at ? `starts by ${new Date(j.estimated_start_at).toLocaleString()} (latest estimate)` : "",
+      etaText(j),
     ].filter(Boolean).join(" · ") : "";
     attemptsBody.replaceChildren(...j.attempts.map((a) => {
       const rows = [el("tr", {},
@@ -590,8 +629,10 @@ function jobPage(view, id) {
     if (!logsRunning && ev.to_status && !TERMINAL.has(ev.to_status)) followLogs();
   });
 
+  // A waiting job's place, estimate and reason move without job events: read them again while it waits.
+  const waiting = setInterval(() => { if (job && job.status === "PENDING") reload(); }, 5000);
   load().then(() => { loadEvents(); loadMetrics(); followLogs(); });
-  return () => { off(); ctrl.abort(); reload.cancel(); clearTimeout(metricTimer); };
+  return () => { off(); ctrl.abort(); reload.cancel(); clearTimeout(metricTimer); clearInterval(waiting); };
 }
 
 // ---- fleet ---------------------------------------------------------------------------------------
