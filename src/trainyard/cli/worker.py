@@ -8,6 +8,7 @@ docker SDK and the job-user lookup are imported only when the command runs.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,8 +159,39 @@ ExecutorOpt = Annotated[
     str,
     typer.Option(
         envvar="TRAINYARD_EXECUTOR",
-        help="process (run jobs; with --docker-host, images as containers) or sim (simulate each "
+        help="process (run jobs; with --docker-host, images as containers), kubernetes (every job as a "
+        "Pod on this node, through the Kubernetes API; see --k8s-*) or sim (simulate each "
         "job's process from its YARD_SIM variable, for fleet simulation; see the README)",
+    ),
+]
+K8sNamespaceOpt = Annotated[str, typer.Option(help="namespace of the job Pods (--executor kubernetes)")]
+K8sNodeNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="NODE_NAME",
+        help="this agent's node, which every job Pod is pinned to (--executor kubernetes; default: "
+        "$NODE_NAME, from the downward API)",
+    ),
+]
+K8sDefaultImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="image of the job Pods of jobs that name none, usually the agent's own "
+        "(--executor kubernetes; default: none, such jobs fail to start)"
+    ),
+]
+K8sKubeconfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="kubeconfig file for the Kubernetes API (--executor kubernetes; default: the Pod's "
+        "service account inside a cluster, else ~/.kube/config)"
+    ),
+]
+K8sHostNetworkOpt = Annotated[
+    bool,
+    typer.Option(
+        "--k8s-host-network",
+        help="job Pods use the node's network, for multi-node gangs (--executor kubernetes)",
     ),
 ]
 AgentsOpt = Annotated[
@@ -242,6 +274,11 @@ class WorkerOptions:
     sim_channels: int = 0
     sim_ramp: float = 0.0
     sim_default: str = ""
+    k8s_namespace: str = "trainyard-jobs"
+    k8s_node_name: str | None = None
+    k8s_default_image: str | None = None
+    k8s_kubeconfig: Path | None = None
+    k8s_host_network: bool = False
 
 
 @app.command()
@@ -286,11 +323,17 @@ def worker(
     sim_channels: SimChannelsOpt = 0,
     sim_ramp: SimRampOpt = 0.0,
     sim_default: SimDefaultOpt = "",
+    k8s_namespace: K8sNamespaceOpt = "trainyard-jobs",
+    k8s_node_name: K8sNodeNameOpt = None,
+    k8s_default_image: K8sDefaultImageOpt = None,
+    k8s_kubeconfig: K8sKubeconfigOpt = None,
+    k8s_host_network: K8sHostNetworkOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a worker agent: leases jobs from the control plane and runs them as local processes
-    (or, with --docker-host, jobs that name an image as containers). With --executor sim, runs
-    --agents simulated agents in this process against the real control plane (fleet simulation)."""
+    (or, with --docker-host, jobs that name an image as containers). With --executor kubernetes, runs
+    each job as a Pod on this node. With --executor sim, runs --agents simulated agents in this
+    process against the real control plane (fleet simulation)."""
     setup_logging(verbose)
     options = WorkerOptions(
         server=server,
@@ -333,6 +376,11 @@ def worker(
         sim_channels=sim_channels,
         sim_ramp=sim_ramp,
         sim_default=sim_default,
+        k8s_namespace=k8s_namespace,
+        k8s_node_name=k8s_node_name,
+        k8s_default_image=k8s_default_image,
+        k8s_kubeconfig=k8s_kubeconfig,
+        k8s_host_network=k8s_host_network,
     )
     _check_executor(options)
     cfg = worker_config(options)
@@ -405,12 +453,22 @@ def worker_config(o: WorkerOptions) -> WorkerConfig:
         run_as=o.run_as,
         workdir_unpacked_limit=unpacked_cap,
         workdir_file_limit=o.workdir_file_limit,
+        executor="kubernetes" if o.executor == "kubernetes" else "process",
+        k8s_namespace=o.k8s_namespace,
+        k8s_node_name=o.k8s_node_name or None,
+        k8s_default_image=o.k8s_default_image or None,
+        k8s_kubeconfig=o.k8s_kubeconfig.resolve() if o.k8s_kubeconfig else None,
+        k8s_host_network=o.k8s_host_network,
     )
 
 
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
 def _check_executor(o: WorkerOptions) -> None:
-    if o.executor not in ("process", "sim"):
-        _fail("--executor must be process or sim")
+    if o.executor not in ("process", "kubernetes", "sim"):
+        _fail("--executor must be process, kubernetes or sim")
+    _check_kubernetes(o)
     if o.executor == "sim":
         return
     if o.agents != 1:
@@ -430,6 +488,35 @@ def _check_executor(o: WorkerOptions) -> None:
     ]
     if given:
         _fail(f"{given[0]} needs --executor sim")
+
+
+def _check_kubernetes(o: WorkerOptions) -> None:
+    if o.executor != "kubernetes":
+        # The node name is not checked: NODE_NAME may be set on any node.
+        given = [
+            flag
+            for flag, value in (
+                ("--k8s-namespace", o.k8s_namespace != "trainyard-jobs"),
+                ("--k8s-default-image", o.k8s_default_image),
+                ("--k8s-kubeconfig", o.k8s_kubeconfig),
+                ("--k8s-host-network", o.k8s_host_network),
+            )
+            if value
+        ]
+        if given:
+            _fail(f"{given[0]} needs --executor kubernetes")
+        return
+    if not o.k8s_node_name:
+        _fail("--executor kubernetes needs --k8s-node-name (or NODE_NAME, from the downward API)")
+    if len(o.k8s_namespace) > 63 or not _K8S_NAME.fullmatch(o.k8s_namespace):
+        _fail(f"--k8s-namespace {o.k8s_namespace!r} is not a Kubernetes namespace name")
+    if o.docker_host:
+        _fail(
+            "--docker-host and --executor kubernetes exclude each other: on Kubernetes, jobs with an "
+            "image run as Pods"
+        )
+    if o.k8s_kubeconfig is not None and not o.k8s_kubeconfig.is_file():
+        _fail(f"--k8s-kubeconfig {o.k8s_kubeconfig}: no such file")
 
 
 def _items(value: str | None) -> tuple[str, ...]:

@@ -21,7 +21,14 @@ from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.beneath import ANYONE, Reader, chown_tree, read_small
 from trainyard.worker.cache_scan import team_cache_dir
 from trainyard.worker.config import WorkerConfig
-from trainyard.worker.executors.base import Executor, ExitStatus, LaunchSpec, RunHandle, StartFailed
+from trainyard.worker.executors.base import (
+    Executor,
+    ExitStatus,
+    InfraFailure,
+    LaunchSpec,
+    RunHandle,
+    StartFailed,
+)
 from trainyard.worker.files import (
     ArtifactFile,
     UnpackLimits,
@@ -176,6 +183,12 @@ class AttemptRunner:
         except asyncio.CancelledError:
             self.kill_now()
             raise
+        except InfraFailure as e:
+            # The executor says the platform under the job failed it (a Pod evicted from its node).
+            log.warning("attempt %s/%d: %s", *self.key, e)
+            self.kill_now()
+            if not self.forgotten:
+                await self._finish_report(AttemptOutcome.INFRA, str(e), None)
         except Exception:
             # Whatever broke is the agent's fault, not the job's: say so, so that the server can retry it.
             log.exception("attempt %s/%d failed inside the agent", *self.key)
@@ -316,6 +329,8 @@ class AttemptRunner:
             network=not a.no_network,
             data_cache=cache,
             user=self.user,
+            lease_token=a.lease_token,
+            max_runtime_s=a.max_runtime_s,
         )
 
     def _own_dirs(self, dirs: tuple[Path, ...]) -> None:

@@ -122,6 +122,19 @@ class WorkerConfig:
     name an image; None: such jobs fail to start here."""
     docker_ulimits: tuple[str, ...] = ()
     """``NAME=SOFT[:HARD]`` ulimits for every container (``nofile=1024:4096``); none: the engine's."""
+    executor: str = "process"
+    """``process``: jobs run as local processes (with ``docker_host``, jobs that name an image as
+    containers); ``kubernetes``: every job runs as a Pod on this node (``k8s_*`` below)."""
+    k8s_namespace: str = "trainyard-jobs"
+    """Where the kubernetes executor creates its Pods."""
+    k8s_node_name: str | None = None
+    """This agent's node (``NODE_NAME``): the kubernetes executor pins every Pod to it."""
+    k8s_default_image: str | None = None
+    """The image of jobs that name none (the agent's own image); None: such jobs fail to start."""
+    k8s_kubeconfig: Path | None = None
+    """None: the in-cluster configuration (the agent's service account)."""
+    k8s_host_network: bool = False
+    """Job Pods use the node's network (multi-node gangs on pools whose agents use it too)."""
     allow_cwd: tuple[Path, ...] = ()
     """Shared roots a job's ``cwd`` may name (``--allow-cwd /data``): a submit directory outside
     them is not used on this worker (the job runs in its own directory, and its log says why)."""

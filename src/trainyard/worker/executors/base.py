@@ -15,6 +15,12 @@ class StartFailed(Exception):
     """The command could not be started (not found, not executable, bad working directory)."""
 
 
+class InfraFailure(Exception):
+    """The attempt ended because the platform under it failed, not the job: a Pod evicted from its
+    node, or deleted by someone else. ``wait`` raises it; the attempt is reported as an infrastructure
+    failure with this message as its reason (and retried under the infra rule)."""
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """One attempt, ready to run: its directories exist and its bundle is unpacked."""
@@ -40,6 +46,11 @@ class LaunchSpec:
     """The job's team's directory of the data cache (``$TRAINYARD_DATA_CACHE``), writable for it."""
     user: tuple[int, int] | None = None
     """(uid, gid) the job runs as; None: the agent's own user (an agent that is not root)."""
+    lease_token: str = ""
+    """The attempt's lease (its fencing token). Never shown to the job: the kubernetes executor labels
+    its Pod with a hash of it."""
+    max_runtime_s: float = 0.0
+    """The job's max runtime (0: none). The agent enforces it itself; an executor may add a backstop."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The agent's executor: jobs that name an image run as containers, the others as local processes."""
+"""The agent's executor: jobs that name an image run as containers, the others as local processes; or,
+on Kubernetes (``--executor kubernetes``), every job as a Pod on the agent's node."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from trainyard.worker.isolation import isolation_for
 
 if TYPE_CHECKING:
     from trainyard.worker.config import WorkerConfig
+    from trainyard.worker.executors.kubernetes import KubernetesExecutor
 
 
 class ByImage:
@@ -39,8 +41,10 @@ class ByImage:
         return list(dict.fromkeys(found))
 
 
-def executor_for(cfg: WorkerConfig) -> ByImage:
+def executor_for(cfg: WorkerConfig) -> ByImage | KubernetesExecutor:
     """The agent's executor from its settings."""
+    if cfg.executor == "kubernetes":
+        return kubernetes_executor(cfg)
     containers: Executor | None = None
     if cfg.docker_host:
         # Imported only here: the docker SDK (and requests) cost a worker without containers nothing.
@@ -62,3 +66,28 @@ def executor_for(cfg: WorkerConfig) -> ByImage:
             )
         )
     return ByImage(ProcessExecutor(isolation_for(cfg)), containers)
+
+
+def kubernetes_executor(cfg: WorkerConfig) -> KubernetesExecutor:
+    """Every attempt as a Pod on this node (the client is imported only here, and only used when the
+    first job starts)."""
+    from trainyard.worker.executors.docker import worker_label
+    from trainyard.worker.executors.kubernetes import KubernetesExecutor, KubernetesSettings
+
+    if not cfg.k8s_node_name:
+        raise ValueError("the kubernetes executor needs this agent's node name (NODE_NAME)")
+    return KubernetesExecutor(
+        KubernetesSettings(
+            node_name=cfg.k8s_node_name,
+            worker=worker_label(cfg.name, cfg.work_dir),
+            namespace=cfg.k8s_namespace,
+            default_image=cfg.k8s_default_image or "",
+            # Mounted into the agent's Pod at their node paths (deploy/kubernetes/pools): the only
+            # directories a job Pod may mount.
+            host_roots=(cfg.work_dir, cfg.data_cache, *cfg.allow_cwd),
+            termination_grace_s=cfg.preempt_grace_s,
+            network=cfg.job_network,
+            host_network=cfg.k8s_host_network,
+            kubeconfig=cfg.k8s_kubeconfig,
+        )
+    )
