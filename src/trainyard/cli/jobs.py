@@ -115,7 +115,6 @@ def submit(
         sbatch.print_dry_run(spec, warnings, output)
         return
     sbatch.print_warnings(warnings)
-    sbatch.check_supported(spec)
     # Checked before any upload, so a typo does not cost a 100 MiB transfer.
     validate_spec(spec)
     client = client_of(ctx)

@@ -20,13 +20,14 @@ from trainyard.cli.app import app, client_of, handle_errors
 from trainyard.cli.output import Format
 from trainyard.client.sdk import Client, ValidationFailed, new_idempotency_key, validate_spec
 from trainyard.model import slurm
-from trainyard.model.spec import JobSpec, cwd_problem
+from trainyard.model.spec import cwd_problem
 
 PLANNED: Mapping[str, str] = {
     "array": "job arrays (#SBATCH --array)",
     "depends_on": "job dependencies (#SBATCH --dependency)",
 }
-"""Fields a Slurm script may ask for that the JobSpec of this version may not know yet (issue 16)."""
+"""Fields a Slurm script may ask for that an older control plane does not know (``send`` names them
+when it refuses them)."""
 
 _HEAD_BYTES = 256 * 1024
 
@@ -120,10 +121,6 @@ def print_warnings(warnings: Sequence[str]) -> None:
         out.note(f"warning: {w}")
 
 
-def _planned_missing(spec: Mapping[str, Any]) -> list[str]:
-    return [f for f in PLANNED if f in spec and f not in JobSpec.model_fields]
-
-
 class _Literal(yaml.SafeDumper):
     """YAML with multi-line text (a script, the wrapper) as literal blocks a person can read."""
 
@@ -137,31 +134,15 @@ _Literal.add_representer(str, _str)
 
 
 def print_dry_run(spec: Mapping[str, Any], warnings: Sequence[str], fmt: Format | None) -> None:
-    """``--dry-run``: the JobSpec that would be sent (JSON with ``-o json``, else YAML) on stdout;
-    the warnings, and what this control plane's JobSpec does not know yet, on stderr."""
+    """``--dry-run``: the JobSpec that would be sent (JSON with ``-o json``, else YAML) on stdout,
+    the warnings on stderr; a spec the JobSpec refuses is an error."""
     if fmt is Format.json:
         out.print_json(spec)
     else:
         sys.stdout.write(yaml.dump(dict(spec), Dumper=_Literal, sort_keys=False, allow_unicode=True))
     sys.stdout.flush()
     print_warnings(warnings)
-    for f in _planned_missing(spec):
-        out.note(f"warning: {f}: {PLANNED[f]} are not supported by this Trainyard yet; a submit is refused")
-    rest = {k: v for k, v in spec.items() if k not in PLANNED}
-    validate_spec(rest)
-
-
-def check_supported(spec: Mapping[str, Any]) -> None:
-    """Refuse, with a sentence, a spec with fields this Trainyard's JobSpec does not know yet."""
-    missing = _planned_missing(spec)
-    if missing:
-        what = " and ".join(PLANNED[f] for f in missing)
-        raise ValidationFailed(
-            0,
-            "not_supported",
-            f"{what} are not supported by this Trainyard yet: make the line a comment (##SBATCH) "
-            "to submit the script as one job",
-        )
+    validate_spec(dict(spec))
 
 
 def send(client: Client, spec: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
@@ -287,7 +268,6 @@ def sbatch(
         print_dry_run(spec, warnings, fmt)
         return
     print_warnings(warnings)
-    check_supported(spec)
     validate_spec(spec)
     client = client_of(ctx)
     if workdir is not None:
@@ -306,7 +286,6 @@ def sbatch(
 __all__ = [
     "PLANNED",
     "batch_script_arg",
-    "check_supported",
     "default_cwd",
     "load_shims",
     "print_dry_run",

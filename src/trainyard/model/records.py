@@ -120,6 +120,21 @@ class Job:
     replica_rank: int = 0
     replicas: list[Replica] = field(default_factory=list)
     """A gang's ranks 1..N-1 as seen from rank 0 (the job); empty otherwise."""
+    array_id: str | None = None
+    """An array task's parent (the array's job id); None for any other job."""
+    array_index: int | None = None
+    """An array task's index (``TRAINYARD_ARRAY_INDEX``)."""
+    array_tasks: int | None = None
+    """An array's parent: how many tasks it has; None for any other job."""
+    array_counts: dict[str, int] | None = None
+    """An array's parent, when read with them: its tasks' count per status."""
+    awaiting_dependencies: bool = False
+    """Waiting for the jobs of its spec's ``depends_on`` (its pending reason says which)."""
+
+    @property
+    def is_array(self) -> bool:
+        """An array's parent: bookkeeping whose status follows its tasks; it never runs itself."""
+        return self.array_tasks is not None
 
 
 @dataclass(frozen=True)

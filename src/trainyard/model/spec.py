@@ -10,6 +10,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from trainyard.model.arrays import MAX_ARRAY_TASKS, Condition, normalize_indices, parse_indices
 from trainyard.model.quantity import format_duration, format_memory, parse_duration, parse_memory
 from trainyard.model.states import Priority
 
@@ -22,6 +23,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RETRY_ON_RE = re.compile(r"^(infra|timeout|oom|failed|exit:-?\d{1,3})$")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_JOB_ID_RE = re.compile(r"^j[0-9a-z]{1,31}(-[0-9]{1,4})?$")
+MAX_DEPENDENCIES = 64
 
 
 CWD_SYSTEM_DIRS = (
@@ -175,6 +178,50 @@ class DataSpec(_Strict):
     require_region: bool = False
 
 
+class ArraySpec(_Strict):
+    """A job array (a sweep): one task per index, each a job of its own."""
+
+    indices: str = Field(
+        description="Slurm's syntax: 0-199, 1,3,5-9:2 (a step); at most 10,000 tasks, indices 0-9999"
+    )
+    parallelism: int | None = Field(
+        default=None, ge=1, le=MAX_ARRAY_TASKS, description="how many tasks may run at once (none: no cap)"
+    )
+
+    @field_validator("indices", mode="before")
+    @classmethod
+    def _indices(cls, v: Any) -> str:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, str):
+            raise ValueError("indices must be a text such as 0-199, 1,3,5 or 0-15:4")
+        parse_indices(v)
+        return normalize_indices(v)
+
+    def task_indices(self) -> list[int]:
+        """Every index, ascending."""
+        return parse_indices(self.indices)
+
+
+class Dependency(_Strict):
+    """A job this one waits for (a pipeline step): it starts once ``job`` meets ``condition``, and
+    ends FAILED if it never can. An array as ``job``: every one of its tasks must meet it."""
+
+    job: str = Field(description="the id of a job of your team")
+    condition: Condition = Field(
+        default="succeeded",
+        description="succeeded (Slurm's afterok), failed (afternotok: FAILED, TIMED_OUT or CANCELLED) "
+        "or finished (afterany)",
+    )
+
+    @field_validator("job")
+    @classmethod
+    def _job(cls, v: str) -> str:
+        if not _JOB_ID_RE.match(v):
+            raise ValueError(f"{v!r} is not a job id")
+        return v
+
+
 class JobSpec(_Strict):
     name: str | None = Field(default=None, description="a label; not unique")
     kind: Literal["train", "eval"] = "train"
@@ -209,6 +256,14 @@ class JobSpec(_Strict):
         default=(),
         description="names of the team's secrets (`yard secret set NAME`), given to the job as environment "
         "variables of the same names at run time; never stored in the spec, masked as *** in its logs",
+    )
+    array: ArraySpec | None = Field(
+        default=None,
+        description="a job array: one task per index, each a job with TRAINYARD_ARRAY_INDEX set and "
+        "'{index}' in its command replaced by the index",
+    )
+    depends_on: tuple[Dependency, ...] = Field(
+        default=(), description="jobs this one waits for; it ends FAILED if one can never be met"
     )
 
     @model_validator(mode="before")
@@ -308,6 +363,24 @@ class JobSpec(_Strict):
             raise ValueError("resources.gpu_type is set but resources.gpu is 0")
         return self
 
+    @field_validator("depends_on")
+    @classmethod
+    def _depends_on(cls, v: tuple[Dependency, ...]) -> tuple[Dependency, ...]:
+        if len(v) > MAX_DEPENDENCIES:
+            raise ValueError(f"at most {MAX_DEPENDENCIES} dependencies")
+        seen: set[str] = set()
+        for d in v:
+            if d.job in seen:
+                raise ValueError(f"job {d.job} is named twice")
+            seen.add(d.job)
+        return v
+
+    @model_validator(mode="after")
+    def _array_of_single_jobs(self) -> JobSpec:
+        if self.array is not None and self.replicas > 1:
+            raise ValueError("an array's tasks run one replica each: replicas must be 1 with array")
+        return self
+
     @model_validator(mode="after")
     def _secrets_apart_from_env(self) -> JobSpec:
         both = sorted(set(self.secrets) & set(self.env))
@@ -328,6 +401,12 @@ class JobSpec(_Strict):
             del data["secrets"]
         if data["network"] is True:
             del data["network"]
+        if data["array"] is None:
+            del data["array"]
+        elif data["array"]["parallelism"] is None:
+            del data["array"]["parallelism"]
+        if not data["depends_on"]:
+            del data["depends_on"]
         return data
 
     def fingerprint(self) -> str:

@@ -41,7 +41,13 @@ LIVE: frozenset[JobStatus] = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING, 
 """States in which a worker holds a lease on the job."""
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.PENDING: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
+    JobStatus.PENDING: frozenset(
+        {
+            JobStatus.SCHEDULED,
+            JobStatus.CANCELLED,
+            JobStatus.FAILED,  # a dependency it waits for can never be met (DependencyNeverSatisfied)
+        }
+    ),
     JobStatus.SCHEDULED: frozenset(
         {
             JobStatus.PENDING,  # the command could not start and the retry policy allows another try

@@ -5,7 +5,8 @@ into the per-cycle state (the :class:`~.capacity.Fleet`'s free capacity, the
 :class:`~.teams.TeamLedger`'s usage), orders each team's queue, and visits pending jobs one at a
 time, the next from whichever team has the lowest fair-share cost. Each visit goes, in order:
 
-1. never fits (no worker could ever hold it: :mod:`.reasons`), then the team's quotas (:mod:`.teams`);
+1. never fits (no worker could ever hold it: :mod:`.reasons`), then its array's cap on running tasks
+   (``PendingJob.array_limit``), then the team's quotas (:mod:`.teams`);
 2. placed now, on the best fit (:mod:`.capacity`);
 3. capacity claimed by preempting or from draining jobs (:mod:`.preemption`);
 4. blocked by another job's reservation, else a reservation of its own (:mod:`.reservations`);
@@ -109,6 +110,8 @@ class Cycle:
         self.failed: set[tuple[object, ...]] = set()
         """(shape, max runtime, team if it has per-type quotas) that found no room this cycle: free
         capacity only shrinks, so a later job of the same kind skips the search."""
+        self.array_running: dict[str, int] | None = None
+        """Live tasks per array, the cycle's placements included (counted when first needed)."""
 
     # --- loading the snapshot ------------------------------------------------------------------
 
@@ -300,6 +303,13 @@ class Cycle:
         if shape.never_fits is not None:
             self._waits(job, "never-fits", shape.never_fits)
             return
+        if job.array_limit is not None and self._array_full(job):
+            self._waits(
+                job,
+                "array-limit",
+                f"array limit: array {job.array_id} runs at most {job.array_limit} of its tasks at once",
+            )
+            return
         quota = team.team.quota
         if quota is not None:
             blocked = quota_block(team, job)
@@ -330,6 +340,24 @@ class Cycle:
             self.failed.add(failed_key)
         self._wait_for_capacity(job, shape, groups, fits_nowhere)
 
+    def _array_full(self, job: PendingJob) -> bool:
+        """Whether the job's array already runs as many tasks as its ``parallelism`` allows."""
+        running = self.array_running
+        if running is None:
+            running = self.array_running = {}
+            for r in self.snapshot.running:
+                if r.array_id is not None:
+                    running[r.array_id] = running.get(r.array_id, 0) + 1
+        return running.get(job.array_id or "", 0) >= (job.array_limit or 0)
+
+    def _placed_task(self, job: PendingJob) -> None:
+        """A task of an array was placed, or holds capacity it starts on (preempted or reserved for
+        it): one slot of its array less for the rest of the cycle."""
+        if job.array_limit is not None and job.array_id is not None:
+            self._array_full(job)  # counts the running ones first
+            assert self.array_running is not None
+            self.array_running[job.array_id] = self.array_running.get(job.array_id, 0) + 1
+
     def _wait_for_capacity(
         self, job: PendingJob, shape: JobShape, groups: list[WorkerGroup], fits_nowhere: bool
     ) -> None:
@@ -337,6 +365,8 @@ class Cycle:
         preempting = self.preemptor.try_preempt(job, groups)
         if preempting is not None:
             self._waits(job, *preempting)
+            if job.array_id is not None:
+                self._placed_task(job)  # the capacity freed is for it: it takes its array's slot
             return
         holder = self._reserved_by(job, groups, shape, fits_nowhere)
         if holder is not None:
@@ -350,6 +380,8 @@ class Cycle:
         why = capacity_reason(shape.capacity_reasons, groups, job)
         reservation = self.reservations.try_reserve(job, groups)
         if reservation is not None:
+            if job.array_id is not None:
+                self._placed_task(job)  # it starts first when capacity frees: its array's slot
             self._waits(
                 job,
                 "reservation",
@@ -392,6 +424,8 @@ class Cycle:
         decisions = self.decisions
         decisions.cross_region += cross
         decisions.placements.append(Placement(job.id, w.id, gpus, 0, 1, job.attempt, cross))
+        if job.array_id is not None:
+            self._placed_task(job)
         return True, None
 
     def _place_gang(
@@ -420,6 +454,8 @@ class Cycle:
             decisions.placements.append(
                 Placement(job.id, host.worker.id, gpus, rank, job.replicas, job.attempt, cross_region=cross)
             )
+        if job.array_id is not None:
+            self._placed_task(job)
         return True, None
 
     def _reserved_by(

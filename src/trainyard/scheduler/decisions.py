@@ -16,7 +16,9 @@ PreemptReason = Literal["priority", "fair-share reclaim"]
 """Why a running job is preempted: a higher-priority job needs its capacity, or its team is over its
 fair share and an under-share team reclaims it."""
 
-ReasonCode = Literal["quota", "never-fits", "capacity", "reserved", "preempting", "draining", "reservation"]
+ReasonCode = Literal[
+    "quota", "never-fits", "capacity", "reserved", "preempting", "draining", "reservation", "array-limit"
+]
 """Why a pending job waits, as a stable code for metrics and filters (``Decisions.reason_codes``)."""
 
 

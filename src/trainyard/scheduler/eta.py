@@ -99,6 +99,7 @@ def _apply(
                 last_checkpoint_at=None,
                 max_runtime_s=job.max_runtime_s,
                 replica=pl.rank,
+                array_id=job.array_id,
             )
         )
     victims = {p.job_id for p in decisions.preemptions}

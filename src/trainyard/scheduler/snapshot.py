@@ -114,6 +114,11 @@ class PendingJob:
     claimed_workers: tuple[str, ...] = ()
     """Workers where jobs were preempted for this one (``Decisions.claims``, kept by the leader
     until the job is placed): such a job is considered first, so the freed capacity is its own."""
+    array_id: str | None = None
+    """The array this job is a task of (None: not a task)."""
+    array_limit: int | None = None
+    """The array's ``parallelism``: at most this many of its tasks run at once (None: no cap). The
+    running ones are the snapshot's ``RunningJob`` entries with the same ``array_id``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,8 @@ class RunningJob:
     terminating: bool = False
     """Already told to stop (preempted or cancelled): its capacity is about to come back, so it is
     neither a victim again nor a reason to preempt someone else."""
+    array_id: str | None = None
+    """The array this job is a task of: it counts against the array's ``parallelism``."""
 
 
 @dataclass(frozen=True, slots=True)

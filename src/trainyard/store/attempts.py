@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from trainyard.model import retry as retry_policy
 from trainyard.model.spec import Retry
 from trainyard.model.states import LIVE, AttemptOutcome, JobStatus
+from trainyard.store.arrays import task_moved
 from trainyard.store.db import Db
 from trainyard.store.errors import ConcurrentChange
 from trainyard.store.gangs import GangRepo
@@ -137,6 +138,8 @@ class AttemptRepo:
             UPDATE_ATTEMPT,
             {"a_job": row.id, "a_number": row.attempt, "status": JobStatus.RUNNING.value, "started_at": now},
         )
+        if row.array_id is not None:
+            task_moved(conn, row, JobStatus.RUNNING, now, ran=True)
         return SimpleNamespace(**{**row._asdict(), "status": JobStatus.RUNNING.value, "started_at": now})
 
     # ---- finished ------------------------------------------------------------------------------
@@ -206,6 +209,8 @@ class AttemptRepo:
         end_attempt_row(conn, end)
         if row.gang_id is not None:
             self._gangs.end_gang_attempt(conn, row.gang_id, row.attempt, final, now)
+        if row.array_id is not None:
+            task_moved(conn, row, final, now, ran=True)
         return final
 
     def _verdict(self, conn: sa.Connection, row: Any, report: FinishReport) -> _Verdict:

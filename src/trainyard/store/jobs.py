@@ -16,6 +16,7 @@ from trainyard.model.ids import new_job_id
 from trainyard.model.records import Attempt, Event, Job, User
 from trainyard.model.spec import JobSpec, spec_fingerprint
 from trainyard.model.states import TERMINAL, JobStatus
+from trainyard.store.arrays import cancel_array, counts_of, insert_rows, task_moved, task_rows
 from trainyard.store.db import Db
 from trainyard.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError
 from trainyard.store.gangs import GangRepo, member_id
@@ -71,6 +72,7 @@ def _job_values(
         created_at=now,
         updated_at=now,
         queued_at=now,
+        awaiting_dependencies=bool(spec.depends_on),
     )
 
 
@@ -99,6 +101,9 @@ def _new_job(row: dict[str, Any]) -> Job:
         pending_reason=None,
         not_before=None,
         gang_id=row.get("gang_id"),
+        array_tasks=row.get("array_tasks"),
+        array_counts={JobStatus.PENDING.value: row["array_tasks"]} if row.get("array_tasks") else None,
+        awaiting_dependencies=row["awaiting_dependencies"],
     )
 
 
@@ -154,7 +159,15 @@ class JobRepo:
             self._tenancy.ensure_team(conn, team)
         if spec.replicas > 1:
             row["gang_id"] = job_id
+        tasks: list[dict[str, Any]] = []
+        if spec.array is not None:
+            # The parent is bookkeeping (never scheduled); each index is a task row of its own,
+            # all written with one executemany.
+            row["array_limit"] = spec.array.parallelism
+            tasks = task_rows(row, spec)
+            row["array_tasks"] = len(tasks)
         conn.execute(_INSERT_JOB, row)
+        insert_rows(conn, tasks)
         if spec.replicas > 1:
             # Ranks 1..N-1: hidden rows that the gang's lease and ending move with rank 0.
             conn.execute(
@@ -172,7 +185,7 @@ class JobRepo:
             src=None,
             dst=JobStatus.PENDING.value,
             attempt=0,
-            data={"user": user.name, "name": spec.name},
+            data={"user": user.name, "name": spec.name, **({"tasks": len(tasks)} if tasks else {})},
             now=now,
             topic=TOPIC_SUBMITTED,
         )
@@ -196,14 +209,20 @@ class JobRepo:
         replicas = None
         if row.gang_id == row.id:
             replicas = [replica_record(m) for m in self._gangs.members(conn, row.id)]
-        return job_record(row, [attempt_record(a) for a in atts], replicas)
+        counts = counts_of(conn, [row.id])[row.id] if row.array_tasks is not None else None
+        return job_record(row, [attempt_record(a) for a in atts], replicas, counts)
 
     def list_jobs(
         self, flt: JobFilter, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Job], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (None: the last page)."""
-        # A gang is listed once, as its rank 0.
-        q = sa.select(jobs).where(jobs.c.replica_rank == 0).order_by(jobs.c.id.desc()).limit(limit + 1)
+        # A gang is listed once, as its rank 0; an array once, as its parent (with its task counts).
+        q = (
+            sa.select(jobs)
+            .where(jobs.c.replica_rank == 0, jobs.c.array_index.is_(None))
+            .order_by(jobs.c.id.desc())
+            .limit(limit + 1)
+        )
         if flt.status:
             q = q.where(jobs.c.status.in_(list(flt.status)))
         if flt.user:
@@ -228,8 +247,9 @@ class JobRepo:
                     .order_by(job_attempts.c.job_id, job_attempts.c.number)
                 ):
                     by_job[a.job_id].append(attempt_record(a))
+            counts = counts_of(conn, [r.id for r in page if r.array_tasks is not None])
         next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
-        return [job_record(r, by_job[r.id]) for r in page], next_cursor
+        return [job_record(r, by_job[r.id], None, counts.get(r.id)) for r in page], next_cursor
 
     # ---- cancel and restart --------------------------------------------------------------------
     def _gang_head(self, conn: sa.Connection, job_id: str) -> tuple[str, sa.Row[Any]]:
@@ -244,44 +264,54 @@ class JobRepo:
         return job_id, row
 
     def cancel(self, job_id: str, actor: str) -> Job:
-        """PENDING jobs end at once; leased ones go to CANCELLING until their worker stops them."""
+        """PENDING jobs end at once; leased ones go to CANCELLING until their worker stops them. An
+        array: every task not finished (``ArrayRepo.stopping_tasks``: those whose worker must stop)."""
         now = self._db.clock()
         with self._db.tx() as conn:
             job_id, row = self._gang_head(conn, job_id)  # a rank: cancel its gang
-            status = JobStatus(row.status)
-            data = {"by": actor}
-            if status is JobStatus.PENDING:
-                move(
-                    conn,
-                    row,
-                    JobStatus.CANCELLED,
-                    data=data,
-                    now=now,
-                    values={"finished_at": now, "reason": f"cancelled by {actor}", "pending_reason": None},
-                )
-            elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
-                move(
-                    conn,
-                    row,
-                    JobStatus.CANCELLING,
-                    data=data,
-                    now=now,
-                    values={"cancel_requested_at": now, "reason": f"cancelled by {actor}"},
-                )
-                conn.execute(
-                    job_attempts.update()
-                    .where(job_attempts.c.job_id == job_id, job_attempts.c.number == row.attempt)
-                    .values(status=JobStatus.CANCELLING.value)
-                )
-            if row.gang_id is not None:
-                stop = {"outcome": "cancelled", "reason": f"cancelled by {actor}"}
-                if status is JobStatus.PENDING:
-                    self._gangs.end_gang_attempt(conn, job_id, row.attempt, JobStatus.CANCELLED, now)
-                elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
-                    self._gangs.stop_members(conn, job_id, row.attempt, stop, now)
+            if row.array_tasks is not None:
+                cancel_array(conn, row, actor, now)  # the parent follows its tasks
+            else:
+                self._cancel_job(conn, row, actor, now)
             job = self.load_job(conn, job_id)
         assert job is not None
         return job
+
+    def _cancel_job(self, conn: sa.Connection, row: sa.Row[Any], actor: str, now: float) -> None:
+        """``cancel`` of one job (a gang: with its ranks; an array's task: its parent follows)."""
+        job_id, status = row.id, JobStatus(row.status)
+        data = {"by": actor}
+        if status is JobStatus.PENDING:
+            move(
+                conn,
+                row,
+                JobStatus.CANCELLED,
+                data=data,
+                now=now,
+                values={"finished_at": now, "reason": f"cancelled by {actor}", "pending_reason": None},
+            )
+            if row.array_id is not None:
+                task_moved(conn, row, JobStatus.CANCELLED, now, ran=False)
+        elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+            move(
+                conn,
+                row,
+                JobStatus.CANCELLING,
+                data=data,
+                now=now,
+                values={"cancel_requested_at": now, "reason": f"cancelled by {actor}"},
+            )
+            conn.execute(
+                job_attempts.update()
+                .where(job_attempts.c.job_id == job_id, job_attempts.c.number == row.attempt)
+                .values(status=JobStatus.CANCELLING.value)
+            )
+        if row.gang_id is not None:
+            stop = {"outcome": "cancelled", "reason": f"cancelled by {actor}"}
+            if status is JobStatus.PENDING:
+                self._gangs.end_gang_attempt(conn, job_id, row.attempt, JobStatus.CANCELLED, now)
+            elif status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                self._gangs.stop_members(conn, job_id, row.attempt, stop, now)
 
     def restart(self, job_id: str, actor: str) -> Job:
         """Run a finished job again as a new attempt (a gang with all its ranks)."""
@@ -290,6 +320,10 @@ class JobRepo:
             job_id, row = self._gang_head(conn, job_id)  # a rank: restart its gang
             if JobStatus(row.status) not in TERMINAL:
                 raise Conflict(f"job {job_id} is {row.status}; only a finished job can be restarted")
+            if row.array_tasks is not None:
+                raise Conflict(
+                    f"job {job_id} is an array: restart its tasks one by one (yard restart {job_id}-INDEX)"
+                )
             res = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status == row.status)
@@ -307,10 +341,15 @@ class JobRepo:
                     worker_id=None,
                     not_before=None,
                     cancel_requested_at=None,
+                    # Its dependencies are looked at again (met at once, or never: it ends again);
+                    # an array's task waited with its array, and its array's wait is over.
+                    awaiting_dependencies=bool(row.spec.get("depends_on")) and row.array_id is None,
                 )
             )
             if res.rowcount != 1:
                 raise Conflict(f"job {job_id} changed while restarting; try again")
+            if row.array_id is not None:
+                task_moved(conn, row, JobStatus.PENDING, now, ran=True)  # the array is open again
             if row.gang_id is not None:
                 self._reset_members(conn, job_id, now)
             record_event(

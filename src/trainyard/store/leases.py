@@ -23,6 +23,7 @@ from trainyard.store.schema import job_attempts, jobs, workers
 from trainyard.store.transitions import LIVE_NAMES, MOVE, record_event
 
 _LEASABLE = sources_of(JobStatus.SCHEDULED)
+_IDS_PER_STATEMENT = 500
 _INSERT_ATTEMPT = job_attempts.insert()
 _member = jobs.alias("member")
 _CURRENT_ATTEMPT = sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt)
@@ -54,6 +55,9 @@ class LeaseRepo:
             # A gang is scheduled as its rank 0, once every other rank is idle again (the ranks
             # of its last attempt may still be stopping).
             .where(jobs.c.replica_rank == 0)
+            # An array's parent never runs (its tasks do); a job waiting for its dependencies is
+            # released by ``DependencyRepo.resolve`` once they are met.
+            .where(jobs.c.array_tasks.is_(None), jobs.c.awaiting_dependencies == sa.false())
             .where(
                 sa.or_(
                     jobs.c.gang_id.is_(None),
@@ -117,16 +121,25 @@ class LeaseRepo:
             ]
 
     def set_pending_reasons(self, reasons: dict[str, str]) -> None:
-        """Record why each pending job waits (jobs that left PENDING meanwhile are left alone)."""
+        """Record why each pending job waits (jobs that left PENDING meanwhile are left alone). Jobs
+        with the same reason are written together: the thousands of tasks of an array waiting for
+        its cap share one text."""
         if not reasons:
             return
+        by_reason: dict[str, list[str]] = {}
+        for job_id, reason in reasons.items():
+            by_reason.setdefault(reason, []).append(job_id)
         with self._db.tx() as conn:
-            for job_id, reason in reasons.items():
-                conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == JobStatus.PENDING.value)
-                    .values(pending_reason=reason)
-                )
+            for reason, ids in by_reason.items():
+                for i in range(0, len(ids), _IDS_PER_STATEMENT):
+                    conn.execute(
+                        jobs.update()
+                        .where(
+                            jobs.c.id.in_(ids[i : i + _IDS_PER_STATEMENT]),
+                            jobs.c.status == JobStatus.PENDING.value,
+                        )
+                        .values(pending_reason=reason)
+                    )
         self._db.changed(list(reasons))  # no event row, but the job's view changed
 
     # ---- leasing -------------------------------------------------------------------------------
@@ -198,6 +211,8 @@ class LeaseRepo:
             master_addr=masters.get(p.job_id, ""),
             master_port=gang_port(p.job_id, number) if p.world_size > 1 else 0,
             gang_id=row.gang_id,
+            array_id=row.array_id,
+            array_index=row.array_index,
         )
 
     def _leasable(
@@ -262,6 +277,8 @@ class LeaseRepo:
                     r.cpu,
                     r.memory,
                     r.max_runtime,
+                    array_id=r.array_id,
+                    array_index=r.array_index,
                 )
                 for r in rows
             ]

@@ -67,6 +67,10 @@ class Lease:
     """Rank 0's worker host (gangs): where the ranks rendezvous."""
     master_port: int = 0
     gang_id: str | None = None
+    array_id: str | None = None
+    """An array task's parent: ``TRAINYARD_ARRAY_JOB_ID``."""
+    array_index: int | None = None
+    """An array task's index: ``TRAINYARD_ARRAY_INDEX``."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class PendingRow(NamedTuple):
     replicas: int
     max_runtime: float
     attempt: int
+    array_id: str | None
+    array_limit: int | None
 
 
 class RunningRow(NamedTuple):
@@ -60,6 +62,7 @@ class RunningRow(NamedTuple):
     gang_id: str | None
     replica_rank: int
     last_checkpoint_at: float | None
+    array_id: str | None
 
 
 PENDING_COLUMNS: tuple[sa.Column[Any], ...] = tuple(jobs.c[name] for name in PendingRow._fields)
@@ -89,8 +92,14 @@ def replica_record(r: sa.Row[Any]) -> Replica:
     return Replica(r.replica_rank, r.id, JobStatus(r.status), r.attempt, r.worker_id, r.exit_code, r.reason)
 
 
-def job_record(row: sa.Row[Any], attempts: list[Attempt], replicas: list[Replica] | None = None) -> Job:
-    """A ``jobs`` row, with its attempts (and a gang's other ranks), as a ``Job``."""
+def job_record(
+    row: sa.Row[Any],
+    attempts: list[Attempt],
+    replicas: list[Replica] | None = None,
+    array_counts: dict[str, int] | None = None,
+) -> Job:
+    """A ``jobs`` row, with its attempts (and a gang's other ranks, an array's task counts), as a
+    ``Job``."""
     return Job(
         id=row.id,
         name=row.name,
@@ -117,6 +126,11 @@ def job_record(row: sa.Row[Any], attempts: list[Attempt], replicas: list[Replica
         gang_id=row.gang_id,
         replica_rank=row.replica_rank,
         replicas=replicas or [],
+        array_id=row.array_id,
+        array_index=row.array_index,
+        array_tasks=row.array_tasks,
+        array_counts=array_counts,
+        awaiting_dependencies=bool(row.awaiting_dependencies),
     )
 
 

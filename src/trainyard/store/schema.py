@@ -89,11 +89,24 @@ jobs = sa.Table(
     sa.Column("replica_rank", sa.Integer, nullable=False, server_default="0"),
     # Set on rank 0 when another rank ended badly: {"outcome", "reason"} rank 0's attempt ends with.
     sa.Column("gang_abort", sa.JSON(none_as_null=True), nullable=True),
+    # Arrays: the parent (array_tasks: how many it has) never runs, and its status follows its
+    # tasks; each task is a row "<id>-<index>" (array_id: the parent; array_index) that is scheduled,
+    # retried and logged as a job of its own, but not listed. array_limit is the array's parallelism,
+    # on every row of it: the scheduler caps the array's running tasks.
+    sa.Column("array_id", sa.String(32), nullable=True),
+    sa.Column("array_index", sa.Integer, nullable=True),
+    sa.Column("array_tasks", sa.Integer, nullable=True),
+    sa.Column("array_limit", sa.Integer, nullable=True),
+    # True while the job (an array: each row of it) waits for the jobs its spec's depends_on names.
+    sa.Column("awaiting_dependencies", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("user_name", "idempotency_key", name="uq_jobs_user_idempotency_key"),
     sa.Index("ix_jobs_status", "status"),
     sa.Index("ix_jobs_team_id", "team", "id"),
     sa.Index("ix_jobs_worker", "worker_id"),
     sa.Index("ix_jobs_gang", "gang_id"),
+    sa.Index("ix_jobs_array", "array_id", "array_index"),
+    sa.Index("ix_jobs_array_status", "array_id", "status"),
+    sa.Index("ix_jobs_awaiting", "awaiting_dependencies", "status"),
 )
 
 job_attempts = sa.Table(

@@ -10,6 +10,8 @@ Where things live:
 - ``leases.py``: the scheduler's snapshot and the leases it grants;
 - ``attempts.py``: a leased attempt's start and end, and every other ending (``close_attempt``);
 - ``gangs.py``: the member ranks of gangs and how they follow rank 0;
+- ``arrays.py``: job arrays: their task rows, how the parent follows its tasks, cancels, pages;
+- ``dependencies.py``: jobs waiting for others, released or ended by the leader each cycle;
 - ``fleet.py``: workers, heartbeats, drains, and the commands workers get;
 - ``reconcile.py``: attempts the platform ends when their worker does not;
 - ``tenancy.py``: teams, users, tokens, secrets, the audit trail;
@@ -27,8 +29,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from trainyard.store.arrays import ArrayRepo
 from trainyard.store.attempts import AttemptRepo
 from trainyard.store.db import Db, OnCommit, create_engine, normalize_url
+from trainyard.store.dependencies import DependencyRepo, Resolution
 from trainyard.store.errors import ConcurrentChange, Conflict, IdempotencyConflict, NotFound, StoreError
 from trainyard.store.fleet import FleetRepo
 from trainyard.store.gangs import GangRepo, gang_port, member_id
@@ -69,6 +73,7 @@ __all__ = [
     "PendingRow",
     "Placement",
     "ReportResult",
+    "Resolution",
     "RunningRow",
     "SqlStore",
     "StoreConfig",
@@ -112,6 +117,8 @@ class SqlStore:
         self.outbox = OutboxRepo(self.db)
         self.views = ViewRepo(self.db)
         self.rates = RateRepo(self.db)
+        self.arrays = ArrayRepo(self.db)
+        self.dependencies = DependencyRepo(self.db)
         self._bind_core()
         self._bind_jobs()
         self._bind_fleet()
@@ -179,6 +186,10 @@ class SqlStore:
         self.cancel = jobs.cancel
         self.restart = jobs.restart
         self.job_events = jobs.job_events
+        self.array_tasks = self.arrays.tasks
+        self.stopping_tasks = self.arrays.stopping_tasks
+        self.resolve_dependencies = self.dependencies.resolve
+        self.dependency_artifacts = self.dependencies.dependency_artifacts
         self.events_since = jobs.events_since
         self.last_event_id = jobs.last_event_id
         self.pending_for_scheduling = leases.pending_for_scheduling

@@ -20,14 +20,15 @@ class ViewRepo:
         self._db = db
 
     def count_by_status(self) -> dict[str, int]:
-        """How many jobs are in each status (a gang counts once)."""
+        """How many jobs are in each status (a gang counts once; an array as its tasks)."""
         with self._db.read() as conn:
             return {
                 r[0]: int(r[1])
                 for r in conn.execute(
-                    # A gang counts once (its rank 0), as it is listed.
+                    # A gang counts once (its rank 0), as it is listed; an array's tasks are jobs
+                    # that run, its parent is not.
                     sa.select(jobs.c.status, sa.func.count())
-                    .where(jobs.c.replica_rank == 0)
+                    .where(jobs.c.replica_rank == 0, jobs.c.array_tasks.is_(None))
                     .group_by(jobs.c.status)
                 )
             }
@@ -37,7 +38,11 @@ class ViewRepo:
         with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(jobs.c.pool, jobs.c.team, sa.func.count())
-                .where(jobs.c.status == JobStatus.PENDING.value, jobs.c.replica_rank == 0)
+                .where(
+                    jobs.c.status == JobStatus.PENDING.value,
+                    jobs.c.replica_rank == 0,
+                    jobs.c.array_tasks.is_(None),
+                )
                 .group_by(jobs.c.pool, jobs.c.team)
             ).all()
         return [(r[0], r[1], int(r[2])) for r in rows]
@@ -53,7 +58,7 @@ class ViewRepo:
                     sa.func.sum(jobs.c.memory),
                     sa.func.sum(jobs.c.gpu),
                 )
-                .where(jobs.c.status.in_(LIVE_NAMES))
+                .where(jobs.c.status.in_(LIVE_NAMES), jobs.c.array_tasks.is_(None))
                 .group_by(jobs.c.team)
             ).all()
         return [(r[0], int(r[1]), float(r[2] or 0), int(r[3] or 0), int(r[4] or 0)) for r in rows]

@@ -1,6 +1,6 @@
 """`yard sbatch SCRIPT` and `yard submit SCRIPT` through CliRunner against a scripted API: the dry
-run, flags over directives, what is sent, and the planned fields (arrays, dependencies) refused in a
-sentence rather than a traceback."""
+run, flags over directives, what is sent (arrays and dependencies included), and fields an older
+control plane refuses named in a sentence rather than a traceback."""
 
 from __future__ import annotations
 
@@ -160,24 +160,20 @@ def test_an_executable_script_without_directives_stays_a_command(
     assert submitted(accept)["command"] == ["./run.sh"]
 
 
-def test_arrays_are_refused_with_a_sentence_until_the_jobspec_has_them(
-    state: State, api: FakeAPI, tmp_path: Path
-) -> None:
+def test_arrays_and_dependencies_of_a_script_are_sent(state: State, accept: FakeAPI, tmp_path: Path) -> None:
     path = tmp_path / "sweep.sh"
     path.write_text("#!/bin/bash\n#SBATCH --array=0-9%2\n#SBATCH --dependency=afterok:j01x\necho\n")
     res = yard(state, "sbatch", "--dry-run", str(path))
     assert res.exit_code == 0, res.stderr
     assert yaml.safe_load(res.stdout)["array"] == {"indices": "0-9", "parallelism": 2}
-    assert "job arrays (#SBATCH --array) are not supported by this Trainyard yet" in res.stderr
+    assert "not supported" not in res.stderr
     for cmd in ("sbatch", "submit"):
         res = yard(state, cmd, str(path))
-        assert res.exit_code == 1
-        assert res.stderr.startswith(
-            "error: job arrays (#SBATCH --array) and job dependencies (#SBATCH --dependency) are not "
-            "supported by this Trainyard yet"
-        ), res.stderr
-        assert "Traceback" not in res.stderr
-    assert not api.calls("POST", "/v1/jobs")
+        assert res.exit_code == 0, res.stderr
+        body = json.loads(accept.calls("POST", "/v1/jobs")[-1].content)
+        assert body["array"] == {"indices": "0-9", "parallelism": 2}
+        assert body["depends_on"] == [{"job": "j01x", "condition": "succeeded"}]
+        assert body["env"]["SLURM_ARRAY_TASK_COUNT"] == "10"
 
 
 def test_a_control_plane_that_refuses_the_planned_fields_is_named(api: FakeAPI) -> None:

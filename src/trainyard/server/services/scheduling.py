@@ -82,6 +82,9 @@ class SchedulerLoop:
         """One scheduler cycle: snapshot → pure decisions → guarded leases, and preempt commands
         queued for ``take_preemptions``."""
         t0 = time.perf_counter()
+        # Jobs waiting for others first: those whose dependencies are met join this cycle's queue,
+        # those whose dependencies can never be met end FAILED.
+        self.store.resolve_dependencies()
         now = self.clock()
         pending = self.store.pending_for_scheduling(now)
         if not pending:
@@ -249,6 +252,7 @@ class SchedulerLoop:
             last_checkpoint_at=r.last_checkpoint_at,
             max_runtime_s=r.max_runtime,
             terminating=r.status == JobStatus.CANCELLING.value or preempting is not None,
+            array_id=r.array_id,
         )
 
     def _scheduling_teams(self, running: list[Any], now: float) -> list[SchedTeam]:
@@ -317,4 +321,6 @@ def _pending_job(r: Any, claimed: tuple[str, ...]) -> PendingJob:
         max_runtime_s=r.max_runtime,
         attempt=r.attempt,
         claimed_workers=claimed,
+        array_id=r.array_id,
+        array_limit=r.array_limit,
     )
