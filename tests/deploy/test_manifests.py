@@ -693,24 +693,28 @@ def test_jobs_cannot_reach_the_backends(objects: list[Obj], namespace: str) -> N
 
 # Exported by others: kube-state-metrics (in the ScaledObject's query) and Prometheus itself.
 FOREIGN_METRICS = {"kube_deployment_status_replicas_available", "up"}
-# Not exported yet: issue 15 item 5 adds it. Drop it from here once the control plane exports it.
-PLANNED_METRICS = {"trainyard_pool_pending_demand"}
 
 
-def _exported_series() -> set[str]:
-    """The series names one control plane exposes, every metric family touched once."""
+def _exposition() -> str:
+    """One control plane's exposition, every metric family touched once."""
     from prometheus_client import generate_latest
 
+    from trainyard.scheduler.demand import PoolDemand
     from trainyard.server.metrics import Metrics
 
     m = Metrics()
     m.add_queue_collector(
         lambda: {"by_status": {"PENDING": 1}, "pending_by_pool": {"gpu": 1}, "outbox_lag": 0}
     )
+    m.add_demand_collector(lambda: [PoolDemand("a100-burst", "a100", 1, 8.0, 1 << 30, 8)])
     m.gpu_utilization.record("w1", "node-1", {0: 0.5})
-    text = generate_latest(m.registry).decode()
+    return generate_latest(m.registry).decode()
+
+
+def _exported_series() -> set[str]:
+    """The series names one control plane exposes."""
     series = set()
-    for line in text.splitlines():
+    for line in _exposition().splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             if kind == "counter":  # named with or without _total, by prometheus_client's version
@@ -768,14 +772,27 @@ def test_queries_use_exported_metrics(render: Callable[[str], list[Obj]]) -> Non
     exports (or another named exporter's): a renamed metric would silence an alert for good."""
     queries = _queries(render("prod-keda"))
     assert {"rule TrainyardJobFailureRateHigh", "rule TrainyardWorkersLost"} <= set(queries)
-    exported = _exported_series() | FOREIGN_METRICS | PLANNED_METRICS
+    exported = _exported_series() | FOREIGN_METRICS
     used = set()
     for where, expr in queries.items():
         names = _queried_metrics(expr)
         assert names, f"{where}: no metric found in {expr!r}"
         assert names <= exported, f"{where}: {names - exported} not exported"
         used |= names
-    assert used >= PLANNED_METRICS
+    assert "trainyard_pool_pending_demand" in used
+
+
+def test_the_scaled_object_queries_labels_the_demand_gauge_has() -> None:
+    """The ScaledObject's selector names the gauge's labels and a resource it exports (in GPUs)."""
+    samples = [
+        dict(re.findall(r'(\w+)="([^"]*)"', line.split("{", 1)[1].split("}", 1)[0]))
+        for line in _exposition().splitlines()
+        if line.startswith("trainyard_pool_pending_demand{")
+    ]
+    assert {s["resource"] for s in samples} == {"gpu", "cpu", "memory"}
+    assert all(set(s) == {"pool", "gpu_type", "resource"} for s in samples)
+    gpu = [line for line in _exposition().splitlines() if 'resource="gpu"' in line]
+    assert gpu and gpu[0].endswith(" 8.0")
 
 
 def test_alerts_cover_the_issue(render: Callable[[str], list[Obj]]) -> None:

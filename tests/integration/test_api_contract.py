@@ -177,6 +177,7 @@ def test_openapi_health_metrics(c: httpx.Client, cp: ControlPlane) -> None:
         "/v1/jobs/{job_id}/artifacts",
         "/v1/workers",
         "/v1/queues",
+        "/v1/pools/demand",
         "/v1/events",
     ):
         assert path in spec["paths"]

@@ -70,6 +70,7 @@ OPERATIONS = [
     "POST /v1/workdirs",
     "GET /v1/workers",
     "GET /v1/queues",
+    "GET /v1/pools/demand",
     "POST /v1/admin/workers/{worker}/drain",
     "GET /v1/teams",
     "PUT /v1/admin/teams/{name}",

@@ -1,4 +1,5 @@
-"""`yard simulate`: run the real scheduler and a FIFO baseline over a workload and compare them."""
+"""`yard simulate`: run the real scheduler and a FIFO baseline over a workload and compare them, or
+(``--autoscale``) one policy on the fixed fleet and on a fleet an autoscaler sizes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import typer
 
 from trainyard.cli import output as out
 from trainyard.cli.app import app
+from trainyard.scheduler.autoscale import Autoscale, simulate_autoscaled
 from trainyard.scheduler.core import decide
 from trainyard.scheduler.fifo import decide_fifo
 from trainyard.scheduler.simulate import GroupStats, Policy, SimConfig, SimResult
@@ -59,8 +61,27 @@ def simulate(
         Path | None, typer.Option(help="write queue depth and team GPU share over time to this PNG")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+    autoscale: Annotated[
+        bool,
+        typer.Option(
+            "--autoscale",
+            help="compare the fixed fleet with one an autoscaler sizes from the pending-demand signal "
+            "(the scheduler's policy, or --policy fifo)",
+        ),
+    ] = False,
+    scale_after_min: Annotated[
+        float, typer.Option("--scale-after-min", help="--autoscale: minutes of demand before adding", min=0)
+    ] = Autoscale().scale_after_s / 60,
+    boot_min: Annotated[
+        float,
+        typer.Option("--boot-min", help="--autoscale: minutes a new worker takes to boot", min=0),
+    ] = Autoscale().boot_s / 60,
+    idle_min: Annotated[
+        float, typer.Option("--idle-min", help="--autoscale: minutes idle before a worker is removed", min=0)
+    ] = Autoscale().idle_s / 60,
 ) -> None:
-    """Drive the scheduler with a discrete-event clock over a workload; compare with FIFO."""
+    """Drive the scheduler with a discrete-event clock over a workload; compare with FIFO, or with
+    --autoscale the fixed fleet with an autoscaled one (wait time against worker-hours)."""
     if (trace is None) == (synthetic_kind is None):
         out.print_error("give either a TRACE file or --synthetic target|small")
         raise typer.Exit(2)
@@ -77,29 +98,73 @@ def simulate(
     # The workload's objects live for the whole run: spare the cyclic collector rescanning them.
     gc.collect()
     gc.freeze()
-    names = ["scheduler", "fifo"] if policy is PolicyChoice.both else [policy.value]
-    config = SimConfig(cycle_s=cycle_s)
-    results: list[SimResult] = []
-    walls: dict[str, float] = {}
+    scaler = Autoscale(scale_after_min * 60, boot_min * 60, idle_min * 60) if autoscale else None
     try:
-        for name in names:
-            t0 = time.perf_counter()
-            results.append(
-                run_simulation(workload, POLICIES[name], name=name, config=config, timer=time.perf_counter)
-            )
-            walls[name] = time.perf_counter() - t0
-            if not as_json:
-                out.note(f"{name}: simulated {results[-1].end_s / 3600:.1f} h in {walls[name]:.1f} s")
+        results, walls = run_policies(workload, policy, SimConfig(cycle_s=cycle_s), scaler, quiet=as_json)
     finally:
         gc.unfreeze()
     if plot is not None:
         write_plot(results, plot)
     if as_json:
-        sys.stdout.write(json.dumps(to_json(workload, seed, cycle_s, results, walls)) + "\n")
+        data = to_json(workload, seed, cycle_s, results, walls)
+        if scaler is not None:
+            data["autoscale"] = dataclasses.asdict(scaler)
+        sys.stdout.write(json.dumps(data) + "\n")
         return
     print_report(workload, results, walls)
+    if scaler is not None:
+        print_autoscale(results, scaler)
     if plot is not None:
         out.note(f"wrote {plot}")
+
+
+def run_policies(
+    workload: Workload, policy: PolicyChoice, config: SimConfig, scaler: Autoscale | None, *, quiet: bool
+) -> tuple[list[SimResult], dict[str, float]]:
+    """Each policy on the fixed fleet; with ``scaler``, one policy on the fixed fleet and autoscaled."""
+    if scaler is None:
+        names = ["scheduler", "fifo"] if policy is PolicyChoice.both else [policy.value]
+    else:
+        base = "fifo" if policy is PolicyChoice.fifo else "scheduler"
+        names = [base, f"{base}+autoscale"]
+    results: list[SimResult] = []
+    walls: dict[str, float] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        fn = POLICIES[name.removesuffix("+autoscale")]
+        if name.endswith("+autoscale") and scaler is not None:
+            r = simulate_autoscaled(workload, fn, scaler, name=name, config=config, timer=time.perf_counter)
+        else:
+            r = run_simulation(workload, fn, name=name, config=config, timer=time.perf_counter)
+        results.append(r)
+        walls[name] = time.perf_counter() - t0
+        if not quiet:
+            out.note(f"{name}: simulated {r.end_s / 3600:.1f} h in {walls[name]:.1f} s")
+    return results, walls
+
+
+def print_autoscale(results: list[SimResult], scaler: Autoscale) -> None:
+    """The fixed fleet next to the autoscaled one: waits against worker-hours."""
+    sys.stdout.write("\n")
+    out.print_table(
+        ["FLEET", "WAIT P50", "WAIT P95", "NEVER STARTED", "WORKER-H", "GPU UTIL", "WORKERS STARTED"],
+        [
+            [
+                "autoscaled" if r.policy.endswith("+autoscale") else "fixed",
+                _dur(r.overall.wait_p50_s),
+                _dur(r.overall.wait_p95_s),
+                str(r.overall.never_started),
+                f"{r.worker_hours:.0f}",
+                f"{r.gpu_utilization:.1%}",
+                str(r.workers_started) if r.policy.endswith("+autoscale") else "-",
+            ]
+            for r in results
+        ],
+        title=(
+            f"Fixed fleet vs autoscaled ({results[0].policy}): add after {_dur(scaler.scale_after_s)} of "
+            f"demand, boot {_dur(scaler.boot_s)}, remove after {_dur(scaler.idle_s)} idle"
+        ),
+    )
 
 
 def to_json(

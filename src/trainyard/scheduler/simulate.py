@@ -156,6 +156,10 @@ class SimResult:
     series: Series
     policy_s: float = 0.0
     """Seconds spent in the policy, when a ``timer`` was given; else 0."""
+    worker_hours: float = 0.0
+    """Hours of workers present (booting ones included) within [0, end_s]: what the fleet cost."""
+    workers_started: int = 0
+    """Workers an autoscaler started (:mod:`trainyard.scheduler.autoscale`); 0 for a fixed fleet."""
 
 
 # --- helpers that are public because the tests check them on known inputs ------------------------
@@ -276,6 +280,9 @@ class _Sim:
         self.gpu_used = 0
         self.running_jobs = 0
         self.capacity_gpu = sum(w.gpu for w in self.workers_t)
+        self.workers_on = len(self.workers_t)
+        """Workers present or booting: what the fleet costs (``worker_s``)."""
+        self.workers_started = 0
         self.changed = False
         self.cycle_at: float | None = None
         self.last_cycle = -math.inf
@@ -288,6 +295,7 @@ class _Sim:
         self.cap_s = 0.0
         self.used_s = 0.0
         self.running_s = 0.0
+        self.worker_s = 0.0
         self.team_gpu_s = dict.fromkeys(self.team_names, 0.0)
         self.prio_gpu_s = [0.0] * len(PRIORITY_NAMES)
         n_win = max(1, math.ceil(self.end / config.fairness_window_s)) if math.isfinite(self.end) else 1
@@ -348,6 +356,8 @@ class _Sim:
                 self.gone(key)
             elif kind == _RETURN:
                 self.give_back(key, n)
+            else:
+                self.on_event(kind, key, n)
             if self.changed and self.cycle_at is None:
                 self.cycle_at = max(t, self.last_cycle + self.cfg.cycle_s)
                 self.push(self.cycle_at, _CYCLE, ("", 0))
@@ -390,6 +400,7 @@ class _Sim:
         self.cycle_at = None
         self.changed = False
         if not self.pending:
+            self.after_cycle(None, None)
             return  # as the leader: nothing to decide, and no cycle spent
         self.last_cycle = self.now
         self.cycles += 1
@@ -409,6 +420,19 @@ class _Sim:
         else:
             decisions = self.policy(snap)
         self.apply(decisions)
+        self.after_cycle(snap, decisions)
+
+    # Hooks for a subclass that changes the fleet (the autoscaler): no-ops here.
+
+    def after_cycle(self, snapshot: Snapshot | None, decisions: Decisions | None) -> None:
+        """A cycle has decided over ``snapshot`` (None: nothing pending, no cycle was needed)."""
+
+    def on_event(self, kind: int, key: str, n: int) -> None:
+        """An event of a kind this class does not know."""
+        raise SimulationError(f"unknown event kind {kind}")
+
+    def freed(self, worker_id: str) -> None:
+        """A replica left ``worker_id``."""
 
     def team_snapshot(self) -> tuple[Team, ...]:
         # The leader's bookkeeping: advance each team's decayed history by the time since the last
@@ -532,6 +556,7 @@ class _Sim:
             h.cpu -= r.cpu
             h.mem -= r.memory
             h.gpus.difference_update(r.gpu_indices)
+            self.freed(r.worker_id)
         self.add_usage(a, -1)
         j.start = None
         j.terminating = False
@@ -602,6 +627,7 @@ class _Sim:
             raise SimulationError(f"worker {wid} left with jobs still on it")
         h.present = False
         self.capacity_gpu -= h.w.gpu
+        self.workers_on -= 1
         self.rebuild_workers()
 
     def give_back(self, wid: str, idx: int) -> None:
@@ -612,6 +638,7 @@ class _Sim:
         h.present = True
         h.w = replace(h.w, schedulable=True)
         self.capacity_gpu += h.w.gpu
+        self.workers_on += 1
         self.rebuild_workers()
         self.changed = True
 
@@ -640,6 +667,7 @@ class _Sim:
             self.cap_s += self.capacity_gpu * dt
             self.used_s += self.gpu_used * dt
             self.running_s += self.running_jobs * dt
+            self.worker_s += self.workers_on * dt
             self.win_cap[w] += self.capacity_gpu * dt
             wg = self.win_gpu[w]
             wb = self.win_backlog[w]
@@ -717,6 +745,8 @@ class _Sim:
                 {n: tuple(v) for n, v in self.s_share.items()},
             ),
             policy_s=self.policy_s,
+            worker_hours=self.worker_s / 3600,
+            workers_started=self.workers_started,
         )
 
     def group(self, name: str, jobs: list[_Job], gpu_s: float, weight: float | None) -> GroupStats:

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trainyard.scheduler.demand import PoolDemand
+
 
 class _QueueCollector(Collector):
     def __init__(self, read: Callable[[], dict[str, object]]) -> None:
@@ -28,6 +30,32 @@ class _QueueCollector(Collector):
         lag = GaugeMetricFamily("trainyard_outbox_lag", "Committed events not yet published")
         lag.add_metric([], snap.get("outbox_lag", 0))  # type: ignore[arg-type]
         yield lag
+
+
+PENDING_DEMAND_HELP = (
+    "Resources pending jobs ask for that the leader's last scheduling cycle could not place for lack of "
+    "capacity (gpu: GPUs, cpu: cores, memory: bytes; every replica of a gang), per pool (a job naming "
+    "none counts under default) and GPU type (none: CPU-only jobs; any: GPU jobs naming no type). "
+    "Counts jobs waiting for capacity or a reservation and jobs no registered worker can fit; not jobs "
+    "held by their team's quota, jobs capacity is being preempted or drained for, array tasks over "
+    "their array's parallelism, or jobs waiting for dependencies. Every replica exports the leader's figures"
+)
+
+
+class _DemandCollector(Collector):
+    """``trainyard_pool_pending_demand{pool, gpu_type, resource}`` from the rows ``read`` returns."""
+
+    def __init__(self, read: Callable[[], Iterable[PoolDemand]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "trainyard_pool_pending_demand", PENDING_DEMAND_HELP, labels=["pool", "gpu_type", "resource"]
+        )
+        for row in self._read():
+            for resource, value in row.resources().items():
+                fam.add_metric([row.pool, row.gpu_type, resource], value)
+        yield fam
 
 
 GPU_SAMPLE_TTL_S = 60.0
@@ -107,3 +135,7 @@ class Metrics:
     def add_queue_collector(self, read: Callable[[], dict[str, object]]) -> None:
         """Export the queue gauges that ``read`` returns (called at every scrape)."""
         self.registry.register(_QueueCollector(read))
+
+    def add_demand_collector(self, read: Callable[[], Iterable[PoolDemand]]) -> None:
+        """Export ``trainyard_pool_pending_demand`` from the rows ``read`` returns (at every scrape)."""
+        self.registry.register(_DemandCollector(read))

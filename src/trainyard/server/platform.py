@@ -28,6 +28,7 @@ from trainyard.server.secretbox import SecretBox
 from trainyard.server.services.attempts import AttemptService
 from trainyard.server.services.auth import AuthService
 from trainyard.server.services.board import QueueBoards
+from trainyard.server.services.demand import PoolDemands
 from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.files import FileService
 from trainyard.server.services.fleet import FleetService
@@ -73,6 +74,7 @@ class Platform:
         self.notifier = notifier_for(settings.db_url)
         self._services(settings)
         self.metrics.add_queue_collector(self.fleet.queue_gauges)
+        self.metrics.add_demand_collector(self.demand.gauges)
 
     def _backends(self, settings: Settings, store: SqlStore | None) -> None:
         self.store = store or SqlStore(settings.db_url)
@@ -102,6 +104,7 @@ class Platform:
         kicks = {"kick_scheduler": self.kick_scheduler, "kick_relay": self.kick_relay}
         self.replica = Replica(self.cache, heartbeat_interval=hb, restart_grace=s.restart_grace)
         self.boards = QueueBoards(store, self.replica)
+        self.demand = PoolDemands(store, self.replica)
         self.auth = AuthService(store, s)
         self.tenancy = TenancyService(store, SecretBox(secret_key(s)), self.tiers, self.kick_scheduler)
         self.dispatcher = Dispatcher(
@@ -166,6 +169,7 @@ class Platform:
             config=SchedulerConfig(half_life_s=s.fair_share_half_life),
             # A victim that has not stopped within the grace (plus slack) may be chosen and told again.
             stop_grace_s=s.cancel_grace + 3 * hb + 10,
+            demand=self.demand,
         )
         self.relay = EventRelay(store, self.bus, self.metrics)
         self.health = Health(store, self.replica, self.metrics)

@@ -102,3 +102,29 @@ def test_without_plot_matplotlib_is_not_needed(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = runner.invoke(app, ["simulate", "--synthetic", "small", "--policy", "fifo", "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_autoscale_reports_the_fixed_and_the_autoscaled_fleet_side_by_side(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE)
+    result = runner.invoke(app, ["simulate", str(trace), "--autoscale", "--scale-after-min", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Fixed fleet vs autoscaled (scheduler): add after 1.0m of demand, boot 5.0m" in out
+    assert "WORKER-H" in out and "WORKERS STARTED" in out
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("fixed ", "autoscaled "))] == [
+        "fixed",
+        "autoscaled",
+    ]
+
+    result = runner.invoke(app, ["simulate", str(trace), "--autoscale", "--policy", "fifo", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["results"]) == {"fifo", "fifo+autoscale"}
+    assert data["autoscale"] == {"scale_after_s": 300.0, "boot_s": 300.0, "idle_s": 1800.0}
+    fixed, scaled = data["results"]["fifo"], data["results"]["fifo+autoscale"]
+    assert fixed["workers_started"] == 0 and scaled["workers_started"] == 2  # one GPU, one CPU worker
+    assert scaled["overall"]["wait_p50_s"] > fixed["overall"]["wait_p50_s"]
+    # Ten-minute jobs on a fleet that idles between them: the boot delay costs more than it saves.
+    assert fixed["worker_hours"] == pytest.approx(2 * fixed["end_s"] / 3600)
+    assert 0 < scaled["worker_hours"] < 2 * scaled["end_s"] / 3600

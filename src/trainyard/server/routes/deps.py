@@ -13,6 +13,7 @@ from trainyard.objects.base import ObjectStore
 from trainyard.server.auth import UserDep
 from trainyard.server.platform import Platform
 from trainyard.server.services.auth import AuthService
+from trainyard.server.services.demand import PoolDemands
 from trainyard.server.services.files import FileService
 from trainyard.server.services.fleet import FleetService
 from trainyard.server.services.health import Health
@@ -23,6 +24,7 @@ from trainyard.server.settings import Settings
 
 __all__ = [
     "AuthDep",
+    "DemandDep",
     "FilesDep",
     "FleetDep",
     "HealthDep",
@@ -60,6 +62,11 @@ async def fleet(request: Request) -> FleetService:
     return _platform(request).fleet
 
 
+async def demand(request: Request) -> PoolDemands:
+    """The pending demand per pool and GPU type (the autoscaling signal)."""
+    return _platform(request).demand
+
+
 async def auth(request: Request) -> AuthService:
     """Users and API tokens."""
     return _platform(request).auth
@@ -89,6 +96,7 @@ JobsDep = Annotated[JobService, Depends(jobs)]
 LogsDep = Annotated[LogService, Depends(logs)]
 FilesDep = Annotated[FileService, Depends(files)]
 FleetDep = Annotated[FleetService, Depends(fleet)]
+DemandDep = Annotated[PoolDemands, Depends(demand)]
 AuthDep = Annotated[AuthService, Depends(auth)]
 TenancyDep = Annotated[TenancyService, Depends(tenancy)]
 HealthDep = Annotated[Health, Depends(health)]

@@ -2,7 +2,8 @@
 
 Besides the leases, a cycle yields preemptions (handed to the dispatcher through
 ``take_preemptions``), the claims a preempting job holds on the workers it freed, the pending
-reasons, and the queue board (positions each cycle, estimated starts every few seconds)."""
+reasons, the queue board (positions each cycle, estimated starts every few seconds), and the pending
+demand that fits no worker (the autoscaling signal, :mod:`.demand`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainyard.model.states import JobStatus, Priority
 from trainyard.scheduler.core import Decisions, decide
+from trainyard.scheduler.demand import cycle_demand
 from trainyard.scheduler.eta import estimate_starts
 from trainyard.scheduler.fairshare import TeamShare, accumulate
 from trainyard.scheduler.snapshot import (
@@ -34,6 +36,7 @@ from trainyard.server.queueboard import (
     waiting_positions,
 )
 from trainyard.server.services.board import QueueBoards
+from trainyard.server.services.demand import PoolDemands
 from trainyard.server.services.replica import Replica
 from trainyard.store import Lease, Placement, WorkerCommand
 
@@ -60,6 +63,7 @@ class SchedulerLoop:
         config: SchedulerConfig,
         stop_grace_s: float,
         clock: Callable[[], float] = time.time,
+        demand: PoolDemands | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -68,6 +72,7 @@ class SchedulerLoop:
         self.config = config
         self.stop_grace_s = stop_grace_s  # how long a told victim may take to stop before it is told again
         self.clock = clock
+        self.demand = demand or PoolDemands(store, replica, clock)
         self.shares: dict[str, TeamShare] = {}
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self._history: dict[str, ResourceVector] = {}  # team -> decayed usage (leader's memory)
@@ -91,6 +96,7 @@ class SchedulerLoop:
             self._reasons = {}
             self._post_board(QueueBoard(as_of=now), now, force=bool(self.boards.local.positions))
             self._last_cycle = None
+            self.demand.post([], now)
             return []
         running = self.store.running_for_scheduling()
         snapshot = Snapshot(
@@ -114,6 +120,7 @@ class SchedulerLoop:
         self._queue_preemptions(decisions, running, now)
         self.shares = decisions.shares
         self._post_cycle_board(decisions, pending, waiting, now)
+        self.demand.post(cycle_demand(snapshot, decisions), now)
         oldest = min((r.queued_at for r in pending if r.id in waiting), default=now)
         self._last_cycle = (snapshot, decisions) if now - oldest >= ESTIMATE_AFTER_S else None
         # Write only reasons that changed since the last cycle; most cycles change few.
