@@ -289,7 +289,10 @@ class RecordedApi:
                     api._handle(self, method)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        # Every connection is closed after its response (no idle keep-alive handlers), and closing the
+        # server joins the handlers: a test leaves no thread behind.
+        self.server.daemon_threads = False
+        self.server.block_on_close = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -427,6 +430,7 @@ class RecordedApi:
         h.send_response(code)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
+        h.send_header("Connection", "close")
         h.end_headers()
         h.wfile.write(data)
 
@@ -434,6 +438,7 @@ class RecordedApi:
         h.send_response(200)
         h.send_header("Content-Type", content_type)
         h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Connection", "close")
         h.end_headers()
 
     @staticmethod
@@ -558,11 +563,21 @@ class RecordedApi:
 
 @pytest.fixture
 def api() -> Iterator[RecordedApi]:
+    before = set(threading.enumerate())
     server = RecordedApi()
     try:
         yield server
     finally:
         server.close()
+    # Neither the server nor the executor leaves a thread running (the executor's watch and log
+    # threads end with their Pod). The agent's gRPC poller stays: it is the process's.
+    _wait_until(lambda: not _ours(before), timeout=10, what=lambda: _ours(before))
+
+
+def _ours(before: set[threading.Thread]) -> set[str]:
+    """The executor's watch and log threads, and the server's, started since ``before`` and alive."""
+    names = {t.name for t in set(threading.enumerate()) - before}
+    return {n for n in names if n.startswith("pod ") or "process_request" in n or "serve_forever" in n}
 
 
 def _settings(tmp_path: Path, **kw: Any) -> KubernetesSettings:
@@ -960,10 +975,12 @@ def test_orphans_survive_an_api_that_is_down(tmp_path: Path) -> None:
     assert KubernetesExecutor(settings, PodApi(settings, client.ApiClient(conf))).reap_orphans(tmp_path) == []
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+def _wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: Callable[[], object] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, what()
         time.sleep(0.02)
 
 
