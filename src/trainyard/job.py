@@ -11,6 +11,10 @@ Environment set by the agent::
     TRAINYARD_CHECKPOINT_DIR  where to write checkpoints (persists across attempts)
     TRAINYARD_RESUME_FROM     set when resuming: a checkpoint directory, or one checkpoint
     TRAINYARD_ARTIFACT_DIR    files left here are uploaded when the job ends
+    TRAINYARD_ARRAY_INDEX     an array's task: its index (TRAINYARD_ARRAY_JOB_ID: the array)
+    TRAINYARD_DEPENDENCY_ARTIFACTS  a job with depends_on: its dependencies' artifacts, as a JSON
+                              list of {job, name, url, sha256, size} (or, when long, a URL of that
+                              list in TRAINYARD_DEPENDENCY_ARTIFACTS_URL); see dependency_artifacts()
 
 Checkpoint format (the caller serializes; numpy users pass the bytes of an ``.npz``)::
 
@@ -30,6 +34,7 @@ to stdout, which the platform parses out of the job's log.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -40,18 +45,22 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
+from typing import Any
 
 from trainyard import datacache
 
 __all__ = [
     "METRIC_PREFIX",
+    "array_index",
     "artifact_dir",
     "attempt",
     "checkpoint_dir",
     "dataset_dir",
+    "dependency_artifacts",
     "install_preemption_handler",
     "job_id",
     "latest_checkpoint",
@@ -91,6 +100,12 @@ def attempt() -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"TRAINYARD_ATTEMPT is not an integer: {raw!r}") from None
+
+
+def array_index() -> int | None:
+    """This task's index when the job is a task of an array (``TRAINYARD_ARRAY_INDEX``), else None."""
+    raw = _env("TRAINYARD_ARRAY_INDEX")
+    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 def _dir_from_env(var: str, default: str) -> Path:
@@ -392,3 +407,98 @@ def log_metric(name: str, value: float, step: int | None = None) -> None:
         # Flushed so the line reaches the log (and the platform's parser) while the job runs.
         sys.stdout.write(METRIC_PREFIX + printed + "\n")
         sys.stdout.flush()
+
+
+# --- dependencies -----------------------------------------------------------------------------
+
+DEPENDENCIES_DIR = "dependencies"
+_DOWNLOAD_TIMEOUT_S = 120.0
+
+
+def _dependency_list() -> list[dict[str, Any]]:
+    """The artifacts the platform handed this job: in the environment, or in a manifest at a URL."""
+    raw = _env("TRAINYARD_DEPENDENCY_ARTIFACTS")
+    if raw is None:
+        url = _env("TRAINYARD_DEPENDENCY_ARTIFACTS_URL")
+        if url is None:
+            return []
+        with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+            raw = resp.read().decode()
+    items = json.loads(raw)
+    if not isinstance(items, list):
+        raise ValueError("the dependency artifact list is not a list")
+    return [i for i in items if isinstance(i, dict)]
+
+
+def _safe_relative(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or any(p in ("", ".", "..") for p in name.split("/")):
+        raise ValueError(f"artifact name {name!r} is not a plain relative path")
+    return path
+
+
+def _download(url: str, target: Path, sha256: str) -> None:
+    """Fetch ``url`` into ``target`` (atomically), checking its SHA-256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if sha256 and digest.hexdigest() != sha256:
+            raise OSError(f"{target.name}: downloaded bytes do not match their sha256")
+        os.replace(tmp, target)
+    except BaseException:
+        _remove(Path(tmp))
+        raise
+
+
+def dependency_artifacts(dest: str | os.PathLike[str] | None = None, *, job: str | None = None) -> list[Path]:
+    """Download the artifacts of the jobs this one depends on (its spec's ``depends_on``; an array:
+    each of its tasks) into ``dest/<job id>/<name>``, each checked against its SHA-256; returns their
+    paths, in the order the platform listed them. ``job``: only that dependency's (or that array's
+    tasks': ids ``<job>-<index>``). ``dest`` defaults to ``./dependencies``, or, when the job's
+    directory is not writable (a shared, read-only ``cwd``), ``trainyard-dependencies-<job id>`` in
+    ``$TMPDIR``, ``$HOME`` or ``/tmp``.
+
+    The platform hands a dependent job short-lived presigned URLs (an hour): call this when the job
+    starts. A file already there with the right SHA-256 is not fetched again (a retried attempt).
+    Outside the platform, or without dependencies, it returns an empty list."""
+    items = _dependency_list()
+    if not items:
+        return []
+    root = Path(dest) if dest is not None else _default_dependencies_dir()
+    paths: list[Path] = []
+    for item in items:
+        owner, name = str(item.get("job", "")), str(item.get("name", ""))
+        if job is not None and owner != job and not owner.startswith(f"{job}-"):
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", owner):
+            raise ValueError(f"dependency job id {owner!r} is not one the platform gives")
+        target = root / owner / _safe_relative(name)
+        sha = str(item.get("sha256") or "")
+        if not (target.is_file() and sha and _sha256_of(target) == sha):
+            _download(str(item["url"]), target, sha)
+        paths.append(target)
+    return paths
+
+
+def _default_dependencies_dir() -> Path:
+    """``./dependencies`` when the job may write where it runs; else a directory of its own in the
+    first writable of ``$TMPDIR``, ``$HOME`` (the job's own directory in the sandbox) and ``/tmp``."""
+    if os.access(".", os.W_OK):
+        return Path(DEPENDENCIES_DIR)
+    for base in (_env("TMPDIR"), _env("HOME"), "/tmp", "/var/tmp"):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(base) / f"trainyard-dependencies-{job_id() or 'local'}"
+    raise OSError("no writable directory for the dependencies' artifacts: pass dependency_artifacts(dest)")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

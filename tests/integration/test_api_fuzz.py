@@ -67,6 +67,7 @@ OPERATIONS = [
     "GET /v1/jobs/{job_id}/artifacts",
     "GET /v1/jobs/{job_id}/artifacts/{path}",
     "GET /v1/jobs/{job_id}/metrics",
+    "GET /v1/jobs/{job_id}/tasks",
     "POST /v1/workdirs",
     "GET /v1/workers",
     "GET /v1/queues",

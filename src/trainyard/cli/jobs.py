@@ -25,7 +25,10 @@ from trainyard.model.states import TERMINAL
 
 @app.command(
     context_settings={"allow_interspersed_args": False},
-    help="Submit a job: yard submit [OPTIONS] -- CMD ARGS...  Prints the job id.",
+    help="Submit a job: yard submit [OPTIONS] -- CMD ARGS...  Prints the job id. With --array, one "
+    "task per index, each a job of its own: '{index}' in CMD ARGS is replaced by the task's index "
+    "(yard submit --array 0-199%16 -- python train.py --trial '{index}'), and the task sees "
+    "TRAINYARD_ARRAY_INDEX.",
 )
 @handle_errors
 def submit(
@@ -60,6 +63,26 @@ def submit(
     secret: Annotated[
         list[str] | None,
         typer.Option("--secret", help="A team secret the job gets as this env variable (repeatable)"),
+    ] = None,
+    array: Annotated[
+        str | None,
+        typer.Option(
+            "--array",
+            help="A job array: one task per index, in Slurm's syntax (0-199, 1,3,5-9:2); %N runs at "
+            "most N at once (0-199%16). '{index}' in the command becomes each task's index",
+        ),
+    ] = None,
+    after_ok: Annotated[
+        list[str] | None,
+        typer.Option("--after-ok", metavar="ID", help="Start once job ID succeeded (repeatable)"),
+    ] = None,
+    after_not_ok: Annotated[
+        list[str] | None,
+        typer.Option("--after-not-ok", metavar="ID", help="Start once job ID failed (repeatable)"),
+    ] = None,
+    after_any: Annotated[
+        list[str] | None,
+        typer.Option("--after-any", metavar="ID", help="Start once job ID ended, however (repeatable)"),
     ] = None,
     kind: Annotated[str | None, typer.Option(help="train or eval")] = None,
     image: Annotated[str | None, typer.Option(help="Container image")] = None,
@@ -102,6 +125,10 @@ def submit(
         artifacts=artifacts or (),
         secrets=secret or (),
         replicas=replicas,
+        array=array,
+        after_ok=after_ok or (),
+        after_any=after_any or (),
+        after_not_ok=after_not_ok or (),
     )
     spec = merge_spec(base, flags)
     if script is not None:
@@ -146,6 +173,26 @@ def _attempt_count(job: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) else len(job.get("attempts") or [])
 
 
+_LIVE = ("SCHEDULED", "RUNNING", "CANCELLING")
+
+
+def _status_cell(job: Mapping[str, Any]) -> str:
+    """The status, and for an array how far its tasks are: ``RUNNING (200 tasks: 40 done, 16 running)``."""
+    status = cell(job.get("status"))
+    array = job.get("array")
+    if not isinstance(array, Mapping):
+        return status
+    counts = array.get("counts") or {}
+    running = sum(int(counts.get(s, 0)) for s in _LIVE)
+    return f"{status} ({array.get('tasks')} tasks: {array.get('done', 0)} done, {running} running)"
+
+
+def _counts_text(array: Mapping[str, Any]) -> str:
+    counts = array.get("counts") or {}
+    parts = [f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -int(kv[1]))]
+    return f"{array.get('tasks')}: {', '.join(parts) or 'none'}"
+
+
 @app.command(help="Show one job: status, resources, times, attempts.")
 @handle_errors
 def get(
@@ -175,6 +222,18 @@ def get(
         ("Exit code", cell(job.get("exit_code"))),
         ("Reason", cell(job.get("reason"))),
     ]
+    array = job.get("array")
+    if isinstance(array, Mapping):
+        cap = array.get("parallelism")
+        pairs.append(
+            ("Array", f"indices {array.get('indices')}" + (f", at most {cap} at once" if cap else ""))
+        )
+        pairs.append(("Tasks", _counts_text(array)))
+    elif job.get("array_id"):
+        pairs.append(("Array", f"task {job.get('array_index')} of {job.get('array_id')}"))
+    deps = spec.get("depends_on") or []
+    if deps:
+        pairs.append(("Depends on", ", ".join(f"{d.get('job')} ({d.get('condition')})" for d in deps)))
     if job.get("status") == "PENDING":
         pairs.append(("Pending", cell(job.get("pending_reason"))))
         position = job.get("queue_position")
@@ -199,6 +258,12 @@ def get(
             for a in attempts
         ]
         out.print_table(["ATTEMPT", "WORKER", "STATUS", "STARTED", "FINISHED", "EXIT", "REASON"], rows)
+    if isinstance(array, Mapping):
+        shown, more = client_of(ctx).tasks(job_id, limit=TASKS_SHOWN)
+        sys.stdout.write("\n")
+        _print_tasks(shown, None)
+        if more:
+            out.note(f"the first {len(shown)} tasks; every one: yard tasks {job.get('id')}")
 
 
 @app.command("ls", help="List jobs, newest first.")
@@ -232,7 +297,7 @@ def ls(
         [
             cell(j.get("id")),
             cell(j.get("name")),
-            cell(j.get("status")),
+            _status_cell(j),
             cell(j.get("user")),
             cell(j.get("team")),
             out.fmt_age(j.get("created_at")),
@@ -244,6 +309,70 @@ def ls(
     out.print_table(["ID", "NAME", "STATUS", "USER", "TEAM", "AGE", "ATTEMPTS", "EXIT"], rows)
     if next_cursor:
         out.note(f"more jobs match; use --all or a larger --limit (showing {len(jobs)})")
+
+
+TASKS_SHOWN = 20
+
+
+def _print_tasks(tasks: list[dict[str, Any]], metric: str | None) -> None:
+    headers = [
+        "INDEX",
+        "ID",
+        "STATUS",
+        "ATTEMPTS",
+        "EXIT",
+        *(["BEST " + metric.upper()] if metric else []),
+        "WHY",
+    ]
+    rows = []
+    for t in tasks:
+        why = t.get("pending_reason") if t.get("status") == "PENDING" else t.get("reason")
+        best = [cell(t.get("best"))] if metric else []
+        rows.append(
+            [
+                cell(t.get("index")),
+                cell(t.get("id")),
+                cell(t.get("status")),
+                cell(t.get("attempt")),
+                cell(t.get("exit_code")),
+                *best,
+                cell(why),
+            ]
+        )
+    out.print_table(headers, rows)
+
+
+@app.command(help="List an array's tasks by index (each is a job: yard get/logs TASK-ID).")
+@handle_errors
+def tasks(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="Filter by status (repeatable)")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Show each task's best value of this metric (log_metric)")
+    ] = None,
+    best: Annotated[str, typer.Option(help="min or max: which value of --metric is best")] = "min",
+    limit: Annotated[int, typer.Option(help="Tasks per page", min=1, max=1000)] = 100,
+    all_pages: Annotated[bool, typer.Option("--all", "-A", help="Every task, following pages")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    client = client_of(ctx)
+    statuses = [s.upper() for s in status or []]
+    if best not in ("min", "max"):
+        raise typer.BadParameter("--best must be min or max")
+    if all_pages:
+        listed = list(client.iter_tasks(job_id, statuses, limit=limit, metric=metric, best=best))
+        more = None
+    else:
+        listed, more = client.tasks(job_id, statuses, limit, metric=metric, best=best)
+    if output is not Format.table:
+        out.print_data({"tasks": listed, "next_cursor": more}, output)
+        return
+    _print_tasks(listed, metric)
+    if more:
+        out.note(f"more tasks; use --all or a larger --limit (showing {len(listed)})")
 
 
 # -- logs --------------------------------------------------------------------------------------

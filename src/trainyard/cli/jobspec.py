@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from trainyard.client.sdk import ValidationFailed
+from trainyard.model.arrays import parse_array_flag
 
 
 class SpecLoader(yaml.SafeLoader):
@@ -52,6 +53,11 @@ class SubmitFlags:
     artifacts: Sequence[str] = ()
     secrets: Sequence[str] = ()
     replicas: int | None = None
+    array: str | None = None
+    """``--array 0-199%16``: Slurm's syntax, ``%N`` the parallelism."""
+    after_ok: Sequence[str] = ()
+    after_any: Sequence[str] = ()
+    after_not_ok: Sequence[str] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,6 +124,28 @@ def merge_spec(base: dict[str, Any], flags: SubmitFlags) -> dict[str, Any]:
         spec["replicas"] = flags.replicas
     if flags.secrets:
         spec["secrets"] = list(dict.fromkeys([*(spec.get("secrets") or ()), *flags.secrets]))
+    if flags.array is not None:
+        try:
+            spec["array"] = parse_array_flag(flags.array)
+        except ValueError as exc:
+            detail = [{"field": "array", "message": str(exc)}]
+            raise ValidationFailed(0, "bad_flag", f"--array: {exc}", detail) from None
+    deps = [
+        {"job": job, "condition": condition}
+        for jobs, condition in (
+            (flags.after_ok, "succeeded"),
+            (flags.after_not_ok, "failed"),
+            (flags.after_any, "finished"),
+        )
+        for job in jobs
+    ]
+    if deps:
+        # Added to the file's (or the script's #SBATCH --dependency) list; a job named again takes
+        # the flag's condition.
+        named = {d["job"] for d in deps}
+        listed: list[Any] = list(spec.get("depends_on") or ())
+        kept = [d for d in listed if not (isinstance(d, dict) and d.get("job") in named)]
+        spec["depends_on"] = [*kept, *deps]
     spec.update(flags.extra)
     return spec
 

@@ -362,8 +362,38 @@ class Client:
             if not cursor or not jobs:
                 return
 
+    def tasks(
+        self,
+        job_id: str,
+        status: _Statuses = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        metric: str | None = None,
+        best: str = "min",
+    ) -> JobPage:
+        """One page of an array's tasks by index, and the next page's cursor; with ``metric``, each
+        task's ``best`` (``min`` or ``max``) value of it."""
+        params: _Params = [("limit", limit), ("best", best)]
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        params += [("status", s) for s in statuses]
+        for key, value in (("cursor", cursor), ("metric", metric)):
+            if value:
+                params.append((key, value))
+        body = self._json("GET", self._job_path(job_id, "/tasks"), params=params)
+        return list(body.get("tasks") or []), body.get("next_cursor") or None
+
+    def iter_tasks(self, job_id: str, status: _Statuses = None, **kw: Any) -> Iterator[Job]:
+        """Every task of an array (of ``status``), by index, fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            tasks, cursor = self.tasks(job_id, status, cursor=cursor, **kw)
+            yield from tasks
+            if not cursor or not tasks:
+                return
+
     def cancel(self, job_id: str) -> Job:
-        """Ask for the job to stop; idempotent, and a finished job stays as it was."""
+        """Ask for the job to stop (an array: every task not finished); idempotent, and a finished
+        job stays as it was."""
         return self._json("DELETE", self._job_path(job_id))
 
     def restart(self, job_id: str) -> Job:

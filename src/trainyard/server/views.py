@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainyard.model.records import ArtifactRecord, Attempt, Event, Job, Team, Worker
-from trainyard.model.states import Priority
+from trainyard.model.states import TERMINAL, JobStatus, Priority
 
 _PRIORITY = {p.rank: p.value for p in Priority}
 
@@ -36,9 +36,50 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
     }
 
 
+def array_json(j: Job) -> dict[str, Any] | None:
+    """An array's summary for its parent's view: its indices and cap, how many tasks, and how many
+    are in each status (``done``: ended, whichever way)."""
+    if not j.is_array:
+        return None
+    spec = j.spec.get("array") or {}
+    counts = {s: n for s, n in (j.array_counts or {}).items() if n}
+    return {
+        "indices": spec.get("indices"),
+        "parallelism": spec.get("parallelism"),
+        "tasks": j.array_tasks,
+        "counts": counts,
+        "done": sum(n for s, n in counts.items() if JobStatus(s) in TERMINAL),
+    }
+
+
+def task_json(j: Job) -> dict[str, Any]:
+    """An array's task as its parent's task list shows it (``GET /v1/jobs/{id}`` has the rest)."""
+    return {
+        "id": j.id,
+        "index": j.array_index,
+        "status": j.status.value,
+        "attempt": j.attempt,
+        "exit_code": j.exit_code,
+        "reason": j.reason,
+        "pending_reason": j.pending_reason if j.status is JobStatus.PENDING else None,
+        "worker_id": j.worker_id,
+        "started_at": iso(j.started_at),
+        "finished_at": iso(j.finished_at),
+    }
+
+
 def job_json(j: Job) -> dict[str, Any]:
-    """A job as the API shows it, with its attempts, its ranks (gangs) and its URLs."""
+    """A job as the API shows it, with its attempts, its ranks (gangs), its tasks' counts (arrays)
+    and its URLs."""
     base = f"/v1/jobs/{j.id}"
+    urls = {
+        "self": base,
+        "logs": f"{base}/logs",
+        "artifacts": f"{base}/artifacts",
+        "events": f"{base}/events",
+    }
+    if j.is_array:
+        urls["tasks"] = f"{base}/tasks"
     return {
         "id": j.id,
         "name": j.name,
@@ -77,12 +118,11 @@ def job_json(j: Job) -> dict[str, Any]:
             }
             for r in j.replicas
         ],
-        "urls": {
-            "self": base,
-            "logs": f"{base}/logs",
-            "artifacts": f"{base}/artifacts",
-            "events": f"{base}/events",
-        },
+        # An array's parent: its tasks' counts (GET .../tasks pages them); a task: its array.
+        "array": array_json(j),
+        "array_id": j.array_id,
+        "array_index": j.array_index,
+        "urls": urls,
     }
 
 

@@ -164,7 +164,7 @@ def test_help_lists_the_commands_in_their_usual_order() -> None:
     res = CliRunner().invoke(app, ["--help"])
     listed = [line.split()[0] for line in res.stdout.split("Commands:\n")[1].splitlines() if line.strip()]
     assert listed == [
-        *("simulate", "submit", "get", "ls", "logs", "cancel", "restart", "events", "artifacts"),
+        *("simulate", "submit", "get", "ls", "tasks", "logs", "cancel", "restart", "events", "artifacts"),
         *("sbatch", "workers", "queues", "up", "server", "worker", "admin", "secret"),
     ]
     res = CliRunner().invoke(app, ["admin", "--help"])

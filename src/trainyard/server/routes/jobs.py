@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,11 +16,12 @@ from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL
 from trainyard.server.errors import ApiError, field_errors, json_object
 from trainyard.server.responses import AUTHED, SSE, WITH_BODY, errors
-from trainyard.server.routes.deps import JobsDep, TenancyDep, UserDep
+from trainyard.server.routes.deps import JobsDep, LogsDep, TenancyDep, UserDep
 from trainyard.server.routes.params import MAX_OFFSET, STATUSES
 from trainyard.server.routes.sse import next_any, next_for_job, sse, sse_event
 from trainyard.server.services.jobs import BadCursor, JobService, SpecRejected
-from trainyard.server.views import event_json, job_json
+from trainyard.server.services.logs import LogService
+from trainyard.server.views import event_json, job_json, task_json
 
 router = APIRouter()
 
@@ -88,15 +90,7 @@ async def list_jobs(
 ) -> dict[str, Any]:
     """The jobs you may see (an admin: all; others: their team's), newest first. ``status`` takes
     one or more states (repeated or comma-separated); ``next_cursor`` fetches the next page."""
-    statuses = [x.upper() for part in (status or []) for x in part.split(",") if x]
-    bad = [x for x in statuses if x not in STATUSES]
-    if bad:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "unknown status",
-            [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad],
-        )
+    statuses = _statuses(status)
     try:
         views, next_cursor = await jobs.list_jobs(
             user, statuses=statuses, owner=user_, team=team, name=name, limit=limit, cursor=cursor
@@ -112,6 +106,71 @@ async def get_job(job_id: str, user: UserDep, jobs: JobsDep) -> JSONResponse:
     (Usually answered before routing, by ``middleware.FastJobReads``, with the same body.)"""
     # The most polled route: the view is plain JSON data already, so skip FastAPI's re-encoding.
     return JSONResponse(await jobs.job_view(user, job_id))
+
+
+def _statuses(status: list[str] | None) -> list[str]:
+    """``status`` query values (repeated or comma-separated), checked: 422 naming the unknown ones."""
+    statuses = [x.upper() for part in (status or []) for x in part.split(",") if x]
+    bad = [x for x in statuses if x not in STATUSES]
+    if bad:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "unknown status",
+            [{"field": "status", "message": f"{b!r} is not a job status"} for b in bad],
+        )
+    return statuses
+
+
+@router.get(
+    "/v1/jobs/{job_id}/tasks",
+    tags=["jobs"],
+    summary="An array's tasks, by index, in pages",
+    responses=errors(*AUTHED, 404),
+)
+async def array_tasks(
+    job_id: str,
+    user: UserDep,
+    jobs: JobsDep,
+    logs: LogsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    metric: Annotated[str | None, Query(max_length=200)] = None,
+    best: Literal["min", "max"] = "min",
+) -> dict[str, Any]:
+    """The tasks of an array (each a job of its own: ``GET /v1/jobs/{task id}``), by index, with
+    ``status`` filters and ``next_cursor`` paging. With ``metric``, each task that logged it carries
+    ``best``: the lowest (``best=min``) or highest value of that metric in its latest attempt."""
+    array = await jobs.visible_job(user, job_id)
+    if not array.is_array:
+        raise ApiError(404, "not_found", f"job {job_id} is not an array")
+    try:
+        tasks, next_cursor = await jobs.tasks(array, limit, cursor, _statuses(status))
+    except BadCursor as e:
+        raise ApiError(422, "invalid_request", str(e), [{"field": "cursor", "message": str(e)}]) from None
+    views = [task_json(t) for t in tasks]
+    if metric:
+        values = await _best_values(logs, tasks, metric, max if best == "max" else min)
+        for view in views:
+            view["best"] = values.get(view["id"])
+    return {"array_id": array.id, "tasks": views, "next_cursor": next_cursor, "metric": metric, "best": best}
+
+
+async def _best_values(logs: LogService, tasks: list[Job], metric: str, pick: Any) -> dict[str, float]:
+    """Each task's best value of ``metric`` in its latest attempt's log (a few read at once)."""
+    gate = asyncio.Semaphore(8)
+    out: dict[str, float] = {}
+
+    async def one(task: Job) -> None:
+        async with gate:
+            series = (await logs.metric_series(task)).get(metric) or []
+        numbers = [p["value"] for p in series if isinstance(p.get("value"), int | float)]
+        if numbers:
+            out[task.id] = pick(numbers)
+
+    await asyncio.gather(*(one(t) for t in tasks if t.attempt > 0))
+    return out
 
 
 @router.delete(

@@ -8,8 +8,9 @@ Notes are hints: every command is also carried by the worker's next heartbeat.""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainyard.model.records import Job
 from trainyard.model.states import LIVE, JobStatus
@@ -23,6 +24,14 @@ from trainyard.store import Lease, WorkerCommand
 
 if TYPE_CHECKING:
     from trainyard.store.sql import SqlStore
+
+DEPENDENCY_URL_TTL_S = 3600.0
+"""How long the download URLs of a dependent job's inputs last (at least ``url_ttl``): the job reads
+them when it starts (``trainyard.job.dependency_artifacts``), after its image and bundle arrived."""
+DEPENDENCY_ENV_BYTES = 64 * 1024
+"""A dependency list longer than this goes to a manifest object (``..._URL``) rather than the env."""
+MAX_DEPENDENCY_ARTIFACTS = 1000
+"""The most artifacts a dependent job is handed (an array of many tasks as a dependency)."""
 
 _COMMAND_KINDS = {
     "cancel": pb.Command.CANCEL,
@@ -130,6 +139,12 @@ class Dispatcher:
                 "TRAINYARD_WORLD_SIZE": str(lease.world_size),
             }
         )
+        if lease.array_id is not None:
+            # The Slurm wrapper (model/slurm) makes SLURM_ARRAY_TASK_ID/SLURM_ARRAY_JOB_ID of them.
+            env["TRAINYARD_ARRAY_JOB_ID"] = lease.array_id
+            env["TRAINYARD_ARRAY_INDEX"] = str(lease.array_index)
+        if spec.get("depends_on"):
+            env.update(self.dependency_env(lease, spec["depends_on"]))
         if lease.gang_id:
             # torch.distributed's env:// rendezvous reads these (and RANK/WORLD_SIZE, set alike).
             env.update(
@@ -165,6 +180,30 @@ class Dispatcher:
             no_network=spec.get("network") is False,
             team=lease.team,
         )
+
+    def dependency_env(self, lease: Lease, deps: list[dict[str, Any]]) -> dict[str, str]:
+        """What a dependent job needs to fetch its dependencies' artifacts (``trainyard.job.
+        dependency_artifacts``): a JSON list of ``{job, name, url, sha256, size}`` with presigned
+        URLs, in ``TRAINYARD_DEPENDENCY_ARTIFACTS``, or, when long, in a manifest object whose URL is
+        ``TRAINYARD_DEPENDENCY_ARTIFACTS_URL``. Blocking (a store read), as secrets are: only
+        dependent jobs pay it."""
+        ttl = max(self.url_ttl, DEPENDENCY_URL_TTL_S)
+        items = [
+            {
+                "job": job,
+                "name": a.path,
+                "url": self.objects.presign(a.object_key, "GET", ttl),
+                "sha256": a.sha256,
+                "size": a.size,
+            }
+            for job, a in self.store.dependency_artifacts(deps, MAX_DEPENDENCY_ARTIFACTS)
+        ]
+        text = json.dumps(items, separators=(",", ":"))
+        if len(text) <= DEPENDENCY_ENV_BYTES:
+            return {"TRAINYARD_DEPENDENCY_ARTIFACTS": text}
+        key = f"dependencies/{lease.job_id}/{lease.attempt}.json"
+        self.objects.put(key, text.encode())
+        return {"TRAINYARD_DEPENDENCY_ARTIFACTS_URL": self.objects.presign(key, "GET", ttl)}
 
     # ---- commands --------------------------------------------------------------------------------
     def preempt(self, commands: Sequence[WorkerCommand]) -> list[WorkerNote]:

@@ -124,7 +124,8 @@ class JobService:
             return await self.with_queue_info(cached)
         job = await self.visible_job(user, job_id)
         view = job_json(job)
-        self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
+        if not job.is_array:  # an array's counts change with its tasks' events, not its own
+            self.cache.fill_status(job_id, view, ticket, STATUS_TTL_S)
         return await self.with_queue_info(view)
 
     async def with_queue_info(self, view: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +166,16 @@ class JobService:
             raise BadCursor(str(e)) from None
         return [await self.with_queue_info(job_json(j)) for j in jobs], next_cursor
 
+    async def tasks(
+        self, array: Job, limit: int, cursor: str | None, statuses: Sequence[str]
+    ) -> tuple[list[Job], str | None]:
+        """A page of an array's tasks by index, and the next page's cursor (BadCursor: not one this
+        API gave out)."""
+        try:
+            return await off_loop(self.store.array_tasks, array.id, limit, cursor, statuses)
+        except ValueError as e:
+            raise BadCursor(str(e)) from None
+
     # ---- events ----------------------------------------------------------------------------------
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
         """A job's events after the event id ``after``, oldest first."""
@@ -203,6 +214,18 @@ class JobService:
                 raise SpecRejected(
                     [{"field": "secrets", "message": f"team {team!r} has no secret {n!r}"} for n in missing]
                 )
+        await self._check_dependencies(user, spec)
+
+    async def _check_dependencies(self, user: User, spec: JobSpec) -> None:
+        """SpecRejected naming each dependency that is no job the caller may see: a job of another
+        team reads as one that does not exist, as everywhere."""
+        bad = []
+        for i, dep in enumerate(spec.depends_on):
+            job = await off_loop(self.store.get_job, dep.job)
+            if job is None or not self.can_see(user, job):
+                bad.append({"field": f"depends_on.{i}.job", "message": f"no job {dep.job} that you may see"})
+        if bad:
+            raise SpecRejected(bad)
 
     def check_rate(self, user: User) -> None:
         """RateLimited when the user is over their tier's (or the global) submission rate."""
@@ -246,6 +269,9 @@ class JobService:
         await self.dispatcher.cancel(job, f"cancelled by {user.name}")
         if job.gang_id is not None:
             await self.dispatcher.push_gang_stops(job.id)
+        if job.is_array:  # its leased tasks stop on their workers
+            for task in await off_loop(self.store.stopping_tasks, job.id):
+                await self.dispatcher.cancel(task, f"cancelled by {user.name}")
         self.kick_relay.set()
         return job
 
