@@ -96,3 +96,28 @@ def test_the_job_page_shows_the_script(
         done = wait_status(c, job["id"], {"SUCCEEDED", "FAILED"}, 60)
         assert done["status"] == "SUCCEEDED"
         assert c.get(f"/v1/jobs/{job['id']}/logs").text == "wrapped\n"
+
+
+ARRAY_SCRIPT = """#!/bin/bash
+#SBATCH --job-name=sweep
+#SBATCH --array=0-2%2
+#SBATCH --mem=64M
+echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID ($SLURM_ARRAY_TASK_COUNT tasks) job $SLURM_JOB_ID"
+"""
+
+
+def test_an_array_script_runs_each_task_with_its_slurm_array_variables(
+    cp: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(shared_dir(tmp_path / "sweep"))
+    (tmp_path / "sweep" / "sweep.sh").write_text(ARRAY_SCRIPT)
+    state = State(url=cp.url, token=cp.token, reconnect_delay=0, poll_interval=0.05)
+    res = CliRunner().invoke(app, ["sbatch", "--parsable", "sweep.sh"], obj=state)
+    assert res.exit_code == 0, res.stderr
+    array = res.stdout.strip()
+    with httpx.Client(base_url=cp.url, headers={"Authorization": f"Bearer {cp.token}"}) as c:
+        done = wait_status(c, array, {"SUCCEEDED", "FAILED", "CANCELLED"}, 60)
+        assert done["status"] == "SUCCEEDED" and done["array"]["parallelism"] == 2, done
+        for i in range(3):
+            log = c.get(f"/v1/jobs/{array}-{i}/logs").text
+            assert log == f"task {i} of {array} (3 tasks) job {array}-{i}\n", log
