@@ -238,7 +238,11 @@ class Step:
     status: Obj | None = None
     log: bytes = b""
     end_log: bool = False
+    cut_log: bool = False
+    """The API server drops the open log streams; the container runs on."""
     delete: bool = False
+    """Deleted by someone else: at once, or (``grace``) as `kubectl delete pod` does."""
+    grace: bool = False
     after: float = 0.05
     job: Callable[[Obj], None] | None = None
     """What the job does meanwhile, given its Pod (writes a checkpoint into a hostPath volume)."""
@@ -248,7 +252,16 @@ class Step:
 class _Pod:
     obj: Obj
     log: bytearray = field(default_factory=bytearray)
+    log_times: list[tuple[float, int]] = field(default_factory=list)
+    """(when, offset) of each write: what ``sinceSeconds`` starts from."""
     log_done: bool = False
+    log_cuts: int = 0
+    """Times the API server dropped the log streams open (a restart, a proxy timeout)."""
+
+    def write(self, data: bytes) -> None:
+        self.log_times.append((time.monotonic(), len(self.log)))
+        self.log += data
+
     started: bool = False
 
 
@@ -366,12 +379,20 @@ class RecordedApi:
                 if step.status is not None:
                     self._set_status(name, step.status)
                 if step.log:
-                    pod.log += step.log
+                    pod.write(step.log)
+                    self.cond.notify_all()
+                if step.cut_log:
+                    pod.log_cuts += 1
                     self.cond.notify_all()
                 if step.end_log:
                     pod.log_done = True
                     self.cond.notify_all()
-                if step.delete:
+                if step.delete and step.grace:
+                    pod.obj["metadata"]["deletionTimestamp"] = T2
+                    pod.obj["metadata"]["deletionGracePeriodSeconds"] = 30
+                    self._change(name, "MODIFIED", pod.obj)
+                    threading.Thread(target=self._graceful_delete, args=(name, 30), daemon=True).start()
+                elif step.delete:
                     self._remove(name)
 
     def _graceful_delete(self, name: str, grace: int) -> None:
@@ -382,7 +403,7 @@ class RecordedApi:
             if name not in self.pods:
                 return
             self._set_status(name, terminated(143, "Error"))
-            self.pods[name].log += b"got SIGTERM, saving a checkpoint\n"
+            self.pods[name].write(b"got SIGTERM, saving a checkpoint\n")
             self.pods[name].log_done = True
             self.cond.notify_all()
         time.sleep(0.05)
@@ -517,7 +538,12 @@ class RecordedApi:
         follow = query.get("follow", "").lower() == "true"
         assert query.get("container") == "job"
         self._start_chunks(h, "text/plain")
-        sent = 0
+        with self.cond:
+            cuts = pod.log_cuts
+            sent = 0
+            if "sinceSeconds" in query:
+                since = time.monotonic() - int(query["sinceSeconds"])
+                sent = next((off for t, off in pod.log_times if t >= since), len(pod.log))
         try:
             while True:
                 with self.cond:
@@ -525,7 +551,7 @@ class RecordedApi:
                     done = pod.log_done or not follow
                     if not data and not done:
                         self.cond.wait(1.0)
-                        if self.closing:
+                        if self.closing or pod.log_cuts != cuts:
                             return
                         continue
                 if data:
@@ -813,8 +839,11 @@ def test_an_evicted_pod_is_an_infrastructure_failure(api: RecordedApi, tmp_path:
     assert len(api.requests("DELETE")) == 1
 
 
-def test_a_pod_deleted_by_someone_else_is_an_infrastructure_failure(api: RecordedApi, tmp_path: Path) -> None:
-    api.scripts.append([*_started(), Step(delete=True)])
+@pytest.mark.parametrize("grace", [False, True], ids=["at-once", "with-grace"])
+def test_a_pod_deleted_by_someone_else_is_an_infrastructure_failure(
+    api: RecordedApi, tmp_path: Path, grace: bool
+) -> None:
+    api.scripts.append([*_started(), Step(delete=True, grace=grace)])
 
     async def main() -> None:
         handle, _ = await _run(_executor(api, tmp_path), _spec(tmp_path))
@@ -1105,3 +1134,36 @@ def test_the_agent_preempts_with_its_grace_and_deletes_a_stale_leases_pod(
     grace = {c.path.rsplit("/", 1)[1]: c.query["gracePeriodSeconds"] for c in api.requests("DELETE")}
     assert grace[pods["j4"]["metadata"]["name"]] == "7"  # preempted with the preemption grace
     assert grace[pods["j5"]["metadata"]["name"]] == "0"  # a stale lease's Pod: at once
+
+
+def test_a_log_stream_cut_while_the_pod_runs_is_followed_again(
+    api: RecordedApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainyard.worker.executors import kubernetes
+
+    monkeypatch.setattr(kubernetes, "LOG_EOF_GRACE_S", 0.3)
+    api.scripts.append(
+        [
+            *_started(),
+            Step(log=b"before\n", after=1.5),
+            Step(cut_log=True),
+            Step(log=b"after\n", after=2.0),
+            Step(end_log=True),
+            Step(status=terminated(0, "Completed")),
+        ]
+    )
+
+    async def main() -> bytes:
+        handle, spool = await _run(_executor(api, tmp_path), _spec(tmp_path))
+        assert (await asyncio.wait_for(handle.wait(), 20)).ok
+        return _log(spool)
+
+    log = asyncio.run(main())
+    first, note, rest = log.split(b"\n", 2)
+    assert first == b"before"
+    assert note.startswith(b"[trainyard: the log stream of Pod ty-job1-1-") and b"following it again" in note
+    # Followed again from shortly before the cut (sinceSeconds, whole seconds with a second to spare):
+    # nothing is lost, and only what came within that second may come twice.
+    assert rest in (b"after\n", b"before\nafter\n")
+    follows = api.requests("GET", "/log")
+    assert len(follows) == 2 and "sinceSeconds" in follows[1].query

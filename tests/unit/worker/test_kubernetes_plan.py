@@ -291,6 +291,11 @@ def test_exit_status(pod: Obj, killed: bool, expected: ExitStatus) -> None:
         ),
         (_pod("Failed", _ended(137), reason="DeadlineExceeded"), False, None),
         (
+            {**_pod("Failed", _ended(143)), "metadata": {"deletionTimestamp": "2025-05-12T09:14:41Z"}},
+            False,
+            "the Pod was deleted by someone other than the agent while the job ran",
+        ),
+        (
             _pod("Failed", None, reason="UnexpectedAdmissionError", message="x"),
             False,
             "the Pod was ended by its node (UnexpectedAdmissionError): x",

@@ -76,6 +76,9 @@ LOG_DRAIN_S = 10.0
 """After the Pod ended, how long its log stream may take to deliver its last bytes."""
 LOG_RETRIES = 5
 """Times a broken log stream is followed again while the job runs."""
+LOG_EOF_GRACE_S = 15.0
+"""After the log stream ended, how long the Pod may take to be seen ended; past it the container is
+taken to run on (the API server closed the stream) and its log is followed again."""
 WATCH_TIMEOUT_S = 300
 """A watch request's server-side timeout; the executor watches again from where it was."""
 
@@ -345,6 +348,8 @@ class PodView:
     terminated: Terminated | None = None
     disruption: tuple[str, str] | None = None
     """The ``DisruptionTarget`` condition's reason and message: evicted, preempted, drained."""
+    deleting: bool = False
+    """Someone asked for the Pod's deletion (``metadata.deletionTimestamp``)."""
 
     @classmethod
     def of(cls, pod: Mapping[str, Any]) -> PodView:
@@ -376,6 +381,7 @@ class PodView:
             if isinstance(term, Mapping)
             else None,
             disruption=disruption,
+            deleting=bool((pod.get("metadata") or {}).get("deletionTimestamp")),
         )
 
     @property
@@ -420,7 +426,8 @@ def infra_problem(view: PodView, deleted: bool) -> str | None:
         return f"the Pod was disrupted ({reason}): {message}".rstrip(": ")
     if view.reason in _NODE_ENDED:
         return f"the Pod was ended by its node ({view.reason}): {view.message}".rstrip(": ")
-    if deleted and view.terminated is None:
+    if deleted or view.deleting:
+        # Gone, or its container stopped (SIGTERM) because someone else deleted it: not the job's end.
         return "the Pod was deleted by someone other than the agent while the job ran"
     if view.phase == "Failed" and view.terminated is None and view.reason != "DeadlineExceeded":
         return f"the Pod failed without an exit status: {view.reason}: {view.message}".rstrip(": ")
@@ -773,21 +780,26 @@ class _PodWatcher:
                     # stdout and stderr come interleaved in one stream: see the module's docstring.
                     if not self._post(self._write, 2, chunk):
                         return
-                return
+                # The stream ends when the container does; the Pod's end follows within seconds.
+                broke_at = time.monotonic()
+                if self._over.wait(LOG_EOF_GRACE_S):
+                    return
+                problem = "it ended while the Pod still runs"
             except Exception as e:
                 broke_at = time.monotonic()
-                if self._over.is_set() or tries == LOG_RETRIES:
-                    log.warning("log stream of Pod %s broke: %s", self.name, e)
-                    return
-                note = (
-                    f"[trainyard: the log stream of Pod {self.name} broke ({e}); following it again: "
-                    "lines around this point may be missing or repeated]\n"
-                )
-                self._post(self._write, 2, note.encode())
+                problem = f"it broke: {e}"
             finally:
                 if self._log_resp is not None:
                     _close(self._log_resp)
                     self._log_resp = None
+            if self._over.is_set() or tries == LOG_RETRIES:
+                log.warning("log stream of Pod %s: %s", self.name, problem)
+                return
+            note = (
+                f"[trainyard: the log stream of Pod {self.name}: {problem}; following it again: "
+                "lines around this point may be missing or repeated]\n"
+            )
+            self._post(self._write, 2, note.encode())
             time.sleep(min(5.0, 0.5 * 2**tries))
             since = math.ceil(time.monotonic() - broke_at) + 1
 
@@ -848,7 +860,7 @@ class KubernetesHandle:
                 with contextlib.suppress(Exception):
                     self._sink.write(2, b"trainyard: the Pod ran past its activeDeadlineSeconds\n")
             result = exit_status(view, memory=self._spec.memory, killed=self._killed)
-        if not (end.deleted or self._deleting):
+        if not (end.deleted or self._deleting or view.deleting):
             try:
                 await asyncio.to_thread(self._api.delete, self.pod, 0)
             except ApiError as e:
