@@ -16,6 +16,8 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   scheduler_cycle                one scheduling decision, 10k pending x 2k workers (ms): bench/scheduler.py
   simulated_day                  a target-scale day (100k jobs), scheduler vs FIFO (s): bench/simulate.py
   ui_latency                     worker's status report → browser DOM, p99 of 50 (ms): bench/ui_latency.py
+  array_submit                   one POST of a 10,000-task array, accepted (ms; SQLite, and PostgreSQL
+                                 in the note): bench/arrays.py
 """
 
 from __future__ import annotations
@@ -427,12 +429,20 @@ def main() -> int:
             platform(url, env_extra={"TRAINYARD_REDIS_URL": rurl}) as c,
         ):
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
+    from arrays import array_submit
     from backends import event_latency_replicas, relay_throughput
     from scheduler import scheduler_cycle
     from simulate import simulated_day
     from ui_latency import ui_latency
 
-    for extra in (relay_throughput, event_latency_replicas, scheduler_cycle, simulated_day, ui_latency):
+    for extra in (
+        relay_throughput,
+        event_latency_replicas,
+        scheduler_cycle,
+        simulated_day,
+        ui_latency,
+        array_submit,
+    ):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
 
