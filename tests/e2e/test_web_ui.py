@@ -289,3 +289,52 @@ def test_submit_form_shows_field_errors(browser: Browser, up: Up) -> None:
     before = json.dumps(up.api.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]["name"])
     assert "echo" not in before
     page.context.close()
+
+
+# Each task logs a loss curve whose lowest value is 1/(index+1), then leaves.
+TASK_CODE = (
+    "import os, trainyard.job as tj; i = int(os.environ['TRAINYARD_ARRAY_INDEX']); "
+    "[tj.log_metric('loss', (3 - s) / (i + 1), s) for s in range(3)]"
+)
+
+
+def test_array_page_shows_its_tasks_in_a_grid_with_the_best_metric(
+    browser: Browser, up: Up, shots: Path
+) -> None:
+    r = up.api.post(
+        "/v1/jobs",
+        json={
+            "name": "sweep",
+            "command": [sys.executable, "-c", TASK_CODE],
+            "cwd": str(REPO),
+            "array": {"indices": "0-3", "parallelism": 2},
+            "resources": {"cpu": 0.25, "memory": "64Mi"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    array = r.json()["id"]
+    up.wait(array, {"SUCCEEDED", "FAILED"}, 60)
+    page = logged_in(browser, up)
+    page.goto(f"{up.url}/#/jobs")
+    expect(page.locator(f"tr[data-job='{array}'] td.why")).to_have_text("array: 4 of 4 tasks done")
+    page.goto(f"{up.url}/#/job/{array}")
+    expect(page.locator(".logbox")).to_be_hidden()  # an array runs nothing itself
+    expect(page.locator("[data-testid=restart]")).to_have_count(0)  # its tasks restart, one by one
+    grid = page.locator("[data-testid=task-grid]")
+    expect(grid.locator("a.cell")).to_have_count(4)
+    expect(grid.locator("a.cell[data-status=SUCCEEDED]")).to_have_count(4)
+    expect(page.locator("[data-testid=array-summary]")).to_contain_text(
+        "4 tasks (indices 0-3, at most 2 at once)"
+    )
+    page.fill("[data-testid=array-metric]", "loss")
+    page.select_option("[data-testid=array-best]", "min")
+    page.locator("[data-testid=array] form button[type=submit]").click()
+    expect(grid.locator("a.cell[data-task='1'] .best")).to_have_text("0.5000")
+    expect(grid.locator("a.cell[data-task='3'] .best")).to_have_text("0.2500")
+    page.screenshot(path=str(shots / "array.png"), full_page=True)
+    grid.locator("a.cell[data-task='2']").click()
+    expect(page.locator("[data-testid=array-link]")).to_have_text(array)
+    assert page.url.endswith(f"#/job/{array}-2")
+    expect(page.locator(".logbox")).to_be_visible()  # a task is a job: its own log, attempts, metrics
+    expect(page.locator("[data-testid=attempts] tr")).to_have_count(1)
+    page.context.close()

@@ -3,6 +3,7 @@
 
 import { LogView } from "./logview.js";
 import { drawChart } from "./chart.js";
+import { arraySection } from "./arrays.js";
 
 const TOKEN_KEY = "trainyard.token";
 const STATUSES = ["PENDING", "SCHEDULED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "PREEMPTED", "LOST"];
@@ -260,6 +261,7 @@ function route() {
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === (page === "job" ? "jobs" : page));
   const view = document.getElementById("view");
   view.replaceChildren();
+  view.className = ""; // a page's own look (the array page's) ends with it
   const pages = { jobs: jobsPage, job: jobPage, fleet: fleetPage, queues: queuesPage, submit: submitPage };
   const fn = pages[page] || jobsPage;
   document.title = `Trainyard · ${page}`;
@@ -311,7 +313,8 @@ function jobsPage(view, _arg, params) {
   view.append(el("h1", {}, "Jobs"), form, error, table, el("div", { class: "pager" }, newest, newer, pageLabel, older));
 
   function rowFor(j) {
-    const why = j.status === "PENDING" ? j.pending_reason || "" : j.reason || (j.exit_code !== null ? `exit ${j.exit_code}` : "");
+    const why = j.array ? `array: ${j.array.done} of ${j.array.tasks} tasks done` + (j.reason ? ` · ${j.reason}` : "")
+      : j.status === "PENDING" ? j.pending_reason || "" : j.reason || (j.exit_code !== null ? `exit ${j.exit_code}` : "");
     const tr = el("tr", { "data-job": j.id },
       el("td", {}, el("a", { href: `#/job/${j.id}` }, j.id)),
       el("td", {}, j.name || ""),
@@ -413,20 +416,20 @@ function jobPage(view, id) {
   view.append(
     head, error, pending,
     el("div", { class: "grid2" },
-      el("section", {}, el("h2", {}, "Attempts"),
-        el("table", { class: "attempts" }, el("thead", {}, el("tr", {}, ...["#", "Worker", "Status", "Scheduled", "Started", "Finished", "Duration", "Exit", "Reason"].map((h) => el("th", {}, h)))), attemptsBody),
+      el("section", {}, el("h2", { class: "job-only" }, "Attempts"),
+        el("table", { class: "attempts job-only" }, el("thead", {}, el("tr", {}, ...["#", "Worker", "Status", "Scheduled", "Started", "Finished", "Duration", "Exit", "Reason"].map((h) => el("th", {}, h)))), attemptsBody),
         el("h2", {}, "Timeline"), eventsList),
       el("section", {}, el("h2", {}, "Spec"), specPre)),
-    el("h2", {}, "Metrics"), charts,
-    el("h2", {}, "Logs"), logs.root,
-    el("h2", {}, "Artifacts"),
-    el("table", { class: "artifacts" }, el("thead", {}, el("tr", {}, ...["Path", "Size", "SHA-256", "Attempt", ""].map((h) => el("th", {}, h)))), artifacts));
+    el("h2", { class: "job-only" }, "Metrics"), charts,
+    el("h2", { class: "job-only" }, "Logs"), logs.root,
+    el("h2", { class: "job-only" }, "Artifacts"),
+    el("table", { class: "artifacts job-only" }, el("thead", {}, el("tr", {}, ...["Path", "Size", "SHA-256", "Attempt", ""].map((h) => el("th", {}, h)))), artifacts));
 
   function renderHead() {
     const j = job;
     const buttons = [];
     if (!TERMINAL.has(j.status)) buttons.push(el("button", { class: "danger", "data-testid": "cancel", onclick: cancel }, j.status === "CANCELLING" ? "Cancelling…" : "Cancel"));
-    if (TERMINAL.has(j.status)) buttons.push(el("button", { "data-testid": "restart", onclick: restart }, "Restart"));
+    if (TERMINAL.has(j.status) && !j.array) buttons.push(el("button", { "data-testid": "restart", onclick: restart }, "Restart"));
     head.replaceChildren(
       el("h1", {}, j.name || j.id, " ", el("span", { "data-testid": "job-status" }, badge(j.status))),
       el("div", { class: "meta" },
@@ -440,7 +443,8 @@ function jobPage(view, id) {
         // A gang: rank 0 is this job; the other ranks are jobs of their own (logs, attempts).
         (j.replicas || []).length ? el("span", {}, `gang of ${j.replicas.length + 1}: `,
           ...j.replicas.flatMap((r) => [el("a", { href: `#/job/${r.job_id}` }, `rank ${r.rank}`), " ", badge(r.status), " "])) : null,
-        j.gang_id && j.gang_id !== j.id ? el("span", {}, `rank ${j.rank} of gang `, el("a", { href: `#/job/${j.gang_id}` }, j.gang_id)) : null),
+        j.gang_id && j.gang_id !== j.id ? el("span", {}, `rank ${j.rank} of gang `, el("a", { href: `#/job/${j.gang_id}` }, j.gang_id)) : null,
+        j.array_id ? el("span", {}, `task ${j.array_index} of array `, el("a", { href: `#/job/${j.array_id}`, "data-testid": "array-link" }, j.array_id)) : null),
       el("div", { class: "actions" }, ...buttons));
     pending.hidden = j.status !== "PENDING";
     pending.textContent = j.status === "PENDING" ? [
@@ -470,11 +474,18 @@ function jobPage(view, id) {
       e.attempt ? ` attempt ${e.attempt}` : "", data ? el("code", { class: "muted" }, ` ${data}`) : ""));
   }
 
+  let tasksShown = false;
   async function load() {
     try {
       job = await api(`/v1/jobs/${id}`, { signal: ctrl.signal });
       error.hidden = true;
       renderHead();
+      // An array: its tasks in a grid (arrays.js), under the head; it has no log of its own.
+      if (job.array && !tasksShown) {
+        tasksShown = true;
+        view.classList.add("array-page");
+        pending.after(arraySection(job, { el, badge, api, debounce, hub }, ctrl.signal));
+      }
       loadArtifacts();
     } catch (e) {
       if (ctrl.signal.aborted) return;
@@ -631,7 +642,8 @@ function jobPage(view, id) {
 
   // A waiting job's place, estimate and reason move without job events: read them again while it waits.
   const waiting = setInterval(() => { if (job && job.status === "PENDING") reload(); }, 5000);
-  load().then(() => { loadEvents(); loadMetrics(); followLogs(); });
+  // An array runs nothing itself: its page is its tasks (no attempts, metrics, log or artifacts).
+  load().then(() => { loadEvents(); if (!tasksShown) { loadMetrics(); followLogs(); } });
   return () => { off(); ctrl.abort(); reload.cancel(); clearTimeout(metricTimer); clearInterval(waiting); };
 }
 
