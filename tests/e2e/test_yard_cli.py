@@ -245,6 +245,28 @@ def test_secrets_tokens_and_audit_from_the_cli(up: tuple[Yard, subprocess.Popen[
     yard.run("secret", "rm", "CLI_KEY")
 
 
+def test_the_pipeline_example_trains_a_sweep_then_evaluates_every_model(
+    up: tuple[Yard, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    # examples/pipeline.sh as a user runs it, with `yard` on PATH: an array, then a job --after-ok it.
+    yard, _ = up
+    shim = tmp_path / "bin" / "yard"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m trainyard "$@"\n')
+    shim.chmod(0o755)
+    env = {**yard.env, "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHON": sys.executable}
+    run = subprocess.run(
+        ["sh", "examples/pipeline.sh"], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    sweep = run.stdout.split()[1].rstrip(",")
+    assert "Depends on" in run.stdout and f"{sweep} (succeeded)" in run.stdout
+    for i in range(4):
+        assert f"{sweep}-{i}: accuracy=" in run.stdout, run.stdout
+    assert f"best: {sweep}-" in run.stdout
+    assert "BEST LOSS" in run.stdout and yard.job(sweep)["array"]["counts"] == {"SUCCEEDED": 4}
+
+
 def test_ctrl_c_stops_everything(up: tuple[Yard, subprocess.Popen[str]]) -> None:
     from trainyard.store.sql import SqlStore
 
