@@ -190,7 +190,7 @@ def test_kill_9_agent_reruns_job_on_the_other(up: tuple[Yard, subprocess.Popen[s
         "--",
         sys.executable,
         "-c",
-        "import time; print('working', flush=True); time.sleep(3); print('finished')",
+        "import time; print('working', flush=True); time.sleep(10); print('finished')",
     ).stdout.strip()
     job = yard.wait(job_id, {"RUNNING"})
     worker_id = job["attempts"][0]["worker_id"]

@@ -83,7 +83,9 @@ def test_demand_that_fits_no_worker_until_it_is_cancelled(cp: ControlPlane) -> N
         assert burst["demand"] == {"gpu": 8, "cpu": 4.0, "memory": 2 * GI}
         assert burst["largest_job"] == {"cpu": 4.0, "memory": 2 * GI, "gpu": 8, "replicas": 1}
         assert pools[("default", "none")]["pending_jobs"] == 1  # not the job held by its quota
-        assert "quota" in admin.get(f"/v1/jobs/{held}").json()["pending_reason"]
+        # The reasons are written after the cycle that computed them: wait for it, not for a moment.
+        reason = wait_for(lambda: admin.get(f"/v1/jobs/{held}").json()["pending_reason"], 15, 0.1, "a reason")
+        assert "quota" in reason
         assert httpx.get(f"{cp.url}/v1/pools/demand").status_code == 401
 
         for job in [*waiting, held]:
