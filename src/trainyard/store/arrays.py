@@ -11,9 +11,9 @@ tasks, as a gang's member rows follow rank 0 (it is moved here, not by ``move``)
 - then SUCCEEDED if every task did, else CANCELLED (cancelled, or only cancellations besides
   successes), else FAILED (``trainyard.model.arrays.array_status``).
 
-Every task move that matters to the parent calls ``task_moved`` in its own transaction, which locks
-the parent row (PostgreSQL) before it looks at the other tasks, so two tasks ending at once cannot
-both think another is still running.
+Every task move that matters to the parent calls ``task_moved`` in the move's transaction, which
+locks the parent row (PostgreSQL) before it looks at the other tasks, so two tasks ending at once
+cannot both think another is still running.
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ from trainyard.store.rows import job_record
 from trainyard.store.schema import job_attempts, jobs
 from trainyard.store.transitions import move, record_event
 
-_INSERT_JOB = jobs.insert()
 OPEN_NAMES = [s.value for s in JobStatus if s not in TERMINAL]
 """Statuses a task has not ended in, for ``IN`` clauses (index seeks on ``ix_jobs_array_status``)."""
-TERMINAL_NAMES = [s.value for s in TERMINAL]
 _TASK = jobs.c.array_index.is_not(None)
 
 
