@@ -148,6 +148,8 @@ class AttemptRunner:
         self.forgotten = True
         if self.handle is not None:
             self.handle.kill()
+        if self.sealer is not None:
+            self.sealer.abandon()
         self.ctx.shipper.drop(self.key)
 
     def kill_now(self) -> None:

@@ -3,15 +3,16 @@
 Each agent is the real agent (``Agent``): it registers under its own name and gets its own worker
 credential, holds its own lease stream, heartbeats, reports, pushes logs and uploads checkpoints,
 artifacts and log chunks through presigned URLs. Only the jobs' processes are simulated (the sim
-executor). They all share one event loop, no thread of their own, a few gRPC channels (each agent's
-calls carry its own credential as metadata, so a channel needs no agent of its own) and one HTTP
-client for the object-store uploads.
+executor). They all share one event loop, no thread of their own, and a few gRPC channels (each
+agent's calls carry its own credential as metadata, so a channel needs no agent of its own); each has
+its own HTTP client for the object-store uploads (one TLS context shared).
 
 Agent ``i`` (0-based) of ``N`` is named ``<name>-0001`` .. ``<name>-N`` and works in
 ``<work dir>/<its name>``; it takes the ``i mod len``-th item of each list given (shapes, pools,
 regions), so lists of the same length go together (the GPU shape in the GPU pool); with a spot
 fraction ``f``, the agents for which ``floor((i + 1) * f)`` grows are spot (``f = 0.25``: every
-fourth).
+fourth). With several control-plane replicas (``--server a:1,b:2``), channel ``k`` starts its list at
+replica ``k mod n``, so the agents spread over the replicas.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import math
 import re
 import signal
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 
@@ -152,6 +154,17 @@ def fleet_configs(spec: FleetSpec) -> list[WorkerConfig]:
     return out
 
 
+def rotated(server: str, i: int) -> str:
+    """A comma list of replicas, starting at the ``i``-th: gRPC's pick_first stays on the first one
+    it reaches, so channel ``i`` of a fleet talks to replica ``i mod n`` and fails over to the next
+    (a real fleet spreads the same way, each agent with its own list order or a load balancer)."""
+    parts = [s.strip() for s in server.split(",") if s.strip()]
+    if len(parts) <= 1 or ":///" in server or server.startswith(("ipv4:", "ipv6:", "unix:")):
+        return server
+    k = i % len(parts)
+    return ",".join(parts[k:] + parts[:k])
+
+
 _CHANNEL_OPTIONS = (
     # A channel of its own connection: otherwise gRPC shares one subchannel among every channel to the
     # same address, and the fleet's channels would all be one connection anyway.
@@ -168,6 +181,7 @@ class Fleet:
         self.executor = SimExecutor(spec.behaviour)
         self.agents: list[Agent] = []
         self.refused = 0
+        self.lag_max_s = 0.0
 
     def running(self) -> int:
         """Attempts the agents hold right now."""
@@ -176,19 +190,31 @@ class Fleet:
     async def run(self, stop: asyncio.Event) -> None:
         """Run every agent until ``stop``; then each stops its jobs (preempted, with a checkpoint)."""
         spec = self.spec
-        channels = [open_channel(spec.base, _CHANNEL_OPTIONS) for _ in range(spec.channel_count())]
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=spec.base.http_timeout_s, limits=limits) as http:
-            self.agents = [
-                Agent(
-                    cfg,
-                    executor=self.executor,
-                    channel=channels[i % len(channels)],
-                    http=http,
-                    sample_gpus=False,
+        channels = [
+            open_channel(replace(spec.base, server=rotated(spec.base.server, i)), _CHANNEL_OPTIONS)
+            for i in range(spec.channel_count())
+        ]
+        # An HTTP client per agent, as each real agent has: one client shared by hundreds of agents'
+        # uploads (a log chunk per running job every few seconds) delayed their lease streams by
+        # tens of seconds (see the README's fleet simulation notes). They share one TLS context,
+        # the costly part of a client.
+        tls = ssl.create_default_context()
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=2)
+        async with contextlib.AsyncExitStack() as clients:
+            self.agents = []
+            for i, cfg in enumerate(self.configs):
+                http = await clients.enter_async_context(
+                    httpx.AsyncClient(timeout=spec.base.http_timeout_s, limits=limits, verify=tls)
                 )
-                for i, cfg in enumerate(self.configs)
-            ]
+                self.agents.append(
+                    Agent(
+                        cfg,
+                        executor=self.executor,
+                        channel=channels[i % len(channels)],
+                        http=http,
+                        sample_gpus=False,
+                    )
+                )
             log.info(
                 "fleet: %d simulated agent(s) on %d gRPC channel(s), starting over %gs",
                 len(self.agents),
@@ -196,12 +222,14 @@ class Fleet:
                 spec.ramp_s,
             )
             reporter = asyncio.create_task(self._report_loop(stop))
+            lag = asyncio.create_task(self._lag_loop())
             try:
                 results = await asyncio.gather(
                     *(self._one(i, a, stop) for i, a in enumerate(self.agents)), return_exceptions=True
                 )
             finally:
                 reporter.cancel()
+                lag.cancel()
                 for ch in channels:
                     await ch.close(None)
         failed = [r for r in results if isinstance(r, BaseException)]
@@ -222,16 +250,25 @@ class Fleet:
             self.refused += 1
             raise
 
+    async def _lag_loop(self, tick_s: float = 0.1) -> None:
+        """The event loop's lateness: every agent shares it, so it says whether the fleet keeps up."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(tick_s)
+            self.lag_max_s = max(self.lag_max_s, time.perf_counter() - t0 - tick_s)
+
     async def _report_loop(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
             log.info(
-                "fleet: %d agent(s), %d attempt(s) running, %d started",
+                "fleet: %d agent(s), %d attempt(s) running, %d started; event loop late by up to %.2fs",
                 len(self.agents),
                 self.running(),
                 self.executor.started,
+                self.lag_max_s,
             )
+            self.lag_max_s = 0.0
 
 
 async def run_fleet(spec: FleetSpec, stop: asyncio.Event | None = None) -> Fleet:

@@ -210,6 +210,7 @@ class LogSealer:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._finishing = False
+        self._abandoned = False
         self._first_unsealed_at = 0.0
 
     def notify(self) -> None:
@@ -254,12 +255,22 @@ class LogSealer:
             if self._task is asyncio.current_task():
                 self._task = None
 
+    def abandon(self) -> None:
+        """The lease is gone (stale): seal nothing more, and stop the background task, which would
+        otherwise retry every interval for good (the attempt's spool goes with its directory)."""
+        self._abandoned = self._finishing = True
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
     async def finish(self) -> None:
         """Seal everything left. Raises TransferError or StaleLease."""
         self._finishing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait({self._task})
+        if self._abandoned:
+            raise StaleLease(f"{self._job_id}/{self._attempt}")
         await self.seal_available()
 
     async def seal_available(self) -> None:

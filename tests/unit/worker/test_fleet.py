@@ -12,7 +12,15 @@ import typer
 from trainyard.cli.worker import WorkerOptions, _check_executor, fleet_spec
 from trainyard.worker.config import WorkerConfig
 from trainyard.worker.executors.sim import SimBehaviour
-from trainyard.worker.fleet import FleetSpec, Shape, agent_name, fleet_configs, is_spot, parse_shape
+from trainyard.worker.fleet import (
+    FleetSpec,
+    Shape,
+    agent_name,
+    fleet_configs,
+    is_spot,
+    parse_shape,
+    rotated,
+)
 from trainyard.worker.isolation import IsolationMode
 
 
@@ -92,6 +100,15 @@ def test_channels_default_to_one_per_hundred_agents(tmp_path: Path) -> None:
     assert FleetSpec(base=base, agents=2000).channel_count() == 20
     assert FleetSpec(base=base, agents=2000, channels=2000).channel_count() == 2000
     assert FleetSpec(base=base, agents=5, channels=50).channel_count() == 5
+
+
+def test_channels_spread_over_the_replicas() -> None:
+    assert rotated("127.0.0.1:1", 5) == "127.0.0.1:1"
+    assert rotated("dns:///cp:50051", 1) == "dns:///cp:50051"
+    servers = "10.0.0.1:1,10.0.0.2:1,10.0.0.3:1"
+    assert rotated(servers, 0) == servers
+    assert rotated(servers, 1) == "10.0.0.2:1,10.0.0.3:1,10.0.0.1:1"
+    assert rotated(servers, 5) == "10.0.0.3:1,10.0.0.1:1,10.0.0.2:1"
 
 
 # -- the command's options ---------------------------------------------------------------------
