@@ -413,8 +413,10 @@ class Config:
     ramp_s: float = 0.0
     channels: int = 0
     submit_clients: int = 8
-    fleet_procs: int = 1
-    """Processes the simulated agents are spread over."""
+    fleet_procs: int = 0
+    """Processes the simulated agents are spread over; 0: one per 100 agents. Within one process,
+    lease messages reach the agents seconds late once their uploads run at hundreds a second (a
+    fleet artifact, see the README): 100 agents a process keeps that out of the figures."""
     profile: bool = False
     idle_s: float = 10.0
     drain_timeout_s: float = 300.0
@@ -598,7 +600,7 @@ def run(cfg: Config) -> dict[str, Any]:
             token = (home / "token").read_text().strip()
             bases = [r.url for r in replicas]
             fleets = []
-            k = max(1, cfg.fleet_procs)
+            k = cfg.fleet_procs or max(1, -(-cfg.agents // 100))
             for f in range(k):
                 n = cfg.agents // k + (f < cfg.agents % k)
                 fleets.append(
@@ -700,7 +702,9 @@ def _measure(
     m2 = meter(procs)
     t_submit = time.monotonic()
     ids, submit_lat = submit_many(bases[0], token, [job_body(cfg.behaviour)] * cfg.jobs, cfg.submit_clients)
+    m_submitted = meter(procs)
     out["submit"] = {
+        "cpu_s": spent(m2, m_submitted),
         "jobs": cfg.jobs,
         "seconds": time.monotonic() - t_submit,
         "rate": cfg.jobs / (time.monotonic() - t_submit),
@@ -712,12 +716,17 @@ def _measure(
         counts = jobs_by_status(bases[0])
         running = counts.get("RUNNING", 0)
         if running >= cfg.jobs * 0.98 and counts.get("PENDING", 0) + counts.get("SCHEDULED", 0) == 0:
+            out["burst_to_running_s"] = time.monotonic() - t_submit
+            say(f"{running:.0f} running {out['burst_to_running_s']:.1f}s after the first submit")
             break
-        if time.monotonic() - t_submit > 300:
-            raise RuntimeError(f"the burst never got running: {counts}")
+        if time.monotonic() - t_submit > 300 or not any(counts.get(s, 0) for s in ACTIVE):
+            # Broken: the burst never all ran at once (too slow, or over before the last submit).
+            # What was measured so far still says where.
+            out["burst_to_running_s"] = None
+            out["burst_broke"] = counts
+            say(f"the burst never got all running: {counts}")
+            break
         time.sleep(0.5)
-    out["burst_to_running_s"] = time.monotonic() - t_submit
-    say(f"{running:.0f} running {out['burst_to_running_s']:.1f}s after the first submit")
 
     # 4. The hold.
     stop = threading.Event()

@@ -18,6 +18,10 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   ui_latency                     worker's status report → browser DOM, p99 of 50 (ms): bench/ui_latency.py
   array_submit                   one POST of a 10,000-task array, accepted (ms; SQLite, and PostgreSQL
                                  in the note): bench/arrays.py
+  fleet_scale                    200 simulated agents, 1,000 running jobs against `yard server`:
+                                 control-plane CPU per job (ms), dispatch p50/p99 of probe jobs at that
+                                 load (ms), exactly-once in the note: bench/fleet.py (--long: the
+                                 issue's scale)
 """
 
 from __future__ import annotations
@@ -435,6 +439,7 @@ def main() -> int:
             results.append({"name": "status_reads_redis", **bench_status_reads(c)})
     from arrays import array_submit
     from backends import event_latency_replicas, relay_throughput
+    from fleet import fleet_scale
     from scheduler import scheduler_cycle
     from simulate import simulated_day
     from ui_latency import ui_latency
@@ -446,6 +451,7 @@ def main() -> int:
         simulated_day,
         ui_latency,
         array_submit,
+        fleet_scale,
     ):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})

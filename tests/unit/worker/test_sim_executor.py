@@ -333,7 +333,7 @@ def test_many_jobs_cost_no_tasks_or_threads(tmp_path: Path) -> None:
             spec = launch_spec(tmp_path, ["x"], job_id=f"j{i}")
             handles.append((await _start(spec, executor))[0])
         assert len(asyncio.all_tasks()) == tasks_before
-        assert threading.active_count() == threads_before
+        assert threading.active_count() <= threads_before  # (a thread of an earlier test may end)
         statuses = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 20)
         assert all(s.ok for s in statuses)
 
