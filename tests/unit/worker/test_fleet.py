@@ -142,7 +142,7 @@ def test_agents_and_sim_options_need_the_sim_executor(capsys: pytest.CaptureFixt
         ({"sim_shape": ["8/32Gi"]}, "--sim-shape"),
         ({"sim_pools": "a,b"}, "--sim-pools"),
         ({"sim_default": "duration=1s"}, "--sim-default"),
-        ({"executor": "kubernetes"}, "--executor"),
+        ({"executor": "bogus"}, "--executor"),
     ):
         with pytest.raises(typer.Exit) as e:
             _check_executor(_options(**kw))
