@@ -256,7 +256,10 @@ def test_finding_10_a_preempted_job_that_exits_0_is_requeued(tmp_path: Path) -> 
     with; only `trainyard.job.mark_complete()` turns an exit 0 then into the job's success."""
     args = ("--isolation", "best-effort")
     env = {"TRAINYARD_PREEMPT_GRACE": "10"}
-    with platform(tmp_path, agents=2, agent_args=args, agent_env=env) as (cp, _), cp.client() as admin:
+    # 1 s heartbeats: on a loaded machine 0.3 s ones can be missed, and a drain of a worker declared
+    # dead answers 404.
+    plat = platform(tmp_path, agents=2, agent_args=args, agent_env=env, heartbeat_interval=1.0)
+    with plat as (cp, _), cp.client() as admin:
         # Round one drains the worker the job runs on; round two runs on the one left, and drains it.
         for complete in (False, True):
             code = f"""
