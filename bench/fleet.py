@@ -1082,6 +1082,12 @@ def main() -> int:
     cfg.redis = cfg.redis or args.redis
     cfg.profile = args.profile
     os.environ.setdefault("FLEET_BENCH_VERBOSE", "1")
+
+    def interrupted(signum: int, frame: object) -> None:
+        # The control plane and the fleet run in sessions of their own: unwind, so they are stopped.
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
     res = run(cfg)
     text = json.dumps(res, indent=2, default=str)
     if args.json:
