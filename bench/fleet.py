@@ -35,42 +35,22 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common import free_port, pct, postgres_db, redis_server, ts
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PG_ADMIN = os.environ.get("TRAINYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 ACTIVE = ["PENDING", "SCHEDULED", "RUNNING", "CANCELLING"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
-
-
-def _ts(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
 # -- processes and their accounting ---------------------------------------------------------------
@@ -304,43 +284,6 @@ def print_profile(path: Path, top: int = 25) -> dict[str, Any]:
 
 
 # -- the platform -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_db() -> Iterator[str]:
-    import sqlalchemy as sa
-
-    admin_url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"ty_fleet_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def start_replica(home: Path, env: dict[str, str], name: str, profile: Path | None) -> Replica:
@@ -585,7 +528,7 @@ def run(cfg: Config) -> dict[str, Any]:
         home.mkdir()
         env = {"TRAINYARD_HEARTBEAT_INTERVAL": str(cfg.heartbeat_s)}
         if cfg.postgres:
-            env["TRAINYARD_DATABASE_URL"] = stack.enter_context(postgres_db())
+            env["TRAINYARD_DATABASE_URL"] = stack.enter_context(postgres_db("ty_fleet"))
         if cfg.redis:
             env["TRAINYARD_REDIS_URL"] = stack.enter_context(redis_server())
         profile = tmp / "profile.json" if cfg.profile else None
@@ -954,12 +897,12 @@ def check(
     for job_id in probes:
         att = jobs[job_id]["attempts"]
         if att and att[0]["started_at"]:
-            ms = 1000 * (_ts(att[0]["started_at"]) - _ts(jobs[job_id]["created_at"]))
+            ms = 1000 * (ts(att[0]["started_at"]) - ts(jobs[job_id]["created_at"]))
             (dispatch_reads if job_id in probes_during_reads else dispatch).append(ms)
         if att and att[0]["scheduled_at"]:
-            leased.append(1000 * (_ts(att[0]["scheduled_at"]) - _ts(jobs[job_id]["created_at"])))
+            leased.append(1000 * (ts(att[0]["scheduled_at"]) - ts(jobs[job_id]["created_at"])))
             if att[0]["started_at"]:
-                started.append(1000 * (_ts(att[0]["started_at"]) - _ts(att[0]["scheduled_at"])))
+                started.append(1000 * (ts(att[0]["started_at"]) - ts(att[0]["scheduled_at"])))
     return {
         "jobs": len(every),
         "outcomes": dict(outcomes),

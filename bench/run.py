@@ -34,57 +34,24 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from common import free_port, pct, postgres_db, redis_server, ts
 
 from trainyard.worker.sandbox import SandboxSpec, bwrap_argv
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PG_ADMIN = os.environ.get("TRAINYARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
-
-
-@contextlib.contextmanager
-def postgres_db() -> Iterator[str]:
-    import sqlalchemy as sa
-
-    admin_url = sa.engine.make_url(PG_ADMIN).set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"ty_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextlib.contextmanager
@@ -183,27 +150,6 @@ class Poster:
         self.conn.close()
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free port (the bench owns it, like the tests do)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def bench_status_reads(client: httpx.Client, clients: int = 16, seconds: float = 5.0) -> dict[str, Any]:
     """GET /v1/jobs/{id} from 16 concurrent keep-alive clients over 200 jobs (the UI/CLI polling load)."""
     ids = [
@@ -295,10 +241,6 @@ def bench_submit(client: httpx.Client, total: int, clients: int = 8) -> dict[str
     }
 
 
-def _ts(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
 def bench_dispatch(client: httpx.Client, n: int) -> dict[str, Any]:
     lat = []
     for _ in range(n):
@@ -306,7 +248,7 @@ def bench_dispatch(client: httpx.Client, n: int) -> dict[str, Any]:
         while True:
             j = client.get(f"/v1/jobs/{job['id']}").json()
             if j["attempts"] and j["attempts"][0]["started_at"]:
-                lat.append((_ts(j["attempts"][0]["started_at"]) - _ts(j["created_at"])) * 1000)
+                lat.append((ts(j["attempts"][0]["started_at"]) - ts(j["created_at"])) * 1000)
                 break
             time.sleep(0.005)
         while client.get(f"/v1/jobs/{job['id']}").json()["status"] not in ("SUCCEEDED", "FAILED"):
