@@ -17,6 +17,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _create_job_events()
+    _create_jobs()
+    _create_outbox()
+    _create_fleet()
+    _create_attempt_records()
+    _create_identity()
+
+
+def _create_job_events() -> None:
+    """Create the append-only event history of every job."""
     op.create_table(
         "job_events",
         sa.Column(
@@ -37,6 +47,9 @@ def upgrade() -> None:
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.create_index("ix_job_events_job", ["job_id", "id"], unique=False)
 
+
+def _create_jobs() -> None:
+    """Create jobs: one row per job, its spec and where it stands."""
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -77,6 +90,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_team_id", ["team", "id"], unique=False)
         batch_op.create_index("ix_jobs_worker", ["worker_id"], unique=False)
 
+
+def _create_outbox() -> None:
+    """Create the transactional outbox the relay publishes to the bus."""
     op.create_table(
         "outbox",
         sa.Column(
@@ -93,6 +109,9 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index("ix_outbox_unsent", ["sent_at", "id"], unique=False)
 
+
+def _create_fleet() -> None:
+    """Create teams and the workers that register."""
     op.create_table(
         "teams",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -120,6 +139,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+
+
+def _create_attempt_records() -> None:
+    """Create what each attempt produced: artifacts, attempts, log chunks."""
     op.create_table(
         "artifacts",
         sa.Column("job_id", sa.String(length=32), nullable=False),
@@ -160,7 +183,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("job_attempts", schema=None) as batch_op:
         batch_op.create_index("ix_job_attempts_worker_status", ["worker_id", "status"], unique=False)
-
     op.create_table(
         "log_chunks",
         sa.Column("job_id", sa.String(length=32), nullable=False),
@@ -177,6 +199,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("job_id", "attempt", "seq"),
     )
+
+
+def _create_identity() -> None:
+    """Create users and their API tokens."""
     op.create_table(
         "users",
         sa.Column("name", sa.String(length=64), nullable=False),
