@@ -4,6 +4,7 @@ preempted by a drain resumes from its checkpoint elsewhere; artifacts and logs a
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -158,3 +159,15 @@ def test_a_simulated_fleet_runs_every_job_exactly_once(tmp_path: Path) -> None:
     out = fleet.output()
     assert "Traceback" not in out, out[-3000:]
     assert f"fleet: {AGENTS} simulated agent(s) on 3 gRPC channel(s)" in out
+
+    # The fleet's own record of what it ran agrees with the control plane's: each attempt the
+    # control plane knows was started once by the fleet, none it does not know, and ended the same way.
+    lines = (tmp_path / "fleet" / "sim-attempts.jsonl").read_text().splitlines()
+    ran = Counter((r["job_id"], r["attempt"]) for r in map(json.loads, lines))
+    ended = {(r["job_id"], r["attempt"]): r["exit"] for r in map(json.loads, lines)}
+    recorded = {(job_id, a["number"]): a for job_id, job in jobs.items() for a in job["attempts"]}
+    assert set(ran) == set(recorded)
+    assert set(ran.values()) == {1}
+    for key, a in recorded.items():
+        if a["exit_code"] is not None:
+            assert ended[key] == a["exit_code"], (key, a)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import re
@@ -26,6 +27,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import httpx
 
@@ -33,7 +35,8 @@ from trainyard import aio
 from trainyard.model.quantity import parse_memory
 from trainyard.worker.agent import Agent, RegistrationRefused
 from trainyard.worker.config import WorkerConfig
-from trainyard.worker.executors.sim import SimBehaviour, SimExecutor
+from trainyard.worker.executors.base import ExitStatus, LaunchSpec, LogSink
+from trainyard.worker.executors.sim import SimBehaviour, SimExecutor, SimHandle
 from trainyard.worker.isolation import IsolationMode
 from trainyard.worker.rpc import open_channel
 
@@ -43,6 +46,8 @@ DEFAULT_CPUS = 8.0
 DEFAULT_MEMORY = 32 << 30
 AGENTS_PER_CHANNEL = 100
 """The default share of a gRPC channel (one HTTP/2 connection): see ``FleetSpec.channels``."""
+ATTEMPTS_FILE = "sim-attempts.jsonl"
+"""Written into the fleet's work directory as it stops: every attempt it started and how it ended."""
 _SHAPE_RE = re.compile(r"^\s*([0-9.]+)\s*/\s*([0-9.]+[A-Za-z]*)\s*(?:/\s*(\d+)\s*(?:x\s*([\w.-]+))?)?\s*$")
 
 
@@ -172,13 +177,49 @@ _CHANNEL_OPTIONS = (
 )
 
 
+@dataclass
+class AttemptRecord:
+    """One attempt the fleet started, as the fleet saw it (not as the control plane recorded it)."""
+
+    job_id: str
+    attempt: int
+    exit_code: int | None = None
+    """None: still running when the fleet stopped (it never is after a clean stop)."""
+
+
+class RecordingSimExecutor(SimExecutor):
+    """The sim executor, keeping its own record of each attempt: the bench's exactly-once check
+    compares it with the control plane's (an attempt run twice or never run shows up here)."""
+
+    def __init__(self, default: SimBehaviour | None = None) -> None:
+        super().__init__(default)
+        self.records: list[AttemptRecord] = []
+
+    async def start(self, spec: LaunchSpec, sink: LogSink) -> SimHandle:
+        handle = await super().start(spec, sink)
+        rec = AttemptRecord(spec.job_id, spec.attempt)
+        self.records.append(rec)
+
+        def ended(fut: asyncio.Future[ExitStatus]) -> None:
+            if not fut.cancelled():
+                rec.exit_code = fut.result().exit_code
+
+        handle.job.exited.add_done_callback(ended)
+        return handle
+
+    def write(self, path: Path) -> None:
+        with path.open("w", encoding="utf-8") as f:
+            for r in self.records:
+                f.write(json.dumps({"job_id": r.job_id, "attempt": r.attempt, "exit": r.exit_code}) + "\n")
+
+
 class Fleet:
     """The agents of a FleetSpec on one event loop."""
 
     def __init__(self, spec: FleetSpec) -> None:
         self.spec = spec
         self.configs = fleet_configs(spec)
-        self.executor = SimExecutor(spec.behaviour)
+        self.executor = RecordingSimExecutor(spec.behaviour)
         self.agents: list[Agent] = []
         self.refused = 0
         self.lag_max_s = 0.0
@@ -307,8 +348,15 @@ def main(spec: FleetSpec) -> None:
             loop.add_signal_handler(sig, on_signal, sig)
         t0 = time.monotonic()
         fleet = await run_fleet(spec, stop)
+        record = spec.base.work_dir / ATTEMPTS_FILE
+        with contextlib.suppress(OSError):
+            spec.base.work_dir.mkdir(parents=True, exist_ok=True)
+            fleet.executor.write(record)
         log.info(
-            "fleet: stopped after %.0fs; %d attempt(s) started", time.monotonic() - t0, fleet.executor.started
+            "fleet: stopped after %.0fs; %d attempt(s) started (each in %s)",
+            time.monotonic() - t0,
+            fleet.executor.started,
+            record,
         )
 
     # uvloop where it is installed: simulated jobs start no processes, so nothing needs asyncio's own.
