@@ -424,24 +424,61 @@ class Assignment(google.protobuf.message.Message):
 Global___Assignment: typing_extensions.TypeAlias = Assignment
 
 @typing.final
+class LogTail(google.protobuf.message.Message):
+    """Someone follows an attempt's log: push its live bytes on PushLogs from `offset` (or from the
+    first byte not yet in a sealed chunk, whichever is later) until `ttl_s` passes without another
+    LogTail for it; `stop`: nobody follows any more. Unfollowed attempts push nothing live: their
+    log reaches the control plane only as sealed chunks.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: builtins.int
+    ATTEMPT_FIELD_NUMBER: builtins.int
+    OFFSET_FIELD_NUMBER: builtins.int
+    TTL_S_FIELD_NUMBER: builtins.int
+    STOP_FIELD_NUMBER: builtins.int
+    job_id: builtins.str
+    attempt: builtins.int
+    offset: builtins.int
+    ttl_s: builtins.float
+    stop: builtins.bool
+    def __init__(
+        self,
+        *,
+        job_id: builtins.str = ...,
+        attempt: builtins.int = ...,
+        offset: builtins.int = ...,
+        ttl_s: builtins.float = ...,
+        stop: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "job_id", b"job_id", "offset", b"offset", "stop", b"stop", "ttl_s", b"ttl_s"]) -> None: ...
+
+Global___LogTail: typing_extensions.TypeAlias = LogTail
+
+@typing.final
 class LeaseMessage(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ASSIGNMENT_FIELD_NUMBER: builtins.int
     COMMAND_FIELD_NUMBER: builtins.int
+    LOG_TAIL_FIELD_NUMBER: builtins.int
     @property
     def assignment(self) -> Global___Assignment: ...
     @property
     def command(self) -> Global___Command: ...
+    @property
+    def log_tail(self) -> Global___LogTail: ...
     def __init__(
         self,
         *,
         assignment: Global___Assignment | None = ...,
         command: Global___Command | None = ...,
+        log_tail: Global___LogTail | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["assignment", b"assignment", "command", b"command", "msg", b"msg"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["assignment", b"assignment", "command", b"command", "msg", b"msg"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["msg", b"msg"]) -> typing.Literal["assignment", "command"] | None: ...
+    def HasField(self, field_name: typing.Literal["assignment", b"assignment", "command", b"command", "log_tail", b"log_tail", "msg", b"msg"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["assignment", b"assignment", "command", b"command", "log_tail", b"log_tail", "msg", b"msg"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["msg", b"msg"]) -> typing.Literal["assignment", "command", "log_tail"] | None: ...
 
 Global___LeaseMessage: typing_extensions.TypeAlias = LeaseMessage
 

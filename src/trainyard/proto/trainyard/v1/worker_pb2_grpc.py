@@ -137,7 +137,8 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushLogs(self, request_iterator, context):
-        """Live log bytes; the answer acknowledges the offset up to which the control plane holds them.
+        """Live log bytes of the attempts someone follows (a LogTail on the lease stream asks for them);
+        the answer acknowledges the offset up to which the control plane holds them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -348,7 +348,9 @@ class WorkerServiceStub(typing.Generic[_WorkerServiceRegisterType, _WorkerServic
     """
 
     PushLogs: _WorkerServicePushLogsType
-    """Live log bytes; the answer acknowledges the offset up to which the control plane holds them."""
+    """Live log bytes of the attempts someone follows (a LogTail on the lease stream asks for them);
+    the answer acknowledges the offset up to which the control plane holds them.
+    """
 
     GetUrls: _WorkerServiceGetUrlsType
     """Presigned URLs to upload log chunks and artifacts, or download bundles and checkpoints."""
@@ -472,7 +474,9 @@ class WorkerServiceServicer(metaclass=abc.ABCMeta):
         request_iterator: _MaybeAsyncIterator[trainyard.proto.trainyard.v1.worker_pb2.LogData],
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[trainyard.proto.trainyard.v1.worker_pb2.LogAck], collections.abc.AsyncIterator[trainyard.proto.trainyard.v1.worker_pb2.LogAck]]:
-        """Live log bytes; the answer acknowledges the offset up to which the control plane holds them."""
+        """Live log bytes of the attempts someone follows (a LogTail on the lease stream asks for them);
+        the answer acknowledges the offset up to which the control plane holds them.
+        """
 
     @abc.abstractmethod
     def GetUrls(
