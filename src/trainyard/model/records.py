@@ -130,6 +130,8 @@ class Job:
     """An array's parent, when read with them: its tasks' count per status."""
     awaiting_dependencies: bool = False
     """Waiting for the jobs of its spec's ``depends_on`` (its pending reason says which)."""
+    archived: bool = False
+    """Moved to object storage by retention: read from its archive, and never changes again."""
 
     @property
     def is_array(self) -> bool:
@@ -174,6 +176,8 @@ class Team:
     memory_quota: int | None = None
     gpu_quota: int | None = None
     gpu_type_quotas: dict[str, int] = field(default_factory=dict)
+    monthly_budget: int | None = None
+    """Micro-dollars a calendar month (UTC); None: no budget (``model/pricing.py``)."""
 
 
 @dataclass(frozen=True)
