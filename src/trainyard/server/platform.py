@@ -33,6 +33,7 @@ from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.files import FileService
 from trainyard.server.services.fleet import FleetService
 from trainyard.server.services.fluentbit import FluentBitIngest
+from trainyard.server.services.fluentbit import FluentBitIngest
 from trainyard.server.services.health import Health
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
@@ -150,6 +151,17 @@ class Platform:
             archive=self.retention,
         )
         self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
+        self.fluent_bit = (
+            FluentBitIngest(
+                store,
+                self.objects,
+                self.tenancy,
+                prefix=s.fluent_bit_prefix,
+                namespace=s.fluent_bit_namespace,
+            )
+            if s.fluent_bit_prefix
+            else None
+        )
         self.fluent_bit = (
             FluentBitIngest(
                 store,
