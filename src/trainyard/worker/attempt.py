@@ -218,18 +218,20 @@ class AttemptRunner:
             )
             return
         self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool)
-        self.sealer = LogSealer(
-            self.ctx.rpc,
-            self.ctx.transfers,
-            self.spool,
-            job_id=a.job_id,
-            attempt=a.attempt,
-            lease_token=a.lease_token,
-            seal_bytes=self.ctx.cfg.seal_bytes,
-            interval_s=self.ctx.cfg.seal_interval_s,
-            max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
-            on_stale=self.kill_stale,
-        )
+        if self.ctx.cfg.log_shipper != "external":
+            # With an external shipper (Fluent Bit) the log reaches object storage from the node.
+            self.sealer = LogSealer(
+                self.ctx.rpc,
+                self.ctx.transfers,
+                self.spool,
+                job_id=a.job_id,
+                attempt=a.attempt,
+                lease_token=a.lease_token,
+                seal_bytes=self.ctx.cfg.seal_bytes,
+                interval_s=self.ctx.cfg.seal_interval_s,
+                max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
+                on_stale=self.kill_stale,
+            )
         started_at = time.monotonic()
         if self.stop_outcome is not None:
             # Stopped before it began (a draining agent hands the lease back): nothing to fetch.
