@@ -172,6 +172,10 @@ class AttemptRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _sealed(self) -> int:
+        # A follower's live tail starts here: what lies before is in chunks the control plane indexed.
+        return self.sealer.sealed if self.sealer is not None else 0
+
     def _on_log(self) -> None:
         self.ctx.shipper.notify()
         if self.sealer is not None:
@@ -217,7 +221,7 @@ class AttemptRunner:
                 AttemptOutcome.INFRA, "the worker agent restarted while the attempt was running", None
             )
             return
-        self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool)
+        self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool, sealed=self._sealed)
         if self.ctx.cfg.log_shipper != "external":
             # With an external shipper (Fluent Bit) the log reaches object storage from the node.
             self.sealer = LogSealer(
