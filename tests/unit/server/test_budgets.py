@@ -5,6 +5,7 @@ new calendar month starts the spending afresh."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,10 +58,10 @@ class Budgets:
 
 
 @pytest.fixture
-def budgets(tmp_path: Path, clock: FakeClock) -> Budgets:
+def budgets(tmp_path: Path, clock: FakeClock) -> Iterator[Budgets]:
     p = build(tmp_path, clock)
     try:
-        yield Budgets(p)  # type: ignore[misc]
+        yield Budgets(p)
     finally:
         p.close()
 
