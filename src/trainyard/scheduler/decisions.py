@@ -17,15 +17,7 @@ PreemptReason = Literal["priority", "fair-share reclaim"]
 fair share and an under-share team reclaims it."""
 
 ReasonCode = Literal[
-    "quota",
-    "never-fits",
-    "capacity",
-    "reserved",
-    "preempting",
-    "draining",
-    "reservation",
-    "array-limit",
-    "budget",
+    "quota", "never-fits", "capacity", "reserved", "preempting", "draining", "reservation", "array-limit"
 ]
 """Why a pending job waits, as a stable code for metrics and filters (``Decisions.reason_codes``)."""
 

@@ -26,9 +26,10 @@ from trainyard.server.services.files import FileService
 from trainyard.server.services.tenancy import TenancyService
 from trainyard.server.settings import Settings
 from trainyard.server.views import iso, job_json
-from trainyard.store import JobFilter, NotFound, SubmitResult
+from trainyard.store import Conflict, JobFilter, NotFound, SubmitResult
 
 if TYPE_CHECKING:
+    from trainyard.server.services.retention import RetentionService
     from trainyard.store.sql import SqlStore
 
 JOB_TOPICS = frozenset({"job.events", "job.submitted"})
@@ -96,6 +97,8 @@ class JobService:
         self.tiers = tiers
         self.kick_scheduler = kick_scheduler
         self.kick_relay = kick_relay
+        self.archive: RetentionService | None = None
+        """Where jobs that retention archived are read from (set by the composition root)."""
 
     # ---- reading -------------------------------------------------------------------------------
     @staticmethod
@@ -106,9 +109,20 @@ class JobService:
     async def visible_job(self, user: User, job_id: str) -> Job:
         """The job, or ``NotFound`` when it does not exist or the caller may not see it."""
         job = await off_loop(self.store.get_job, job_id)
+        if job is None and self.archive is not None:
+            job = await self._archived(user, job_id)
         if job is None or not self.can_see(user, job):
             raise NotFound(job_id)
         return job
+
+    async def _archived(self, user: User, job_id: str) -> Job | None:
+        """A job retention archived, read from its archive object; the index's team decides
+        visibility first, so another team's archived ids cannot be probed either."""
+        assert self.archive is not None
+        ref = await off_loop(self.archive.archived_ref, job_id)
+        if ref is None or not (user.is_admin or ref.team == user.team):
+            return None
+        return await off_loop(self.archive.archived_job, ref)
 
     async def current(self, job_id: str) -> Job | None:
         """The job as stored now, whoever may see it (for streams that already checked)."""
@@ -178,8 +192,12 @@ class JobService:
 
     # ---- events ----------------------------------------------------------------------------------
     async def events(self, job_id: str, after: int = 0) -> list[Event]:
-        """A job's events after the event id ``after``, oldest first."""
-        return await off_loop(self.store.job_events, job_id, after)
+        """A job's events after the event id ``after``, oldest first (an archived job's from its
+        archive: a live job always has its ``submitted`` event, so only an empty answer looks)."""
+        events = await off_loop(self.store.job_events, job_id, after)
+        if not events and self.archive is not None:
+            events = await off_loop(self.archive.archived_events, job_id, after)
+        return events
 
     async def events_since(self, after: int, team: str | None) -> list[Event]:
         """Every job's events after ``after`` (of one team if given), oldest first."""
@@ -262,9 +280,11 @@ class JobService:
     async def cancel(self, user: User, job_id: str) -> Job:
         """Cancel (idempotent): a pending job ends at once, a running one is CANCELLING until its
         worker confirms; a finished job stays as it was."""
-        await self.visible_job(user, job_id)
+        archived = await self.visible_job(user, job_id)
         if not user.can_submit:
             raise PermissionError("viewers cannot cancel jobs")
+        if archived.archived:
+            return archived  # it finished long ago: a cancel leaves a finished job as it was
         job = await off_loop(self.store.cancel, job_id, user.name)
         await self.dispatcher.cancel(job, f"cancelled by {user.name}")
         if job.gang_id is not None:
@@ -280,6 +300,8 @@ class JobService:
         job = await self.visible_job(user, job_id)
         if not user.manages(job.team) and (job.user != user.name or not user.can_submit):
             raise PermissionError("only the job's owner, a team admin or an admin can restart it")
+        if job.archived:
+            raise Conflict(f"job {job_id} is archived (retention); submit its spec again instead")
         job = await off_loop(self.store.restart, job_id, user.name)
         self.kick_scheduler.set()
         self.kick_relay.set()
