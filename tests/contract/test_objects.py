@@ -97,6 +97,21 @@ def test_put_get_exists_size_delete(store: ObjectStore, key: str) -> None:
         store.put("../escape", b"x")
 
 
+def test_list_keys_by_prefix(store: ObjectStore) -> None:
+    """What another writer (Fluent Bit) left under a prefix: every key, in order, and nothing else."""
+    top = f"fluent-bit-{uuid.uuid4().hex[:8]}"
+    keys = [f"{top}/j2/1/pod-b/0002.gz", f"{top}/j1/2/pod-a/0001.gz", f"{top}/j1/1/pod-a/0001.gz"]
+    for k in keys:
+        store.put(k, b"x")
+    store.put(f"{top}-other/j1/1/x.gz", b"x")
+    assert store.list_keys(f"{top}/") == sorted(keys)
+    assert store.list_keys(f"{top}/j1/") == sorted(keys[1:])
+    assert store.list_keys(f"{top}/", limit=2) == sorted(keys)[:2]
+    assert store.list_keys(f"{top}/nothing/") == []
+    store.delete(keys[0])
+    assert store.list_keys(f"{top}/") == sorted(keys[1:])
+
+
 def test_iter_streams_in_chunks(store: ObjectStore, key: str) -> None:
     data = _expect(3 << 20) + b"tail!"
     store.put(key, data)

@@ -172,7 +172,9 @@ def token_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(met
 # -- teams -------------------------------------------------------------------------------------
 
 
-@team_app.command("set", help="Create or change a team: weight and concurrent quotas (admin only).")
+@team_app.command(
+    "set", help="Create or change a team: weight, concurrent quotas, monthly budget (admin only)."
+)
 @handle_errors
 def team_set(
     ctx: typer.Context,
@@ -185,9 +187,15 @@ def team_set(
         list[str] | None, typer.Option(help="concurrent GPUs of one type, TYPE=N (repeatable)")
     ] = None,
     clear_quotas: Annotated[bool, typer.Option("--clear-quotas", help="remove every quota first")] = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="dollars a calendar month (UTC), e.g. 5000/month; none lifts the budget"),
+    ] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     changes: dict[str, Any] = {}
+    if budget is not None:
+        changes["monthly_budget"] = None if budget.strip().lower() == "none" else budget
     if clear_quotas:
         changes.update(cpu_quota=None, memory_quota=None, gpu_quota=None, gpu_type_quotas=None)
     if weight is not None:
@@ -236,7 +244,8 @@ def _print_teams(teams: list[dict[str, Any]], output: Format) -> None:
             ",".join(f"{k}={v}" for k, v in sorted(t["quotas"]["gpu_by_type"].items())) or "-",
             limit(t["quotas"]["cpu"]),
             limit(t["quotas"]["memory"], mem=True),
+            "-" if t.get("monthly_budget") is None else f"${t['monthly_budget']}/month",
         ]
         for t in teams
     ]
-    out.print_table(["TEAM", "WEIGHT", "GPU QUOTA", "BY TYPE", "CPU QUOTA", "MEMORY QUOTA"], rows)
+    out.print_table(["TEAM", "WEIGHT", "GPU QUOTA", "BY TYPE", "CPU QUOTA", "MEMORY QUOTA", "BUDGET"], rows)

@@ -63,8 +63,16 @@ secret_app = typer.Typer(
 app.add_typer(secret_app, name="secret")
 token_app = typer.Typer(help="API tokens: create with an expiry, list, revoke.", no_args_is_help=True)
 admin_app.add_typer(token_app, name="token")
-team_app = typer.Typer(help="Teams: fair-share weight and quotas.", no_args_is_help=True)
+team_app = typer.Typer(help="Teams: fair-share weight, quotas and monthly budget.", no_args_is_help=True)
 admin_app.add_typer(team_app, name="team")
+prices_app = typer.Typer(
+    help="Prices: per GPU-hour by type, per core-hour, per GiB-hour, the spot discount.", no_args_is_help=True
+)
+admin_app.add_typer(prices_app, name="prices")
+admin_jobs_app = typer.Typer(
+    help="Admin actions on one job: let it through its team's budget.", no_args_is_help=True
+)
+admin_app.add_typer(admin_jobs_app, name="jobs")
 
 OutputOpt = Annotated[
     Format, typer.Option("-o", "--output", help="table, json or yaml", case_sensitive=False)
@@ -119,9 +127,11 @@ __all__ = [
     "OutputOpt",
     "State",
     "admin_app",
+    "admin_jobs_app",
     "app",
     "client_of",
     "handle_errors",
+    "prices_app",
     "secret_app",
     "team_app",
     "token_app",

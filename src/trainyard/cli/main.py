@@ -22,6 +22,7 @@ from trainyard.cli import platform  # noqa: F401  (up, server)
 from trainyard.cli import worker  # noqa: F401  (worker)
 from trainyard.cli import admin  # noqa: F401  (admin ...)
 from trainyard.cli import secret  # noqa: F401  (secret ...)
+from trainyard.cli import usage  # noqa: F401  (usage, admin prices ..., admin jobs allow-over-budget)
 
 # isort: on
 

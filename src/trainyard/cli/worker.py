@@ -194,6 +194,14 @@ K8sHostNetworkOpt = Annotated[
         help="job Pods use the node's network, for multi-node gangs (--executor kubernetes)",
     ),
 ]
+LogShipperOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="TRAINYARD_LOG_SHIPPER",
+        help="builtin (the agent seals and uploads each job's log) or external (Fluent Bit ships the "
+        "job Pods' logs, deploy/kubernetes/fluent-bit; --executor kubernetes only)",
+    ),
+]
 AgentsOpt = Annotated[
     int,
     typer.Option(help="agents in this process, named NAME-0001.. (--executor sim only)", min=1),
@@ -279,6 +287,7 @@ class WorkerOptions:
     k8s_default_image: str | None = None
     k8s_kubeconfig: Path | None = None
     k8s_host_network: bool = False
+    log_shipper: str = "builtin"
 
 
 @app.command()
@@ -328,6 +337,7 @@ def worker(
     k8s_default_image: K8sDefaultImageOpt = None,
     k8s_kubeconfig: K8sKubeconfigOpt = None,
     k8s_host_network: K8sHostNetworkOpt = False,
+    log_shipper: LogShipperOpt = "builtin",
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a worker agent: leases jobs from the control plane and runs them as local processes
@@ -381,6 +391,7 @@ def worker(
         k8s_default_image=k8s_default_image,
         k8s_kubeconfig=k8s_kubeconfig,
         k8s_host_network=k8s_host_network,
+        log_shipper=log_shipper,
     )
     _check_executor(options)
     cfg = worker_config(options)
@@ -459,6 +470,7 @@ def worker_config(o: WorkerOptions) -> WorkerConfig:
         k8s_default_image=o.k8s_default_image or None,
         k8s_kubeconfig=o.k8s_kubeconfig.resolve() if o.k8s_kubeconfig else None,
         k8s_host_network=o.k8s_host_network,
+        log_shipper=o.log_shipper,
     )
 
 
@@ -469,6 +481,11 @@ def _check_executor(o: WorkerOptions) -> None:
     if o.executor not in ("process", "kubernetes", "sim"):
         _fail("--executor must be process, kubernetes or sim")
     _check_kubernetes(o)
+    if o.log_shipper not in ("builtin", "external"):
+        _fail("--log-shipper must be builtin or external")
+    if o.log_shipper == "external" and o.executor != "kubernetes":
+        # Fluent Bit reads container logs; a process executor's jobs write into the agent's spool.
+        _fail("--log-shipper external needs --executor kubernetes")
     if o.executor == "sim":
         return
     if o.agents != 1:

@@ -490,6 +490,25 @@ class Client:
             params["tail"] = tail
         return self._request("GET", self._job_path(job_id, "/logs"), params=params).content
 
+    def search_logs(
+        self,
+        q: str,
+        *,
+        team: str | None = None,
+        since: str | None = None,
+        job: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of log lines holding the phrase ``q`` in the jobs you may see, newest first:
+        ``{"hits": [{job_id, attempt, offset, team, time, line}], "next_cursor": ...}``. ``since``:
+        a duration back from now, such as ``1d``."""
+        params: dict[str, str | int] = {"q": q, "limit": limit}
+        for name, value in (("team", team), ("since", since), ("job", job), ("cursor", cursor)):
+            if value is not None:
+                params[name] = value
+        return self._json("GET", "/v1/logs/search", params=params)
+
     def follow_logs(
         self,
         job_id: str,
@@ -680,6 +699,29 @@ class Client:
         """Pending and running counts per pool, and per-team use."""
         return self._json("GET", "/v1/queues")
 
+    # -- budgets and usage ---------------------------------------------------------------------
+
+    def usage(self, team: str | None = None, by: str | None = None, since: str | None = None) -> dict[str, Any]:
+        """GPU-hours, cost and what spot saved since ``since`` (``30d``, ``month``, ``2026-11-01``;
+        default: this month), grouped ``by`` (``user,gpu-type``; also ``team``, ``spot``), for your
+        team (admins: ``team`` or all); with each team's monthly budget and what it spent of it."""
+        params = {k: v for k, v in (("team", team), ("by", by), ("since", since)) if v is not None}
+        return self._json("GET", "/v1/usage", params=params)
+
+    def prices(self) -> dict[str, Any]:
+        """The price table: per GPU-hour by type, per core-hour, per GiB-hour, the spot discount."""
+        return self._json("GET", "/v1/prices")
+
+    def set_prices(self, prices: dict[str, Any]) -> dict[str, Any]:
+        """Replace the price table (admin), in dollars: ``{"gpu_hour": {"a100": "2.48"},
+        "cpu_hour": "0.04", "gib_hour": "0.005", "spot_discount": "60%"}``."""
+        return self._json("PUT", "/v1/admin/prices", json=prices)
+
+    def allow_over_budget(self, job_id: str) -> dict[str, Any]:
+        """Let one job (an array: all its tasks) start although its team is over its monthly
+        budget (admin)."""
+        return self._json("POST", f"/v1/admin/jobs/{quote(job_id, safe='')}/allow-over-budget")
+
     def teams(self) -> Records:
         """Every team with its fair-share weight and quotas."""
         teams: Records = self._json("GET", "/v1/teams")["teams"]
@@ -687,7 +729,8 @@ class Client:
 
     def set_team(self, name: str, **changes: Any) -> dict[str, Any]:
         """Create or change a team (admin only): weight, cpu_quota, memory_quota, gpu_quota,
-        gpu_type_quotas; a quota given as None removes that limit."""
+        gpu_type_quotas, monthly_budget ("5000/month"); a quota or budget given as None removes
+        that limit."""
         return self._json("PUT", f"/v1/admin/teams/{quote(name, safe='')}", json=changes)
 
     def create_user(self, name: str, team: str, role: str = "user", tier: str | None = None) -> str:

@@ -363,28 +363,172 @@ class MonthlyBudget:
         return over_budget_reason(team, spent, self.limit)
 
 
+# -- usage reports -------------------------------------------------------------------------------
+
+USAGE_DIMENSIONS = ("team", "user", "gpu-type", "spot")
+"""What ``yard usage --by`` groups by: team, user, GPU type (``none`` for CPU-only work), and
+capacity (``spot`` or ``on-demand``)."""
+MAX_SINCE_S = 366 * 86400.0
+"""How far back a report may look: a year and a day (the cost of a report grows with its window)."""
+_SINCE_RE = re.compile(r"(\d{1,6})([mhdw])")
+_SINCE_UNIT = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_dimensions(text: str | None) -> tuple[str, ...]:
+    """``user,gpu-type`` as a tuple of known dimensions, each once, in the order given (empty
+    text: no grouping). ValueError naming the unknown one."""
+    if text is None or not text.strip():
+        return ()
+    out: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower().replace("_", "-")
+        if name == "gpu":
+            name = "gpu-type"
+        if name not in USAGE_DIMENSIONS:
+            raise ValueError(f"cannot group by {part.strip()!r} (known: {', '.join(USAGE_DIMENSIONS)})")
+        if name in out:
+            raise ValueError(f"{name!r} is named twice")
+        out.append(name)
+    return tuple(out)
+
+
+def parse_since(text: str, now: float) -> float:
+    """The start of a report's window (epoch seconds) from ``30d``, ``12h``, ``90m``, ``2w``,
+    ``month`` (the calendar month so far, UTC) or a date ``2026-11-01`` (UTC midnight); ValueError
+    for anything else, for a date after ``now``, or for more than ``MAX_SINCE_S`` back."""
+    t = text.strip().lower()
+    if t == "month":
+        return month_window(now)[0]
+    m = _SINCE_RE.fullmatch(t)
+    if m:
+        start = now - int(m.group(1)) * _SINCE_UNIT[m.group(2)]
+    else:
+        try:
+            day = datetime.strptime(t, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a time such as 30d, 12h, month or 2026-11-01") from None
+        start = day.timestamp()
+        if start > now:
+            raise ValueError(f"{text!r} is in the future")
+    if now - start > MAX_SINCE_S:
+        raise ValueError(f"{text!r} is more than {int(MAX_SINCE_S // 86400)} days back")
+    return start
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt as a usage report reads it: who ran it, on what, from when to when."""
+
+    team: str
+    user: str
+    started_at: float
+    ended_at: float | None
+    """None: still running (it counts up to the report's ``now``)."""
+    gpu: int = 0
+    gpu_type: str | None = None
+    cpu: float | int | str | Decimal = 1
+    memory: int = 0
+    spot: bool = False
+
+    def key(self, by: tuple[str, ...]) -> tuple[str, ...]:
+        values = {
+            "team": self.team,
+            "user": self.user,
+            "gpu-type": (self.gpu_type or "any") if self.gpu else "none",
+            "spot": "spot" if self.spot else "on-demand",
+        }
+        return tuple(values[d] for d in by)
+
+    def usage(self, now: float, since: float | None = None, until: float | None = None) -> Usage:
+        """Its resources and its running time within [``since``, ``until``)."""
+        ms = running_ms(self.started_at, self.ended_at, now=now, since=since, until=until)
+        return Usage(ms, self.gpu, self.gpu_type, self.cpu, self.memory, self.spot)
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """One group of a usage report."""
+
+    key: tuple[str, ...]
+    cost: Cost
+    attempts: int
+
+
+def usage_report(
+    prices: Prices,
+    records: Iterable[AttemptRecord],
+    by: tuple[str, ...],
+    *,
+    now: float,
+    since: float,
+    until: float | None = None,
+) -> tuple[list[UsageLine], Cost]:
+    """Each group's cost over [``since``, ``until`` or ``now``), sorted by cost (highest first, then
+    key), and the total: the sum of the same rounded attempt costs, so the lines add up to it."""
+    end = now if until is None else until
+    groups: dict[tuple[str, ...], tuple[Cost, int]] = {}
+    for r in records:
+        usage = r.usage(now, since, end)
+        if usage.ms <= 0:
+            continue
+        key = r.key(by)
+        cost, n = groups.get(key, (Cost(), 0))
+        groups[key] = (cost + attempt_cost(prices, usage), n + 1)
+    lines = [UsageLine(k, c, n) for k, (c, n) in groups.items()]
+    lines.sort(key=lambda line: line.key)
+    lines.sort(key=lambda line: line.cost.micros, reverse=True)
+    return lines, sum((line.cost for line in lines), Cost())
+
+
+def team_spend(
+    prices: Prices, records: Iterable[AttemptRecord], *, now: float, window: tuple[float, float]
+) -> dict[str, int]:
+    """What each team spent (charged micro-dollars) within ``window``, running attempts up to ``now``."""
+    since, until = window
+    out: dict[str, int] = {}
+    for r in records:
+        usage = r.usage(now, since, until)
+        if usage.ms > 0:
+            out[r.team] = out.get(r.team, 0) + attempt_cost(prices, usage).micros
+    return out
+
+
+def month_label(now: float) -> str:
+    """``2026-12``: the calendar month (UTC) holding ``now``, as budget alerts are keyed."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+
+
 __all__ = [
     "HOLD_PERCENT",
+    "MAX_SINCE_S",
     "MICROS",
     "THRESHOLDS",
+    "USAGE_DIMENSIONS",
     "WARN_PERCENT",
+    "AttemptRecord",
     "BudgetLevel",
     "Cost",
     "MonthlyBudget",
     "Prices",
     "Usage",
+    "UsageLine",
     "attempt_cost",
     "budget_level",
     "crossed",
     "dollars",
     "format_money",
     "hourly_rate",
+    "month_label",
     "month_window",
     "over_budget_reason",
     "parse_budget",
+    "parse_dimensions",
     "parse_fraction",
     "parse_money",
+    "parse_since",
     "percent_used",
     "running_ms",
+    "team_spend",
     "total_cost",
+    "usage_report",
 ]

@@ -176,6 +176,8 @@ class Team:
     memory_quota: int | None = None
     gpu_quota: int | None = None
     gpu_type_quotas: dict[str, int] = field(default_factory=dict)
+    monthly_budget: int | None = None
+    """Micro-dollars a calendar month (UTC); None: no budget (``model/pricing.py``)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What an admin may change about a team: its fair-share weight and its concurrent quotas."""
+"""What an admin may change about a team: its fair-share weight, its concurrent quotas and its
+monthly dollar budget."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainyard.model.pricing import parse_budget, parse_money
 from trainyard.model.quantity import parse_memory
 
 TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -31,6 +33,23 @@ class TeamUpdate(BaseModel):
     gpu_type_quotas: dict[str, int] | None = Field(
         default=None, description="concurrent GPUs per type, e.g. {a100: 8}"
     )
+
+    monthly_budget: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description='dollars a calendar month (UTC), e.g. "5000/month" or 5000; null lifts the budget',
+    )
+
+    @field_validator("monthly_budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        # Read as exact dollars into micro-dollars; "none" lifts it, as null does.
+        if isinstance(v, str):
+            return None if v.strip().lower() in ("none", "") else parse_budget(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return parse_money(v)
+        return v
 
     @field_validator("memory_quota", mode="before")
     @classmethod

@@ -111,6 +111,11 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def list_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` keys that start with ``prefix`` (a checked key, or one ending in '/'), in
+        ascending order: what another writer (Fluent Bit) left in the store."""
+        ...
+
     def presign(self, key: str, method: Method, expires_s: float = 600) -> str:
         """A URL that allows exactly ``method`` on exactly ``key`` until it expires."""
         ...

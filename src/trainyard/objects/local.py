@@ -102,6 +102,25 @@ class LocalObjectStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def list_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        # Only the directory the prefix names is walked; names starting with a dot (temporary files,
+        # multipart parts) are never keys.
+        head, _, _ = prefix.rpartition("/")
+        top = self._path(head) if head else self.root
+        if not top.is_dir():
+            return []
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root)
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                key = os.fsencode(str(rel / name) if str(rel) != "." else name).decode("utf-8")
+                if key.startswith(prefix):
+                    found.append(key)
+        return sorted(found)[: max(0, limit)]
+
     # ---- multipart ------------------------------------------------------------------------------
     # Parts live under <root>/.multipart/<upload id>/: no key can start with a dot, so they never
     # collide with objects. A part is stored as "<number>.<md5>" so a retried or concurrent upload of

@@ -178,6 +178,25 @@ class S3ObjectStore:
         with _translated(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def list_keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        found: list[str] = []
+        token: str | None = None
+        with _translated(prefix):
+            while len(found) < limit:
+                kwargs: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Prefix": self.prefix + prefix,
+                    "MaxKeys": min(1000, limit - len(found)),
+                }
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**kwargs)
+                found += [str(o["Key"])[len(self.prefix) :] for o in page.get("Contents", ())]
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+        return found[:limit]
+
     def presign(self, key: str, method: Method, expires_s: float = 600) -> str:
         op = "get_object" if method == "GET" else "put_object"
         return self.client.generate_presigned_url(

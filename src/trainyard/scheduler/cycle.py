@@ -39,6 +39,7 @@ from trainyard.scheduler.snapshot import (
 from trainyard.scheduler.teams import (
     TeamLedger,
     TeamState,
+    budget_block,
     gpu_type_quota_block,
     groups_within_type_quotas,
     quota_block,
@@ -110,6 +111,7 @@ class Cycle:
         self.failed: set[tuple[object, ...]] = set()
         """(shape, max runtime, team if it has per-type quotas) that found no room this cycle: free
         capacity only shrinks, so a later job of the same kind skips the search."""
+        self.over_budget = snapshot.over_budget
         self.array_running: dict[str, int] | None = None
         """Live tasks per array, the cycle's placements included (counted when first needed)."""
 
@@ -303,6 +305,11 @@ class Cycle:
         if shape.never_fits is not None:
             self._waits(job, "never-fits", shape.never_fits)
             return
+        if self.over_budget:
+            held = budget_block(self.over_budget, self.snapshot.budget_exempt, job)
+            if held is not None:
+                self._waits(job, *held)
+                return
         if job.array_limit is not None and self._array_full(job):
             self._waits(
                 job,

@@ -17,7 +17,15 @@ PreemptReason = Literal["priority", "fair-share reclaim"]
 fair share and an under-share team reclaims it."""
 
 ReasonCode = Literal[
-    "quota", "never-fits", "capacity", "reserved", "preempting", "draining", "reservation", "array-limit"
+    "quota",
+    "never-fits",
+    "capacity",
+    "reserved",
+    "preempting",
+    "draining",
+    "reservation",
+    "array-limit",
+    "budget",
 ]
 """Why a pending job waits, as a stable code for metrics and filters (``Decisions.reason_codes``)."""
 

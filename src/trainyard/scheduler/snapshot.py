@@ -194,3 +194,9 @@ class Snapshot:
     teams: tuple[Team, ...] = ()
     """Teams absent here but named by a job get weight 1 and no quota."""
     config: SchedulerConfig = SchedulerConfig()
+    over_budget: Mapping[str, str] = field(default_factory=dict)
+    """Teams at or over their monthly dollar budget, each with the reason its pending jobs wait
+    (``team vision is over its monthly budget ($5,012 of $5,000)``). The leader computes it from
+    the store every few seconds (spending moves slowly), not per cycle."""
+    budget_exempt: frozenset[str] = frozenset()
+    """Jobs (or arrays: every task of one) an admin let through their team's budget."""

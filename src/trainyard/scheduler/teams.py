@@ -11,7 +11,7 @@ Teams take turns by weighted DRF, lowest :meth:`TeamLedger.cost` first (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from trainyard.scheduler.capacity import EPS, WorkerGroup, WorkerState, replica_slots
@@ -96,6 +96,17 @@ class TeamLedger:
         u, gone, inv = team.usage, team.leaving, self.inverse_capacity
         share = max((u[0] - gone[0]) * inv[0], (u[1] - gone[1]) * inv[1], (u[2] - gone[2]) * inv[2])
         return (share + self.history_weight * team.history_share) / max(team.fair_share, EPS)
+
+
+def budget_block(
+    over_budget: Mapping[str, str], exempt: frozenset[str], job: PendingJob
+) -> tuple[ReasonCode, str] | None:
+    """Why the job waits for its team's monthly budget (the team is at or over it and no admin let
+    the job, or its array, through), or None. Running jobs are never stopped for a budget."""
+    reason = over_budget.get(job.team)
+    if reason is None or job.id in exempt or (job.array_id is not None and job.array_id in exempt):
+        return None
+    return "budget", reason
 
 
 def quota_block(team: TeamState, job: PendingJob) -> tuple[ReasonCode, str] | None:

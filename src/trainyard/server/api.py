@@ -15,7 +15,7 @@ from trainyard.model.team import TeamUpdate
 from trainyard.server.error_handlers import add_error_handlers
 from trainyard.server.middleware import BodyLimit, CountRequests, FastJobReads
 from trainyard.server.platform import Platform
-from trainyard.server.routes import admin, artifacts, fleet, jobs, logs, objects, ops, tenancy
+from trainyard.server.routes import admin, artifacts, fleet, jobs, logs, objects, ops, tenancy, usage
 from trainyard.server.settings import Settings
 from trainyard.web import router as web_router
 
@@ -29,6 +29,7 @@ ROUTERS = (
     objects.router,
     ops.router,
     tenancy.router,
+    usage.router,
     web_router,  # the web UI at / (static files under /ui/), last
 )
 

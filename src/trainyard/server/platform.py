@@ -32,14 +32,19 @@ from trainyard.server.services.demand import PoolDemands
 from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.files import FileService
 from trainyard.server.services.fleet import FleetService
+from trainyard.server.services.fluentbit import FluentBitIngest
+from trainyard.server.services.fluentbit import FluentBitIngest
 from trainyard.server.services.health import Health
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
+from trainyard.server.services.logsearch import LogIndexer, LogSearch
 from trainyard.server.services.outbox import EventRelay
 from trainyard.server.services.reconcile import Reconciler
 from trainyard.server.services.replica import Replica
+from trainyard.server.services.retention import RetentionService
 from trainyard.server.services.scheduling import SchedulerLoop
 from trainyard.server.services.tenancy import TenancyService
+from trainyard.server.services.usage import BudgetWatch, UsageService
 from trainyard.server.settings import Settings, secret_key, url_secret
 from trainyard.store.sql import SqlStore
 
@@ -123,7 +128,12 @@ class Platform:
             unpacked_limit=s.workdir_unpacked_limit,
             file_limit=s.workdir_file_limit,
         )
-        self.logs = LogService(store, self.objects, self.tails)
+        self.logs = LogService(store, self.objects, self.tails, self.dispatcher)
+        self.log_search = LogSearch(store)
+        self.log_indexer = LogIndexer(store, self.objects)
+        self.retention = RetentionService(
+            store, self.objects, retention_s=s.retention, batch=s.retention_batch
+        )
         self.jobs = JobService(
             store,
             writes=self.writes,
@@ -138,8 +148,31 @@ class Platform:
             settings=s,
             tiers=self.tiers,
             **kicks,
+            archive=self.retention,
         )
         self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
+        self.fluent_bit = (
+            FluentBitIngest(
+                store,
+                self.objects,
+                self.tenancy,
+                prefix=s.fluent_bit_prefix,
+                namespace=s.fluent_bit_namespace,
+            )
+            if s.fluent_bit_prefix
+            else None
+        )
+        self.fluent_bit = (
+            FluentBitIngest(
+                store,
+                self.objects,
+                self.tenancy,
+                prefix=s.fluent_bit_prefix,
+                namespace=s.fluent_bit_namespace,
+            )
+            if s.fluent_bit_prefix
+            else None
+        )
         self.reconciler = Reconciler(
             store,
             self.cache,
@@ -161,6 +194,8 @@ class Platform:
             heartbeat_interval=hb,
             kick_scheduler=self.kick_scheduler,
         )
+        self.budgets = BudgetWatch(store, self.metrics)
+        self.usage = UsageService(store, self.budgets, self.kick_scheduler)
         self.scheduler = SchedulerLoop(
             store,
             self.replica,
@@ -170,6 +205,7 @@ class Platform:
             # A victim that has not stopped within the grace (plus slack) may be chosen and told again.
             stop_grace_s=s.cancel_grace + 3 * hb + 10,
             demand=self.demand,
+            budgets=self.budgets,
         )
         self.relay = EventRelay(store, self.bus, self.metrics)
         self.health = Health(store, self.replica, self.metrics)

@@ -98,6 +98,9 @@ class LeaderLoops:
                 _loop("reconciler", None, max(0.05, s.heartbeat_interval / 2), self.reconcile_step, stop)
             ),
             asyncio.create_task(_loop("relay", p.kick_relay, 1.0, self.relay_step, stop)),
+            asyncio.create_task(
+                _loop("fluent-bit", None, max(0.05, s.fluent_bit_interval), self.fluent_bit_step, stop)
+            ),
         ]
 
     async def lead_step(self) -> None:
@@ -141,6 +144,12 @@ class LeaderLoops:
         if await asyncio.to_thread(self.p.reconciler.reconcile_once):
             self.p.kick_scheduler.set()
             self.p.kick_relay.set()
+
+    async def fluent_bit_step(self) -> None:
+        """Take in the log objects Fluent Bit wrote (agents with --log-shipper external)."""
+        if not self.leading.is_set() or self.p.fluent_bit is None:
+            return
+        await asyncio.to_thread(self.p.fluent_bit.ingest_once)
 
     async def relay_step(self) -> None:
         """Relay every committed event onto the bus."""

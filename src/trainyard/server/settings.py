@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(default=None, description="e.g. 127.0.0.1:9092")
     s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; default: AWS")
     s3_region: str | None = Field(default=None, description="S3 region; default: the AWS chain's")
+    # Fluent Bit (deploy/kubernetes/fluent-bit): where in object storage it writes job Pods' logs, for
+    # agents run with --log-shipper external. Unset: nothing is taken in.
+    fluent_bit_prefix: str | None = Field(
+        default=None, description="object-store prefix Fluent Bit's s3 output writes under, e.g. fluent-bit"
+    )
+    fluent_bit_namespace: str = Field(
+        default="trainyard-jobs", description="the only namespace whose Pods' records are taken in"
+    )
+    fluent_bit_interval: float = Field(default=10.0, description="seconds between the leader's passes")
     rate_tiers: str = Field(
         default="free=5/day,standard=60/min,enterprise=unlimited",
         description="submission limits per user tier",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from trainyard.model.pricing import dollars
 from trainyard.model.records import ArtifactRecord, Attempt, Event, Job, Team, Worker
 from trainyard.model.states import TERMINAL, JobStatus, Priority
 
@@ -188,4 +189,6 @@ def team_json(t: Team) -> dict[str, Any]:
             "gpu": t.gpu_quota,
             "gpu_by_type": dict(t.gpu_type_quotas),
         },
+        # Exact dollars as text ("5000"), as prices are; null: no budget.
+        "monthly_budget": None if t.monthly_budget is None else dollars(t.monthly_budget),
     }

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from trainyard.model.records import ArtifactRecord, LogChunk
 from trainyard.store.db import Db
+from trainyard.store.logsearch import enqueue_chunk
 from trainyard.store.schema import artifacts, job_attempts, log_chunks
 
 
@@ -56,6 +57,7 @@ class LogRepo:
                         created_at=self._db.clock(),
                     )
                 )
+                enqueue_chunk(conn, chunk.job_id, chunk.attempt, chunk.seq, self._db.clock())  # log search
         return True
 
     def log_chunks(self, job_id: str, attempt: int) -> list[LogChunk]:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from trainyard.model.records import AuditEntry, Event, OutboxRow, SecretInfo, Team, TokenInfo, User
+from trainyard.store.logsearch import LogHit, LogQuery
 
 
 class Outbox(Protocol):
@@ -181,4 +182,16 @@ class Schema(Protocol):
 
     def close(self) -> None:
         """Close the pool's connections."""
+        ...
+
+
+class LogIndex(Protocol):
+    """What log search and retention need of the log search index (``store/logsearch.py``)."""
+
+    def search_logs(self, query: LogQuery) -> list[LogHit]:
+        """Indexed lines holding the query's phrase that its caller may see, newest first."""
+        ...
+
+    def delete_log_index(self, job_ids: Sequence[str]) -> int:
+        """Remove the jobs' indexed lines and queued chunks; how many lines went."""
         ...

@@ -84,6 +84,7 @@ def team_record(r: sa.Row[Any]) -> Team:
         memory_quota=r.memory_quota,
         gpu_quota=r.gpu_quota,
         gpu_type_quotas=dict(r.gpu_type_quotas or {}),
+        monthly_budget=r.monthly_budget,
     )
 
 

@@ -19,6 +19,8 @@ teams = sa.Table(
     sa.Column("memory_quota", sa.BigInteger, nullable=True),
     sa.Column("gpu_quota", sa.Integer, nullable=True),
     sa.Column("gpu_type_quotas", sa.JSON, nullable=True),
+    # Dollars a calendar month (UTC), in micro-dollars (model/pricing.py); NULL: no budget.
+    sa.Column("monthly_budget", sa.BigInteger, nullable=True),
 )
 
 users = sa.Table(
@@ -261,6 +263,41 @@ secrets = sa.Table(
     sa.Column("updated_by", sa.String(64), nullable=False),
 )
 
+# Budgets and usage (issue 16): what an hour of each resource costs, set by an admin. One row (id 1)
+# holding Prices.to_settings(): exact dollar amounts as text, so no float ever rounds a price.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=False),
+)
+
+# Each budget threshold (80, 100) a team crossed in a month (YYYY-MM, UTC): the primary key makes the
+# event fire once per month however many replicas or leaders look.
+budget_alerts = sa.Table(
+    "budget_alerts",
+    metadata,
+    sa.Column("team", sa.String(64), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),
+    sa.Column("percent", sa.Integer, primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("spent", sa.BigInteger, nullable=False),
+    sa.Column("budget", sa.BigInteger, nullable=False),
+)
+
+# Jobs an admin let through although their team is over its monthly budget.
+budget_overrides = sa.Table(
+    "budget_overrides",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("team", sa.String(64), nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_budget_overrides_team", "team"),
+)
+
 # Jobs that retention moved to object storage (store/archive.py): one row per archived jobs row (a
 # gang's ranks and an array's tasks too), so `GET /v1/jobs/{id}` finds the archive object and still
 # applies the visibility rules (team) before reading it.
@@ -275,3 +312,44 @@ archived_jobs = sa.Table(
     sa.Column("archived_at", sa.Float, nullable=False),
     sa.Column("object_key", sa.Text, nullable=False),
 )
+
+# Log search (store/logsearch.py). A sealed chunk waits here until the indexer has read it, so the
+# worker's seal never waits for indexing and a restart resumes where the last one stopped.
+log_index_queue = sa.Table(
+    "log_index_queue",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("enqueued_at", sa.Float, nullable=False),
+    sa.Index("ix_log_index_queue_at", "enqueued_at"),
+)
+
+# The indexed lines. The full-text index over ``line`` depends on the database, so migration 0011
+# creates it and the schema comparison skips it (``DIALECT_ONLY``): on SQLite the FTS5 table
+# ``log_lines_fts`` (external content, kept by triggers), on PostgreSQL a generated ``tsv`` column
+# with a GIN index.
+log_lines = sa.Table(
+    "log_lines",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),
+    sa.Column("team", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Index("ix_log_lines_job", "job_id", "attempt", "byte_offset"),
+    sa.Index("ix_log_lines_team_id", "team", "id"),
+)
+
+LOG_SEARCH_DIALECT_ONLY = frozenset({"log_lines_fts", "tsv", "ix_log_lines_tsv"})
+"""What migration 0011 creates for one database only (see ``log_lines``), with FTS5's own tables
+(``log_lines_fts_*``): Alembic's comparison with ``metadata`` must not see them."""
+
+
+def declared_by_metadata(name: str | None, type_: str, parent: object) -> bool:
+    """Alembic's ``include_name`` hook: False for the dialect-only log search objects."""
+    if name is None:
+        return True
+    return name not in LOG_SEARCH_DIALECT_ONLY and not name.startswith("log_lines_fts_")

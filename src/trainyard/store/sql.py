@@ -16,7 +16,8 @@ Where things live:
 - ``fleet.py``: workers, heartbeats, drains, and the commands workers get;
 - ``reconcile.py``: attempts the platform ends when their worker does not;
 - ``tenancy.py``: teams, users, tokens, secrets, the audit trail;
-- ``logs.py``: the log-chunk and artifact index; ``outbox.py``: the outbox relay and replay check;
+- ``logs.py``: the log-chunk and artifact index; ``logsearch.py``: the log search index;
+  ``outbox.py``: the outbox relay and replay check;
 - ``rates.py``: token buckets for the rate limits while Redis is down;
 - ``views.py``: counts for the queue pages and the leader's published state;
 - ``rows.py``: typed rows and record conversions; ``records.py``: what callers pass and get back;
@@ -41,6 +42,7 @@ from trainyard.store.gangs import GangRepo, gang_port, member_id
 from trainyard.store.jobs import JobRepo
 from trainyard.store.leases import LeaseRepo
 from trainyard.store.logs import LogRepo
+from trainyard.store.logsearch import LogSearchRepo
 from trainyard.store.outbox import OutboxRepo
 from trainyard.store.rates import RateRepo
 from trainyard.store.reconcile import ReconcileRepo
@@ -58,6 +60,7 @@ from trainyard.store.records import (
 from trainyard.store.rows import PendingRow, RunningRow
 from trainyard.store.tenancy import TenancyRepo
 from trainyard.store.transitions import EVENT_SCHEMA_VERSION, TOPIC_EVENTS, TOPIC_SUBMITTED
+from trainyard.store.usage import UsageRepo
 from trainyard.store.views import ViewRepo
 
 __all__ = [
@@ -121,7 +124,9 @@ class SqlStore:
         self.rates = RateRepo(self.db)
         self.arrays = ArrayRepo(self.db)
         self.dependencies = DependencyRepo(self.db)
+        self.logsearch = LogSearchRepo(self.db)
         self.archive = ArchiveRepo(self.db)
+        self.usage = UsageRepo(self.db)
         self._bind_core()
         self._bind_jobs()
         self._bind_fleet()
@@ -201,6 +206,9 @@ class SqlStore:
         self.lease = leases.lease
         self.set_pending_reasons = leases.set_pending_reasons
         self.leased_to = leases.leased_to
+        self.scheduling_full_read = leases.scheduling_full_read
+        self.scheduling_changes = leases.scheduling_changes
+        self.checkpoint_times = leases.checkpoint_times
         self.report_started = attempts.report_started
         self.report_started_in = attempts.report_started_in
         self.report_finished = attempts.report_finished
@@ -258,6 +266,13 @@ class SqlStore:
         self.add_log_chunk = logs.add_log_chunk
         self.log_chunks = logs.log_chunks
         self.artifacts = logs.artifacts
+        search = self.logsearch
+        self.pending_log_chunks = search.pending_chunks
+        self.index_log_chunk = search.index_chunk
+        self.defer_log_chunk = search.defer_chunk
+        self.log_index_queue_length = search.index_queue_length
+        self.search_logs = search.search_logs
+        self.delete_log_index = search.delete_log_index
         self.outbox_unsent = outbox.outbox_unsent
         self.outbox_mark_sent = outbox.outbox_mark_sent
         self.outbox_mark_sent_ranges = outbox.outbox_mark_sent_ranges
@@ -280,6 +295,7 @@ if TYPE_CHECKING:
             ports.AuditTrail,
             ports.BatchWriter,
             ports.Schema,
+            ports.LogIndex,
         ] = (
             store.outbox,
             store.outbox,
@@ -289,6 +305,7 @@ if TYPE_CHECKING:
             store.tenancy,
             store.db,
             store.db,
+            store.logsearch,
         )
         facade: tuple[
             ports.Outbox,
@@ -300,5 +317,6 @@ if TYPE_CHECKING:
             ports.AuditTrail,
             ports.BatchWriter,
             ports.Schema,
-        ] = (store, store, store, store, store, store, store, store, store)
+            ports.LogIndex,
+        ] = (store, store, store, store, store, store, store, store, store, store)
         del repos, facade

@@ -17,7 +17,7 @@ from trainyard.store.errors import NotFound
 from trainyard.store.rows import team_record
 from trainyard.store.schema import api_tokens, audit_log, secrets, teams, users
 
-_TEAM_FIELDS = {"weight", "cpu_quota", "memory_quota", "gpu_quota", "gpu_type_quotas"}
+_TEAM_FIELDS = {"weight", "cpu_quota", "memory_quota", "gpu_quota", "gpu_type_quotas", "monthly_budget"}
 
 
 class TenancyRepo:

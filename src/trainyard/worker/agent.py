@@ -313,6 +313,12 @@ class Agent:
                         self._accept(msg.assignment)
                     elif kind == "command":
                         self._command(msg.command)
+                    elif kind == "log_tail" and self._ctx is not None:
+                        t = msg.log_tail
+                        if t.stop:
+                            self._ctx.shipper.untail(t.job_id, t.attempt)
+                        else:
+                            self._ctx.shipper.tail(t.job_id, t.attempt, t.offset, t.ttl_s)
                 log.info("lease stream ended; reconnecting")
             except grpc.aio.AioRpcError as e:
                 code = e.code()

@@ -172,6 +172,10 @@ class AttemptRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _sealed(self) -> int:
+        # A follower's live tail starts here: what lies before is in chunks the control plane indexed.
+        return self.sealer.sealed if self.sealer is not None else 0
+
     def _on_log(self) -> None:
         self.ctx.shipper.notify()
         if self.sealer is not None:
@@ -217,19 +221,21 @@ class AttemptRunner:
                 AttemptOutcome.INFRA, "the worker agent restarted while the attempt was running", None
             )
             return
-        self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool)
-        self.sealer = LogSealer(
-            self.ctx.rpc,
-            self.ctx.transfers,
-            self.spool,
-            job_id=a.job_id,
-            attempt=a.attempt,
-            lease_token=a.lease_token,
-            seal_bytes=self.ctx.cfg.seal_bytes,
-            interval_s=self.ctx.cfg.seal_interval_s,
-            max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
-            on_stale=self.kill_stale,
-        )
+        self.ctx.shipper.add(a.job_id, a.attempt, a.lease_token, self.spool, sealed=self._sealed)
+        if self.ctx.cfg.log_shipper != "external":
+            # With an external shipper (Fluent Bit) the log reaches object storage from the node.
+            self.sealer = LogSealer(
+                self.ctx.rpc,
+                self.ctx.transfers,
+                self.spool,
+                job_id=a.job_id,
+                attempt=a.attempt,
+                lease_token=a.lease_token,
+                seal_bytes=self.ctx.cfg.seal_bytes,
+                interval_s=self.ctx.cfg.seal_interval_s,
+                max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
+                on_stale=self.kill_stale,
+            )
         started_at = time.monotonic()
         if self.stop_outcome is not None:
             # Stopped before it began (a draining agent hands the lease back): nothing to fetch.

@@ -135,6 +135,10 @@ class WorkerConfig:
     """None: the in-cluster configuration (the agent's service account)."""
     k8s_host_network: bool = False
     """Job Pods use the node's network (multi-node gangs on pools whose agents use it too)."""
+    log_shipper: str = "builtin"
+    """``builtin``: the agent seals each attempt's log into chunks and uploads them; ``external``:
+    Fluent Bit ships the job Pods' logs from the node (deploy/kubernetes/fluent-bit) and the control
+    plane takes them in, so the agent seals nothing (its live tail still goes to the control plane)."""
     allow_cwd: tuple[Path, ...] = ()
     """Shared roots a job's ``cwd`` may name (``--allow-cwd /data``): a submit directory outside
     them is not used on this worker (the job runs in its own directory, and its log says why)."""

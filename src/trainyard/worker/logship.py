@@ -1,4 +1,10 @@
-"""Live log push over one PushLogs stream for all attempts, and sealing of log chunks into storage."""
+"""Live log push on demand over one PushLogs stream, and sealing of log chunks into storage.
+
+Every attempt's log is sealed into chunks in object storage (``LogSealer``): that is the durable,
+complete copy, and the only way an unfollowed attempt's bytes leave the node. Live bytes go to the
+control plane only while someone follows the attempt (``LogShipper.tail``, asked for by a LogTail
+on the lease stream), so the control plane's log traffic grows with watchers, not with jobs.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ AttemptKey = tuple[str, int]
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest LogData payload: well under gRPC's default 4 MiB message limit."""
+MAX_EARLY_TAILS = 10_000
+"""LogTails kept for attempts this agent has not started yet (the lease and the follow raced)."""
+
+
+def _nothing_sealed() -> int:
+    return 0
 
 
 @dataclass(eq=False)
@@ -32,39 +44,101 @@ class _Feed:
     attempt: int
     lease_token: str
     spool: LogSpool
+    sealed: Callable[[], int]
     sent: int = 0
     acked: int = 0
+    live_until: float = 0.0  # time.monotonic() until which someone follows; 0: nobody
     finished: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def live(self, now: float) -> bool:
+        return self.live_until > now
+
 
 class LogShipper:
-    """Pushes every attempt's new log bytes on one bidi stream; resends from the last ack on reconnect.
+    """Pushes the new log bytes of followed attempts on one bidi stream; resends from the last ack
+    on reconnect.
 
-    The stream is opened on the first byte of output, so jobs that print nothing cost no log RPCs.
-    After a send it waits ``flush_s`` before the next, so output is coalesced into few messages while
-    still reaching the control plane well within a second.
+    An attempt is followed from a ``tail`` until its ttl passes without another (the control plane
+    repeats it while a follower is connected) or a ``stop``. The push starts at the first byte not
+    yet sealed (or the offset asked, if later): bytes before it are in chunks the control plane has
+    indexed, so a follower reading chunks and then the live tail sees no gap. The stream is opened
+    on the first byte to push, so unfollowed attempts cost no log RPCs at all. After a send it waits
+    ``flush_s`` before the next, so output is coalesced into few messages while still reaching the
+    control plane well within a second.
     """
 
     def __init__(self, rpc: ControlPlane, *, flush_s: float) -> None:
         self._rpc = rpc
         self._flush_s = flush_s
         self._feeds: dict[AttemptKey, _Feed] = {}
+        # A LogTail for an attempt not added yet: (offset, live until), applied by ``add``.
+        self._early: dict[AttemptKey, tuple[int, float]] = {}
         self._dirty = asyncio.Event()
         self._call: grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck] | None = None
 
-    def add(self, job_id: str, attempt: int, lease_token: str, spool: LogSpool) -> None:
-        self._feeds[(job_id, attempt)] = _Feed(job_id, attempt, lease_token, spool)
+    def add(
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        spool: LogSpool,
+        sealed: Callable[[], int] = _nothing_sealed,
+    ) -> None:
+        """Track an attempt's spool; ``sealed`` says up to which offset its chunks are indexed by the
+        control plane (always 0 where another shipper archives the log)."""
+        key = (job_id, attempt)
+        feed = self._feeds[key] = _Feed(job_id, attempt, lease_token, spool, sealed)
+        early = self._early.pop(key, None)
+        if early is not None and early[1] > time.monotonic():
+            self._start(feed, early[0], early[1])
+
+    def tail(self, job_id: str, attempt: int, offset: int, ttl_s: float) -> None:
+        """Someone follows the attempt: push its live bytes for ``ttl_s`` more seconds."""
+        key = (job_id, attempt)
+        until = time.monotonic() + max(0.0, ttl_s)
+        feed = self._feeds.get(key)
+        if feed is None:
+            now = time.monotonic()
+            self._early = {k: v for k, v in self._early.items() if v[1] > now}
+            if len(self._early) < MAX_EARLY_TAILS:
+                self._early[key] = (offset, until)
+            return
+        self._start(feed, offset, until)
+
+    def untail(self, job_id: str, attempt: int) -> None:
+        """Nobody follows the attempt any more: push nothing more of it."""
+        key = (job_id, attempt)
+        self._early.pop(key, None)
+        feed = self._feeds.get(key)
+        if feed is None:
+            return
+        feed.live_until = 0.0
+        if feed.finished:
+            self.drop(key)
+
+    def following(self, key: AttemptKey) -> bool:
+        feed = self._feeds.get(key)
+        return feed is not None and feed.live(time.monotonic())
+
+    def _start(self, feed: _Feed, offset: int, until: float) -> None:
+        if not feed.live(time.monotonic()):
+            # Bytes below the sealed offset are in indexed chunks: the follower reads them there.
+            start = min(max(offset, feed.sealed(), 0), feed.spool.size)
+            feed.sent = feed.acked = start
+        feed.live_until = max(feed.live_until, until)
+        self._dirty.set()
 
     def notify(self) -> None:
         self._dirty.set()
 
     def finish(self, key: AttemptKey) -> None:
-        """No more output will come: push what is left, then forget the attempt (its chunks are sealed)."""
+        """No more output will come: push what is left to a follower, then forget the attempt (its
+        chunks are sealed)."""
         feed = self._feeds.get(key)
         if feed is None:
             return
-        if feed.sent >= feed.spool.size:
+        if feed.sent >= feed.spool.size or not feed.live(time.monotonic()):
             self.drop(key)
         else:
             feed.finished = True
@@ -76,11 +150,13 @@ class LogShipper:
             feed.gone.set()
 
     async def drained(self, key: AttemptKey, timeout_s: float) -> None:
-        """Wait (a bounded time) until a finished attempt's last bytes went out, before its spool goes."""
+        """Wait (a bounded time) until a finished attempt's last bytes went out to its follower, or
+        nobody follows it any more, before its spool goes."""
         feed = self._feeds.get(key)
         if feed is not None:
+            bound = min(timeout_s, max(0.0, feed.live_until - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(feed.gone.wait(), timeout_s)
+                await asyncio.wait_for(feed.gone.wait(), bound)
 
     def reconnect(self) -> None:
         """Open a new stream (after a re-registration or an outage), resending from the last acks."""
@@ -120,14 +196,26 @@ class LogShipper:
             await backoff.sleep()
 
     def _pending(self) -> bool:
-        return any(f.sent < f.spool.size or f.finished for f in self._feeds.values())
+        now = time.monotonic()
+        for key, feed in list(self._feeds.items()):
+            if not feed.live(now):
+                if feed.finished:
+                    self.drop(key)
+            elif feed.sent < feed.spool.size or feed.finished:
+                return True
+        return False
 
     async def _pump(
         self, call: grpc.aio.StreamStreamCall[pb.LogData, pb.LogAck], receiver: asyncio.Task[None]
     ) -> None:
         while True:
             self._dirty.clear()
+            now = time.monotonic()
             for key, feed in list(self._feeds.items()):
+                if not feed.live(now):
+                    if feed.finished:
+                        self.drop(key)
+                    continue
                 while feed.sent < feed.spool.size:
                     end = min(feed.spool.size, feed.sent + MAX_MESSAGE_BYTES)
                     try:

@@ -90,6 +90,9 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         self.token = "worker-token"
         self._streams: list[asyncio.Queue[pb.LeaseMessage | None]] = []
         self.changed = asyncio.Event()
+        # True: every assignment comes with a LogTail, as if someone followed every job from its
+        # start, so the live pushes carry the whole log. False: only what a test asks with ``tail``.
+        self.follow_all = True
 
     def _auth(self, context: grpc.aio.ServicerContext[Any, Any], token: str) -> bool:
         md = dict(context.invocation_metadata() or ())
@@ -104,6 +107,20 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         self.leased[(a.job_id, a.attempt)] = a
         for q in self._streams:
             q.put_nowait(pb.LeaseMessage(assignment=a))
+            if self.follow_all:
+                q.put_nowait(self._follow_all(a))
+
+    @staticmethod
+    def _follow_all(a: pb.Assignment) -> pb.LeaseMessage:
+        return pb.LeaseMessage(log_tail=pb.LogTail(job_id=a.job_id, attempt=a.attempt, ttl_s=3600.0))
+
+    def tail(
+        self, job_id: str, attempt: int = 1, *, offset: int = 0, ttl_s: float = 60.0, stop: bool = False
+    ) -> None:
+        """A LogTail down the lease stream: follow (or with ``stop`` unfollow) the attempt's log."""
+        msg = pb.LogTail(job_id=job_id, attempt=attempt, offset=offset, ttl_s=ttl_s, stop=stop)
+        for q in self._streams:
+            q.put_nowait(pb.LeaseMessage(log_tail=msg))
 
     def command(self, c: pb.Command) -> None:
         for q in self._streams:
@@ -166,6 +183,8 @@ class FakeWorkerService(pb_grpc.WorkerServiceServicer):
         try:
             for a in list(self.leased.values()):
                 yield pb.LeaseMessage(assignment=a)
+                if self.follow_all:
+                    yield self._follow_all(a)
             while (msg := await q.get()) is not None:
                 yield msg
         finally:

@@ -1081,6 +1081,28 @@ def test_the_agent_runs_a_job_as_a_pod(api: RecordedApi, tmp_path: Path) -> None
     assert "CUDA_VISIBLE_DEVICES" not in _env(pod)  # the device plugin's business
 
 
+def test_an_agent_with_an_external_log_shipper_seals_no_log(api: RecordedApi, tmp_path: Path) -> None:
+    """--log-shipper external (Fluent Bit ships the Pod's log from the node): the agent uploads no log
+    chunk, while the live tail and the report (exit code, stderr tail) are as with the built-in one."""
+    from .test_agent import _assignment, agent
+
+    api.scripts.append(
+        [*_started(), Step(log=b"to fluent bit\n", end_log=True), Step(status=terminated(3, "Error"))]
+    )
+
+    async def main() -> None:
+        kw = {**_agent_kw(api, tmp_path), "log_shipper": "external"}
+        async with agent(tmp_path, **kw) as (svc, _objects, _cfg):
+            svc.assign(_assignment("j1", ["python", "train.py"]))
+            done = await svc.wait_finished("j1")
+            assert done.outcome == "failed" and done.exit_code == 3
+            assert b"to fluent bit" in done.stderr_tail
+            assert svc.rec.seals == []
+            assert bytes(svc.rec.logs[("j1", 1)]) == b"to fluent bit\n"
+
+    asyncio.run(main())
+
+
 def test_the_agent_reports_an_eviction_as_infra_and_keeps_the_checkpoint(
     api: RecordedApi, tmp_path: Path
 ) -> None:

@@ -358,6 +358,7 @@ def _options(**kw: object) -> WorkerOptions:
 
 def test_the_kubernetes_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _check_executor(_options(executor="kubernetes", k8s_node_name="node-1"))
+    _check_executor(_options(executor="kubernetes", k8s_node_name="node-1", log_shipper="external"))
     for kw, message in (
         ({"executor": "kubernetes"}, "--executor kubernetes needs --k8s-node-name"),
         (
@@ -376,6 +377,11 @@ def test_the_kubernetes_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ({"k8s_namespace": "jobs"}, "--k8s-namespace needs --executor kubernetes"),
         ({"k8s_host_network": True}, "--k8s-host-network needs --executor kubernetes"),
         ({"executor": "docker"}, "--executor must be process, kubernetes or sim"),
+        ({"log_shipper": "external"}, "--log-shipper external needs --executor kubernetes"),
+        (
+            {"executor": "kubernetes", "k8s_node_name": "n", "log_shipper": "fluentd"},
+            "--log-shipper must be builtin or external",
+        ),
     ):
         with pytest.raises(typer.Exit) as e:
             _check_executor(_options(**kw))
@@ -403,6 +409,8 @@ def test_the_agent_gets_the_kubernetes_executor(tmp_path: Path) -> None:
     )
     cfg = worker_config(o)
     assert (cfg.executor, cfg.k8s_node_name, cfg.k8s_namespace) == ("kubernetes", "node-1", "ml-jobs")
+    assert cfg.log_shipper == "builtin"
+    assert worker_config(dataclasses.replace(o, log_shipper="external")).log_shipper == "external"
     executor = executor_for(cfg)
     assert isinstance(executor, KubernetesExecutor)
     s = executor.settings

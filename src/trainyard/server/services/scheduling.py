@@ -28,6 +28,16 @@ from trainyard.scheduler.snapshot import (
 from trainyard.scheduler.snapshot import Team as SchedTeam
 from trainyard.scheduler.snapshot import Worker as SchedWorker
 from trainyard.server.metrics import Metrics
+from trainyard.server.picture import (
+    Picture,
+    apply,
+    checkpoints_due,
+    full,
+    needs_full,
+    pending_view,
+    running_view,
+    with_checkpoints,
+)
 from trainyard.server.queueboard import (
     ESTIMATE_AFTER_S,
     ESTIMATE_EVERY_S,
@@ -38,6 +48,7 @@ from trainyard.server.queueboard import (
 from trainyard.server.services.board import QueueBoards
 from trainyard.server.services.demand import PoolDemands
 from trainyard.server.services.replica import Replica
+from trainyard.server.services.usage import BudgetHolds, BudgetWatch
 from trainyard.store import Lease, Placement, WorkerCommand
 
 if TYPE_CHECKING:
@@ -64,6 +75,7 @@ class SchedulerLoop:
         stop_grace_s: float,
         clock: Callable[[], float] = time.time,
         demand: PoolDemands | None = None,
+        budgets: BudgetWatch | None = None,
     ) -> None:
         self.store = store
         self.replica = replica
@@ -73,6 +85,7 @@ class SchedulerLoop:
         self.stop_grace_s = stop_grace_s  # how long a told victim may take to stop before it is told again
         self.clock = clock
         self.demand = demand or PoolDemands(store, replica, clock)
+        self.budgets = budgets  # None: no team is ever held for its dollar budget
         self.shares: dict[str, TeamShare] = {}
         self._reasons: dict[str, str] = {}  # pending reasons as last written
         self._history: dict[str, ResourceVector] = {}  # team -> decayed usage (leader's memory)
@@ -82,6 +95,30 @@ class SchedulerLoop:
         self._claims: dict[str, tuple[str, ...]] = {}  # job -> workers held for it (see schedule_once)
         self._board_published = 0.0
         self._last_cycle: tuple[Snapshot, Decisions] | None = None  # input of the next estimate
+        self._picture: Picture | None = None  # pending jobs and live attempts between cycles
+        self._picture_leader = -1.0  # the leadership term the picture was built in
+        self.full_reads = 0  # how many times the picture was read whole (tests and the bench look)
+
+    def picture(self, also: list[str] | tuple[str, ...] = ()) -> Picture:
+        """The pending jobs and live attempts as of now: the last cycle's picture with the changes
+        since (``also``: jobs changed without an event), or a full read when one is due (a new
+        leadership term, the periodic safety net, a lasting gap in the change cursor)."""
+        now = self.clock()
+        picture = self._picture
+        if self._picture_leader != self.replica.leader_since:
+            picture, self._picture_leader = None, self.replica.leader_since
+        read = None
+        if picture is not None and not needs_full(picture, None, now):
+            read = self.store.scheduling_changes(picture.cursor, also)
+            if not read.overflow:
+                picture = apply(picture, read, now)
+        if picture is None or needs_full(picture, read, now):
+            picture = full(self.store.scheduling_full_read(), now)
+            self.full_reads += 1
+        if checkpoints_due(picture, now):
+            picture = with_checkpoints(picture, self.store.checkpoint_times(), now)
+        self._picture = picture
+        return picture
 
     def schedule_once(self) -> list[Lease]:
         """One scheduler cycle: snapshot → pure decisions → guarded leases, and preempt commands
@@ -89,16 +126,19 @@ class SchedulerLoop:
         t0 = time.perf_counter()
         # Jobs waiting for others first: those whose dependencies are met join this cycle's queue,
         # those whose dependencies can never be met end FAILED.
-        self.store.resolve_dependencies()
+        released = self.store.resolve_dependencies().touched
         now = self.clock()
-        pending = self.store.pending_for_scheduling(now)
+        # Before the early return: the budget alerts fire while nothing is pending too.
+        holds = self.budgets.holds(now) if self.budgets is not None else BudgetHolds()
+        picture = self.picture(released)
+        pending = pending_view(picture, now)
         if not pending:
             self._reasons = {}
             self._post_board(QueueBoard(as_of=now), now, force=bool(self.boards.local.positions))
             self._last_cycle = None
             self.demand.post([], now)
             return []
-        running = self.store.running_for_scheduling()
+        running = running_view(picture)
         snapshot = Snapshot(
             now=now,
             workers=tuple(self._scheduling_workers()),
@@ -106,6 +146,8 @@ class SchedulerLoop:
             running=tuple(self._running_job(r, now) for r in running),
             teams=tuple(self._scheduling_teams(running, now)),
             config=self.config,
+            over_budget=holds.over_budget,
+            budget_exempt=holds.exempt,
         )
         decisions = decide(snapshot)
         # A job that preempted others holds the workers it freed until it is placed; otherwise the

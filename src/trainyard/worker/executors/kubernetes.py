@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -50,19 +49,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from trainyard.model.podlabels import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_JOB,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_LEASE,
+    LABEL_TEAM,
+    LABEL_WORKER,
+    label_value,
+    lease_label,
+)
+from trainyard.model.podlabels import digest as _digest
 from trainyard.worker.beneath import chown_tree
 from trainyard.worker.executors.base import ExitStatus, InfraFailure, LaunchSpec, LogSink, StartFailed
 
 log = logging.getLogger(__name__)
 
-LABEL_WORKER = "trainyard.io/worker"
-LABEL_JOB = "trainyard.io/job"
-LABEL_ATTEMPT = "trainyard.io/attempt"
-LABEL_TEAM = "trainyard.io/team"
-LABEL_LEASE = "trainyard.io/lease"
-ANNOTATION_JOB = "trainyard.io/job-id"
-"""The job id as it is (a label value has a restricted alphabet and 63 characters at most)."""
-ANNOTATION_ATTEMPT = "trainyard.io/attempt"
 CONTAINER = "job"
 NOBODY = (65534, 65534)
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -137,25 +140,6 @@ class KubernetesSettings:
 
 
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
-_LABEL_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-def lease_label(token: str) -> str:
-    """The lease's label value: a hash of its token (anyone who may list Pods sees labels)."""
-    return _digest("trainyard-lease", token)[:32]
-
-
-def label_value(text: str) -> str:
-    """``text`` as a label value (63 characters of ``[A-Za-z0-9._-]``, alphanumeric at both ends); a
-    value that had to change ends with a hash of the original, so that two never meet."""
-    if len(text) <= 63 and re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?", text):
-        return text
-    clean = _LABEL_CHARS.sub("-", text)[:50].strip("._-")
-    return f"{clean}-{_digest(text)[:10]}" if clean else _digest(text)[:10]
 
 
 def pod_name(spec: LaunchSpec, worker: str) -> str:
