@@ -32,6 +32,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import free_port, pct, postgres_db, redis_server, ts
+from common import free_port, named_children, pct, postgres_db, redis_server, s3_and_kafka, ts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -135,6 +136,58 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
+class External:
+    """A process the bench did not spawn as a Proc (redis-server, moto, tansu): CPU and RSS only."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name, self.pid = name, pid
+        self.last = 0.0
+
+    def cpu(self) -> float:
+        now = cpu_seconds(self.pid)
+        if now == now:  # not NaN: still there
+            self.last = now
+        return self.last
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+
+class PgBackends:
+    """The PostgreSQL backends serving the bench's database (``postgres: USER DB ...``), together.
+    A backend that exits keeps the CPU it was last seen with: connections closed between two samples
+    are missed (the control plane's pools keep theirs open)."""
+
+    name = "postgresql (backends)"
+
+    def __init__(self, database: str) -> None:
+        self.needle = f" {database} ".encode()
+        self.seen: dict[int, float] = {}
+        self.alive: set[int] = set()
+
+    def _scan(self) -> None:
+        self.alive = set()
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+                if cmd.startswith(b"postgres: ") and self.needle in cmd:
+                    pid = int(d)
+                    c = cpu_seconds(pid)
+                    if c == c:
+                        self.seen[pid] = c
+                        self.alive.add(pid)
+
+    def cpu(self) -> float:
+        self._scan()
+        return sum(self.seen.values())
+
+    def rss(self) -> int:
+        # Shared buffers are counted in every backend's RSS: the sum would say nothing.
+        return 0
+
+
 @dataclass
 class Replica:
     proc: Proc
@@ -203,6 +256,8 @@ def scrape(url: str) -> dict[str, float]:
 
 def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict[str, float]:
     """Mean, p50 and p99 (bucket upper bounds) of a histogram's observations between two scrapes."""
+    if after.get(f"{name}_count", 0.0) < before.get(f"{name}_count", 0.0):
+        before = {}  # the replica was restarted in between: its counters began again
     count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
     total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
     buckets = []
@@ -343,7 +398,8 @@ class Config:
     """A probe job (dispatch latency at load) this often during the hold."""
     stream_rate: float = 0.0
     """Jobs a second submitted during the hold besides the probes (the long mode's 20/s)."""
-    stream_behaviour: str = "duration=20s..40s,log_rate=1/s,line_bytes=100"
+    stream_behaviour: str = "duration=5s..15s,log_rate=1/s,line_bytes=100"
+    """At 20/s, some 200 running besides the bulk."""
     reads_target: float = 0.0
     """Status reads a second to aim at; 0: as many as ``read_clients`` manage."""
     read_clients: int = 16
@@ -361,6 +417,19 @@ class Config:
     lease messages reach the agents seconds late once their uploads run at hundreds a second (a
     fleet artifact, see the README): 100 agents a process keeps that out of the figures."""
     profile: bool = False
+    kafka_s3: bool = False
+    """Kafka (tansu, its log in S3) and S3 (moto) as `yard up --services` starts them; else the
+    in-process bus and the local object store."""
+    agent_cpus: float = 8.0
+    spot_fraction: float = 0.0
+    day_jobs: int = 0
+    """A compressed day after the hold: this many jobs of mixed behaviour (see ``day_body``)."""
+    day_wall_s: float = 1800.0
+    """The day's wall-clock budget: submissions over its first 60 %, the rest to finish."""
+    day_reclaims: int = 8
+    """Spot reclaims in the day: each drains two spot agents at once (deadline 0s)."""
+    push: list[int] = field(default_factory=list)
+    """Running-job targets to push on to after the day, until something breaks."""
     idle_s: float = 10.0
     drain_timeout_s: float = 300.0
     expect: dict[str, str] = field(default_factory=dict)
@@ -501,7 +570,7 @@ class Meter:
     rss: dict[str, int]
 
 
-def meter(procs: list[Proc]) -> Meter:
+def meter(procs: list[Any]) -> Meter:
     """Every process's CPU and RSS, and ``fleet``: the fleet processes' together."""
     me = os.getpid()
     cpu = {p.name: p.cpu() for p in procs}
@@ -527,80 +596,117 @@ def run(cfg: Config) -> dict[str, Any]:
         home = tmp / "home"
         home.mkdir()
         env = {"TRAINYARD_HEARTBEAT_INTERVAL": str(cfg.heartbeat_s)}
+        externals: list[Any] = []
+        db_url = f"sqlite:///{home / 'trainyard.db'}"
         if cfg.postgres:
-            env["TRAINYARD_DATABASE_URL"] = stack.enter_context(postgres_db("ty_fleet"))
-        if cfg.redis:
+            db_url = env["TRAINYARD_DATABASE_URL"] = stack.enter_context(postgres_db("ty_fleet"))
+            externals.append(PgBackends(db_url.rsplit("/", 1)[1]))
+        if cfg.redis or cfg.kafka_s3:
             env["TRAINYARD_REDIS_URL"] = stack.enter_context(redis_server())
+        if cfg.kafka_s3:
+            if not cfg.postgres:
+                raise SystemExit("--kafka-s3 runs on PostgreSQL (--postgres)")
+            services, _ = stack.enter_context(
+                s3_and_kafka(tmp / "services", db_url, env["TRAINYARD_REDIS_URL"])
+            )
+            env.update(services)
+        externals.extend(External(name, pid) for name, pid in named_children().items())
         profile = tmp / "profile.json" if cfg.profile else None
         replicas = [
             start_replica(home, env, f"replica-{k + 1}", profile if k == 0 else None)
             for k in range(cfg.replicas)
         ]
-        procs = [r.proc for r in replicas]
+        procs: list[Any] = [r.proc for r in replicas]
+        fleets: list[Proc] = []
         try:
             for r in replicas:
                 wait_ready(r)
             token = (home / "token").read_text().strip()
             bases = [r.url for r in replicas]
-            fleets = []
             k = cfg.fleet_procs or max(1, -(-cfg.agents // 100))
             for f in range(k):
                 n = cfg.agents // k + (f < cfg.agents % k)
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "trainyard",
+                    "worker",
+                    "--server",
+                    ",".join(r.grpc for r in replicas),
+                    "--home",
+                    str(home),
+                    "--name",
+                    f"sim{f + 1}",
+                    "--work-dir",
+                    str(work / f"sim{f + 1}"),
+                    "--executor",
+                    "sim",
+                    "--agents",
+                    str(n),
+                    "--cpus",
+                    str(cfg.agent_cpus),
+                    "--memory",
+                    f"{int(cfg.agent_cpus * 4)}Gi",
+                    "--sim-ramp",
+                    str(cfg.ramp_s),
+                    "--sim-channels",
+                    str(cfg.channels),
+                    "--preempt-grace",
+                    "5",
+                ]
+                if cfg.spot_fraction > 0:
+                    argv += ["--sim-spot-fraction", str(cfg.spot_fraction)]
                 fleets.append(
                     Proc(
                         f"fleet-{f + 1}",
-                        [
-                            sys.executable,
-                            "-m",
-                            "trainyard",
-                            "worker",
-                            "--server",
-                            ",".join(r.grpc for r in replicas),
-                            "--home",
-                            str(home),
-                            "--name",
-                            f"sim{f + 1}",
-                            "--work-dir",
-                            str(work / f"sim{f + 1}"),
-                            "--executor",
-                            "sim",
-                            "--agents",
-                            str(n),
-                            "--sim-ramp",
-                            str(cfg.ramp_s),
-                            "--sim-channels",
-                            str(cfg.channels),
-                            "--preempt-grace",
-                            "5",
-                        ],
+                        argv,
                         {**os.environ, "PYTHONUNBUFFERED": "1"},
                         tmp / f"fleet-{f + 1}.log",
                     )
                 )
             procs.extend(fleets)
-            return _measure(cfg, replicas, fleets, procs, token, bases, profile, t_start)
+            procs.extend(externals)
+            ctx = Ctx(cfg, replicas, fleets, procs, token, bases, profile, t_start, db_url, work)
+            return _measure(ctx)
         finally:
             for p in reversed(procs):
-                p.stop()
+                if isinstance(p, Proc):
+                    # A fleet stopping hands every running job back (checkpointed): give it time.
+                    p.stop(timeout=300.0 if p in fleets else 60.0)
             if os.environ.get("FLEET_BENCH_KEEP"):
                 keep = Path(os.environ["FLEET_BENCH_KEEP"])
                 shutil.rmtree(keep, ignore_errors=True)
-                shutil.copytree(tmp, keep, ignore=shutil.ignore_patterns("objects"))
+                shutil.copytree(tmp, keep, ignore=shutil.ignore_patterns("objects", "services"))
             if profile is not None and profile.exists():
                 print_profile(profile)
 
 
-def _measure(
-    cfg: Config,
-    replicas: list[Replica],
-    fleets: list[Proc],
-    procs: list[Proc],
-    token: str,
-    bases: list[str],
-    profile: Path | None,
-    t_start: float,
-) -> dict[str, Any]:
+@dataclass
+class Ctx:
+    cfg: Config
+    replicas: list[Replica]
+    fleets: list[Proc]
+    procs: list[Any]
+    token: str
+    bases: list[str]
+    profile: Path | None
+    t_start: float
+    db_url: str
+    work: Path
+
+
+def _measure(ctx: Ctx) -> dict[str, Any]:
     from trainyard.worker.executors.sim import parse_sim
+
+    cfg, replicas, fleets, procs, token, bases = (
+        ctx.cfg,
+        ctx.replicas,
+        ctx.fleets,
+        ctx.procs,
+        ctx.token,
+        ctx.bases,
+    )
+    t_start = ctx.t_start
 
     c = Poster(bases[0], token)
     out: dict[str, Any] = {"config": {k: v for k, v in cfg.__dict__.items() if k != "expect"}}
@@ -679,14 +785,22 @@ def _measure(
     probes_during_reads: set[str] = set()
     reading = threading.Event()
     streamed: list[str] = []
+    submit_errors: list[float] = []
+    sampler = Sampler(bases, procs)
+    sampler.start()
 
     def probe_loop() -> None:
         p = Poster(bases[0], token)
-        body = job_body("duration=1s,log_rate=1/s")
+        # Preemptible, as the stream's jobs: spot agents may take them too.
+        body = job_body("duration=1s,log_rate=1/s", preemptible=True)
         nxt = time.monotonic()
         while not stop.is_set():
             during = reading.is_set()
-            status, resp = p.request("POST", "/v1/jobs", body)
+            try:
+                status, resp = p.request("POST", "/v1/jobs", body)
+            except (OSError, http.client.HTTPException):
+                status, resp = 0, b""  # the replica was killed: the next one goes through
+                submit_errors.append(time.monotonic())
             if status == 201:
                 probes.append(json.loads(resp)["id"])
                 if during or reading.is_set():
@@ -697,10 +811,14 @@ def _measure(
 
     def stream_loop() -> None:
         p = Poster(bases[0], token)
-        body = job_body(cfg.stream_behaviour)
+        body = job_body(cfg.stream_behaviour, preemptible=True)
         nxt = time.monotonic()
         while not stop.is_set():
-            status, resp = p.request("POST", "/v1/jobs", body)
+            try:
+                status, resp = p.request("POST", "/v1/jobs", body)
+            except (OSError, http.client.HTTPException):
+                status, resp = 0, b""
+                submit_errors.append(time.monotonic())
             if status == 201:
                 streamed.append(json.loads(resp)["id"])
             nxt += 1.0 / cfg.stream_rate
@@ -776,6 +894,10 @@ def _measure(
         "heartbeats": cfg.agents * hold_s / cfg.heartbeat_s,
         "followers": [{"bytes": f.bytes, "first_byte_s": f.first_byte_s} for f in followers],
         "leader_kill": killed,
+        "submit_errors": len(submit_errors),
+        "submitted_during_hold": len(probes) + len(streamed),
+        "live_log_bytes": live_log_bytes(scrapes0, scrapes1),
+        "outbox_lag_max": sampler.lag_max("hold"),
     }
     out["scheduler_cycle"] = {
         r.proc.name: histogram_delta(a, b, "trainyard_scheduler_cycle_seconds")
@@ -806,9 +928,20 @@ def _measure(
     out["fleet_cpu_ms_per_job"] = 1000 * whole["fleet"] / jobs_total
     out["rss_mb_peak_seen"] = {k: max(m.rss.get(k, 0) for m in (m1, m3, m4)) / 2**20 for k in m4.rss}
 
+    sampler.phase = "day"
+    if cfg.day_jobs:
+        out["day"] = day(ctx, sampler)
+    sampler.phase = "push"
+    if cfg.push:
+        out["push"] = push(ctx, sampler)
+    sampler.stop_.set()
+    out["heartbeats_missed"] = sampler.missed_total()
+    out["database"] = database_size(ctx.db_url)
+
     # 6. Exactly once, and as each job's behaviour says (the fleet says how many it started as it stops).
     for fleet in fleets:
-        fleet.stop()
+        fleet.stop(timeout=300.0)
+    out["exactly_once_db"] = sql_check(ctx.db_url, ctx.work)
     out["check"] = check(bases[0], token, ids, probes, probes_during_reads, streamed, bulk, fleets)
     out["dispatch_at_load"] = out["check"].pop("probe_dispatch")
     out["dispatch_at_load_all"] = out["check"].pop("probe_dispatch_all")
@@ -819,8 +952,414 @@ def _measure(
     out["submit_to_lease_at_load"] = out["check"].pop("probe_submit_to_lease")
     out["lease_to_start_at_load"] = out["check"].pop("probe_lease_to_start")
     out["wall_s"] = time.monotonic() - t_start
+    out["samples"] = sampler.rows
     c.close()
     return out
+
+
+# -- the long mode's phases and measures ------------------------------------------------------------
+
+
+def live_log_bytes(before: list[dict[str, float]], after: list[dict[str, float]]) -> float | None:
+    """Log bytes the control plane's replicas took on their live path (PushLogs) between two scrapes:
+    ``trainyard_log_live_bytes_total`` where the control plane exports it, else None."""
+    name = "trainyard_log_live_bytes_total"
+    if not any(name in a for a in after):
+        return None
+    total = 0.0
+    for a, b in zip(before, after, strict=True):
+        x, y = a.get(name, 0.0), b.get(name, 0.0)
+        total += y - x if y >= x else y
+    return total
+
+
+class Sampler(threading.Thread):
+    """Every 5 s: jobs by status, the outbox's backlog (events committed, not yet in Kafka: the bus's
+    lag), workers declared dead, each process's RSS; tagged with the phase."""
+
+    def __init__(self, bases: list[str], procs: list[Any], every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.bases, self.procs, self.every_s = bases, procs, every_s
+        self.phase = "hold"
+        self.rows: list[dict[str, Any]] = []
+        self.stop_ = threading.Event()
+        self.missed: dict[str, float] = {}
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_.wait(self.every_s):
+            scrapes = {b: scrape(b) for b in self.bases}
+            lags = [m["trainyard_outbox_lag"] for m in scrapes.values() if "trainyard_outbox_lag" in m]
+            by_status: dict[str, float] = {}
+            for key, v in next((m for m in scrapes.values() if m), {}).items():
+                mm = re.fullmatch(r'trainyard_jobs\{status="([A-Z_]+)"\}', key)
+                if mm:
+                    by_status[mm.group(1)] = v
+            for b, m in scrapes.items():
+                n = m.get("trainyard_worker_heartbeats_missed_total")
+                if n is not None:
+                    self.missed[b] = max(self.missed.get(b, 0.0), n)
+            self.rows.append(
+                {
+                    "t": round(time.monotonic() - t0, 1),
+                    "phase": self.phase,
+                    "running": by_status.get("RUNNING", 0),
+                    "pending": by_status.get("PENDING", 0),
+                    "outbox_lag": max(lags) if lags else None,
+                    "rss_mb": {p.name: round(p.rss() / 2**20) for p in self.procs if p.rss()},
+                }
+            )
+
+    def lag_max(self, phase: str) -> float | None:
+        lags = [r["outbox_lag"] for r in self.rows if r["phase"] == phase and r["outbox_lag"] is not None]
+        return max(lags) if lags else None
+
+    def missed_total(self) -> float:
+        return sum(self.missed.values())
+
+    def rss_peak_mb(self, phase: str) -> dict[str, int]:
+        peak: dict[str, int] = {}
+        for r in self.rows:
+            if r["phase"] == phase:
+                for k, v in r["rss_mb"].items():
+                    peak[k] = max(peak.get(k, 0), v)
+        return peak
+
+
+def day_body(i: int) -> tuple[bytes, str]:
+    """Job ``i`` of the compressed day and the status it must end in: mostly short jobs (seconds to a
+    minute), a third long preemptible ones that checkpoint (minutes; spot capacity takes them, urgent
+    jobs preempt them), failing ones, urgent ones, and 1 % gangs of 2-4 replicas."""
+    r = random.Random(i).random()
+    if r < 0.01:
+        k = 2 + i % 3
+        return job_body("duration=20s..60s,log_rate=0.2/s", replicas=k, preemptible=True), "SUCCEEDED"
+    if r < 0.04:
+        return job_body("duration=2s..20s,exit=2,log_rate=1/s"), "FAILED"
+    if r < 0.06:
+        return job_body("duration=5s..30s,log_rate=0.5/s", priority="urgent"), "SUCCEEDED"
+    if r < 0.36:
+        behaviour = "duration=1m..4m,checkpoint_every=15s,log_rate=0.1/s,line_bytes=100"
+        return job_body(behaviour, priority="low", preemptible=True), "SUCCEEDED"
+    return job_body("duration=3s..60s,log_rate=0.2/s,line_bytes=100", preemptible=True), "SUCCEEDED"
+
+
+def day(ctx: Ctx, sampler: Sampler) -> dict[str, Any]:
+    """A compressed day: ``day_jobs`` jobs submitted at an even rate over the first 60 % of
+    ``day_wall_s`` from 8 clients, spot agents reclaimed now and then (drained with no deadline:
+    their jobs checkpoint and are requeued), until every one of them has ended or the wall is up."""
+    cfg, say = ctx.cfg, print
+    n = cfg.day_jobs
+    submit_s = 0.6 * cfg.day_wall_s
+    rate = n / submit_s
+    bodies = [day_body(i) for i in range(n)]
+    ids: list[str] = [""] * n
+    errors: list[str] = []
+    m0 = meter(ctx.procs)
+    t0 = time.monotonic()
+    lock = threading.Lock()
+    nxt = iter(range(n))
+    scr0 = [scrape(b) for b in ctx.bases]
+
+    def submitter(k: int) -> None:
+        c = Poster(ctx.bases[k % len(ctx.bases)], ctx.token)
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                break
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                status, body = c.request("POST", "/v1/jobs", bodies[i][0])
+            except (OSError, http.client.HTTPException) as e:
+                status, body = 0, str(e).encode()
+            if status == 201:
+                ids[i] = json.loads(body)["id"]
+            else:
+                errors.append(f"{status} {body[:200]!r}")
+        c.close()
+
+    threads = [threading.Thread(target=submitter, args=(k,), daemon=True) for k in range(8)]
+    for t in threads:
+        t.start()
+    # Spot reclaims, spread over the submissions.
+    admin = Poster(ctx.bases[0], ctx.token)
+    reclaimed: list[str] = []
+    for r in range(cfg.day_reclaims):
+        at = t0 + submit_s * (r + 1) / (cfg.day_reclaims + 1)
+        while time.monotonic() < at:
+            time.sleep(min(1.0, at - time.monotonic()))
+        with contextlib.suppress(RuntimeError, OSError, http.client.HTTPException):
+            workers = admin.get_json("/v1/workers")["workers"]
+            spot = [
+                w
+                for w in workers
+                if w["status"] == "ALIVE" and w.get("labels", {}).get("spot") == "true" and w.get("running")
+            ]
+            for w in spot[:2]:
+                status, _ = admin.request("POST", f"/v1/admin/workers/{w['id']}/drain", b'{"deadline": "0s"}')
+                if status == 200:
+                    reclaimed.append(w["name"])
+    for t in threads:
+        t.join()
+    t_submitted = time.monotonic()
+    say(
+        f"day: {n} submitted in {t_submitted - t0:.0f}s ({len(errors)} errors), "
+        f"{len(reclaimed)} spot agents reclaimed"
+    )
+    submitted = [i for i in ids if i]
+    final_sql = _final_counter(ctx.db_url)
+    deadline = t0 + cfg.day_wall_s
+    while True:
+        ended = final_sql(submitted)
+        if ended >= len(submitted) or time.monotonic() > deadline:
+            break
+        time.sleep(5.0)
+    t_end = time.monotonic()
+    m1 = meter(ctx.procs)
+    scr1 = [scrape(b) for b in ctx.bases]
+    spent_ = spent(m0, m1)
+    wall = t_end - t0
+    outcomes = _statuses(ctx.db_url, submitted)
+    want = {ids[i]: bodies[i][1] for i in range(n) if ids[i]}
+    wrong = [
+        f"{j}: {outcomes.get(j)} not {w}"
+        for j, w in want.items()
+        if outcomes.get(j) in FINAL and outcomes[j] != w
+    ]
+    res = {
+        "jobs": n,
+        "submitted": len(submitted),
+        "submit_errors": len(errors),
+        "submit_error_sample": errors[:3],
+        "rate_aimed": rate,
+        "submit_s": t_submitted - t0,
+        "wall_s": wall,
+        "all_ended": ended >= len(submitted),
+        "ended": ended,
+        "outcomes": dict(collections.Counter(outcomes.values())),
+        "wrong_outcome": len(wrong),
+        "unfinished": len(submitted) - ended,
+        "wrong_sample": wrong[:10],
+        "spot_reclaimed": reclaimed,
+        "cpu_s": spent_,
+        "cores": {k: v / wall for k, v in spent_.items()},
+        "cpu_ms_per_job": {k: 1000 * v / max(1, len(submitted)) for k, v in spent_.items()},
+        "rss_mb_peak": sampler.rss_peak_mb("day"),
+        "outbox_lag_max": sampler.lag_max("day"),
+        "live_log_bytes": live_log_bytes(scr0, scr1),
+        "scheduler_cycle": {
+            r.proc.name: histogram_delta(a, b, "trainyard_scheduler_cycle_seconds")
+            for r, a, b in zip(ctx.replicas, scr0, scr1, strict=True)
+        },
+        "preemptions": {
+            k: sum(b.get(k, 0.0) - a.get(k, 0.0) for a, b in zip(scr0, scr1, strict=True))
+            for k in {k for m in scr1 for k in m if k.startswith("trainyard_preemptions_total")}
+        },
+    }
+    say(
+        f"day: {res['ended']}/{len(submitted)} ended in {wall:.0f}s; outcomes {res['outcomes']}; "
+        f"{len(wrong)} not as their behaviour says"
+    )
+    admin.close()
+    return res
+
+
+def _engine(db_url: str) -> Any:
+    import sqlalchemy as sa
+
+    from trainyard.store.sql import normalize_url
+
+    return sa.create_engine(normalize_url(db_url), poolclass=sa.pool.NullPool)
+
+
+def _final_counter(db_url: str) -> Any:
+    import sqlalchemy as sa
+
+    eng = _engine(db_url)
+
+    def count(ids: list[str]) -> int:
+        n = 0
+        with eng.connect() as c:
+            for k in range(0, len(ids), 5000):
+                chunk = ids[k : k + 5000]
+                n += c.execute(
+                    sa.text("SELECT count(*) FROM jobs WHERE status IN :f AND id IN :ids").bindparams(
+                        sa.bindparam("f", expanding=True), sa.bindparam("ids", expanding=True)
+                    ),
+                    {"f": sorted(FINAL), "ids": chunk},
+                ).scalar_one()
+        return n
+
+    return count
+
+
+def _statuses(db_url: str, ids: list[str]) -> dict[str, str]:
+    import sqlalchemy as sa
+
+    out: dict[str, str] = {}
+    eng = _engine(db_url)
+    with eng.connect() as c:
+        for k in range(0, len(ids), 5000):
+            rows = c.execute(
+                sa.text("SELECT id, status FROM jobs WHERE id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": ids[k : k + 5000]},
+            )
+            out.update({r[0]: r[1] for r in rows})
+    eng.dispose()
+    return out
+
+
+def push(ctx: Ctx, sampler: Sampler) -> dict[str, Any]:
+    """Push on to each running target in turn (long jobs, submitted from 8 clients) and stop at the
+    first that breaks: a process exits, workers are declared dead, submissions fail, or the target
+    is not all running within its time."""
+    cfg, say = ctx.cfg, print
+    levels: list[dict[str, Any]] = []
+    behaviour = "duration=2h,log_rate=1/m,line_bytes=100"
+    for target in cfg.push:
+        running = jobs_by_status(ctx.bases[0]).get("RUNNING", 0)
+        want = max(0, int(target - running))
+        missed0 = sampler.missed_total()
+        m0 = meter(ctx.procs)
+        t0 = time.monotonic()
+        broke = None
+        try:
+            submit_many(ctx.bases[0], ctx.token, [job_body(behaviour)] * want, 8)
+        except (RuntimeError, OSError, http.client.HTTPException) as e:
+            broke = f"submissions failed: {e}"
+        limit = 300 + target / 20
+        reached = 0.0
+        while broke is None:
+            counts = jobs_by_status(ctx.bases[0])
+            reached = counts.get("RUNNING", 0)
+            dead = [p.name for p in ctx.procs if isinstance(p, Proc) and p.proc.poll() is not None]
+            if dead:
+                broke = f"{', '.join(dead)} exited"
+            elif sampler.missed_total() > missed0:
+                n_dead = sampler.missed_total() - missed0
+                broke = f"{n_dead:.0f} live agents declared dead (heartbeats not handled in time)"
+            elif (
+                reached >= 0.98 * target
+                and counts.get("PENDING", 0) + counts.get("SCHEDULED", 0) < 0.02 * target
+            ):
+                break
+            elif time.monotonic() - t0 > limit:
+                broke = f"not all running after {limit:.0f}s: {counts}"
+            time.sleep(2.0)
+        m1 = meter(ctx.procs)
+        level = {
+            "target": target,
+            "reached": reached,
+            "seconds": time.monotonic() - t0,
+            "broke": broke,
+            "cores": {k: v / (m1.at - m0.at) for k, v in spent(m0, m1).items()},
+            "rss_mb": {k: v / 2**20 for k, v in m1.rss.items()},
+        }
+        levels.append(level)
+        say(f"push to {target}: {reached:.0f} running after {level['seconds']:.0f}s; broke: {broke}")
+        if broke:
+            break
+    return {"levels": levels, "first_break": next((x["broke"] for x in levels if x["broke"]), None)}
+
+
+def database_size(db_url: str) -> dict[str, Any]:
+    """The database's size, its rows, and the size scaled to 100,000 jobs."""
+    import sqlalchemy as sa
+
+    eng = _engine(db_url)
+    out: dict[str, Any] = {}
+    with eng.connect() as c:
+        for table in ("jobs", "job_attempts", "job_events", "outbox", "log_chunks", "audit_log"):
+            with contextlib.suppress(sa.exc.DBAPIError):
+                out[f"{table}_rows"] = c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+        if eng.dialect.name == "postgresql":
+            size = c.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()
+        else:
+            size = Path(db_url.removeprefix("sqlite:///")).stat().st_size
+    eng.dispose()
+    out["bytes"] = size
+    jobs = out.get("jobs_rows") or 0
+    out["mb_per_100k_jobs"] = size / 2**20 * 100_000 / jobs if jobs else None
+    return out
+
+
+def sql_check(db_url: str, work: Path) -> dict[str, Any]:
+    """Exactly-once over every job in the database, against the fleet's own records of what it ran
+    (``sim-attempts.jsonl`` of each fleet process): each job that ended has exactly one terminal
+    event, attempts numbered without gaps, at most one that succeeded; each attempt the control plane
+    saw start was started by the fleet exactly once, and the fleet started none it did not record."""
+    import sqlalchemy as sa
+
+    eng = _engine(db_url)
+    with eng.connect() as c:
+        status = dict(c.execute(sa.text("SELECT id, status FROM jobs")).all())
+        attempts = c.execute(
+            sa.text("SELECT job_id, number, outcome, started_at, exit_code FROM job_attempts")
+        ).all()
+        terminal = dict(
+            c.execute(
+                sa.text(
+                    "SELECT job_id, count(*) FROM job_events WHERE to_status IN :f GROUP BY job_id"
+                ).bindparams(sa.bindparam("f", expanding=True)),
+                {"f": sorted(FINAL)},
+            ).all()
+        )
+    eng.dispose()
+    by_job: dict[str, list[Any]] = collections.defaultdict(list)
+    for a in attempts:
+        by_job[a[0]].append(a)
+    ran: collections.Counter[tuple[str, int]] = collections.Counter()
+    exits: dict[tuple[str, int], int | None] = {}
+    files = sorted(work.glob("*/sim-attempts.jsonl"))
+    for f in files:
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            ran[(r["job_id"], r["attempt"])] += 1
+            exits[(r["job_id"], r["attempt"])] = r["exit"]
+    started_db = {(a[0], a[1]) for a in attempts if a[3] is not None}
+    all_db = {(a[0], a[1]) for a in attempts}
+    bad_terminal = [j for j, st in status.items() if (terminal.get(j, 0) != 1) if st in FINAL] + [
+        j for j, st in status.items() if st not in FINAL and terminal.get(j, 0)
+    ]
+    gaps = [j for j, att in by_job.items() if sorted(a[1] for a in att) != list(range(1, len(att) + 1))]
+    doubled = [j for j, att in by_job.items() if sum(a[2] == "succeeded" for a in att) > 1]
+    exit_mismatch = [
+        k
+        for k, a in (((a[0], a[1]), a) for a in attempts)
+        if a[4] is not None and k in exits and exits[k] is not None and exits[k] != a[4]
+    ]
+    res = {
+        "jobs": len(status),
+        "by_status": dict(collections.Counter(status.values())),
+        "attempts": len(attempts),
+        "lost_attempts": sum(a[2] == "lost" for a in attempts),
+        "preempted_attempts": sum(a[2] == "preempted" for a in attempts),
+        "fleet_files": len(files),
+        "fleet_started": sum(ran.values()),
+        "run_twice_by_fleet": sum(n > 1 for n in ran.values()),
+        "started_in_db_not_by_fleet": len(started_db - set(ran)),
+        "run_by_fleet_unknown_to_db": len(set(ran) - all_db),
+        "run_by_fleet_not_marked_started": len((set(ran) & all_db) - started_db),
+        "terminal_events_wrong": len(bad_terminal),
+        "attempt_gaps": len(gaps),
+        "succeeded_twice": len(doubled),
+        "exit_code_mismatch": len(exit_mismatch),
+        "samples": (bad_terminal + gaps + doubled)[:10],
+    }
+    res["exactly_once"] = bool(files) and not (
+        res["run_twice_by_fleet"]
+        or res["started_in_db_not_by_fleet"]
+        or res["run_by_fleet_unknown_to_db"]
+        or res["terminal_events_wrong"]
+        or res["attempt_gaps"]
+        or res["succeeded_twice"]
+    )
+    return res
 
 
 def check(
@@ -958,6 +1497,169 @@ def summary_row(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fmt(x: Any, spec: str = ".0f") -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def print_table(res: dict[str, Any]) -> None:
+    """The figures the issue asks for, one row each (the JSON has everything)."""
+    cfg, hold, idle = res["config"], res["hold"], res["idle"]
+    rows: list[tuple[str, str]] = []
+    rows.append(
+        (
+            "agents / jobs running at the end of the hold",
+            f"{cfg['agents']} / {hold['running_at_end']:.0f} (the burst: {cfg['jobs']}, the rest streamed)",
+        )
+    )
+    for name in sorted(k for k in hold["cores"] if k not in ("fleet",)):
+        rows.append(
+            (
+                f"hold: {name}",
+                f"{hold['cores'][name]:.2f} cores, RSS {_fmt(res['rss_mb_peak_seen'].get(name))} MB",
+            )
+        )
+    rows.append(
+        (
+            "hold: fleet processes together",
+            f"{hold['cores']['fleet']:.2f} cores, RSS {_fmt(hold['rss_mb'].get('fleet'))} MB",
+        )
+    )
+    total = sum(v for k, v in hold["cores"].items() if k != "fleet" and not k.startswith("fleet-"))
+    total += hold["cores"]["fleet"]
+    rows.append(
+        (
+            "hold: agents' share of the CPU used",
+            f"{100 * hold['cores']['fleet'] / total:.0f} % of {total:.2f} cores",
+        )
+    )
+    rows.append(
+        (
+            "CPU per heartbeat (idle fleet)",
+            f"control plane {idle['cp_cpu_ms_per_heartbeat']:.2f} ms, fleet "
+            f"{idle['fleet_cpu_ms_per_heartbeat']:.2f} ms",
+        )
+    )
+    rows.append(("control-plane CPU per job (burst + hold + drain)", f"{res['cp_cpu_ms_per_job']:.1f} ms"))
+    rows.append(("fleet CPU per job", f"{res['fleet_cpu_ms_per_job']:.1f} ms"))
+    d = res["dispatch_at_load_all"]
+    rows.append(
+        (
+            "dispatch at hold, p50 / p99 (probe jobs)",
+            f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms (n={d['n']})",
+        )
+    )
+    for name, cyc in res["scheduler_cycle"].items():
+        if cyc["n"]:
+            rows.append(
+                (
+                    f"scheduler cycle at hold ({name})",
+                    f"mean {_fmt(cyc['mean_ms'])} ms, p50 ≤ {_fmt(cyc['p50_ms'])}, p99 ≤ "
+                    f"{_fmt(cyc['p99_ms'])} ms (n={cyc['n']:.0f})",
+                )
+            )
+    sr = res["status_reads"]
+    rows.append(
+        (
+            "status reads",
+            f"{sr['rate']:.0f}/s of {sr['target']:.0f} aimed, p50 {sr['p50_ms']:.1f} ms, p99 "
+            f"{sr['p99_ms']:.1f} ms, {sr['errors']} errors",
+        )
+    )
+    lb = hold.get("live_log_bytes")
+    out_bytes = res["check"]["log_bytes"]
+    rows.append(
+        (
+            "log bytes through the control plane's live path (hold)",
+            f"{_fmt(lb)} (the jobs wrote {out_bytes} in all)"
+            if lb is not None
+            else f"no trainyard_log_live_bytes_total; every byte of the {out_bytes} the jobs wrote is "
+            f"pushed live",
+        )
+    )
+    fol = [f for f in hold["followers"] if f["first_byte_s"] is not None]
+    rows.append(
+        (
+            "live followers with bytes / first byte p50",
+            f"{len(fol)} of {len(hold['followers'])} / "
+            f"{_fmt(pct([f['first_byte_s'] for f in fol], 50), '.2f')} s",
+        )
+    )
+    k = hold.get("leader_kill") or {}
+    if k:
+        rows.append(
+            (
+                "leader killed",
+                f"{k['replica']}; the other led after {k['new_leader_after_s']:.1f} s; "
+                f"{hold.get('submit_errors', 0)} submissions failed meanwhile",
+            )
+        )
+    rows.append(("Kafka lag (outbox backlog) max, hold", _fmt(hold.get("outbox_lag_max"))))
+    if "day" in res:
+        day_ = res["day"]
+        rows.append(
+            (
+                "day: jobs ended / submitted / wall",
+                f"{day_['ended']} / {day_['submitted']} / {day_['wall_s']:.0f} s (budget "
+                f"{cfg['day_wall_s']:.0f} s)",
+            )
+        )
+        rows.append(
+            (
+                "day: outcomes",
+                f"{day_['outcomes']}; {day_['wrong_outcome']} ended otherwise than their behaviour says, "
+                f"{day_['unfinished']} unfinished at the wall",
+            )
+        )
+        cpj = day_["cpu_ms_per_job"]
+        rows.append(
+            (
+                "day: CPU ms per job",
+                ", ".join(f"{n} {v:.1f}" for n, v in cpj.items() if not n.startswith("fleet-")),
+            )
+        )
+        rows.append(
+            (
+                "day: Kafka lag max / preemptions / spot reclaimed",
+                f"{_fmt(day_['outbox_lag_max'])} / {day_['preemptions']} / "
+                f"{len(day_['spot_reclaimed'])} agents; "
+                f"{res['exactly_once_db']['preempted_attempts']} attempts preempted in the whole run",
+            )
+        )
+    db = res["database"]
+    rows.append(
+        (
+            "database size per 100k jobs",
+            f"{_fmt(db.get('mb_per_100k_jobs'))} MB ({db['bytes'] / 2**20:.0f} MB for "
+            f"{db.get('jobs_rows')} jobs, {db.get('job_events_rows')} events)",
+        )
+    )
+    eo = res["exactly_once_db"]
+    rows.append(
+        (
+            "exactly-once (DB vs the fleet's records)",
+            f"{'ok' if eo['exactly_once'] else 'NO'}: {eo['jobs']} jobs, {eo['attempts']} attempts, "
+            f"fleet started {eo['fleet_started']}; twice {eo['run_twice_by_fleet']}, lost "
+            f"{eo['lost_attempts']}, unknown {eo['run_by_fleet_unknown_to_db']}, terminal wrong "
+            f"{eo['terminal_events_wrong']}",
+        )
+    )
+    rows.append(("heartbeats missed (live agents declared dead)", _fmt(res.get("heartbeats_missed"))))
+    if "push" in res:
+        for lv in res["push"]["levels"]:
+            rows.append(
+                (
+                    f"push to {lv['target']}",
+                    f"{lv['reached']:.0f} running after {lv['seconds']:.0f} s; broke: {lv['broke']}",
+                )
+            )
+    rows.append(("wall", f"{res['wall_s']:.0f} s"))
+    width = max(len(a) for a, _ in rows)
+    print(f"| {'measure'.ljust(width)} | value |")
+    print(f"| {'-' * width} | --- |")
+    for a, b in rows:
+        print(f"| {a.ljust(width)} | {b} |")
+
+
 def fleet_scale() -> dict[str, Any]:
     """The short mode, for `make bench`."""
     return summary_row(run(Config()))
@@ -967,7 +1669,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--long", action="store_true", help="the issue's target scale (long)")
     ap.add_argument("--agents", type=int)
-    ap.add_argument("--jobs", type=int)
+    ap.add_argument("--jobs", "--running", type=int, help="jobs of the burst: the running count held")
     ap.add_argument("--hold", type=float, help="seconds to hold at that many running jobs")
     ap.add_argument("--heartbeat", type=float, help="the control plane's heartbeat interval (s)")
     ap.add_argument("--behaviour", help="YARD_SIM of the bulk of the jobs")
@@ -980,17 +1682,38 @@ def main() -> int:
     ap.add_argument("--reads", type=float, help="status reads a second to aim at (0: as fast as possible)")
     ap.add_argument("--read-clients", type=int)
     ap.add_argument("--stream-rate", type=float, help="jobs a second submitted during the hold")
+    ap.add_argument("--followers", type=int, help="live log followers during the hold")
+    ap.add_argument("--read-seconds", type=float, help="how long the status readers run in the hold")
+    ap.add_argument("--kafka-s3", action="store_true", help="Kafka (tansu) and S3 (moto) (needs --postgres)")
+    ap.add_argument("--kill-leader", action="store_true", help="SIGKILL the leader replica once mid-hold")
+    ap.add_argument(
+        "--day-jobs", type=int, help="a compressed day of this many jobs after the hold (0: none)"
+    )
+    ap.add_argument("--day-wall", type=float, help="the day's wall-clock budget in seconds (default 1800)")
+    ap.add_argument("--spot-fraction", type=float, help="share of the agents that are spot")
+    ap.add_argument("--agent-cpus", type=float, help="CPUs each simulated agent declares (default 8)")
+    ap.add_argument("--idle", type=float, help="seconds of the idle (heartbeats only) phase")
+    ap.add_argument(
+        "--push",
+        nargs="?",
+        const="20000,50000",
+        help="after the day, push on to these running counts (default 20000,50000) until something breaks",
+    )
     ap.add_argument("--profile", action="store_true", help="sample the control plane's threads")
     ap.add_argument("--json", type=Path, help="write the full result here")
     args = ap.parse_args()
     cfg = Config()
     if args.long:
+        # Sized for this 2-core machine; `--agents 2000 --running 10000` is the issue's figure.
+        hold = args.hold if args.hold is not None else 600.0
         cfg = Config(
-            agents=2000,
-            jobs=10_000,
-            hold_s=600.0,
+            agents=500,
+            jobs=2500,
+            hold_s=hold,
             heartbeat_s=10.0,
-            behaviour="duration=13m..15m,log_rate=1/s,line_bytes=100,checkpoint_every=5m,fail=0.02",
+            # The bulk runs through the hold and ends soon after it.
+            behaviour=f"duration={hold + 60:.0f}s..{hold + 120:.0f}s,log_rate=1/s,line_bytes=100,"
+            "checkpoint_every=5m,fail=0.02",
             stream_rate=20.0,
             reads_target=2000.0,
             read_clients=32,
@@ -998,11 +1721,15 @@ def main() -> int:
             followers=24,
             postgres=True,
             redis=True,
+            kafka_s3=True,
             replicas=2,
             kill_leader=True,
             ramp_s=60.0,
             idle_s=30.0,
             drain_timeout_s=1800.0,
+            spot_fraction=0.25,
+            day_jobs=100_000,
+            day_wall_s=1800.0,
         )
     for name, attr in (
         ("agents", "agents"),
@@ -1017,12 +1744,23 @@ def main() -> int:
         ("reads", "reads_target"),
         ("read_clients", "read_clients"),
         ("stream_rate", "stream_rate"),
+        ("followers", "followers"),
+        ("read_seconds", "read_s"),
+        ("day_jobs", "day_jobs"),
+        ("day_wall", "day_wall_s"),
+        ("spot_fraction", "spot_fraction"),
+        ("agent_cpus", "agent_cpus"),
+        ("idle", "idle_s"),
     ):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, attr, value)
     cfg.postgres = cfg.postgres or args.postgres
     cfg.redis = cfg.redis or args.redis
+    cfg.kafka_s3 = cfg.kafka_s3 or args.kafka_s3
+    cfg.kill_leader = cfg.kill_leader or args.kill_leader
+    if args.push:
+        cfg.push = [int(x) for x in args.push.split(",")]
     cfg.profile = args.profile
     os.environ.setdefault("FLEET_BENCH_VERBOSE", "1")
 
@@ -1035,7 +1773,9 @@ def main() -> int:
     text = json.dumps(res, indent=2, default=str)
     if args.json:
         args.json.write_text(text + "\n")
-    print(text)
+    else:
+        print(text)
+    print_table(res)
     return 0
 
 
