@@ -6,8 +6,8 @@ attempt with a new random lease token (the fencing token every later report must
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -19,7 +19,7 @@ from trainyard.store.errors import ConcurrentChange
 from trainyard.store.gangs import gang_port, member_id
 from trainyard.store.records import Lease, Placement
 from trainyard.store.rows import PENDING_COLUMNS, RUNNING_COLUMNS, PendingRow, RunningRow
-from trainyard.store.schema import job_attempts, jobs, workers
+from trainyard.store.schema import job_attempts, job_events, jobs, workers
 from trainyard.store.transitions import LIVE_NAMES, MOVE, record_event
 
 _LEASABLE = sources_of(JobStatus.SCHEDULED)
@@ -27,6 +27,35 @@ _IDS_PER_STATEMENT = 500
 _INSERT_ATTEMPT = job_attempts.insert()
 _member = jobs.alias("member")
 _CURRENT_ATTEMPT = sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.number == jobs.c.attempt)
+_GANG_IDLE = sa.or_(
+    jobs.c.gang_id.is_(None),
+    ~sa.exists().where(
+        _member.c.gang_id == jobs.c.id,
+        _member.c.replica_rank > 0,
+        _member.c.status != JobStatus.PENDING.value,
+    ),
+)
+"""A pending rank 0 is schedulable once every other rank of its gang is idle (PENDING) again."""
+
+
+_CHANGES_PER_READ = 20_000
+"""Events one incremental read takes at most; more than that and a full reread is cheaper."""
+
+
+class SchedulingRead(NamedTuple):
+    """What the leader's picture is built from (a full read) or brought up to date with (changes).
+
+    ``pending`` keeps a job's ``not_before`` beside its row: the picture holds backed-off jobs and
+    lets them in when their time comes, where a full read filters them by the clock. ``changed``:
+    the jobs whose rows were reread (None: a full read, everything). ``event_ids``: the change
+    cursor's ids this read covered, in order (for gap detection). ``cursor``: the newest one seen."""
+
+    cursor: int
+    pending: list[tuple[PendingRow, float | None]]
+    running: list[RunningRow]
+    changed: frozenset[str] | None
+    event_ids: list[int]
+    overflow: bool = False
 
 
 def resume_key(conn: sa.Connection, job_id: str) -> str | None:
@@ -58,16 +87,7 @@ class LeaseRepo:
             # An array's parent never runs (its tasks do); a job waiting for its dependencies is
             # released by ``DependencyRepo.resolve`` once they are met.
             .where(jobs.c.array_tasks.is_(None), jobs.c.awaiting_dependencies == sa.false())
-            .where(
-                sa.or_(
-                    jobs.c.gang_id.is_(None),
-                    ~sa.exists().where(
-                        _member.c.gang_id == jobs.c.id,
-                        _member.c.replica_rank > 0,
-                        _member.c.status != JobStatus.PENDING.value,
-                    ),
-                )
-            )
+            .where(_GANG_IDLE)
             .order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id)
             .limit(limit)
         )
@@ -83,6 +103,95 @@ class LeaseRepo:
         )
         with self._db.read() as conn:
             return list(map(RunningRow._make, conn.execute(q)))
+
+    # ---- the leader's picture: full reads and changes since a cursor -----------------------------
+    def scheduling_full_read(self) -> SchedulingRead:
+        """Every schedulable pending job (whatever its ``not_before``) and every live attempt, with the
+        change cursor as of the same read (the newest ``job_events`` id: every job move writes one)."""
+        with self._db.read() as conn:
+            cursor = conn.execute(sa.select(sa.func.max(job_events.c.id))).scalar() or 0
+            pending = self._pending_rows(conn, None)
+            running = self._running_rows(conn, None)
+        return SchedulingRead(int(cursor), pending, running, None, [])
+
+    def scheduling_changes(self, cursor: int, also: Collection[str] = ()) -> SchedulingRead:
+        """The rows of the jobs with events after ``cursor`` (plus ``also``: jobs changed without an
+        event, e.g. released from a dependency wait), as they are now, in one read, with the rows
+        each change may have moved too (``_related``)."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                sa.select(job_events.c.id, job_events.c.job_id)
+                .where(job_events.c.id > cursor)
+                .order_by(job_events.c.id)
+                .limit(_CHANGES_PER_READ + 1)
+            ).all()
+            if len(rows) > _CHANGES_PER_READ:
+                return SchedulingRead(cursor, [], [], frozenset(), [], overflow=True)
+            ids = {r.job_id for r in rows} | set(also)
+            ids |= self._related(conn, ids)
+            changed = sorted(ids)
+            pending = self._pending_rows(conn, changed) if changed else []
+            running = self._running_rows(conn, changed) if changed else []
+        event_ids = [int(r.id) for r in rows]
+        return SchedulingRead(max(event_ids, default=cursor), pending, running, frozenset(ids), event_ids)
+
+    @staticmethod
+    def _related(conn: sa.Connection, ids: Collection[str]) -> set[str]:
+        """The rows whose picture a change of ``ids`` may change too: a gang rank's rank 0 (whether a
+        gang is schedulable depends on its ranks) and an array parent's tasks (written with the
+        parent's event alone when the array is submitted)."""
+        out: set[str] = set()
+        listed = list(ids)
+        for i in range(0, len(listed), _IDS_PER_STATEMENT):
+            chunk = listed[i : i + _IDS_PER_STATEMENT]
+            out.update(
+                g
+                for (g,) in conn.execute(
+                    sa.select(jobs.c.gang_id).where(jobs.c.id.in_(chunk), jobs.c.gang_id.is_not(None))
+                )
+            )
+            out.update(t for (t,) in conn.execute(sa.select(jobs.c.id).where(jobs.c.array_id.in_(chunk))))
+        return out
+
+    @staticmethod
+    def _pending_rows(conn: sa.Connection, ids: list[str] | None) -> list[tuple[PendingRow, float | None]]:
+        """``pending_for_scheduling``'s rows without its clock filter (``not_before`` alongside)."""
+        base = (
+            sa.select(*PENDING_COLUMNS, jobs.c.not_before)
+            .where(jobs.c.status == JobStatus.PENDING.value, jobs.c.replica_rank == 0)
+            .where(jobs.c.array_tasks.is_(None), jobs.c.awaiting_dependencies == sa.false())
+            .where(_GANG_IDLE)
+        )
+        out: list[tuple[PendingRow, float | None]] = []
+        for chunk in _chunks(ids):
+            q = base if chunk is None else base.where(jobs.c.id.in_(chunk))
+            out.extend((PendingRow._make(r[:-1]), r[-1]) for r in conn.execute(q))
+        return out
+
+    @staticmethod
+    def _running_rows(conn: sa.Connection, ids: list[str] | None) -> list[RunningRow]:
+        base = (
+            sa.select(*RUNNING_COLUMNS)
+            .select_from(jobs.join(job_attempts, _CURRENT_ATTEMPT))
+            .where(jobs.c.status.in_(LIVE_NAMES))
+        )
+        out: list[RunningRow] = []
+        for chunk in _chunks(ids):
+            q = base if chunk is None else base.where(jobs.c.id.in_(chunk))
+            out.extend(map(RunningRow._make, conn.execute(q)))
+        return out
+
+    def checkpoint_times(self) -> dict[str, float]:
+        """When each live attempt last checkpointed (job id -> unix s; those that never did are left
+        out). Heartbeats write these without an event row, so the leader's picture refreshes them
+        with this narrow read every few seconds rather than with each cycle's changes."""
+        q = (
+            sa.select(jobs.c.id, job_attempts.c.last_checkpoint_at)
+            .select_from(jobs.join(job_attempts, _CURRENT_ATTEMPT))
+            .where(jobs.c.status.in_(LIVE_NAMES), job_attempts.c.last_checkpoint_at.is_not(None))
+        )
+        with self._db.read() as conn:
+            return {r.id: float(r.last_checkpoint_at) for r in conn.execute(q)}
 
     def live_attempts(self, worker_id: str | None = None) -> list[LiveAttempt]:
         """Every live attempt (or one worker's), as the reconciler checks them."""
@@ -282,6 +391,15 @@ class LeaseRepo:
                 )
                 for r in rows
             ]
+
+
+def _chunks(ids: list[str] | None) -> Iterator[list[str] | None]:
+    """``ids`` in IN-clause sized pieces (None: one unrestricted query)."""
+    if ids is None:
+        yield None
+        return
+    for i in range(0, len(ids), _IDS_PER_STATEMENT):
+        yield ids[i : i + _IDS_PER_STATEMENT]
 
 
 def _lease_move(row: sa.Row[Any], p: Placement, token: str, now: float) -> dict[str, Any]:
