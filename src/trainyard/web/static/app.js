@@ -4,6 +4,7 @@
 import { LogView } from "./logview.js";
 import { drawChart } from "./chart.js";
 import { arraySection } from "./arrays.js";
+import { usagePanel } from "./usage.js";
 
 const TOKEN_KEY = "trainyard.token";
 const STATUSES = ["PENDING", "SCHEDULED", "RUNNING", "CANCELLING", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "PREEMPTED", "LOST"];
@@ -739,6 +740,8 @@ function queuesPage(view) {
     el("table", {}, el("thead", {}, el("tr", {}, ...["Team", "Weight", "Pending", "Running", "CPU in use", "Memory in use", "GPU in use", "Share", "Fair share", "Quota"].map((h) => el("th", {}, h)))), teams),
     el("h2", {}, "Why jobs wait"),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Reason"), el("th", {}, "Jobs"), el("th", {}, "Examples"))), reasons));
+  const usage = usagePanel({ el, api, bar }, ctrl.signal);
+  view.append(usage.node);
 
   async function load() {
     try {
@@ -791,8 +794,11 @@ function queuesPage(view) {
   const soon = debounce(load, 300);
   const off = hub.on(() => soon());
   const timer = setInterval(load, 5000);
+  // Costs move by the second but matter by the dollar: the usage panel refreshes less often.
+  const usageTimer = setInterval(usage.load, 30000);
   load();
-  return () => { off(); ctrl.abort(); clearInterval(timer); soon.cancel(); };
+  usage.load();
+  return () => { off(); ctrl.abort(); clearInterval(timer); clearInterval(usageTimer); soon.cancel(); };
 }
 
 // ---- submit --------------------------------------------------------------------------------------
