@@ -148,8 +148,8 @@ class Platform:
             settings=s,
             tiers=self.tiers,
             **kicks,
-            archive=self.retention,
         )
+        self.jobs.archive = self.retention
         self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
         self.fluent_bit = (
             FluentBitIngest(

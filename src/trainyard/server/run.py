@@ -98,6 +98,7 @@ class LeaderLoops:
                 _loop("reconciler", None, max(0.05, s.heartbeat_interval / 2), self.reconcile_step, stop)
             ),
             asyncio.create_task(_loop("relay", p.kick_relay, 1.0, self.relay_step, stop)),
+            asyncio.create_task(_loop("retention", None, s.retention_interval, self.retention_step, stop)),
             asyncio.create_task(
                 _loop("fluent-bit", None, max(0.05, s.fluent_bit_interval), self.fluent_bit_step, stop)
             ),
@@ -150,6 +151,12 @@ class LeaderLoops:
         if not self.leading.is_set() or self.p.fluent_bit is None:
             return
         await asyncio.to_thread(self.p.fluent_bit.ingest_once)
+
+    async def retention_step(self) -> None:
+        """Archive and prune the jobs past the retention setting (small batches, off the loop)."""
+        if not self.leading.is_set() or self.p.settings.retention is None:
+            return
+        await asyncio.to_thread(self.p.retention.prune_due)
 
     async def relay_step(self) -> None:
         """Relay every committed event onto the bus."""

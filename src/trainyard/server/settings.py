@@ -87,6 +87,31 @@ class Settings(BaseSettings):
         description="half-life of the usage history fair share weighs (Slurm's PriorityDecayHalfLife)",
     )
 
+    # Retention: the leader archives jobs finished longer ago than this to object storage
+    # (``archive/``) and deletes their rows, in batches (unset or "off": jobs are kept for good).
+    retention: float | None = Field(
+        default=None, description="archive and prune jobs finished longer ago than this, e.g. 90d; unset: off"
+    )
+    retention_batch: int = Field(default=200, description="jobs per archive object and delete transaction")
+    retention_interval: float = Field(default=300.0, description="seconds between the leader's passes")
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "off", "none", "0")):
+            return None
+        value = parse_duration(v) if isinstance(v, str | int | float) and not isinstance(v, bool) else v
+        if isinstance(value, float) and value <= 0:
+            raise ValueError("must be a positive duration, e.g. 90d, or off")
+        return value
+
+    @field_validator("retention_batch")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if not 1 <= v <= 5000:
+            raise ValueError("must be 1 to 5000")
+        return v
+
     @field_validator("fair_share_half_life", mode="before")
     @classmethod
     def _duration(cls, v: object) -> object:

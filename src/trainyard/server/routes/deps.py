@@ -19,6 +19,7 @@ from trainyard.server.services.fleet import FleetService
 from trainyard.server.services.health import Health
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
+from trainyard.server.services.retention import RetentionService
 from trainyard.server.services.tenancy import TenancyService
 from trainyard.server.settings import Settings
 
@@ -31,6 +32,7 @@ __all__ = [
     "JobsDep",
     "LogsDep",
     "ObjectsDep",
+    "RetentionDep",
     "SettingsDep",
     "TenancyDep",
     "UserDep",
@@ -92,7 +94,13 @@ async def settings(request: Request) -> Settings:
     return _platform(request).settings
 
 
+async def retention(request: Request) -> RetentionService:
+    """Retention: prunes and archived jobs."""
+    return _platform(request).retention
+
+
 JobsDep = Annotated[JobService, Depends(jobs)]
+RetentionDep = Annotated[RetentionService, Depends(retention)]
 LogsDep = Annotated[LogService, Depends(logs)]
 FilesDep = Annotated[FileService, Depends(files)]
 FleetDep = Annotated[FleetService, Depends(fleet)]
