@@ -64,6 +64,7 @@ def test_prune_archives_then_deletes_and_the_archive_reads_back_the_same(
     cancelled = store.cancel(store.submit(ALICE, spec()).job.id, "alice").id
     pending = store.submit(ALICE, spec()).job.id
     before = {i: store.get_job(i) for i in [*done, cancelled]}
+    assert {c.job_id for c in store.pending_log_chunks(100)} >= set(done)
     events = {i: store.job_events(i) for i in before}
 
     report = retention.prune(time.time() + 1)
@@ -85,6 +86,8 @@ def test_prune_archives_then_deletes_and_the_archive_reads_back_the_same(
         ]
         assert retention.archived_events(job_id, after_id=events[job_id][-1].id) == []
     assert [c.object_key for c in retention.archived_chunks(done[0], 1)] == [f"logs/{done[0]}/1/0"]
+    # The log search index forgets them too (their chunks were queued for indexing).
+    assert {c.job_id for c in store.pending_log_chunks(100)} & set(before) == set()
     # Nothing is left to prune, and a second run finds nothing.
     assert retention.prune(time.time() + 1).jobs == 0
 

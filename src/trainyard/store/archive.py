@@ -17,7 +17,7 @@ import dataclasses
 import gzip
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -38,10 +38,6 @@ TERMINAL_NAMES = [s.value for s in TERMINAL]
 CHILD_TABLES: tuple[sa.Table, ...] = (job_attempts, job_events, log_chunks, artifacts)
 """Every table that holds a job's rows by ``job_id``: archived with the job and deleted before it
 (the foreign keys point at ``jobs``). A new per-job table joins here, and prune keeps it."""
-
-PruneHook = Callable[[sa.Connection, list[str]], None]
-"""Called in the delete's transaction with the ids of the jobs rows it deletes: an index kept
-elsewhere for jobs (the log search index) forgets them in the same commit."""
 
 _KEY_NAMES = {
     "attempts": job_attempts,
@@ -200,8 +196,6 @@ class ArchiveRepo:
 
     def __init__(self, db: Db) -> None:
         self._db = db
-        self.hooks: list[PruneHook] = []
-        """Run in each delete's transaction (see ``PruneHook``)."""
 
     def select_batch(self, cutoff: float, limit: int, after: tuple[float, str] | None = None) -> ArchiveBatch:
         """Up to ``limit`` listed jobs that finished before ``cutoff`` (after ``after`` in
@@ -265,7 +259,8 @@ class ArchiveRepo:
     def commit_batch(self, batch: ArchiveBatch, object_key: str) -> list[str]:
         """Delete the batch's rows and index them as archived in ``object_key``, in one transaction;
         a unit any of whose rows changed since the batch was read stays (it is archived again by a
-        later prune). Returns the units archived."""
+        later prune). Returns the units archived. (The log search index, which has transactions of
+        its own, is the caller's to clear: ``delete_log_index``.)"""
         now = self._db.clock()
         by_unit: dict[str, list[dict[str, Any]]] = {}
         units = set(batch.units)
@@ -308,8 +303,6 @@ class ArchiveRepo:
                     for line in by_unit[u]
                 ],
             )
-            for hook in self.hooks:
-                hook(conn, ids)
             for part in _parts(ids):
                 for table in CHILD_TABLES:
                     conn.execute(table.delete().where(table.c.job_id.in_(part)))

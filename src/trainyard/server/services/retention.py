@@ -152,6 +152,10 @@ class RetentionService:
         kept = self.store.archive.commit_batch(b, key)
         if kept:
             report.objects.append(key)
+            # After the commit: its own transactions. A crash just before leaves the archived
+            # jobs' lines searchable by their own team only, as they were.
+            units = set(kept)
+            self.store.delete_log_index([x["job"]["id"] for x in b.lines if _unit_of(x, units) in units])
         log.info("archived %d jobs (%d rows) to %s", len(kept), len(b.lines), key)
         return kept
 
