@@ -16,6 +16,8 @@ import typer
 
 from trainyard.cli import output as out
 from trainyard.cli.app import app
+from trainyard.cli.usage import read_prices_file
+from trainyard.model.pricing import Prices, format_money
 from trainyard.scheduler.autoscale import Autoscale, simulate_autoscaled
 from trainyard.scheduler.core import decide
 from trainyard.scheduler.fifo import decide_fifo
@@ -36,6 +38,11 @@ class PolicyChoice(StrEnum):
 
 
 POLICIES: dict[str, Policy] = {"scheduler": decide, "fifo": decide_fifo}
+
+DEFAULT_PRICES = {"gpu_hour_default": "2.00", "cpu_hour": "0.04", "gib_hour": "0.005", "spot_discount": "60%"}
+"""What a simulation charges without ``--prices``: a flat illustrative table (any GPU type $2 an
+hour, $0.04 a core-hour, $0.005 a GiB-hour, spot 60 % off), not any cloud's list price. Give
+``--prices`` the file ``yard admin prices set --file`` takes to cost a trace at your own prices."""
 
 
 @app.command("simulate")
@@ -61,6 +68,12 @@ def simulate(
         Path | None, typer.Option(help="write queue depth and team GPU share over time to this PNG")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+    prices_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prices", help="cost the run at these prices (TOML or JSON, as `yard admin prices set --file`)"
+        ),
+    ] = None,
     autoscale: Annotated[
         bool,
         typer.Option(
@@ -100,7 +113,13 @@ def simulate(
     gc.freeze()
     scaler = Autoscale(scale_after_min * 60, boot_min * 60, idle_min * 60) if autoscale else None
     try:
-        results, walls = run_policies(workload, policy, SimConfig(cycle_s=cycle_s), scaler, quiet=as_json)
+        prices = Prices.from_settings(read_prices_file(prices_file) if prices_file else DEFAULT_PRICES)
+    except ValueError as e:
+        out.print_error(f"{prices_file}: {e}")
+        raise typer.Exit(2) from None
+    config = SimConfig(cycle_s=cycle_s, prices=prices)
+    try:
+        results, walls = run_policies(workload, policy, config, scaler, quiet=as_json)
     finally:
         gc.unfreeze()
     if plot is not None:
@@ -112,6 +131,7 @@ def simulate(
         sys.stdout.write(json.dumps(data) + "\n")
         return
     print_report(workload, results, walls)
+    print_costs(results, "your prices" if prices_file else "illustrative prices (--prices to set yours)")
     if scaler is not None:
         print_autoscale(results, scaler)
     if plot is not None:
@@ -265,6 +285,27 @@ def print_report(workload: Workload, results: list[SimResult], walls: dict[str, 
     prios = [g.name for g in results[0].priorities]
     sys.stdout.write("\n")
     out.print_table(["PRIORITY", *cols], _rows(results, "priorities", prios, False), title="Per priority")
+
+
+def print_costs(results: list[SimResult], prices: str) -> None:
+    """What each team's attempts cost in the run (preempted work included), per policy."""
+    label = " / ".join(r.policy for r in results)
+    names = [g.name for g in results[0].teams]
+    rows = []
+    for name in [*names, "all"]:
+        gs = [next(g for g in (*r.teams, r.overall) if g.name == name) for r in results]
+        rows.append(
+            [
+                name,
+                " / ".join(f"{g.gpu_hours:.0f}" for g in gs),
+                " / ".join(format_money(g.cost.micros, cents=False) for g in gs),
+                " / ".join(format_money(g.cost.saved_micros, cents=False) for g in gs),
+            ]
+        )
+    sys.stdout.write("\n")
+    out.print_table(
+        ["TEAM", f"GPU-H ({label})", "COST", "SPOT SAVED"], rows, title=f"Cost per team at {prices}"
+    )
 
 
 def require_matplotlib() -> None:

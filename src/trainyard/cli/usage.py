@@ -97,7 +97,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     return found
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_prices_file(path: Path) -> dict[str, Any]:
     """A settings file: TOML (``.toml``) or JSON; its top level may hold the table under ``prices``."""
     try:
         text = path.read_text()
@@ -132,7 +132,7 @@ def prices_set(
 ) -> None:
     client = client_of(ctx)
     # Without a file, flags change only what they name: the rest stays as set.
-    table: dict[str, Any] = _read_file(file) if file is not None else dict(client.prices()["prices"])
+    table: dict[str, Any] = read_prices_file(file) if file is not None else dict(client.prices()["prices"])
     by_type = dict(table.get("gpu_hour") or {})
     by_type.update(_pairs(gpu, "--gpu"))
     table["gpu_hour"] = by_type

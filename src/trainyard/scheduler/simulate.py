@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from trainyard.model.pricing import Cost, Prices, Usage, attempt_cost
 from trainyard.scheduler.core import Decisions
 from trainyard.scheduler.fairshare import accumulate
 from trainyard.scheduler.snapshot import (
@@ -89,6 +90,9 @@ class SimConfig:
     backlog_wait_s: float = 300.0
     max_time_s: float = 30 * 86400.0
     """Hard stop for a workload without a horizon whose queue never drains."""
+    prices: Prices | None = None
+    """What each attempt costs (``model/pricing.py``): every replica's running time within the run,
+    preempted work and grace periods included, at its worker's GPU type and spot. None: no costs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,8 @@ class GroupStats:
     gpu_hours_lost: float
     """GPU time since the victim's last checkpoint (grace period included) that was thrown away."""
     weight: float | None = None
+    cost: Cost = field(default_factory=Cost)
+    """What the group's attempts cost within the run at ``SimConfig.prices`` (zero without)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +227,8 @@ class _Job:
     timed_out: bool = False
     preemptions: int = 0
     lost_gpu_s: float = 0.0
+    cost: Cost = field(default_factory=Cost)
+    """What its ended attempts cost (``SimConfig.prices``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -548,8 +556,25 @@ class _Sim:
             self.running[key] = replace(self.running[key], terminating=True)
         self.push(self.now + self.sched.termination_grace_s, _STOP, (j.a.id, j.attempt))
 
+    def charge(self, j: _Job, until: float) -> Cost:
+        """What the current attempt of ``j`` costs from its start to ``until``, within the run."""
+        prices = self.cfg.prices
+        if prices is None or j.start is None:
+            return Cost()
+        a = j.a
+        ms = round((min(until, self.end) - max(j.start, 0.0)) * 1000)
+        if ms <= 0:
+            return Cost()
+        total = Cost()
+        for key in self.replicas(j):
+            w = self.hosts[self.running[key].worker_id].w
+            usage = Usage(ms, a.gpu, w.gpu_type if a.gpu else None, a.cpu, a.memory, w.spot)
+            total += attempt_cost(prices, usage)
+        return total
+
     def release(self, j: _Job) -> None:
         a = j.a
+        j.cost += self.charge(j, self.now)
         for key in self.replicas(j):
             r = self.running.pop(key)
             h = self.hosts[r.worker_id]
@@ -710,6 +735,7 @@ class _Sim:
         team_jobs: dict[str, list[_Job]] = {n: [] for n in self.team_names}
         prio_jobs: list[list[_Job]] = [[] for _ in PRIORITY_NAMES]
         for j in self.jobs.values():
+            j.cost += self.charge(j, end)  # still running at the end: paid for up to it
             team_jobs[j.a.team].append(j)
             prio_jobs[j.a.priority].append(j)
         teams = tuple(
@@ -754,7 +780,9 @@ class _Sim:
         waits: list[float] = []
         counted = started = finished = timed_out = never = preemptions = 0
         lost_gpu_s = 0.0
+        cost = Cost()
         for j in jobs:
+            cost += j.cost
             preemptions += j.preemptions
             lost_gpu_s += j.lost_gpu_s
             if j.a.submit_s < 0 or j.a.submit_s > end:
@@ -784,6 +812,7 @@ class _Sim:
             preemptions=preemptions,
             gpu_hours_lost=lost_gpu_s / 3600,
             weight=weight,
+            cost=cost,
         )
 
     def fairness(self) -> tuple[float | None, int]:
