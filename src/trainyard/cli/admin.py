@@ -71,6 +71,51 @@ def audit(
     out.print_table(["AT", "ACTOR", "ACTION", "TARGET", "TEAM"], rows)
 
 
+_PRUNE_CALL_JOBS = 5000  # jobs per request: each answers well within the client's timeout
+
+
+@admin_app.command(
+    "prune",
+    help="Archive finished jobs to object storage (archive/, gzip'd JSON lines) and delete them from "
+    "the database: their attempts, events and log/artifact index go with them. `yard get ID` still "
+    "shows an archived job. TRAINYARD_RETENTION makes the control plane do this by itself.",
+)
+@handle_errors
+def prune(
+    ctx: typer.Context,
+    before: Annotated[
+        str, typer.Option(help="jobs finished longer ago than this (90d) or before an ISO time")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would go; change nothing")] = False,
+    batch: Annotated[int | None, typer.Option(help="jobs per archive object and transaction")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    client = client_of(ctx)
+    keys = ("jobs", "rows", "attempts", "events", "log_chunks", "artifacts")
+    total: dict[str, Any] = dict.fromkeys(keys, 0) | {"skipped": 0, "objects": []}
+    while True:
+        r = client.prune(before, dry_run=dry_run, batch=batch, max_jobs=_PRUNE_CALL_JOBS)
+        for k in (*keys, "skipped"):
+            total[k] += r[k]
+        total["objects"] += r["objects"]
+        total |= {"cutoff": r["cutoff"], "dry_run": dry_run, "more": r["more"]}
+        # A dry run changes nothing, so asking again would count the same jobs again.
+        if dry_run or not r["more"]:
+            break
+    if output is not Format.table:
+        out.print_data(total, output)
+        return
+    verb = "would archive" if dry_run else "archived"
+    sys.stdout.write(
+        f"{verb} {total['jobs']} jobs finished before {total['cutoff']} ({total['rows']} job rows, "
+        f"{total['attempts']} attempts, {total['events']} events, {total['log_chunks']} log chunks, "
+        f"{total['artifacts']} artifacts) in {len(total['objects'])} archive objects; "
+        f"{total['skipped']} kept back (still live, or a waiting job depends on them)\n"
+    )
+    if dry_run and total["more"]:
+        sys.stdout.write(f"(counted the first {total['jobs']}; there are more)\n")
+
+
 @admin_app.command("replay")
 def replay(
     home: HomeOpt = None,

@@ -797,6 +797,24 @@ class Client:
         body: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
         return self._json("POST", f"/v1/admin/workers/{quote(worker, safe='')}/drain", json=body)
 
+    def prune(
+        self,
+        before: str | float,
+        *,
+        dry_run: bool = False,
+        batch: int | None = None,
+        max_jobs: int | None = None,
+    ) -> dict[str, Any]:
+        """Archive the jobs that finished before ``before`` (``"90d"`` ago, or an ISO-8601 time) to
+        object storage and delete them from the database (admin only); ``dry_run`` only counts.
+        Returns the counts; ``more`` is true when ``max_jobs`` stopped it early (call again)."""
+        body: dict[str, Any] = {"before": before, "dry_run": dry_run}
+        if batch is not None:
+            body["batch"] = batch
+        if max_jobs is not None:
+            body["max_jobs"] = max_jobs
+        return self._json("POST", "/v1/admin/prune", json=body)
+
 
 def _safe_target(dest: Path, rel: str) -> Path:
     """Where artifact ``rel`` goes under ``dest``; refuses absolute paths, '..' and symlinked escapes."""
