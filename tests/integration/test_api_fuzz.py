@@ -64,6 +64,7 @@ OPERATIONS = [
     "POST /v1/jobs/{job_id}/restart",
     "GET /v1/jobs/{job_id}/events",
     "GET /v1/jobs/{job_id}/logs",
+    "GET /v1/logs/search",
     "GET /v1/jobs/{job_id}/artifacts",
     "GET /v1/jobs/{job_id}/artifacts/{path}",
     "GET /v1/jobs/{job_id}/metrics",

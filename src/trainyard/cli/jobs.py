@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trainyard.cli import logsearch
 from trainyard.cli import output as out
 from trainyard.cli.app import OutputOpt, app, client_of, handle_errors
 from trainyard.cli.jobspec import SubmitFlags, load_spec_file, merge_spec
@@ -207,7 +208,7 @@ def get(
     pairs = [
         ("ID", cell(job.get("id"))),
         ("Name", cell(job.get("name"))),
-        ("Status", cell(job.get("status")) + (" (archived)" if job.get("archived") else "")),
+        ("Status", cell(job.get("status"))),
         ("User/Team", f"{cell(job.get('user'))} / {cell(job.get('team'))}"),
         ("Priority", cell(job.get("priority"))),
         ("Pool", cell(job.get("pool"))),
@@ -387,7 +388,13 @@ def _attempt_exit_code(job: Mapping[str, Any], number: int) -> int:
     return job_exit_code(job)
 
 
-@app.command(help="Print a job's output; -f follows it and exits with the job's exit code.")
+@app.command(
+    help="Print a job's output; -f follows it and exits with the job's exit code. "
+    "yard logs search QUERY [--team T] [--since 1d] [--job ID] [--limit N] [--cursor C] [--json] "
+    "searches the logs of the jobs you may see.",
+    # `yard logs search ...` hands its own options on to cli/logsearch.py.
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 @handle_errors
 def logs(
     ctx: typer.Context,
@@ -396,6 +403,11 @@ def logs(
     tail: Annotated[int | None, typer.Option(help="Only the last N lines", min=0)] = None,
     attempt: Annotated[int | None, typer.Option(help="Attempt number (default: latest)", min=1)] = None,
 ) -> None:
+    if job_id == logsearch.SEARCH_WORD and not (follow or tail is not None or attempt is not None):
+        logsearch.run(ctx, ctx.args)
+        return
+    if ctx.args:
+        ctx.fail(f"unexpected arguments: {' '.join(ctx.args)}")
     client = client_of(ctx)
     sink = typer.get_binary_stream("stdout")
     if not follow:

@@ -16,6 +16,7 @@ from trainyard import aio
 from trainyard.bus.base import BusUnavailable
 from trainyard.server.api import create_app
 from trainyard.server.platform import Platform
+from trainyard.server.services.logsearch import INDEX_BATCH as LOG_INDEX_BATCH
 from trainyard.server.services.outbox import RELAY_BATCH
 from trainyard.server.settings import Settings, write_private
 from trainyard.server.worker_service import start_grpc
@@ -27,6 +28,8 @@ LEADERSHIP_INTERVAL_S = 1.0
 # Under a stream of submissions the scheduler waits this long between cycles, so that one cycle
 # places a burst (a cycle's fixed cost is a few queries); an idle scheduler still runs at once.
 SCHEDULER_MIN_GAP_S = 0.025
+# Sealed chunks wait at most this long before the leader indexes them for log search.
+LOG_INDEX_INTERVAL_S = 1.0
 
 
 def bootstrap(settings: Settings) -> Platform:
@@ -98,6 +101,7 @@ class LeaderLoops:
                 _loop("reconciler", None, max(0.05, s.heartbeat_interval / 2), self.reconcile_step, stop)
             ),
             asyncio.create_task(_loop("relay", p.kick_relay, 1.0, self.relay_step, stop)),
+            asyncio.create_task(_loop("log-index", None, LOG_INDEX_INTERVAL_S, self.log_index_step, stop)),
             asyncio.create_task(_loop("retention", None, s.retention_interval, self.retention_step, stop)),
             asyncio.create_task(
                 _loop("fluent-bit", None, max(0.05, s.fluent_bit_interval), self.fluent_bit_step, stop)
@@ -157,6 +161,13 @@ class LeaderLoops:
         if not self.leading.is_set() or self.p.settings.retention is None:
             return
         await asyncio.to_thread(self.p.retention.prune_due)
+
+    async def log_index_step(self) -> None:
+        """Index sealed log chunks for search (apart from the workers' seals, which only queue them)."""
+        if not self.leading.is_set():
+            return
+        while await asyncio.to_thread(self.p.log_indexer.index_once) >= LOG_INDEX_BATCH:
+            pass
 
     async def relay_step(self) -> None:
         """Relay every committed event onto the bus."""

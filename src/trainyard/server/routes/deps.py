@@ -19,6 +19,7 @@ from trainyard.server.services.fleet import FleetService
 from trainyard.server.services.health import Health
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
+from trainyard.server.services.logsearch import LogSearch
 from trainyard.server.services.retention import RetentionService
 from trainyard.server.services.tenancy import TenancyService
 from trainyard.server.settings import Settings
@@ -30,6 +31,7 @@ __all__ = [
     "FleetDep",
     "HealthDep",
     "JobsDep",
+    "LogSearchDep",
     "LogsDep",
     "ObjectsDep",
     "RetentionDep",
@@ -52,6 +54,11 @@ async def jobs(request: Request) -> JobService:
 async def logs(request: Request) -> LogService:
     """The log service."""
     return _platform(request).logs
+
+
+async def log_search(request: Request) -> LogSearch:
+    """Search of the indexed log lines."""
+    return _platform(request).log_search
 
 
 async def files(request: Request) -> FileService:
@@ -102,6 +109,7 @@ async def retention(request: Request) -> RetentionService:
 JobsDep = Annotated[JobService, Depends(jobs)]
 RetentionDep = Annotated[RetentionService, Depends(retention)]
 LogsDep = Annotated[LogService, Depends(logs)]
+LogSearchDep = Annotated[LogSearch, Depends(log_search)]
 FilesDep = Annotated[FileService, Depends(files)]
 FleetDep = Annotated[FleetService, Depends(fleet)]
 DemandDep = Annotated[PoolDemands, Depends(demand)]

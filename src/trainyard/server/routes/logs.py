@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from trainyard.model.quantity import parse_duration
 from trainyard.model.records import Job
 from trainyard.model.states import TERMINAL
 from trainyard.server.errors import ApiError
 from trainyard.server.responses import AUTHED, LOG_TEXT, errors
-from trainyard.server.routes.deps import JobsDep, LogsDep, UserDep
+from trainyard.server.routes.deps import JobsDep, LogsDep, LogSearchDep, UserDep
 from trainyard.server.routes.params import MAX_ATTEMPT, MAX_OFFSET
 from trainyard.server.routes.sse import sse, sse_event
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
+from trainyard.server.services.logsearch import MAX_SEARCH_LIMIT, BadSearch
 
 router = APIRouter()
 
@@ -131,3 +133,38 @@ async def _follow_logs(
             await logs.wait(job.id, number, 1.0, since=pos)
         else:
             await asyncio.sleep(0.25)
+
+
+# A fixed path under /v1/logs (no path parameter), so it can never be taken for a job's log route.
+@router.get(
+    "/v1/logs/search",
+    tags=["logs"],
+    responses=errors(*AUTHED),
+    summary="Full-text search of the log lines you may see, newest first",
+)
+async def search_logs(
+    user: UserDep,
+    search: LogSearchDep,
+    q: Annotated[str, Query(min_length=1, max_length=1000)],
+    team: Annotated[str | None, Query(max_length=64)] = None,
+    since: Annotated[str | None, Query(max_length=32)] = None,
+    job: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 50,
+    cursor: Annotated[str | None, Query(max_length=40)] = None,
+) -> dict[str, Any]:
+    """Lines of sealed log chunks holding the words of ``q`` as a phrase (case-insensitive, in
+    order, adjacent; punctuation only separates words), in the jobs you may see (an admin: every
+    team's; others: their team's, so another ``team`` gives no lines). ``since``: a duration back
+    from now (``1d``, ``2h30m``); ``job``: one job's lines. Newest indexed first; ``next_cursor``
+    fetches the next page. Lines are indexed a few seconds after their chunk is sealed."""
+    try:
+        since_s = parse_duration(since) if since is not None else None
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", str(e), [{"field": "since", "message": str(e)}]) from None
+    try:
+        hits, next_cursor = await search.search(
+            user, q, team=team, since_s=since_s, job_id=job, limit=limit, cursor=cursor
+        )
+    except BadSearch as e:
+        raise ApiError(422, "invalid_request", str(e), [{"field": e.field, "message": str(e)}]) from None
+    return {"hits": hits, "next_cursor": next_cursor, "order": "newest"}
