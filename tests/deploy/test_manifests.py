@@ -599,7 +599,7 @@ def test_agents_manage_pods_only_in_the_jobs_namespace(objects: list[Obj]) -> No
         assert role["metadata"]["namespace"] == "trainyard-jobs"
         for rule in role["rules"]:
             assert rule["apiGroups"] == [""]
-            assert set(rule["resources"]) <= {"pods", "pods/log", "events"}
+            assert set(rule["resources"]) <= {"pods", "pods/log", "events", "secrets"}
             assert "*" not in rule["verbs"]
     for binding in (o for o in objects if o["kind"] == "RoleBinding"):
         assert binding["metadata"]["namespace"] == "trainyard-jobs"

@@ -194,6 +194,22 @@ K8sHostNetworkOpt = Annotated[
         help="job Pods use the node's network, for multi-node gangs (--executor kubernetes)",
     ),
 ]
+K8sWorkClaimOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TRAINYARD_K8S_WORK_CLAIM",
+        help="PersistentVolumeClaim in the jobs namespace bound to a local volume of --work-dir's node "
+        "path: job Pods mount their directories from it, as Pod Security restricted allows, instead of "
+        "as host paths (--executor kubernetes)",
+    ),
+]
+K8sDataCacheClaimOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TRAINYARD_K8S_DATA_CACHE_CLAIM",
+        help="the same for --data-cache (--executor kubernetes)",
+    ),
+]
 LogShipperOpt = Annotated[
     str,
     typer.Option(
@@ -287,6 +303,8 @@ class WorkerOptions:
     k8s_default_image: str | None = None
     k8s_kubeconfig: Path | None = None
     k8s_host_network: bool = False
+    k8s_work_claim: str | None = None
+    k8s_data_cache_claim: str | None = None
     log_shipper: str = "builtin"
 
 
@@ -337,6 +355,8 @@ def worker(
     k8s_default_image: K8sDefaultImageOpt = None,
     k8s_kubeconfig: K8sKubeconfigOpt = None,
     k8s_host_network: K8sHostNetworkOpt = False,
+    k8s_work_claim: K8sWorkClaimOpt = None,
+    k8s_data_cache_claim: K8sDataCacheClaimOpt = None,
     log_shipper: LogShipperOpt = "builtin",
     verbose: VerboseOpt = False,
 ) -> None:
@@ -391,6 +411,8 @@ def worker(
         k8s_default_image=k8s_default_image,
         k8s_kubeconfig=k8s_kubeconfig,
         k8s_host_network=k8s_host_network,
+        k8s_work_claim=k8s_work_claim,
+        k8s_data_cache_claim=k8s_data_cache_claim,
         log_shipper=log_shipper,
     )
     _check_executor(options)
@@ -470,6 +492,8 @@ def worker_config(o: WorkerOptions) -> WorkerConfig:
         k8s_default_image=o.k8s_default_image or None,
         k8s_kubeconfig=o.k8s_kubeconfig.resolve() if o.k8s_kubeconfig else None,
         k8s_host_network=o.k8s_host_network,
+        k8s_work_claim=o.k8s_work_claim or None,
+        k8s_data_cache_claim=o.k8s_data_cache_claim or None,
         log_shipper=o.log_shipper,
     )
 
@@ -517,6 +541,8 @@ def _check_kubernetes(o: WorkerOptions) -> None:
                 ("--k8s-default-image", o.k8s_default_image),
                 ("--k8s-kubeconfig", o.k8s_kubeconfig),
                 ("--k8s-host-network", o.k8s_host_network),
+                ("--k8s-work-claim", o.k8s_work_claim),
+                ("--k8s-data-cache-claim", o.k8s_data_cache_claim),
             )
             if value
         ]
@@ -527,6 +553,12 @@ def _check_kubernetes(o: WorkerOptions) -> None:
         _fail("--executor kubernetes needs --k8s-node-name (or NODE_NAME, from the downward API)")
     if len(o.k8s_namespace) > 63 or not _K8S_NAME.fullmatch(o.k8s_namespace):
         _fail(f"--k8s-namespace {o.k8s_namespace!r} is not a Kubernetes namespace name")
+    for flag, claim in (
+        ("--k8s-work-claim", o.k8s_work_claim),
+        ("--k8s-data-cache-claim", o.k8s_data_cache_claim),
+    ):
+        if claim and (len(claim) > 253 or not _K8S_NAME.fullmatch(claim)):
+            _fail(f"{flag} {claim!r} is not a PersistentVolumeClaim name")
     if o.docker_host:
         _fail(
             "--docker-host and --executor kubernetes exclude each other: on Kubernetes, jobs with an "

@@ -339,6 +339,7 @@ class AttemptRunner:
             user=self.user,
             lease_token=a.lease_token,
             max_runtime_s=a.max_runtime_s,
+            secret_env=tuple(k for k in a.secret_env if k in env),
         )
 
     def _own_dirs(self, dirs: tuple[Path, ...]) -> None:

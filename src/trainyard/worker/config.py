@@ -135,6 +135,11 @@ class WorkerConfig:
     """None: the in-cluster configuration (the agent's service account)."""
     k8s_host_network: bool = False
     """Job Pods use the node's network (multi-node gangs on pools whose agents use it too)."""
+    k8s_work_claim: str | None = None
+    """The PersistentVolumeClaim (in ``k8s_namespace``) that holds the work directory's node path:
+    job Pods mount their directories from it rather than as host paths (Pod Security)."""
+    k8s_data_cache_claim: str | None = None
+    """The same for the data cache."""
     log_shipper: str = "builtin"
     """``builtin``: the agent seals each attempt's log into chunks and uploads them; ``external``:
     Fluent Bit ships the job Pods' logs from the node (deploy/kubernetes/fluent-bit) and the control

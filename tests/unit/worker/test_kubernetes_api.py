@@ -15,6 +15,7 @@ process executor reports; not that a kubelet behaves as recorded.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -42,6 +43,7 @@ from trainyard.worker.executors.kubernetes import (
     PodApi,
     lease_label,
     plan_pod,
+    plan_secret,
 )
 from trainyard.worker.spool import LogSpool
 
@@ -271,6 +273,7 @@ class RecordedApi:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.pods: dict[str, _Pod] = {}
+        self.secrets: dict[str, Obj] = {}
         self.events: list[tuple[int, str, Obj]] = []
         """(resourceVersion, type, object) of every change, as a watch streams them."""
         self.scripts: list[list[Step]] = []
@@ -295,6 +298,9 @@ class RecordedApi:
 
             def do_DELETE(self) -> None:
                 self._serve("DELETE")
+
+            def do_PATCH(self) -> None:
+                self._serve("PATCH")
 
             def _serve(self, method: str) -> None:
                 # A client that closed a stream (a watch it stopped, a log it no longer reads) is fine.
@@ -422,6 +428,8 @@ class RecordedApi:
         with self.cond:
             self.calls.append(Call(method, url.path, query, body, h.headers.get("Authorization") or ""))
         parts = url.path.strip("/").split("/")
+        if parts[:4] == ["api", "v1", "namespaces", NAMESPACE] and parts[4:5] == ["secrets"]:
+            return self._secrets(h, method, parts[5] if len(parts) > 5 else None, query, body)
         if parts[:4] != ["api", "v1", "namespaces", NAMESPACE] or len(parts) < 5 or parts[4] != "pods":
             return self._json(h, 404, _status("NotFound", f"the server could not find {url.path}", 404))
         name = parts[5] if len(parts) > 5 else None
@@ -579,6 +587,53 @@ class RecordedApi:
             obj = copy.deepcopy(pod.obj)
         self._json(h, 200, obj)
         threading.Thread(target=self._graceful_delete, args=(name, grace), daemon=True).start()
+
+    def _secrets(
+        self, h: BaseHTTPRequestHandler, method: str, name: str | None, query: dict[str, str], body: Any
+    ) -> None:
+        """Secrets: create (201), merge-patch (200), delete (200; 404 when gone), list by label."""
+        with self.cond:
+            if method == "POST" and name is None:
+                name = body["metadata"]["name"]
+                if name in self.secrets:
+                    return self._json(
+                        h, 409, _status("AlreadyExists", f'secrets "{name}" already exists', 409)
+                    )
+                obj = copy.deepcopy(body)
+                obj["metadata"].update(uid=f"5e1c-{len(self.secrets):04d}", namespace=NAMESPACE)
+                # The API server keeps stringData as data (base64); it never returns stringData.
+                obj["data"] = {
+                    k: base64.b64encode(v.encode()).decode() for k, v in obj.pop("stringData").items()
+                }
+                self.secrets[name] = obj
+                return self._json(h, 201, obj)
+            if method == "GET" and name is None:
+                items = [copy.deepcopy(o) for o in self.secrets.values() if self._matches_labels(o, query)]
+                return self._json(
+                    h, 200, {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": items}
+                )
+            obj = self.secrets.get(name or "")
+            if obj is None:
+                return self._json(h, 404, _status("NotFound", f'secrets "{name}" not found', 404))
+            if method == "PATCH":
+                assert h.headers.get("Content-Type") == "application/merge-patch+json"
+                obj["metadata"].update(body["metadata"])
+                return self._json(h, 200, copy.deepcopy(obj))
+            if method == "DELETE":
+                del self.secrets[name or ""]
+                return self._json(
+                    h, 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+                )
+        return self._json(h, 405, _status("MethodNotAllowed", "not recorded", 405))
+
+    @staticmethod
+    def _matches_labels(obj: Obj, query: dict[str, str]) -> bool:
+        labels = obj["metadata"].get("labels") or {}
+        for term in filter(None, query.get("labelSelector", "").split(",")):
+            k, _, v = term.partition("=")
+            if labels.get(k) != v:
+                return False
+        return True
 
     # -- what the executor asked --
 
@@ -771,6 +826,79 @@ def test_create_sends_the_exact_manifest_and_a_job_that_succeeds(api: RecordedAp
     # Kubernetes' log API interleaves stdout and stderr: one stream, stored as stderr.
     assert log == b"epoch 1/3\nwarning: slow disk\nepoch 2/3\nepoch 3/3\n"
     assert tail == log
+
+
+def test_team_secrets_go_in_a_secret_the_pod_owns(api: RecordedApi, tmp_path: Path) -> None:
+    """The lease's team secrets: a Secret first (the container needs it to start), then the Pod,
+    which refers to it and becomes its owner (the garbage collector deletes it with the Pod); the
+    agent deletes it with its Pod too. No secret value is ever in the Pod."""
+    api.scripts.append(
+        [*_started(), Step(log=b"ok\n", end_log=True), Step(status=terminated(0, "Completed"))]
+    )
+    spec = _spec(tmp_path)
+    spec = dataclasses.replace(spec, env={**spec.env, "HF_TOKEN": "hf_s3cret"}, secret_env=("HF_TOKEN",))
+    executor = _executor(api, tmp_path)
+
+    async def main() -> tuple[ExitStatus, str]:
+        handle, _spool = await _run(executor, spec)
+        return await asyncio.wait_for(handle.wait(), 20), handle.pod
+
+    status, name = asyncio.run(main())
+    assert status.ok
+    writes = [
+        (c.method, "secrets" if "/secrets" in c.path else "pods") for c in api.calls if c.method != "GET"
+    ]
+    assert writes == [
+        ("POST", "secrets"),
+        ("POST", "pods"),
+        ("PATCH", "secrets"),
+        ("DELETE", "pods"),
+        ("DELETE", "secrets"),
+    ]
+    (create,) = api.requests("POST", "/secrets")
+    assert create.body == plan_secret(spec, executor.settings)
+    assert create.body["stringData"] == {"HF_TOKEN": "hf_s3cret"}
+    (post,) = api.requests("POST", "/pods")
+    assert "hf_s3cret" not in json.dumps(post.body)
+    env = post.body["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": name, "key": "HF_TOKEN"}}} in env
+    (patch,) = api.requests("PATCH", f"/secrets/{name}")
+    (owner,) = patch.body["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": name,
+        "uid": "0b7d6a1c-0000-4e7a-9a51-3f5c2d1e8b90",
+    }
+    assert api.requests("DELETE", f"/secrets/{name}") and api.secrets == {}
+
+
+def test_a_refused_pod_leaves_no_secret(api: RecordedApi, tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    spec = dataclasses.replace(spec, env={**spec.env, "HF_TOKEN": "hf_s3cret"}, secret_env=("HF_TOKEN",))
+    executor = _executor(api, tmp_path)
+    api.add_pod(plan_pod(spec, executor.settings))  # the name is taken: 409
+
+    async def main() -> None:
+        with pytest.raises(StartFailed, match="already exists"):
+            await _run(executor, spec)
+
+    asyncio.run(main())
+    assert api.secrets == {}
+
+
+def test_secrets_of_an_earlier_run_are_deleted_by_label(api: RecordedApi, tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    spec = dataclasses.replace(spec, env={**spec.env, "HF_TOKEN": "x" * 8}, secret_env=("HF_TOKEN",))
+    executor = _executor(api, tmp_path)
+    mine = plan_secret(spec, executor.settings)
+    other = plan_secret(spec, dataclasses.replace(executor.settings, worker="another-node-9f8e"))
+    assert mine is not None and other is not None
+    other["metadata"]["name"] = "ty-other"
+    for secret in (mine, other):
+        executor.api.create_secret(secret)
+    executor.reap_orphans(tmp_path)
+    assert list(api.secrets) == ["ty-other"]
 
 
 def test_output_is_live_while_the_pod_runs(api: RecordedApi, tmp_path: Path) -> None:

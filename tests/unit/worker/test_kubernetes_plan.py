@@ -8,6 +8,7 @@ tests/integration/test_kubernetes_executor.py runs these Pods for real with `pod
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from trainyard.worker.executors.kubernetes import (
     label_value,
     lease_label,
     plan_pod,
+    plan_secret,
     pod_name,
     start_problem,
 )
@@ -65,6 +67,8 @@ def _variants(tmp_path: Path) -> dict[str, tuple[LaunchSpec, KubernetesSettings]
     cache = tmp_path / "cache" / "nlp"
     cache.mkdir(parents=True, exist_ok=True)
     base = _spec(tmp_path)
+    inner_resume = base.attempt_dir / "resume"
+    inner_resume.mkdir(exist_ok=True)
     return {
         "command-only": (base, s),
         "gpus-image-limits": (
@@ -83,6 +87,14 @@ def _variants(tmp_path: Path) -> dict[str, tuple[LaunchSpec, KubernetesSettings]
             s,
         ),
         "no-grace": (base, dataclasses.replace(s, termination_grace_s=0.0)),
+        "claims": (
+            dataclasses.replace(base, resume_dir=inner_resume, data_cache=cache),
+            dataclasses.replace(
+                s,
+                volume_claims=((tmp_path / "jobs", "trainyard-work"), (tmp_path / "cache", "trainyard-data")),
+            ),
+        ),
+        "team-secrets": (dataclasses.replace(base, secret_env=("WANDB_API_KEY", "HF-TOKEN.v2")), s),
     }
 
 
@@ -96,6 +108,54 @@ def test_every_pod_the_executor_makes_is_valid(tmp_path: Path) -> None:
         except kubernetes_validate.ValidationError as e:
             errors.append(f"{name}: {'.'.join(map(str, e.path))}: {e.message}")
     assert not errors, "\n".join(errors)
+
+
+def test_claims_give_the_directories_without_host_paths(tmp_path: Path) -> None:
+    """With claims of local volumes (Pod Security restricted), each directory is a subPath of the
+    claim that holds its node path: the same path inside the Pod, no hostPath."""
+    spec, settings = _variants(tmp_path)["claims"]
+    pod = plan_pod(spec, settings)
+    volumes = pod["spec"]["volumes"]
+    assert volumes == [
+        {"name": "claim-0", "persistentVolumeClaim": {"claimName": "trainyard-work"}},
+        {"name": "claim-1", "persistentVolumeClaim": {"claimName": "trainyard-data"}},
+    ]
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert mounts == [
+        {"name": "claim-0", "mountPath": str(spec.checkpoint_dir), "subPath": "job1/1/checkpoints"},
+        {"name": "claim-0", "mountPath": str(spec.artifact_dir), "subPath": "job1/1/artifacts"},
+        {"name": "claim-0", "mountPath": str(spec.attempt_dir / "work"), "subPath": "job1/1/work"},
+        {"name": "claim-0", "mountPath": str(spec.resume_dir), "subPath": "job1/1/resume", "readOnly": True},
+        {"name": "claim-1", "mountPath": str(spec.data_cache), "subPath": "nlp"},
+    ]
+
+
+def test_team_secrets_come_from_the_attempts_secret(tmp_path: Path) -> None:
+    """A lease's team secrets are not in the Pod's spec (whoever may read Pods reads it): they are in
+    a Secret named as the Pod, each variable a secretKeyRef into it."""
+    spec, settings = _variants(tmp_path)["team-secrets"]
+    spec = dataclasses.replace(spec, env={**spec.env, "HF-TOKEN.v2": "hf_abc", "ODD NAME": "x"})
+    spec = dataclasses.replace(spec, secret_env=(*spec.secret_env, "ODD NAME"))
+    pod = plan_pod(spec, settings)
+    secret = plan_secret(spec, settings)
+    assert secret is not None
+    name = pod["metadata"]["name"]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["WANDB_API_KEY"] == {
+        "name": "WANDB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": name, "key": "WANDB_API_KEY"}},
+    }
+    odd_key = env["ODD NAME"]["valueFrom"]["secretKeyRef"]["key"]
+    assert re.fullmatch(r"[-._a-zA-Z0-9]+", odd_key)
+    assert env["TRAINYARD_TEAM"] == {"name": "TRAINYARD_TEAM", "value": "nlp"}
+    assert "s3cret" not in json.dumps(pod) and "hf_abc" not in json.dumps(pod)
+    assert secret["metadata"]["name"] == name and secret["metadata"]["namespace"] == "trainyard-jobs"
+    assert secret["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert secret["stringData"] == {"WANDB_API_KEY": "s3cret", "HF-TOKEN.v2": "hf_abc", odd_key: "x"}
+    assert secret["immutable"] is True
+    kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)
+    # No secrets, no Secret.
+    assert plan_secret(_variants(tmp_path)["command-only"][0], settings) is None
 
 
 def test_the_validation_catches_mistakes(tmp_path: Path) -> None:

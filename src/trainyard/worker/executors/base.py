@@ -51,6 +51,9 @@ class LaunchSpec:
     its Pod with a hash of it."""
     max_runtime_s: float = 0.0
     """The job's max runtime (0: none). The agent enforces it itself; an executor may add a backstop."""
+    secret_env: tuple[str, ...] = ()
+    """Which names of ``env`` hold the team secrets of the lease: an executor that writes the
+    environment into an object others may read (a Pod spec) keeps these apart."""
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,11 @@ class KubernetesSettings:
     host_roots: tuple[Path, ...] = ()
     """Directories whose paths are the same on the node as for the agent (its work directory, the
     data cache, ``--allow-cwd`` roots): a Pod mounts nothing from anywhere else."""
+    volume_claims: tuple[tuple[Path, str], ...] = ()
+    """(root, PersistentVolumeClaim): a root of ``host_roots`` that the jobs namespace has as a claim
+    (bound to a ``local`` PersistentVolume of the same node path, deploy/kubernetes/pools/pods). A
+    Pod mounts what lies under such a root from the claim (``subPath``), which Pod Security
+    ``restricted`` admits; anything else as a ``hostPath``, which only ``privileged`` admits."""
     termination_grace_s: float = 30.0
     """The Pod's ``terminationGracePeriodSeconds``: the preemption grace (what an eviction or a node
     drain gives the job to checkpoint)."""
@@ -156,6 +161,59 @@ def _beneath(path: Path, roots: tuple[Path, ...]) -> bool:
 def _quantity_cpu(cpu: float) -> str:
     milli = max(1, round(cpu * 1000))
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def _claim_of(path: Path, claims: tuple[tuple[Path, str], ...]) -> tuple[Path, str] | None:
+    """The claim whose root holds ``path`` (the deepest root, if several do)."""
+    found = [(root, name) for root, name in claims if path == root or root in path.parents]
+    return max(found, key=lambda c: len(c[0].parts)) if found else None
+
+
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def secret_name(spec: LaunchSpec, settings: KubernetesSettings) -> str:
+    """The attempt's Secret: named as its Pod, which owns it."""
+    return pod_name(spec, settings.worker)
+
+
+def secret_key(name: str) -> str:
+    """A variable's key in the Secret (a Secret's keys have a narrower alphabet than names)."""
+    return name if len(name) <= 253 and _SECRET_KEY.fullmatch(name) else "v-" + _digest(name)[:32]
+
+
+def _secret_names(spec: LaunchSpec) -> list[str]:
+    return [k for k in spec.secret_env if k in spec.env]
+
+
+def _env_entry(name: str, value: str, spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
+    if name in spec.secret_env and name in spec.env:
+        # Not in the Pod's spec, which whoever may read Pods reads: from the attempt's Secret.
+        ref = {"name": secret_name(spec, settings), "key": secret_key(name)}
+        return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+    return {"name": name, "value": value}
+
+
+def plan_secret(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any] | None:
+    """The Secret holding the attempt's team secrets (None: the job has none). Created before its
+    Pod, then owned by it (``ownerReferences``), so that it goes when the Pod goes."""
+    names = _secret_names(spec)
+    if not names:
+        return None
+    pod = plan_pod(spec, settings)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(spec, settings),
+            "namespace": settings.namespace,
+            "labels": dict(pod["metadata"]["labels"]),
+            "annotations": dict(pod["metadata"]["annotations"]),
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {secret_key(k): spec.env[k] for k in names},
+    }
 
 
 def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
@@ -206,10 +264,26 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
                 f"({', '.join(map(str, settings.host_roots)) or 'none'}): a Pod cannot mount it"
             )
 
+    claimed: dict[str, str] = {}
+    """claim name -> its volume's name, one volume per claim however many directories it gives."""
+
     def mount(name: str, path: Path, read_only: bool = False) -> None:
         shared(path)
-        volumes.append({"name": name, "hostPath": {"path": str(path), "type": "Directory"}})
         entry: dict[str, Any] = {"name": name, "mountPath": str(path)}
+        claim = _claim_of(path, settings.volume_claims)
+        if claim is None:
+            volumes.append({"name": name, "hostPath": {"path": str(path), "type": "Directory"}})
+        else:
+            root, claim_name = claim
+            if claim_name not in claimed:
+                claimed[claim_name] = f"claim-{len(claimed)}"
+                volumes.append(
+                    {"name": claimed[claim_name], "persistentVolumeClaim": {"claimName": claim_name}}
+                )
+            entry["name"] = claimed[claim_name]
+            # Made by the agent from its own directories (never a job's string), and the kubelet
+            # refuses a subPath that leaves the volume or runs through a symlink out of it.
+            entry["subPath"] = str(path.relative_to(root))
         if read_only:
             entry["readOnly"] = True
         mounts.append(entry)
@@ -259,7 +333,7 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
         # entrypoint, no shell in between.
         "command": list(spec.command),
         "workingDir": str(spec.cwd),
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [_env_entry(k, v, spec, settings) for k, v in env.items()],
         "resources": {"requests": dict(resources), "limits": dict(resources)} if resources else {},
         "securityContext": {
             "runAsUser": uid,
@@ -536,6 +610,38 @@ class PodApi:
         except ApiError as e:
             if e.status != 404:
                 raise
+
+    def create_secret(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("create_namespaced_secret", self.namespace, dict(manifest))
+
+    def own_secret(self, name: str, pod: Mapping[str, Any]) -> None:
+        """Make the Pod the Secret's owner: the garbage collector deletes it with the Pod."""
+        meta = pod.get("metadata") or {}
+        owner = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": str(meta.get("name")),
+            "uid": str(meta.get("uid")),
+        }
+        self._json(
+            "patch_namespaced_secret",
+            name,
+            self.namespace,
+            {"metadata": {"ownerReferences": [owner]}},
+            _content_type="application/merge-patch+json",
+        )
+
+    def delete_secret(self, name: str) -> None:
+        """Delete a Secret; one already gone (its Pod's garbage collection) is fine."""
+        try:
+            self._json("delete_namespaced_secret", name, self.namespace)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
+        found = self._json("list_namespaced_secret", self.namespace, label_selector=label_selector)
+        return [cast(dict[str, Any], p) for p in found.get("items") or ()]
 
     def list(self, label_selector: str, field_selector: str = "") -> list[dict[str, Any]]:
         kwargs: dict[str, object] = {"label_selector": label_selector}
@@ -850,6 +956,12 @@ class KubernetesHandle:
             except ApiError as e:
                 # The next agent start deletes it by its labels.
                 log.warning("cannot delete Pod %s: %s", self.pod, e)
+        if self._spec.secret_env:
+            try:
+                await asyncio.to_thread(self._api.delete_secret, self.pod)
+            except ApiError as e:
+                # Its owner, the Pod, is gone or going: the garbage collector deletes it.
+                log.warning("cannot delete Secret %s: %s", self.pod, e)
         if isinstance(result, BaseException):
             self._done.set_exception(result)
         else:
@@ -903,14 +1015,27 @@ class KubernetesExecutor:
 
     async def start(self, spec: LaunchSpec, sink: LogSink) -> KubernetesHandle:
         manifest = plan_pod(spec, self.settings)
+        secret = plan_secret(spec, self.settings)
         name = str(manifest["metadata"]["name"])
         await asyncio.to_thread(self._hand_over, spec)
         try:
+            if secret is not None:
+                # First: a container whose Secret is missing fails (CreateContainerConfigError).
+                await asyncio.to_thread(self.api.create_secret, secret)
             created = await asyncio.to_thread(self.api.create, manifest)
         except ApiError as e:
+            if secret is not None:
+                with contextlib.suppress(ApiError):
+                    await asyncio.to_thread(self.api.delete_secret, name)
             if e.status is None:
                 raise StartFailed(f"cannot reach the Kubernetes API: {e}") from e
             raise StartFailed(f"cannot create Pod {name} in {self.settings.namespace}: {e}") from e
+        if secret is not None:
+            try:
+                await asyncio.to_thread(self.api.own_secret, name, created)
+            except ApiError as e:
+                # Deleted with the Pod by the agent all the same, or by label after a restart.
+                log.warning("cannot make Pod %s the owner of its Secret: %s", name, e)
         image = str(manifest["spec"]["containers"][0]["image"])
         watcher = _PodWatcher(
             asyncio.get_running_loop(), self.api, name, created, sink, image, spec.command[0]
@@ -968,4 +1093,20 @@ class KubernetesExecutor:
             if key is not None:
                 log.warning("deleted Pod %s left running by attempt %s/%d", name, *key)
                 keys.append(key)
+        self._reap_secrets()
         return keys
+
+    def _reap_secrets(self) -> None:
+        """Secrets an earlier run made for Pods it never created (it died in between), or whose
+        owner reference it never set: the worker's label says they are this agent's."""
+        try:
+            found = self.api.list_secrets(f"{LABEL_WORKER}={label_value(self.settings.worker)}")
+        except ApiError as e:
+            log.warning("cannot list this worker's Secrets in %s: %s", self.settings.namespace, e)
+            return
+        for secret in found:
+            name = str((secret.get("metadata") or {}).get("name") or "")
+            try:
+                self.api.delete_secret(name)
+            except ApiError as e:
+                log.warning("cannot delete Secret %s left by an earlier run: %s", name, e)

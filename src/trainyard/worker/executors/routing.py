@@ -85,6 +85,14 @@ def kubernetes_executor(cfg: WorkerConfig) -> KubernetesExecutor:
             # Mounted into the agent's Pod at their node paths (deploy/kubernetes/pools): the only
             # directories a job Pod may mount.
             host_roots=(cfg.work_dir, cfg.data_cache, *cfg.allow_cwd),
+            volume_claims=tuple(
+                (root, claim)
+                for root, claim in (
+                    (cfg.work_dir, cfg.k8s_work_claim),
+                    (cfg.data_cache, cfg.k8s_data_cache_claim),
+                )
+                if claim
+            ),
             termination_grace_s=cfg.preempt_grace_s,
             network=cfg.job_network,
             host_network=cfg.k8s_host_network,
