@@ -87,6 +87,10 @@ OPERATIONS = [
     "PUT /v1/secrets/{name}",
     "DELETE /v1/secrets/{name}",
     "GET /v1/secrets",
+    "GET /v1/usage",
+    "GET /v1/prices",
+    "PUT /v1/admin/prices",
+    "POST /v1/admin/jobs/{job_id}/allow-over-budget",
 ]
 
 
