@@ -109,6 +109,16 @@ class LogTailStore(Protocol):
         ``timeout``. Returns at once when that already holds. May return early: callers re-read."""
         ...
 
+    def follow(self, job_id: str, attempt: int, follower: str, ttl_s: float, resend_s: float) -> bool:
+        """``follower`` (one connected reader, on any replica) follows the attempt for ``ttl_s``
+        more seconds. True when the agent must be asked (again) to push live bytes: at most once per
+        ``resend_s`` across all followers of the attempt, so a crowd of followers asks as one."""
+        ...
+
+    def unfollow(self, job_id: str, attempt: int, follower: str) -> bool:
+        """``follower`` left; True when nobody follows the attempt any more (stop the agent)."""
+        ...
+
 
 def unlimited(rate_per_s: float, burst: float) -> bool:
     return not (math.isfinite(rate_per_s) and math.isfinite(burst))

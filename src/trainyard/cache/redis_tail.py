@@ -5,6 +5,10 @@ Stream ``log:{job_id}:{attempt}`` holds one contiguous run of the attempt's byte
 by byte offset: a follower at byte ``since`` resumes with XRANGE/XREAD after ``{since}-0`` and gets
 neither a gap nor a duplicate. An ended attempt has a last entry ``{end_offset}-1`` with field ``e``;
 it wakes blocked followers and never carries bytes.
+
+Who follows an attempt is shared too: sorted set ``logfollow:{job_id}:{attempt}`` (follower ->
+expiry), and ``logasked:{job_id}:{attempt}`` marks that its agent was asked to push lately, so the
+followers of all replicas ask it once per interval between them.
 """
 
 from __future__ import annotations
@@ -78,6 +82,32 @@ redis.call('PEXPIRE', key, ARGV[1])
 return 1
 """
 
+# KEYS: the attempt's followers (a sorted set: follower -> expiry in ms), its "agent asked" marker.
+# ARGV: follower, ttl ms, resend ms. Returns 1 when the agent must be asked (again) to push.
+# Mirrors server.logtail.LogTails.follow; keep them in step.
+_FOLLOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+"""
+
+# KEYS as _FOLLOW; ARGV: follower. Returns 1 when nobody follows any more.
+_UNFOLLOW = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
 
 def _split_id(entry_id: bytes) -> tuple[int, int]:
     end, _, seq = entry_id.partition(b"-")
@@ -108,6 +138,8 @@ class RedisLogTails:
         self._r = config.client()
         self._append = self._r.register_script(_APPEND)
         self._mark = self._r.register_script(_MARK_ENDED)
+        self._follow = self._r.register_script(_FOLLOW)
+        self._unfollow = self._r.register_script(_UNFOLLOW)
         self._ar: redis.asyncio.Redis | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
 
@@ -155,6 +187,19 @@ class RedisLogTails:
 
     def mark_ended(self, job_id: str, attempt: int) -> None:
         self._mark(keys=[self._key(job_id, attempt)], args=[self._keep_ended_ms])
+
+    def _follow_keys(self, job_id: str, attempt: int) -> list[str]:
+        return [
+            f"{self.config.prefix}logfollow:{job_id}:{attempt}",
+            f"{self.config.prefix}logasked:{job_id}:{attempt}",
+        ]
+
+    def follow(self, job_id: str, attempt: int, follower: str, ttl_s: float, resend_s: float) -> bool:
+        args: list[str | int] = [follower, max(1, int(ttl_s * 1000)), max(1, int(resend_s * 1000))]
+        return bool(self._follow(keys=self._follow_keys(job_id, attempt), args=args))
+
+    def unfollow(self, job_id: str, attempt: int, follower: str) -> bool:
+        return bool(self._unfollow(keys=self._follow_keys(job_id, attempt), args=[follower]))
 
     async def wait(self, job_id: str, attempt: int, timeout: float, since: int | None = None) -> None:
         r = self._aclient()

@@ -312,6 +312,12 @@ class ResilientLogTails:
     def mark_ended(self, job_id: str, attempt: int) -> None:
         self._call(lambda t: t.mark_ended(job_id, attempt))
 
+    def follow(self, job_id: str, attempt: int, follower: str, ttl_s: float, resend_s: float) -> bool:
+        return self._call(lambda t: t.follow(job_id, attempt, follower, ttl_s, resend_s))
+
+    def unfollow(self, job_id: str, attempt: int, follower: str) -> bool:
+        return self._call(lambda t: t.unfollow(job_id, attempt, follower))
+
     async def wait(self, job_id: str, attempt: int, timeout: float, since: int | None = None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -1,7 +1,8 @@
 """The live tail of each attempt's log, held by the control plane for followers.
 
-Workers push bytes as they are printed; sealed chunks in object storage are the durable copy. The
-tail keeps the newest ``cap`` bytes of each attempt so a follower never waits for a seal.
+Workers push the bytes of followed attempts as they are printed (``follow`` says who follows);
+sealed chunks in object storage are the durable copy of every attempt. The tail keeps the newest
+``cap`` bytes of each followed attempt so a follower never waits for a seal.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class LogTails:
         self._keep = keep_ended_s
         self._tails: dict[tuple[str, int], _Tail] = {}
         self._last_evict = 0.0
+        self._followers: dict[tuple[str, int], dict[str, float]] = {}  # follower -> until (monotonic)
+        self._asked: dict[tuple[str, int], float] = {}  # when the agent may be asked again
+        self._last_prune = 0.0
 
     def _get(self, job_id: str, attempt: int) -> _Tail:
         key = (job_id, attempt)
@@ -88,6 +92,42 @@ class LogTails:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(tail.changed.wait(), timeout)
+
+    def follow(self, job_id: str, attempt: int, follower: str, ttl_s: float, resend_s: float) -> bool:
+        """``follower`` follows the attempt for ``ttl_s``; True when the agent must be asked (again)."""
+        now = time.monotonic()
+        key = (job_id, attempt)
+        self._prune_followers(now)
+        self._followers.setdefault(key, {})[follower] = now + ttl_s
+        if self._asked.get(key, -1.0) > now:
+            return False
+        self._asked[key] = now + resend_s
+        return True
+
+    def unfollow(self, job_id: str, attempt: int, follower: str) -> bool:
+        """``follower`` left; True when nobody follows the attempt any more."""
+        key = (job_id, attempt)
+        followers = self._followers.get(key, {})
+        followers.pop(follower, None)
+        now = time.monotonic()
+        if any(until > now for until in followers.values()):
+            return False
+        self._followers.pop(key, None)
+        self._asked.pop(key, None)
+        return True
+
+    def _prune_followers(self, now: float) -> None:
+        # Followers that vanished without unfollowing (a replica crash) expire with their ttl.
+        if now - self._last_prune < 10.0:
+            return
+        self._last_prune = now
+        for key in list(self._followers):
+            alive = {f: u for f, u in self._followers[key].items() if u > now}
+            if alive:
+                self._followers[key] = alive
+            else:
+                del self._followers[key]
+                self._asked.pop(key, None)
 
     def _wake(self, tail: _Tail) -> None:
         tail.changed.set()

@@ -129,6 +129,11 @@ class Metrics:
         self.http_requests = Counter(
             "trainyard_http_requests", "REST requests", ["method", "code"], registry=r
         )
+        self.log_live_bytes = Counter(
+            "trainyard_log_live_bytes",
+            "Live log bytes received from workers on PushLogs (only followed attempts push them)",
+            registry=r,
+        )
         self.gpu_utilization = _GpuCollector()
         r.register(self.gpu_utilization)
 

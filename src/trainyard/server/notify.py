@@ -32,7 +32,7 @@ class WorkerNote:
     preemption or a cancel (``kind``) of these (job, attempt) pairs."""
 
     worker_id: str
-    kind: str  # "lease" | "preempt" | "cancel"
+    kind: str  # "lease" | "preempt" | "cancel" | "tail" | "untail" (a followed log)
     jobs: tuple[tuple[str, int], ...]
 
 

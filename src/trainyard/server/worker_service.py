@@ -108,6 +108,7 @@ class WorkerService(pbg.WorkerServiceServicer):
         self.logs = platform.logs
         self.objects = platform.objects
         self.settings = platform.settings
+        self.live_bytes = platform.metrics.log_live_bytes
 
     async def _worker(self, context: grpc.aio.ServicerContext) -> Worker:  # type: ignore[type-arg]
         """The calling worker, from its credential; aborts UNAUTHENTICATED otherwise."""
@@ -246,11 +247,12 @@ class WorkerService(pbg.WorkerServiceServicer):
         request_iterator: AsyncIterator[pb.LogData],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[pb.LogAck]:
-        """Live log bytes, acknowledged with the offset kept (``stale``: the attempt is not this
-        worker's any more)."""
+        """Live log bytes of followed attempts, acknowledged with the offset kept (``stale``: the
+        attempt is not this worker's any more)."""
         await self._worker(context)
         verified: dict[tuple[str, int], bool] = {}
         async for msg in request_iterator:
+            self.live_bytes.inc(len(msg.data))
             key = (msg.job_id, msg.attempt)
             ok = verified.get(key)
             if ok is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -19,7 +19,7 @@ from trainyard.server.routes.deps import JobsDep, LogsDep, LogSearchDep, UserDep
 from trainyard.server.routes.params import MAX_ATTEMPT, MAX_OFFSET
 from trainyard.server.routes.sse import sse, sse_event
 from trainyard.server.services.jobs import JobService
-from trainyard.server.services.logs import LogService
+from trainyard.server.services.logs import LogFollow, LogService
 from trainyard.server.services.logsearch import MAX_SEARCH_LIMIT, BadSearch
 
 router = APIRouter()
@@ -56,8 +56,12 @@ async def logs(
         sl = await logs.read_log(job, attempt, since)
     else:
         number = attempt if attempt is not None else job.attempt
-        end = max(since, await logs.log_end(job, number))
+        end, live = await logs.log_state(job, number)
+        end = max(since, end)
         headers = {"X-Trainyard-Attempt": str(number), "X-Trainyard-Next-Offset": str(end)}
+        if logs.attempt_live(job, number):
+            # Unfollowed, a running attempt's newest bytes wait for the agent's next seal.
+            headers["X-Trainyard-Log-Live"] = "true" if live else "false"
         return StreamingResponse(
             _log_range(logs, job, number, since, end), media_type="text/plain; charset=utf-8", headers=headers
         )
@@ -95,9 +99,30 @@ async def _follow_logs(
             return sse_event("log", json.dumps({"attempt": number, "offset": offset, "text": text}))
         return data
 
-    if first:
-        yield out(first, pos - len(first))
+    # While the attempt runs, its agent pushes live bytes only because someone follows it.
+    sub = logs.follower()
+    try:
+        if first:
+            yield out(first, pos - len(first))
+        async for item in _follow_loop(jobs, logs, job, number, pinned, pos, out, sse, sub):
+            yield item
+    finally:
+        sub.close()
+
+
+async def _follow_loop(
+    jobs: JobService,
+    logs: LogService,
+    job: Job,
+    number: int,
+    pinned: bool,
+    pos: int,
+    out: Callable[[bytes, int], bytes | str],
+    sse: bool,
+    sub: LogFollow,
+) -> AsyncIterator[bytes | str]:
     while True:
+        await sub.watch(job, number)
         if number > 0:
             sl = await logs.read_log(job, number, pos)
             if sl.data:
@@ -130,6 +155,7 @@ async def _follow_logs(
             number, pos = current.attempt, 0
         job = current
         if number > 0:
+            await sub.watch(job, number)  # a new attempt (or the first) is asked for before the wait
             await logs.wait(job.id, number, 1.0, since=pos)
         else:
             await asyncio.sleep(0.25)

@@ -19,6 +19,7 @@ from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.notify import Notifier, WorkerNote
 from trainyard.server.services.blocking import off_loop
+from trainyard.server.services.logs import LOG_TAIL_TTL_S
 from trainyard.server.services.tenancy import TenancyService
 from trainyard.store import Lease, WorkerCommand
 
@@ -62,6 +63,12 @@ def _cancel_message(job: Job, reason: str) -> pb.LeaseMessage:
             lease_token=job.lease_token or "",
             reason=reason,
         )
+    )
+
+
+def _tail_message(job_id: str, attempt: int, *, stop: bool) -> pb.LeaseMessage:
+    return pb.LeaseMessage(
+        log_tail=pb.LogTail(job_id=job_id, attempt=attempt, offset=0, ttl_s=LOG_TAIL_TTL_S, stop=stop)
     )
 
 
@@ -243,6 +250,15 @@ class Dispatcher:
                 ),
             )
 
+    async def tail(self, worker_id: str, job_id: str, attempt: int, *, stop: bool = False) -> None:
+        """Ask the worker running the attempt to push its live log bytes (for ``LOG_TAIL_TTL_S``
+        more seconds), or with ``stop`` to push no more: at once where its lease stream is here,
+        through the replica holding it otherwise. The follower asks again well within the ttl, so a
+        lost note costs a few seconds of live tail, never a byte of the log."""
+        if not self.channels.send(worker_id, _tail_message(job_id, attempt, stop=stop)):
+            note = WorkerNote(worker_id, "untail" if stop else "tail", ((job_id, attempt),))
+            await off_loop(self.notifier.send, [note])
+
     def drain(self, worker_id: str) -> None:
         """Tell a worker (if its stream is here) to take no new work."""
         self.channels.send(worker_id, pb.LeaseMessage(command=pb.Command(kind=pb.Command.DRAIN)))
@@ -276,6 +292,9 @@ class Dispatcher:
                         )
                     )
                     self.channels.send(note.worker_id, msg)
+        elif note.kind in ("tail", "untail"):
+            for job_id, attempt in wanted:
+                self.channels.send(note.worker_id, _tail_message(job_id, attempt, stop=note.kind == "untail"))
         elif note.kind == "cancel":
             for job_id, attempt in wanted:
                 job = await off_loop(self.store.get_job, job_id)

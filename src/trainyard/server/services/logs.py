@@ -1,13 +1,22 @@
 """A job's log: sealed, gzipped chunks in object storage (indexed in the store) followed by the
-live tail the workers push (memory or Redis). Read in slices, so a 2 GB log is never loaded whole."""
+live tail the workers push (memory or Redis). Read in slices, so a 2 GB log is never loaded whole.
+
+Workers push live bytes only for attempts someone follows (``LogFollow``): a follower asks the
+attempt's agent, over its lease stream, to push from its first unsealed byte, and asks again while
+it stays connected. Everyone else reads sealed chunks, which lag the job by the agent's seal
+interval (5 s by default), so the control plane's log traffic grows with watchers, not with jobs."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
+import time
+import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainyard.cache.base import LogTailStore
 from trainyard.model.records import Job
@@ -23,6 +32,13 @@ log = logging.getLogger("trainyard.server")
 LOG_SLICE = 4 << 20  # bytes per log read: a 2 GB log is streamed in slices, never loaded whole
 _METRIC = b"TRAINYARD_METRIC "
 
+LOG_TAIL_TTL_S = 10.0
+"""How long an agent pushes a followed attempt's live bytes after it was last asked to."""
+LOG_TAIL_RESEND_S = 3.0
+"""How often a connected follower asks again (between all followers of an attempt, on all
+replicas): well within the ttl, so a lost ask or an agent reconnect costs seconds of live tail,
+never a byte of the log."""
+
 
 @dataclass(frozen=True)
 class LogSlice:
@@ -34,13 +50,80 @@ class LogSlice:
     next_offset: int
 
 
+class TailRequests(Protocol):
+    """Asks a worker to push (or stop pushing) an attempt's live log: the dispatcher."""
+
+    async def tail(self, worker_id: str, job_id: str, attempt: int, *, stop: bool = False) -> None: ...
+
+
+class LogFollow:
+    """One connected follower's subscription to the live log of the attempt it reads.
+
+    ``watch`` on every turn of the follow loop (it is cheap between asks); ``close`` when the
+    follower leaves. The subscription is shared state (``LogTailStore.follow``), so followers on
+    every replica ask the agent once per ``LOG_TAIL_RESEND_S`` between them, and the last to leave
+    stops it; one that vanishes without closing expires with the ttl."""
+
+    def __init__(self, service: LogService) -> None:
+        self._service = service
+        self.id = uuid.uuid4().hex
+        self._key: tuple[str, int] | None = None
+        self._worker: str | None = None
+        self._next = 0.0
+
+    async def watch(self, job: Job, attempt: int) -> None:
+        """Follow ``attempt`` of ``job`` while it runs on a worker (and nothing otherwise)."""
+        worker = job.worker_id if attempt > 0 and LogService.attempt_live(job, attempt) else None
+        key = (job.id, attempt) if worker else None
+        if key != self._key or worker != self._worker:
+            self.close()
+        if key is None or worker is None:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._key, self._worker, self._next = key, worker, now + LOG_TAIL_RESEND_S
+        svc = self._service
+        ask = svc.tails.follow(job.id, attempt, self.id, LOG_TAIL_TTL_S, LOG_TAIL_RESEND_S - 0.5)
+        if ask and svc.requests is not None:
+            await svc.requests.tail(worker, job.id, attempt)
+
+    def close(self) -> None:
+        """The follower left (or moved on to another attempt). Synchronous, so that a cancelled
+        response still unsubscribes; the agent's stop goes out in the background."""
+        key, worker = self._key, self._worker
+        self._key, self._worker, self._next = None, None, 0.0
+        if key is None or worker is None:
+            return
+        svc = self._service
+        if svc.tails.unfollow(key[0], key[1], self.id) and svc.requests is not None:
+            svc.spawn(svc.requests.tail(worker, key[0], key[1], stop=True))
+
+
 class LogService:
     """Reads of job logs, and the live tail's side of the workers' log pushes."""
 
-    def __init__(self, store: SqlStore, objects: ObjectStore, tails: LogTailStore) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        objects: ObjectStore,
+        tails: LogTailStore,
+        requests: TailRequests | None = None,
+    ) -> None:
         self.store = store
         self.objects = objects
         self.tails = tails
+        self.requests = requests
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def follower(self) -> LogFollow:
+        """A subscription for one follower: its attempt's agent pushes live bytes while it lasts."""
+        return LogFollow(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _read_chunks(self, job_id: str, attempt: int, since: int, limit: int) -> tuple[int, bytes]:
         """Sealed bytes from ``since``, about ``limit`` of them at most: (offset, bytes)."""
@@ -82,11 +165,19 @@ class LogService:
 
     async def log_end(self, job: Job, attempt: int | None) -> int:
         """How many bytes the attempt's log holds now (sealed or live)."""
+        return (await self.log_state(job, attempt))[0]
+
+    async def log_state(self, job: Job, attempt: int | None) -> tuple[int, bool]:
+        """(How many bytes the attempt's log holds now, whether the live tail holds bytes past the
+        sealed chunks: false while nobody follows a running attempt, whose newest bytes then wait
+        for the agent's next seal)."""
         number = attempt if attempt is not None else job.attempt
         if number <= 0:
-            return 0
+            return 0, False
         chunks = await off_loop(self.store.log_chunks, job.id, number)
-        return max([c.end_offset for c in chunks] + [self.tails.end(job.id, number) or 0])
+        sealed = max([c.end_offset for c in chunks] + [0])
+        live = self.tails.end(job.id, number) or 0
+        return max(sealed, live), live > sealed
 
     async def tail_lines(self, job: Job, attempt: int | None, lines: int) -> LogSlice:
         """The last ``lines`` lines, read backwards from the end so a huge log is never loaded whole."""
