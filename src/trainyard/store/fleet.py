@@ -26,6 +26,24 @@ from trainyard.store.transitions import LIVE_NAMES
 _BEAT = (
     workers.update().where(workers.c.id == sa.bindparam("w_id")).values(last_heartbeat=sa.bindparam("w_at"))
 )
+_SCHEDULING_WORKERS = (
+    sa.select(
+        workers.c.id,
+        workers.c.cpu,
+        workers.c.memory,
+        workers.c.gpu,
+        workers.c.gpu_type,
+        workers.c.pool,
+        workers.c.region,
+        workers.c.status,
+        workers.c.registered_at,
+        # As text: the leader compares them with what it has and decodes only a changed worker's.
+        sa.cast(workers.c.labels, sa.Text).label("labels"),
+        sa.cast(workers.c.cached_uris, sa.Text).label("cached_uris"),
+    )
+    .where(workers.c.status != "DEAD")
+    .order_by(workers.c.name)
+)
 _LAST_BEAT = sa.select(workers.c.last_heartbeat).where(workers.c.id == sa.bindparam("w_id"))
 
 
@@ -106,6 +124,14 @@ class FleetRepo:
             q = q.where(workers.c.status != "DEAD")
         with self._db.read() as conn:
             return [worker_record(r) for r in conn.execute(q)]
+
+    def scheduling_workers(self) -> list[tuple[Any, ...]]:
+        """The workers that are not dead, by name, with what the scheduler weighs: (id, cpu, memory,
+        gpu, gpu_type, pool, region, status, registered_at, labels, cached_uris), the last two as
+        JSON text (plain tuples: the leader keeps each worker's decoded form until its tuple
+        changes)."""
+        with self._db.read() as conn:
+            return [tuple(r) for r in conn.execute(_SCHEDULING_WORKERS)]
 
     def drain_worker(self, ref: str, deadline: float | None) -> Worker | None:
         """Mark a worker (by id or name) DRAINING: nothing new is placed there, and from ``deadline``

@@ -106,8 +106,12 @@ class SqlStore:
         clock: Callable[[], float] = time.time,
         config: StoreConfig | None = None,
         on_commit: OnCommit | None = None,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
     ) -> None:
-        self.db = Db(url, clock=clock, config=config, on_commit=on_commit)
+        self.db = Db(
+            url, clock=clock, config=config, on_commit=on_commit, pool_size=pool_size, max_overflow=max_overflow
+        )
         self.url = self.db.url
         self.engine = self.db.engine
         self.dialect = self.db.dialect
@@ -225,6 +229,7 @@ class SqlStore:
         self.worker_by_token = fleet.worker_by_token
         self.get_worker = fleet.get_worker
         self.drain_worker = fleet.drain_worker
+        self.scheduling_workers = fleet.scheduling_workers
         self.list_workers = fleet.list_workers
         self.set_checkpoint_times = fleet.set_checkpoint_times
         self.set_cached_uris = fleet.set_cached_uris

@@ -7,6 +7,7 @@ demand that fits no worker (the autoscaling signal, :mod:`.demand`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -98,6 +99,11 @@ class SchedulerLoop:
         self._picture: Picture | None = None  # pending jobs and live attempts between cycles
         self._picture_leader = -1.0  # the leadership term the picture was built in
         self.full_reads = 0  # how many times the picture was read whole (tests and the bench look)
+        # What the rows of the picture became for ``decide``, kept while the row (the same object)
+        # stays: a cycle at 10k running otherwise spends more building these than deciding.
+        self._pending_jobs: dict[str, tuple[Any, PendingJob]] = {}
+        self._running_jobs: dict[str, tuple[Any, bool, RunningJob]] = {}
+        self._workers: dict[str, tuple[tuple[Any, ...], bool, SchedWorker]] = {}
 
     def picture(self, also: list[str] | tuple[str, ...] = ()) -> Picture:
         """The pending jobs and live attempts as of now: the last cycle's picture with the changes
@@ -142,8 +148,8 @@ class SchedulerLoop:
         snapshot = Snapshot(
             now=now,
             workers=tuple(self._scheduling_workers()),
-            pending=tuple(_pending_job(r, self._claims.get(r.id, ())) for r in pending),
-            running=tuple(self._running_job(r, now) for r in running),
+            pending=self._pending_jobs_of(pending),
+            running=self._running_jobs_of(running, now),
             teams=tuple(self._scheduling_teams(running, now)),
             config=self.config,
             over_budget=holds.over_budget,
@@ -263,24 +269,61 @@ class SchedulerLoop:
 
     # ---- the snapshot ----------------------------------------------------------------------------
     def _scheduling_workers(self) -> list[SchedWorker]:
+        kept = self._workers
+        self._workers = {}
         out = []
-        for w in self.store.list_workers(include_dead=False):
-            out.append(
-                SchedWorker(
-                    id=w.id,
-                    cpu=w.cpu,
-                    memory=w.memory,
-                    gpu=w.gpu,
-                    gpu_type=w.gpu_type,
-                    pool=w.pool,
-                    region=w.region,
-                    spot=w.labels.get("spot") == "true",
-                    schedulable=w.status == "ALIVE" and self.replica.worker_alive(w.id, w.registered_at),
-                    labels=dict(w.labels),
-                    cached_uris=frozenset(w.cached_uris),
+        for row in self.store.scheduling_workers():
+            wid, cpu, memory, gpu, gpu_type, pool, region, status, registered_at, labels, uris = row
+            alive = status == "ALIVE" and self.replica.worker_alive(wid, registered_at)
+            hit = kept.get(wid)
+            if hit is not None and hit[0] == row and hit[1] == alive:
+                worker = hit[2]
+            else:
+                label_map = json.loads(labels) if labels else {}
+                worker = SchedWorker(
+                    id=wid,
+                    cpu=cpu,
+                    memory=memory,
+                    gpu=gpu,
+                    gpu_type=gpu_type,
+                    pool=pool,
+                    region=region,
+                    spot=label_map.get("spot") == "true",
+                    schedulable=alive,
+                    labels=label_map,
+                    cached_uris=frozenset(json.loads(uris) if uris else ()),
                 )
-            )
+            self._workers[wid] = (row, alive, worker)
+            out.append(worker)
         return out
+
+    def _pending_jobs_of(self, rows: list[Any]) -> tuple[PendingJob, ...]:
+        kept, self._pending_jobs = self._pending_jobs, {}
+        out = []
+        for r in rows:
+            claimed = self._claims.get(r.id, ())
+            hit = kept.get(r.id)
+            if hit is not None and hit[0] is r and hit[1].claimed_workers == claimed:
+                job = hit[1]
+            else:
+                job = _pending_job(r, claimed)
+            self._pending_jobs[r.id] = (r, job)
+            out.append(job)
+        return tuple(out)
+
+    def _running_jobs_of(self, rows: list[Any], now: float) -> tuple[RunningJob, ...]:
+        kept, self._running_jobs = self._running_jobs, {}
+        out = []
+        for r in rows:
+            preempting = r.id in self._preempting
+            hit = kept.get(r.id)
+            if hit is not None and hit[0] is r and hit[1] == preempting:
+                job = hit[2]
+            else:
+                job = self._running_job(r, now)
+            self._running_jobs[r.id] = (r, preempting, job)
+            out.append(job)
+        return tuple(out)
 
     def _running_job(self, r: Any, now: float) -> RunningJob:
         started = r.started_at or r.scheduled_at or now
@@ -310,9 +353,15 @@ class SchedulerLoop:
         cached: a weight or quota changed through any replica applies from the next cycle (one small
         SELECT; teams are few)."""
         teams = {t.name: t for t in self.store.list_teams()}
-        current: dict[str, ResourceVector] = {}
+        sums: dict[str, list[float]] = {}
         for r in running:
-            current[r.team] = current.get(r.team, ResourceVector()) + ResourceVector(r.cpu, r.memory, r.gpu)
+            acc = sums.get(r.team)
+            if acc is None:
+                acc = sums[r.team] = [0.0, 0.0, 0.0]
+            acc[0] += r.cpu
+            acc[1] += r.memory
+            acc[2] += r.gpu
+        current = {team: ResourceVector(c, m, g) for team, (c, m, g) in sums.items()}
         elapsed = now - self._history_at if self._history_at else 0.0
         self._history_at = now
         half_life = self.config.half_life_s
