@@ -82,7 +82,9 @@ class Platform:
         self.metrics.add_demand_collector(self.demand.gauges)
 
     def _backends(self, settings: Settings, store: SqlStore | None) -> None:
-        self.store = store or SqlStore(settings.db_url)
+        self.store = store or SqlStore(
+            settings.db_url, pool_size=settings.db_pool_connections, max_overflow=settings.db_pool_overflow
+        )
         self.store.max_preemptions = settings.max_preemptions
         self.objects = open_object_store(
             settings.object_store,

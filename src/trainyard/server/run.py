@@ -7,7 +7,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import sqlalchemy as sa
 import uvicorn
@@ -22,12 +24,37 @@ from trainyard.server.settings import Settings, write_private
 from trainyard.server.worker_service import start_grpc
 
 log = logging.getLogger("trainyard.server")
+T = TypeVar("T")
 # How often a follower tries to take the lead (and the leader checks it still holds it): the bound
 # on how long the singleton loops stop after a leader dies.
 LEADERSHIP_INTERVAL_S = 1.0
 # Under a stream of submissions the scheduler waits this long between cycles, so that one cycle
 # places a burst (a cycle's fixed cost is a few queries); an idle scheduler still runs at once.
 SCHEDULER_MIN_GAP_S = 0.025
+# After a cycle the scheduler rests this many times the CPU the cycle used: a long queue (a slow
+# cycle) keeps the scheduler thread, and the GIL, busy a fifth of the time at most.
+SCHEDULER_REST_FACTOR = 4.0
+
+
+def cycle_gap(cpu_s: float, placed: bool) -> float:
+    """How long the scheduler waits after a cycle before it runs the next one, however kicked.
+
+    Scaled by the CPU the cycle's thread used, not by its wall time: a cycle that mostly waited
+    (for a core other processes held, for the GIL, for a lock) did no work that needs bounding, and
+    resting four times its wall time left the next submission on an idle fleet waiting 0.1-0.7 s
+    (the dispatch stall of issue 14). The floor applies only after a cycle that placed jobs, where
+    a burst of submissions is arriving: an idle timer cycle must not delay the next submission."""
+    rest = SCHEDULER_REST_FACTOR * max(0.0, cpu_s)
+    return max(SCHEDULER_MIN_GAP_S, rest) if placed else rest
+
+
+def _with_cpu(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and the CPU seconds this thread spent in it (run it in the thread it runs in)."""
+    c0 = time.thread_time()
+    out = fn()
+    return out, time.thread_time() - c0
+
+
 # Sealed chunks wait at most this long before the leader indexes them for log search.
 LOG_INDEX_INTERVAL_S = 1.0
 
@@ -88,6 +115,7 @@ class LeaderLoops:
         self.hold = hold
         self.leading = asyncio.Event()
         self._estimating: asyncio.Task[None] | None = None
+        self.last_gap = 0.0  # the rest after the last cycle (tests look)
 
     def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The loops as tasks, until ``stop``."""
@@ -126,9 +154,8 @@ class LeaderLoops:
         """One scheduler cycle; its leases and preemptions go to the workers."""
         if (self.hold is not None and self.hold.is_set()) or not self.leading.is_set():
             return
-        t0 = time.monotonic()
         scheduler, dispatcher = self.p.scheduler, self.p.dispatcher
-        leases = await asyncio.to_thread(scheduler.schedule_once)
+        leases, cpu = await asyncio.to_thread(_with_cpu, scheduler.schedule_once)
         notes = dispatcher.dispatch(leases) + dispatcher.preempt(scheduler.take_preemptions())
         if notes:
             await asyncio.to_thread(self.p.notifier.send, notes)
@@ -137,10 +164,10 @@ class LeaderLoops:
             self._estimating = asyncio.create_task(
                 _guarded("estimate", asyncio.to_thread(scheduler.estimate_once))
             )
-        # Let kicks pile up for a moment: one cycle then places a burst of submissions together, and
-        # a long queue (a slow cycle) keeps the scheduler thread (and the GIL) busy a fifth of the time
-        # at most.
-        await asyncio.sleep(max(SCHEDULER_MIN_GAP_S, 4 * (time.monotonic() - t0)))
+        # Let kicks pile up for a moment: one cycle then places a burst of submissions together.
+        self.last_gap = cycle_gap(cpu, bool(leases))
+        if self.last_gap > 0:
+            await asyncio.sleep(self.last_gap)
 
     async def reconcile_step(self) -> None:
         """One reconciliation pass; what it changed wakes the scheduler and the relay."""
@@ -205,6 +232,11 @@ async def serve(
 ) -> None:
     """Serve until ``stop``. While ``hold`` is set nothing new is placed (workers are draining)."""
     stop = stop or asyncio.Event()
+    # Every off-loop store call (asyncio.to_thread) runs in this pool: sized for the database, not
+    # Python's cores + 4 (see Settings.db_threads).
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(settings.db_thread_count, thread_name_prefix="trainyard-io")
+    )
     platform = await asyncio.to_thread(bootstrap, settings)
     # Live views (SSE) must not miss what is published from here on: wait until the bus listens.
     # A broker that is down is no reason not to serve: events wait in the outbox, views poll.

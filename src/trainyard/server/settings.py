@@ -87,6 +87,24 @@ class Settings(BaseSettings):
         description="half-life of the usage history fair share weighs (Slurm's PriorityDecayHalfLife)",
     )
 
+    # Every blocking store call of a control plane runs in one thread pool (the event loop's default
+    # executor). Python's default of (cores + 4) threads, 6 on a 2-core machine, is what broke first
+    # under a simulated fleet on PostgreSQL: each call holds a thread for a network round trip with
+    # the GIL released, and heartbeats, reports, status reads and the scheduler cycle queued for six
+    # threads while PostgreSQL sat idle. SQLite needs fewer: its writers queue on one lock anyway.
+    db_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="threads for blocking store calls; default 32 on PostgreSQL, 8 on SQLite",
+    )
+    db_pool_size: int | None = Field(
+        default=None, ge=1, le=1000, description="PostgreSQL connections kept open; default db_threads + 4"
+    )
+    db_pool_overflow: int = Field(
+        default=8, ge=0, le=1000, description="PostgreSQL connections opened beyond db_pool_size under bursts"
+    )
+
     # Retention: the leader archives jobs finished longer ago than this to object storage
     # (``archive/``) and deletes their rows, in batches (unset or "off": jobs are kept for good).
     retention: float | None = Field(
@@ -138,6 +156,24 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         """The database URL: ``database_url``, or a SQLite file in home."""
         return self.database_url or f"sqlite:///{self.home.resolve() / 'trainyard.db'}"
+
+    @property
+    def on_postgres(self) -> bool:
+        """Whether the store is PostgreSQL (else the embedded SQLite)."""
+        return self.db_url.startswith(("postgresql", "postgres"))
+
+    @property
+    def db_thread_count(self) -> int:
+        """Threads for blocking store calls: ``db_threads``, or the default for the database."""
+        if self.db_threads is not None:
+            return self.db_threads
+        return 32 if self.on_postgres else 8
+
+    @property
+    def db_pool_connections(self) -> int:
+        """PostgreSQL connections kept open: one per store thread, so that no thread waits for a
+        connection, and a few for calls made outside the pool's threads (startup, the health check)."""
+        return self.db_pool_size if self.db_pool_size is not None else self.db_thread_count + 4
 
     @property
     def base_url(self) -> str:

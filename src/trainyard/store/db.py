@@ -64,12 +64,23 @@ def _private_sqlite_file(url: str) -> None:
             os.chmod(name, 0o600)
 
 
-def create_engine(url: str) -> sa.Engine:
+DEFAULT_POOL_SIZE = 10
+DEFAULT_POOL_OVERFLOW = 20
+
+
+def create_engine(url: str, pool_size: int | None = None, max_overflow: int | None = None) -> sa.Engine:
     """The engine for a database URL: a pooled PostgreSQL engine, or SQLite in WAL mode whose
-    transactions the store begins itself (see ``Db.tx``)."""
+    transactions the store begins itself (see ``Db.tx``). ``pool_size`` and ``max_overflow`` size a
+    PostgreSQL pool (the control plane sizes it to the threads that use it); SQLite keeps its own."""
     url = normalize_url(url)
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **_JSON)
+        return sa.create_engine(
+            url,
+            pool_size=DEFAULT_POOL_SIZE if pool_size is None else pool_size,
+            max_overflow=DEFAULT_POOL_OVERFLOW if max_overflow is None else max_overflow,
+            pool_pre_ping=True,
+            **_JSON,
+        )
     _private_sqlite_file(url)
     engine = sa.create_engine(
         url,
@@ -106,9 +117,11 @@ class Db:
         clock: Callable[[], float] = time.time,
         config: StoreConfig | None = None,
         on_commit: OnCommit | None = None,
+        pool_size: int | None = None,
+        max_overflow: int | None = None,
     ) -> None:
         self.url = normalize_url(url)
-        self.engine = create_engine(self.url)
+        self.engine = create_engine(self.url, pool_size, max_overflow)
         self.clock = clock
         self.config = config if config is not None else StoreConfig()
         self.dialect = self.engine.dialect.name
