@@ -49,7 +49,7 @@ IMPLICIT = {("ConfigMap", "kube-root-ca.crt")}
 
 
 def test_every_overlay_is_listed() -> None:
-    assert OVERLAYS == ["dev", "prod", "prod-keda"]
+    assert OVERLAYS == ["dev", "prod", "prod-fluentbit", "prod-keda"]
 
 
 # ---- rendering -----------------------------------------------------------------------------------------
@@ -196,7 +196,9 @@ def test_crd_schemas_catch_mistakes(render: Callable[[str], list[Obj]]) -> None:
 # ---- the control plane ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overlay", "replicas"), [("dev", 1), ("prod", 3), ("prod-keda", 3)])
+@pytest.mark.parametrize(
+    ("overlay", "replicas"), [("dev", 1), ("prod", 3), ("prod-fluentbit", 3), ("prod-keda", 3)]
+)
 def test_replicas(render: Callable[[str], list[Obj]], overlay: str, replicas: int) -> None:
     assert _server(render(overlay))["spec"]["replicas"] == replicas
 
@@ -312,8 +314,13 @@ def test_every_container_has_resources(objects: list[Obj]) -> None:
                     assert r["requests"][extended] == r["limits"][extended]
 
 
+def _trainyard_image(image: str) -> bool:
+    return image.rpartition("/")[2].split(":")[0] == "trainyard"
+
+
 def test_images_are_pinned_to_the_release(objects: list[Obj]) -> None:
-    """No `latest` and no untagged images; the tag is this package's version."""
+    """No `latest` and no untagged images; Trainyard's own tag is this package's version (others,
+    Fluent Bit's, a release of theirs)."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     for owner, spec in _pod_specs(objects):
         for c in _containers(spec):
@@ -323,7 +330,10 @@ def test_images_are_pinned_to_the_release(objects: list[Obj]) -> None:
             _, sep, tag = image.rpartition(":")
             assert sep and "/" not in tag, f"{_id(owner)}: {image} has no tag"
             assert tag != "latest", f"{_id(owner)}: {image}"
-            assert tag == version, f"{_id(owner)}: {image} is not {version}"
+            if _trainyard_image(image):
+                assert tag == version, f"{_id(owner)}: {image} is not {version}"
+            else:
+                assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"{_id(owner)}: {image} is not a release"
 
 
 def test_no_service_links(objects: list[Obj]) -> None:
@@ -496,6 +506,8 @@ def test_yard_accepts_the_arguments(objects: list[Obj]) -> None:
     group = _worker_command()
     for owner, spec in _pod_specs(objects):
         for c in spec["containers"]:
+            if not _trainyard_image(c["image"]):
+                continue
             args = [_expand(a, _sample_env(c)) for a in c["args"]]
             assert args[0] in ("server", "worker"), _id(owner)
             command = group.commands[args[0]]
@@ -545,14 +557,28 @@ def test_worker_pools(objects: list[Obj]) -> None:
         mounts = {m["mountPath"]: volumes[m["name"]] for m in agent["volumeMounts"]}
         for flag in ("--work-dir", "--data-cache"):
             assert mounts[flags[flag]]["hostPath"]["path"] == flags[flag], f"{name} {flag}"
-        # The sandbox: bubblewrap, setpriv and per-job cgroups need a privileged container (see the
-        # comment in pools/template/daemonset.yaml), and jobs are refused rather than run without it.
-        assert agent["securityContext"]["privileged"] is True, name
-        assert env["TRAINYARD_ISOLATION"] == "required", name
         assert env.get("TRAINYARD_RUN_AS") not in ("root", "0"), name
         assert env["TRAINYARD_SERVER"].startswith("dns:///trainyard-grpc.trainyard.svc"), name
-        # Declared capacity is what the Pod reserved.
-        assert flags["--cpus"] == "$(AGENT_CPUS)" and flags["--memory"] == "$(AGENT_MEMORY_MI)Mi", name
+        labels = owner["spec"]["template"]["metadata"]["labels"]
+        if flags.get("--executor") == "kubernetes":
+            # Jobs run as Pods of their own (Pod Security restricted in trainyard-jobs), not in this
+            # container: no sandbox, no privilege; the node's capacity is declared, not reserved.
+            assert agent["securityContext"]["privileged"] is False, name
+            assert agent["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert env["TRAINYARD_ISOLATION"] == "off", name
+            assert not flags["--cpus"].startswith("$("), name
+            assert "nvidia.com/gpu" not in agent["resources"]["limits"], name
+            assert labels["trainyard.io/kubernetes-api"] == "true", name
+            assert {"--k8s-work-claim", "--k8s-data-cache-claim"} <= set(flags), name
+        else:
+            # The sandbox: bubblewrap, setpriv and per-job cgroups need a privileged container (see the
+            # comment in pools/template/daemonset.yaml), and jobs are refused rather than run without it.
+            assert agent["securityContext"]["privileged"] is True, name
+            assert env["TRAINYARD_ISOLATION"] == "required", name
+            # Declared capacity is what the Pod reserved.
+            assert flags["--cpus"] == "$(AGENT_CPUS)" and flags["--memory"] == "$(AGENT_MEMORY_MI)Mi", name
+            # Jobs share this Pod's network: no way to the Kubernetes API.
+            assert "trainyard.io/kubernetes-api" not in labels, name
         assert agent["resources"]["limits"]["memory"] == agent["resources"]["requests"]["memory"], name
         assert "cpu" not in agent["resources"]["limits"], name
         # The agent outlives the preemption grace it gives its jobs.
@@ -601,10 +627,18 @@ def test_agents_manage_pods_only_in_the_jobs_namespace(objects: list[Obj]) -> No
             assert rule["apiGroups"] == [""]
             assert set(rule["resources"]) <= {"pods", "pods/log", "events", "secrets"}
             assert "*" not in rule["verbs"]
+    # Fluent Bit's kubernetes filter reads the job Pods, and nothing else.
+    for role in roles:
+        if role["metadata"]["name"] == "trainyard-fluent-bit":
+            assert role["rules"] == [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+            ]
     for binding in (o for o in objects if o["kind"] == "RoleBinding"):
         assert binding["metadata"]["namespace"] == "trainyard-jobs"
+        fluent_bit = binding["roleRef"]["name"] == "trainyard-fluent-bit"
+        account = "trainyard-fluent-bit" if fluent_bit else "trainyard-worker"
         assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": "trainyard-worker", "namespace": "trainyard-workers"}
+            {"kind": "ServiceAccount", "name": account, "namespace": "trainyard-workers"}
         ]
     for owner, spec in _workers(objects):
         assert spec["serviceAccountName"] == "trainyard-worker", _id(owner)
