@@ -7,10 +7,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from trainyard.model.states import JobStatus
+from trainyard.model.states import TERMINAL, JobStatus
 from trainyard.store.db import Db
 from trainyard.store.schema import jobs, scheduler_state
 from trainyard.store.transitions import LIVE_NAMES
+
+
+_NOT_FINAL = [s.value for s in JobStatus if s not in TERMINAL]
 
 
 class ViewRepo:
@@ -20,7 +23,9 @@ class ViewRepo:
         self._db = db
 
     def count_by_status(self) -> dict[str, int]:
-        """How many jobs are in each status (a gang counts once; an array as its tasks)."""
+        """How many jobs are in each status that is not final (a gang counts once; an array as its
+        tasks). Finished jobs are not counted: with millions of them (until retention prunes them)
+        each scrape would read the whole table; ``trainyard_jobs_submitted_total`` counts them."""
         with self._db.read() as conn:
             return {
                 r[0]: int(r[1])
@@ -28,7 +33,11 @@ class ViewRepo:
                     # A gang counts once (its rank 0), as it is listed; an array's tasks are jobs
                     # that run, its parent is not.
                     sa.select(jobs.c.status, sa.func.count())
-                    .where(jobs.c.replica_rank == 0, jobs.c.array_tasks.is_(None))
+                    .where(
+                        jobs.c.status.in_(_NOT_FINAL),
+                        jobs.c.replica_rank == 0,
+                        jobs.c.array_tasks.is_(None),
+                    )
                     .group_by(jobs.c.status)
                 )
             }

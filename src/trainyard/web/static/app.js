@@ -104,6 +104,16 @@ function debounce(fn, ms) {
   return d;
 }
 
+// At most one call per `ms`, the last one always made. Unlike debounce, a steady stream of calls
+// (thousands of running jobs send events all the time) still gets through once per `ms`.
+function throttle(fn, ms) {
+  let t = 0, last = 0;
+  const run = () => { t = 0; last = Date.now(); fn(); };
+  const d = () => { if (!t) t = setTimeout(run, Math.max(0, last + ms - Date.now())); };
+  d.cancel = () => { clearTimeout(t); t = 0; };
+  return d;
+}
+
 function bar(used, total, label) {
   const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
   return el("div", { class: "bar", title: label },
@@ -278,7 +288,9 @@ function jobsPage(view, _arg, params) {
     user: params.get("user") || "",
     name: params.get("name") || "",
   };
-  const cursors = [null]; // cursor of each page visited; paging is forward-only in the API
+  // Cursor of each page visited: the API pages by keyset (newest first) and never counts every
+  // job, so the pager says "1–50 of many" and steps a page at a time.
+  const cursors = [null];
   const rows = new Map(); // job id -> {tr, job}
   const ctrl = new AbortController();
 
@@ -345,7 +357,9 @@ function jobsPage(view, _arg, params) {
         return tr;
       }));
       if (!data.jobs.length) tbody.append(el("tr", {}, el("td", { colspan: "11", class: "muted" }, "no jobs")));
-      pageLabel.textContent = `page ${cursors.length}`;
+      const first = (cursors.length - 1) * PAGE_SIZE;
+      pageLabel.textContent = !data.jobs.length ? "no jobs"
+        : `${first + 1}–${first + data.jobs.length}${nextCursor ? " of many" : ` of ${first + data.jobs.length}`}`;
       newer.disabled = newest.disabled = cursors.length === 1;
       older.disabled = !nextCursor;
     } catch (e) {
@@ -367,7 +381,7 @@ function jobsPage(view, _arg, params) {
       rows.set(id, { tr, job: j });
     } catch (_) { /* the row keeps what the event said */ }
   }
-  const reloadFirst = debounce(load, 150);
+  const reloadFirst = throttle(load, 1000);
 
   // Paint the new status from the event itself (no round trip), then fetch the row for the details.
   function onEvent(ev) {
@@ -378,9 +392,15 @@ function jobsPage(view, _arg, params) {
         r.job.status = ev.to_status;
       }
       if (!refreshRow.has(ev.job_id)) refreshRow.set(ev.job_id, setTimeout(() => refresh(ev.job_id), 200));
-    } else if (cursors.length === 1) {
+    } else if (cursors.length === 1 && entersPage(ev)) {
       reloadFirst(); // a new job (or one entering the filter) belongs on the first page
     }
+  }
+  // Only a new job, or one moving into the filtered status, can join the first page: the events of
+  // the thousands of other running jobs need no reload.
+  function entersPage(ev) {
+    if (filters.status) return ev.to_status === filters.status;
+    return ev.type === "submitted" && !ev.job_id.includes("-"); // not an array's task or a gang's rank
   }
   onEvent.reconnected = () => load();
   const off = hub.on(onEvent);
@@ -430,9 +450,10 @@ function jobPage(view, id) {
     const j = job;
     const buttons = [];
     if (!TERMINAL.has(j.status)) buttons.push(el("button", { class: "danger", "data-testid": "cancel", onclick: cancel }, j.status === "CANCELLING" ? "Cancelling…" : "Cancel"));
-    if (TERMINAL.has(j.status) && !j.array) buttons.push(el("button", { "data-testid": "restart", onclick: restart }, "Restart"));
+    if (TERMINAL.has(j.status) && !j.array && !j.archived) buttons.push(el("button", { "data-testid": "restart", onclick: restart }, "Restart"));
     head.replaceChildren(
-      el("h1", {}, j.name || j.id, " ", el("span", { "data-testid": "job-status" }, badge(j.status))),
+      el("h1", {}, j.name || j.id, " ", el("span", { "data-testid": "job-status" }, badge(j.status)),
+        j.archived ? el("span", { class: "badge s-archived", "data-testid": "archived", title: "retention moved it to object storage: read-only" }, "archived") : null),
       el("div", { class: "meta" },
         el("span", {}, "id ", el("code", {}, j.id)), el("span", {}, `user ${j.user}`), el("span", {}, `team ${j.team}`),
         el("span", {}, `pool ${j.pool || "default"}`), el("span", {}, `priority ${j.priority}`),
