@@ -212,6 +212,9 @@ async def test_fluent_bit_objects_become_the_attempts_log(plane: Plane, tmp_path
     chunks = plane.store.log_chunks(lease.job_id, 1)
     assert [(c.seq, c.start_offset) for c in chunks] == [(0, 0), (1, chunks[0].end_offset)]
     assert objects.list_keys(PREFIX + "/") == []  # taken in, then deleted
+    # Queued for the log search index as every recorded chunk is (store/logsearch.py).
+    queued = {(q.job_id, q.attempt, q.seq) for q in plane.store.pending_log_chunks(10)}
+    assert queued == {(lease.job_id, 1, 0), (lease.job_id, 1, 1)}
 
     # Idempotent by object key: the same object again (a pass that died before its delete) adds nothing.
     objects.put(fb_key(lease.job_id, 1, pod, "20250512091405-Xk3TqL9a"), first)
