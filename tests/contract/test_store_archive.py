@@ -4,6 +4,8 @@ changes nothing; what is live, or waited for, stays."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,8 @@ from trainyard.model.records import LogChunk, User
 from trainyard.model.states import AttemptOutcome, JobStatus
 from trainyard.objects.base import ObjectStore
 from trainyard.objects.factory import open_object_store
+from trainyard.server.logtail import LogTails
+from trainyard.server.services.logs import LogService
 from trainyard.server.services.retention import RetentionService
 from trainyard.server.views import event_json, job_json
 from trainyard.store.sql import SqlStore
@@ -206,3 +210,23 @@ def test_a_gang_goes_with_its_ranks(store: SqlStore, retention: RetentionService
     back = retention.archived_job(ref)
     assert back is not None and [r.rank for r in back.replicas] == [1]
     assert store.get_job(f"{gang.id}-1") is None
+
+
+def test_an_archived_jobs_log_is_read_from_the_chunks_it_kept(
+    store: SqlStore, objects: ObjectStore, retention: RetentionService
+) -> None:
+    wid = worker(store)
+    job_id = finished_job(store, wid)
+    objects.put(f"logs/{job_id}/1/0", gzip.compress(b"hello\n"))  # the chunk the job sealed
+    logs = LogService(store, objects, LogTails())
+    logs.archived_chunks = retention.archived_chunks
+    assert retention.prune(time.time() + 1).jobs == 1
+    ref = retention.archived_ref(job_id)
+    assert ref is not None
+    job = retention.archived_job(ref)
+    assert job is not None
+
+    got = asyncio.run(logs.read_log(job, None, 0))
+
+    assert (got.attempt, got.offset, got.data, got.next_offset) == (1, 0, b"hello\n", 6)
+    assert asyncio.run(logs.log_end(job, None)) == 6

@@ -152,6 +152,7 @@ class Platform:
             **kicks,
         )
         self.jobs.archive = self.retention
+        self.logs.archived_chunks = self.retention.archived_chunks
         self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
         self.fluent_bit = (
             FluentBitIngest(

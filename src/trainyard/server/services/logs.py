@@ -14,12 +14,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trainyard.cache.base import LogTailStore
-from trainyard.model.records import Job
+from trainyard.model.records import Job, LogChunk
 from trainyard.model.states import LIVE
 from trainyard.objects.base import ObjectNotFound, ObjectStore
 from trainyard.server.services.blocking import off_loop
@@ -115,6 +115,8 @@ class LogService:
         self.tails = tails
         self.requests = requests
         self._tasks: set[asyncio.Task[None]] = set()
+        self.archived_chunks: Callable[[str, int], list[LogChunk]] | None = None
+        """An archived job's chunk index, read from its archive (set by the composition root)."""
 
     def follower(self) -> LogFollow:
         """A subscription for one follower: its attempt's agent pushes live bytes while it lasts."""
@@ -125,11 +127,20 @@ class LogService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _read_chunks(self, job_id: str, attempt: int, since: int, limit: int) -> tuple[int, bytes]:
+    def _chunks(self, job_id: str, attempt: int, archived: bool = False) -> list[LogChunk]:
+        """An attempt's sealed chunks in byte order; an archived job's from its archive (retention
+        deletes the index rows and keeps the chunk objects)."""
+        if archived and self.archived_chunks is not None:
+            return self.archived_chunks(job_id, attempt)
+        return self.store.log_chunks(job_id, attempt)
+
+    def _read_chunks(
+        self, job_id: str, attempt: int, since: int, limit: int, archived: bool = False
+    ) -> tuple[int, bytes]:
         """Sealed bytes from ``since``, about ``limit`` of them at most: (offset, bytes)."""
         out = bytearray()
         start: int | None = None
-        for c in self.store.log_chunks(job_id, attempt):
+        for c in self._chunks(job_id, attempt, archived):
             if c.end_offset <= since:
                 continue
             if len(out) >= limit or (start is not None and c.start_offset != start + len(out)):
@@ -150,7 +161,7 @@ class LogService:
         number = attempt if attempt is not None else job.attempt
         if number <= 0:
             return LogSlice(0, since, b"", since)
-        offset, data = await off_loop(self._read_chunks, job.id, number, since, limit)
+        offset, data = await off_loop(self._read_chunks, job.id, number, since, limit, job.archived)
         pos = offset + len(data)
         if len(data) < limit:
             t_off, t_data = self.tails.read(job.id, number, max(pos, since))
@@ -174,7 +185,7 @@ class LogService:
         number = attempt if attempt is not None else job.attempt
         if number <= 0:
             return 0, False
-        chunks = await off_loop(self.store.log_chunks, job.id, number)
+        chunks = await off_loop(self._chunks, job.id, number, job.archived)
         sealed = max([c.end_offset for c in chunks] + [0])
         live = self.tails.end(job.id, number) or 0
         return max(sealed, live), live > sealed
