@@ -612,15 +612,16 @@ def run(cfg: Config) -> dict[str, Any]:
             env.update(services)
         externals.extend(External(name, pid) for name, pid in named_children().items())
         profile = tmp / "profile.json" if cfg.profile else None
-        replicas = [
-            start_replica(home, env, f"replica-{k + 1}", profile if k == 0 else None)
-            for k in range(cfg.replicas)
-        ]
-        procs: list[Any] = [r.proc for r in replicas]
+        replicas: list[Replica] = []
+        procs: list[Any] = []
         fleets: list[Proc] = []
         try:
-            for r in replicas:
-                wait_ready(r)
+            # One after the other: replicas sharing a home race to create its secrets (O_EXCL), and
+            # the loser exits.
+            for k in range(cfg.replicas):
+                replicas.append(start_replica(home, env, f"replica-{k + 1}", profile if k == 0 else None))
+                procs.append(replicas[-1].proc)
+                wait_ready(replicas[-1])
             token = (home / "token").read_text().strip()
             bases = [r.url for r in replicas]
             k = cfg.fleet_procs or max(1, -(-cfg.agents // 100))
@@ -1299,7 +1300,7 @@ def sql_check(db_url: str, work: Path) -> dict[str, Any]:
     with eng.connect() as c:
         status = dict(c.execute(sa.text("SELECT id, status FROM jobs")).all())
         attempts = c.execute(
-            sa.text("SELECT job_id, number, outcome, started_at, exit_code FROM job_attempts")
+            sa.text("SELECT job_id, number, outcome, started_at, exit_code, reason FROM job_attempts")
         ).all()
         terminal = dict(
             c.execute(
@@ -1349,7 +1350,12 @@ def sql_check(db_url: str, work: Path) -> dict[str, Any]:
         "attempt_gaps": len(gaps),
         "succeeded_twice": len(doubled),
         "exit_code_mismatch": len(exit_mismatch),
-        "samples": (bad_terminal + gaps + doubled)[:10],
+        "samples": (bad_terminal + gaps)[:10],
+        "succeeded_twice_sample": {
+            j: [f"#{a[1]} {a[2]} ({a[5]})" for a in sorted(by_job[j], key=lambda a: a[1])]
+            for j in doubled[:5]
+        },
+        "lost_reasons": dict(collections.Counter(str(a[5])[:60] for a in attempts if a[2] == "lost")),
     }
     res["exactly_once"] = bool(files) and not (
         res["run_twice_by_fleet"]
@@ -1477,6 +1483,8 @@ def summary_row(res: dict[str, Any]) -> dict[str, Any]:
     cycle = next(iter(res["scheduler_cycle"].values()))
     chk = res["check"]
     once = "ok" if chk["exactly_once"] else f"{chk['wrong_count']} wrong"
+    if not res["exactly_once_db"]["exactly_once"]:
+        once += ", not against the fleet's records"
     note = (
         f"{res['config']['agents']} agents, {res['hold']['running_at_end']:.0f} running; "
         f"cp {sum(res['hold']['cores'][k] for k in cp):.2f} cores at hold, "
