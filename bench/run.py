@@ -22,6 +22,8 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
                                  control-plane CPU per job (ms), dispatch p50/p99 of probe jobs at that
                                  load (ms), exactly-once in the note: bench/fleet.py (--long: the
                                  issue's scale)
+  log_search                     a search of 200,000 indexed log lines as one team's member (ms; SQLite
+                                 FTS5, PostgreSQL in the note, with the indexing rate): bench/logsearch.py
 """
 
 from __future__ import annotations
@@ -382,6 +384,7 @@ def main() -> int:
     from arrays import array_submit
     from backends import event_latency_replicas, relay_throughput
     from fleet import fleet_scale
+    from logsearch import log_search
     from scheduler import scheduler_cycle
     from simulate import simulated_day
     from ui_latency import ui_latency
@@ -394,6 +397,7 @@ def main() -> int:
         ui_latency,
         array_submit,
         fleet_scale,
+        log_search,
     ):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})

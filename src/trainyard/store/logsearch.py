@@ -161,27 +161,41 @@ class LogSearchRepo:
             cond.append(ll.c.job_id == query.job_id)
         if query.since is not None:
             cond.append(ll.c.at >= query.since)
-        if query.before_id is not None:
-            cond.append(ll.c.id < query.before_id)
-        text = " ".join(query.words)
         if self._db.dialect == "sqlite":
-            # Ordered by the FTS5 table's own rowid (= log_lines.id), which FTS5 walks backwards
-            # without sorting; the filters are checked on the way.
-            ids: sa.Select[tuple[int]] = (
-                sa.select(sa.literal_column("rowid", sa.Integer))
-                .select_from(sa.table("log_lines_fts"))
-                .where(
-                    sa.text("log_lines_fts MATCH :phrase").bindparams(phrase=fts5_phrase(list(query.words)))
+            # Driven by the FTS5 table: it yields matches by rowid (= log_lines.id) from the newest
+            # down, range-limited by the cursor, so a page of a common word stops after its page
+            # instead of collecting every match first.
+            fts = sa.table("log_lines_fts", sa.column("rowid", sa.Integer))
+            if query.before_id is not None:
+                cond.append(fts.c.rowid < query.before_id)
+            if query.job_id is not None:
+                # A job's lines were indexed together: the range of their ids keeps FTS5 from
+                # walking every other job's matches.
+                of_job = sa.select(sa.func.min(ll.c.id), sa.func.max(ll.c.id)).where(
+                    ll.c.job_id == query.job_id
                 )
+                cond.append(fts.c.rowid >= of_job.with_only_columns(sa.func.min(ll.c.id)).scalar_subquery())
+                cond.append(fts.c.rowid <= of_job.with_only_columns(sa.func.max(ll.c.id)).scalar_subquery())
+            match = sa.text("log_lines_fts MATCH :phrase").bindparams(phrase=fts5_phrase(list(query.words)))
+            stmt = (
+                sa.select(ll)
+                .select_from(fts.join(ll, ll.c.id == fts.c.rowid))
+                .where(match, *cond)
+                .order_by(fts.c.rowid.desc())
+                .limit(query.limit)
             )
-            cond.append(ll.c.id.in_(ids))
         else:
-            cond.append(
-                sa.literal_column("tsv").op("@@")(
-                    sa.func.phraseto_tsquery(sa.literal_column("'simple'::regconfig"), text)
-                )
+            if query.before_id is not None:
+                cond.append(ll.c.id < query.before_id)
+            tsquery = sa.func.phraseto_tsquery(
+                sa.literal_column("'simple'::regconfig"), " ".join(query.words)
             )
-        stmt = sa.select(ll).where(*cond).order_by(ll.c.id.desc()).limit(query.limit)
+            stmt = (
+                sa.select(ll)
+                .where(sa.literal_column("tsv").op("@@")(tsquery), *cond)
+                .order_by(ll.c.id.desc())
+                .limit(query.limit)
+            )
         with self._db.read() as conn:
             rows = conn.execute(stmt).all()
         return [LogHit(r.id, r.job_id, r.attempt, r.byte_offset, r.team, r.at, r.line) for r in rows]

@@ -80,6 +80,10 @@ class LogIndexer:
                 if key not in attempts:
                     attempts[key] = _Readable(store.log_chunks(q.job_id, q.attempt), {})
                 lines = self._lines(q, attempts[key])
+                # Chunks come mostly in order: only this one (the next one's neighbour) and later
+                # ones are worth keeping in memory.
+                for seq in [s for s in attempts[key].data if s < q.seq]:
+                    del attempts[key].data[seq]
                 team = teams[q.job_id]
                 # A job that is gone (pruned) or a chunk that cannot be read leaves the queue unindexed.
                 done += store.index_log_chunk(q, team or "", lines if team is not None else [])
