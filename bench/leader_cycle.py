@@ -58,20 +58,28 @@ def _seed(store: SqlStore, n_workers: int, n_running: int, n_pending: int) -> li
         worker_ids.append(w.id)
     small = store.submit(USER, JobSpec.model_validate({"command": ["true"], "resources": {"cpu": 1.5}})).job
     big = store.submit(USER, JobSpec.model_validate({"command": ["true"], "resources": {"cpu": 4}})).job
+    clone_jobs(store, small.id, [worker_ids[i % n_workers] for i in range(n_running)], 0)
+    clone_jobs(store, big.id, [], n_pending)
+    return worker_ids
+
+
+def clone_jobs(
+    store: SqlStore, template_id: str, running_on: list[str], n_pending: int
+) -> list[tuple[str, str, str]]:
+    """Copies of a submitted job's row, one RUNNING on each worker of ``running_on`` (attempt 1) and
+    ``n_pending`` PENDING ones, each with its event; the template is removed. (job, worker, lease
+    token) of the running ones."""
     now = store.db.clock()
+    held = []
     with store.db.engine.begin() as conn:
-        templates = {
-            r.id: dict(r._mapping)
-            for r in conn.execute(sa.select(jobs).where(jobs.c.id.in_([small.id, big.id])))
-        }
+        template = dict(conn.execute(sa.select(jobs).where(jobs.c.id == template_id)).one()._mapping)
         rows, attempts, events = [], [], []
-        for i in range(n_running + n_pending):
-            running = i < n_running
-            row = dict(templates[small.id if running else big.id])
+        for i in range(len(running_on) + n_pending):
+            row = dict(template)
             job_id = "jb" + uuid.uuid4().hex[:24]
             row.update(id=job_id, queued_at=now + i * 1e-3, created_at=now, updated_at=now)
-            if running:
-                wid = worker_ids[i % n_workers]
+            if i < len(running_on):
+                wid = running_on[i]
                 token = uuid.uuid4().hex
                 row.update(
                     status=JobStatus.RUNNING.value,
@@ -94,6 +102,7 @@ def _seed(store: SqlStore, n_workers: int, n_running: int, n_pending: int) -> li
                         "started_at": now,
                     }
                 )
+                held.append((job_id, wid, token))
             rows.append(row)
             events.append(
                 {
@@ -108,11 +117,14 @@ def _seed(store: SqlStore, n_workers: int, n_running: int, n_pending: int) -> li
                     "data": {},
                 }
             )
-        conn.execute(jobs.insert(), rows)
-        conn.execute(job_attempts.insert(), attempts)
-        conn.execute(job_events.insert(), events)
-        conn.execute(jobs.delete().where(jobs.c.id.in_([small.id, big.id])))
-    return worker_ids
+        if rows:
+            conn.execute(jobs.insert(), rows)
+        if attempts:
+            conn.execute(job_attempts.insert(), attempts)
+        if events:
+            conn.execute(job_events.insert(), events)
+        conn.execute(jobs.delete().where(jobs.c.id == template_id))
+    return held
 
 
 def _churn(store: SqlStore, running: list[Any]) -> None:

@@ -20,7 +20,7 @@ from trainyard.store.db import Db
 from trainyard.store.gangs import stop_command
 from trainyard.store.records import WorkerCommand
 from trainyard.store.rows import worker_record
-from trainyard.store.schema import job_attempts, jobs, workers
+from trainyard.store.schema import job_attempts, job_events, jobs, workers
 from trainyard.store.transitions import LIVE_NAMES
 
 _BEAT = (
@@ -229,6 +229,25 @@ class FleetRepo:
         return [r.id for r in rows]
 
     # ---- commands ------------------------------------------------------------------------------
+    def command_events(
+        self, cursor: int | None, limit: int = 5000
+    ) -> tuple[list[tuple[int, str, str | None, str | None]], int]:
+        """The job events after ``cursor`` (at most ``limit``), each as (id, job, the job's gang, the
+        worker now holding it), and the newest event id; None: only the newest id (a first read).
+        What a replica follows to know whose commands may have changed (``CommandGate``)."""
+        with self._db.read() as conn:
+            newest = int(conn.execute(sa.select(sa.func.max(job_events.c.id))).scalar() or 0)
+            if cursor is None or newest <= cursor:
+                return [], newest
+            rows = conn.execute(
+                sa.select(job_events.c.id, job_events.c.job_id, jobs.c.gang_id, jobs.c.worker_id)
+                .select_from(job_events.outerjoin(jobs, jobs.c.id == job_events.c.job_id))
+                .where(job_events.c.id > cursor)
+                .order_by(job_events.c.id)
+                .limit(limit)
+            ).all()
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows], newest
+
     def worker_commands(self, worker_id: str, running: Sequence[tuple[str, int, str]]) -> list[WorkerCommand]:
         """What a worker must do about the attempts it says it runs, and about cancels it holds."""
         cmds: list[WorkerCommand] = []

@@ -17,7 +17,8 @@ from trainyard.store import Authenticator, Tenancy
 AUTH_CACHE_TTL_S = 5.0
 """How long a token's user is cached: a revoked token stops working within it on other replicas."""
 WORKER_CACHE_TTL_S = 5.0
-"""How long a worker credential's worker is cached."""
+"""How long a worker credential's worker is cached, at least; with the heartbeat interval set, three
+intervals (a TTL under one interval would miss on every beat: one store read per heartbeat)."""
 
 
 class AuthStore(Authenticator, Tenancy, Protocol):
@@ -48,6 +49,9 @@ class AuthService:
         self._users: dict[str, tuple[User, float]] = {}  # token -> (user, cache expiry)
         # worker credential -> (worker, cache expiry); a death or re-registration evicts at once
         self._workers: dict[str, tuple[Worker, float]] = {}
+        # A status changed through another replica (drained, dead) reaches heartbeats here within
+        # this: no later than the platform takes to declare a silent worker dead.
+        self.worker_ttl = max(WORKER_CACHE_TTL_S, 3 * settings.heartbeat_interval)
 
     # ---- users -----------------------------------------------------------------------------------
     async def authenticate(self, token: str) -> User | None:
@@ -118,19 +122,19 @@ class AuthService:
         return bool(token) and hash_token(token) == hash_token(self.bootstrap_token)
 
     async def worker(self, credential: str) -> Worker | None:
-        """The worker a credential belongs to, or None (cached for ``WORKER_CACHE_TTL_S``)."""
+        """The worker a credential belongs to, or None (cached for ``worker_ttl``)."""
         now = self.monotonic()
         hit = self._workers.get(credential)
         worker = hit[0] if hit is not None and hit[1] > now else None
         if worker is None and credential:
             worker = await off_loop(self.store.worker_by_token, credential)
             if worker is not None:
-                self._workers[credential] = (worker, now + WORKER_CACHE_TTL_S)
+                self._workers[credential] = (worker, now + self.worker_ttl)
         return worker
 
     def remember_worker(self, credential: str, worker: Worker) -> None:
         """A worker just registered with this credential."""
-        self._workers[credential] = (worker, self.monotonic() + WORKER_CACHE_TTL_S)
+        self._workers[credential] = (worker, self.monotonic() + self.worker_ttl)
 
     def forget_worker(self, worker_id: str) -> None:
         """Drop the worker's cached credentials: its status changed (dead, draining, re-registered)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainyard.cache.base import Cache
 from trainyard.model.records import User, Worker
+from trainyard.server.commandgate import CommandGate
 from trainyard.server.hub import Kick
 from trainyard.server.metrics import Metrics
 from trainyard.server.services.auth import AuthService
@@ -53,6 +54,7 @@ class FleetService:
         heartbeat_interval: float,
         kick_scheduler: Kick,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -64,6 +66,9 @@ class FleetService:
         self.heartbeat_interval = heartbeat_interval
         self.kick_scheduler = kick_scheduler
         self.clock = clock
+        self.monotonic = monotonic
+        # Most heartbeats change nothing: the gate spares them the store read of their commands.
+        self.commands = CommandGate()
         self._cached_uris: dict[str, tuple[str, ...]] = {}  # worker -> data cache as last written
         self._checkpoints: dict[tuple[str, int], float] = {}  # (job, attempt) -> checkpoint time written
 
@@ -72,6 +77,7 @@ class FleetService:
         """A worker agent (re)registers: its record and its new credential."""
         worker, credential = await off_loop(self.store.register_worker, **fields)
         self.auth.forget_worker(worker.id)
+        self.commands.forget(worker.id)
         if cached_uris is not None:
             await self.note_cached_uris(worker.id, cached_uris)
         self.auth.remember_worker(credential, worker)
@@ -88,8 +94,24 @@ class FleetService:
         self.metrics.gpu_utilization.record(worker.id, worker.name, beat.gpu_utilization)
         if beat.cached_uris is not None:
             await self.note_cached_uris(worker.id, beat.cached_uris)
-        cmds = await off_loop(self.store.worker_commands, worker.id, beat.running)
+        cmds = await self.worker_commands(worker.id, beat.running)
         return cmds + await self.drain_commands(worker, beat.draining, beat.running)
+
+    async def worker_commands(
+        self, worker_id: str, running: Sequence[tuple[str, int, str]]
+    ) -> list[WorkerCommand]:
+        """The worker's commands from the store, unless no event since its last look could have
+        changed them (see :mod:`trainyard.server.commandgate`)."""
+        gate, now = self.commands, self.monotonic()
+        if gate.watch_due(now):
+            events, newest = await off_loop(self.store.command_events, gate.cursor)
+            gate.note(events, newest, now)
+        if not gate.must_look(worker_id, running, now):
+            return []
+        cursor = gate.cursor
+        cmds = await off_loop(self.store.worker_commands, worker_id, running)
+        gate.looked(worker_id, running, cursor, bool(cmds), now)
+        return cmds
 
     async def note_checkpoints(self, times: Iterable[tuple[str, int, float]]) -> None:
         """Persist the checkpoint times a heartbeat reports, when they moved (every few minutes per
@@ -119,6 +141,7 @@ class FleetService:
         if worker is None:
             return None
         self.auth.forget_worker(worker.id)  # its next heartbeat must see DRAINING, not a cached ALIVE
+        self.commands.forget(worker.id)
         self.dispatcher.drain(worker.id)
         self.kick_scheduler.set()
         return worker
