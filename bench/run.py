@@ -14,6 +14,11 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   status_reads_{postgres,redis}  GET /v1/jobs/{id} from 16 concurrent clients (reads/s; latency ms)
   relay_throughput, event_latency_replicas: see bench/backends.py
   scheduler_cycle                one scheduling decision, 10k pending x 2k workers (ms): bench/scheduler.py
+  leader_cycle                   the leader's whole cycle on SQLite at 10k running, 5k pending, 2k workers,
+                                 its picture kept between cycles (ms; a full reread in the note):
+                                 bench/leader_cycle.py
+  heartbeat_cost                 control-plane CPU per heartbeat, 2,000 agents x 5 running (us; SQLite,
+                                 Redis and the figures before in the note): bench/heartbeats.py
   simulated_day                  a target-scale day (100k jobs), scheduler vs FIFO (s): bench/simulate.py
   ui_latency                     worker's status report → browser DOM, p99 of 50 (ms): bench/ui_latency.py
   array_submit                   one POST of a 10,000-task array, accepted (ms; SQLite, and PostgreSQL
@@ -384,6 +389,8 @@ def main() -> int:
     from arrays import array_submit
     from backends import event_latency_replicas, relay_throughput
     from fleet import fleet_scale
+    from heartbeats import heartbeat_cost
+    from leader_cycle import leader_cycle
     from logsearch import log_search
     from scheduler import scheduler_cycle
     from simulate import simulated_day
@@ -393,6 +400,8 @@ def main() -> int:
         relay_throughput,
         event_latency_replicas,
         scheduler_cycle,
+        leader_cycle,
+        heartbeat_cost,
         simulated_day,
         ui_latency,
         array_submit,
