@@ -37,7 +37,13 @@ import pytest
 
 from tests.unit.worker.helpers import launch_spec
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec
-from trainyard.worker.executors.kubernetes import KubernetesSettings, PodView, exit_status, plan_pod
+from trainyard.worker.executors.kubernetes import (
+    KubernetesSettings,
+    PodView,
+    exit_status,
+    plan_pod,
+    plan_secret,
+)
 from trainyard.worker.executors.process import ProcessExecutor
 from trainyard.worker.spool import LogSpool
 
@@ -285,9 +291,43 @@ def _run_process(spec: LaunchSpec) -> Outcome:
     return _outcome(status, stdout.decode(), stderr.decode(), spec)
 
 
-def _run_pod(kube: KubePlay, spec: LaunchSpec, tmp_path: Path) -> tuple[Outcome, dict[str, Any]]:
+def _as_the_kubelet_resolves(
+    pod: dict[str, Any], secret: dict[str, Any] | None, claims: dict[str, Path]
+) -> None:
+    """What Podman has no objects for, done as a kubelet does it: a claim of a `local` volume is
+    bind-mounted from the volume's node path joined with the mount's subPath (so each becomes the
+    hostPath of exactly that directory), and a secretKeyRef becomes the Secret's value."""
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    by_name = {v["name"]: v for v in spec["volumes"]}
+    volumes = [v for v in spec["volumes"] if "persistentVolumeClaim" not in v]
+    for i, m in enumerate(container["volumeMounts"]):
+        claim = by_name[m["name"]].get("persistentVolumeClaim")
+        if claim is None:
+            continue
+        path = claims[claim["claimName"]] / m.pop("subPath")
+        m["name"] = f"claimed-{i}"
+        volumes.append({"name": m["name"], "hostPath": {"path": str(path), "type": "Directory"}})
+    spec["volumes"] = volumes
+    values = (secret or {}).get("stringData", {})
+    for e in container["env"]:
+        ref = e.pop("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            assert secret is not None and ref["name"] == secret["metadata"]["name"]
+            e["value"] = values[ref["key"]]
+
+
+def _run_pod(
+    kube: KubePlay, spec: LaunchSpec, tmp_path: Path, *, claims: bool = False
+) -> tuple[Outcome, dict[str, Any]]:
     settings = KubernetesSettings(node_name="node-1", worker="node-1-test", host_roots=(tmp_path,))
+    named = {"trainyard-work": tmp_path / "jobs", "trainyard-data": tmp_path / "data-cache"}
+    if claims:
+        settings = dataclasses.replace(settings, volume_claims=tuple((p, c) for c, p in named.items()))
     pod = plan_pod(spec, settings)
+    secret = plan_secret(spec, settings)
+    assert claims == (secret is not None) == any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+    _as_the_kubelet_resolves(pod, secret, named)
     code, stdout, stderr = kube.play(pod)
     # The container's end, read as the executor reads it from the API.
     view = PodView.of(
@@ -301,11 +341,16 @@ def _run_pod(kube: KubePlay, spec: LaunchSpec, tmp_path: Path) -> tuple[Outcome,
     return _outcome(exit_status(view, memory=spec.memory, killed=False), stdout, stderr, spec), pod
 
 
-@pytest.mark.parametrize("case", ["bundle", "resumed", "shared-cwd"])
+@pytest.mark.parametrize("case", ["bundle", "resumed", "shared-cwd", "resumed-with-claims"])
 def test_a_pod_runs_the_job_as_the_process_executor_does(kube: KubePlay, tmp_path: Path, case: str) -> None:
-    spec = _attempt(tmp_path, case)
+    """``-with-claims``: as pool `pods` runs it, the directories from claims of local volumes (each a
+    subPath) and the team secret from the attempt's Secret, resolved as a kubelet would."""
+    claims = case.endswith("-with-claims")
+    spec = _attempt(tmp_path, case.removesuffix("-with-claims"))
+    if claims:
+        spec = dataclasses.replace(spec, secret_env=("WANDB_API_KEY",))
     process = _run_process(spec)
-    pod_run, pod = _run_pod(kube, spec, tmp_path)
+    pod_run, pod = _run_pod(kube, spec, tmp_path, claims=claims)
 
     # Exit code.
     expected_exit = int(spec.env["JOB_EXIT"])
