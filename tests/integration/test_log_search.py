@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -139,3 +140,29 @@ def test_yard_logs_search(cp: ControlPlane, oom_job: dict[str, Any]) -> None:
     # The job's own log command is unchanged, and refuses stray arguments.
     assert CliRunner().invoke(app, ["logs", oom_job["id"]], obj=state).stdout.startswith("epoch 1")
     assert CliRunner().invoke(app, ["logs", oom_job["id"], "extra"], obj=state).exit_code == 2
+
+
+def test_log_search_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    """The same path with PostgreSQL's full-text search behind it."""
+    with platform(tmp_path, agents=1, database_url=pg_url) as (pg, _), pg.client() as admin:
+        alice, bob = user(admin, "alice", "vision"), user(admin, "bob", "nlp")
+        log = "print('warmup'); print('RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB')"
+        with pg.client(alice) as ac:
+            r = ac.post("/v1/jobs", json={"command": [sys.executable, "-c", log], "resources": {"cpu": 0.1}})
+            assert r.status_code == 201, r.text
+            assert wait_status(ac, r.json()["id"], DONE)["status"] == "SUCCEEDED"
+
+            def hits() -> list[dict[str, Any]]:
+                return list(
+                    ac.get("/v1/logs/search", params={"q": "memory tried to allocate 2"}).json()["hits"]
+                )
+
+            found = wait_for(hits, 30, 0.2, "the line in PostgreSQL's index")
+            assert found[0]["line"].startswith("RuntimeError: CUDA") and found[0]["job_id"] == r.json()["id"]
+            assert ac.get("/v1/logs/search", params={"q": '" ( -'}).status_code == 422
+            assert ac.get("/v1/logs/search", params={"q": "NOT (cuda"}).json()["hits"] == []
+        with pg.client(bob) as bc:
+            assert (
+                bc.get("/v1/logs/search", params={"q": "CUDA out of memory", "team": "vision"}).json()["hits"]
+                == []
+            )
