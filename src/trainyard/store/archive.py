@@ -204,7 +204,7 @@ class ArchiveRepo:
         still waiting for its dependencies names."""
         batch = ArchiveBatch(cutoff=cutoff)
         q = (
-            sa.select(jobs.c.id, jobs.c.finished_at)
+            sa.select(jobs.c.id, jobs.c.finished_at, jobs.c.gang_id, jobs.c.array_tasks)
             .where(
                 jobs.c.finished_at < cutoff,
                 jobs.c.status.in_(TERMINAL_NAMES),
@@ -215,11 +215,11 @@ class ArchiveRepo:
             .limit(limit)
         )
         if after is not None:
+            # A row-value comparison: one range seek on ix_jobs_finished_at (finished_at, id),
+            # where the OR of the two columns spelled out scans (8 s a batch at 1M rows on SQLite).
             q = q.where(
-                sa.or_(
-                    jobs.c.finished_at > after[0],
-                    sa.and_(jobs.c.finished_at == after[0], jobs.c.id > after[1]),
-                )
+                sa.tuple_(jobs.c.finished_at, jobs.c.id)
+                > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
             )
         with self._db.read() as conn:
             candidates = conn.execute(q).all()
@@ -228,7 +228,7 @@ class ArchiveRepo:
             batch.last = (candidates[-1].finished_at, candidates[-1].id) if len(candidates) == limit else None
             protected = _depended_on(conn)
             ids = [c.id for c in candidates]
-            rows = _unit_rows(conn, ids)
+            rows = _unit_rows(conn, candidates)
             by_unit: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
             for r in rows:
                 unit = (
@@ -347,16 +347,18 @@ def _depended_on(conn: sa.Connection) -> set[str]:
     return out
 
 
-def _unit_rows(conn: sa.Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The rows of these listed jobs with their gang ranks and array tasks."""
+def _unit_rows(conn: sa.Connection, heads: Sequence[sa.Row[Any]]) -> list[dict[str, Any]]:
+    """The rows of these listed jobs with their gang ranks and array tasks. A rank or task is
+    ``<id>-<n>``: a range of the primary key, where ``gang_id IN``/``array_id IN`` would scan the
+    table once the planner's statistics say nearly every row has neither."""
+    ids = [h.id for h in heads]
     out: list[dict[str, Any]] = []
     for part in _parts(ids):
         out.extend(_plain(r) for r in conn.execute(sa.select(jobs).where(jobs.c.id.in_(part))))
-        out.extend(
-            _plain(r)
-            for r in conn.execute(sa.select(jobs).where(jobs.c.gang_id.in_(part), jobs.c.id.notin_(part)))
-        )
-        out.extend(_plain(r) for r in conn.execute(sa.select(jobs).where(jobs.c.array_id.in_(part))))
+    for h in heads:
+        if h.gang_id == h.id or h.array_tasks is not None:
+            rows = conn.execute(sa.select(jobs).where(jobs.c.id > f"{h.id}-", jobs.c.id < f"{h.id}."))
+            out.extend(_plain(r) for r in rows if h.id in (r.gang_id, r.array_id))
     return out
 
 

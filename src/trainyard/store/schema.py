@@ -113,7 +113,7 @@ jobs = sa.Table(
     # retention's scan of finished jobs by age (migration 0012).
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_user_id", "user_name", "id"),
-    sa.Index("ix_jobs_finished_at", "finished_at"),
+    sa.Index("ix_jobs_finished_at", "finished_at", "id"),
 )
 
 job_attempts = sa.Table(

@@ -30,7 +30,7 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_status_id", ["status", "id"], unique=False)
         batch_op.create_index("ix_jobs_user_id", ["user_name", "id"], unique=False)
-        batch_op.create_index("ix_jobs_finished_at", ["finished_at"], unique=False)
+        batch_op.create_index("ix_jobs_finished_at", ["finished_at", "id"], unique=False)
 
 
 def downgrade() -> None:
