@@ -30,6 +30,11 @@ AttemptKey = tuple[str, int]
 
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest LogData payload: well under gRPC's default 4 MiB message limit."""
+MAX_CATCH_UP_BYTES = 4 << 20
+"""Most unsealed bytes a new follow pushes from before now: the control plane's live tail holds no
+more (its default cap). More is unsealed only when sealing fails, or where another shipper archives
+the log (``--log-shipper external``: ``sealed`` is always 0), and those bytes reach the follower
+through the archive instead."""
 MAX_EARLY_TAILS = 10_000
 """LogTails kept for attempts this agent has not started yet (the lease and the follow raced)."""
 
@@ -124,7 +129,8 @@ class LogShipper:
     def _start(self, feed: _Feed, offset: int, until: float) -> None:
         if not feed.live(time.monotonic()):
             # Bytes below the sealed offset are in indexed chunks: the follower reads them there.
-            start = min(max(offset, feed.sealed(), 0), feed.spool.size)
+            size = feed.spool.size
+            start = min(max(offset, feed.sealed(), size - MAX_CATCH_UP_BYTES, 0), size)
             feed.sent = feed.acked = start
         feed.live_until = max(feed.live_until, until)
         self._dirty.set()

@@ -20,9 +20,11 @@ import pytest
 
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker import WorkerConfig, run_agent
+from trainyard.worker.logship import MAX_CATCH_UP_BYTES
+from trainyard.worker.slots import find_slot
 
 from .fake_control_plane import BOOTSTRAP, FakeWorkerService, ObjectStore, start_server
-from .helpers import PY
+from .helpers import PY, wait_for_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -214,5 +216,40 @@ def test_a_follow_lapses_without_a_renewal(tmp_path: Path) -> None:
             await svc.wait_finished("t")
             assert svc.live_bytes("t") == lapsed_at
             assert lapsed_at < len(expected(400))
+
+    asyncio.run(main())
+
+
+def test_a_follow_without_a_sealer_catches_up_on_the_newest_bytes_only(tmp_path: Path) -> None:
+    # With an external shipper (Fluent Bit) nothing is sealed by the agent: a follow pushes at
+    # most the newest MAX_CATCH_UP_BYTES of what was printed before it, then everything new.
+    big = 6 << 20
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.stdout.buffer.write(b"a" * {big}); sys.stdout.flush()
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+
+    async def main() -> None:
+        async with agent(tmp_path, log_shipper="external") as (svc, _):
+            assign(svc, "x", [PY, "-c", code])
+            total = big + len(b"ready\n")
+
+            def spooled() -> bool:
+                slot = find_slot(tmp_path / "agent", "x", 1)
+                return slot is not None and (slot / "log").exists() and (slot / "log").stat().st_size == total
+
+            await wait_for_async(spooled, 30)
+            svc.tail("x", ttl_s=60)
+            await svc.wait_for(lambda: b"ready" in b"".join(d for _, d in svc.live("x")))
+            assert not svc.rec.seals
+            first = svc.live("x")[0][0]
+            assert first == total - MAX_CATCH_UP_BYTES
+            assert svc.live_bytes("x") == MAX_CATCH_UP_BYTES
+            svc.command(pb.Command(kind=pb.Command.CANCEL, job_id="x", attempt=1, lease_token="lt-x"))
+            await svc.wait_finished("x", timeout=30)
 
     asyncio.run(main())
