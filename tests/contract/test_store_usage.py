@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 
 from tests.contract.test_store import ALICE, BOB, finish, lease_one, spec, worker
-from trainyard.model.pricing import MICROS, Prices
+from trainyard.model.pricing import MICROS, Prices, usage_report
 from trainyard.model.states import AttemptOutcome
 from trainyard.store.sql import NotFound, SqlStore
 
@@ -94,3 +94,33 @@ def test_overrides_are_kept_per_team(store: SqlStore) -> None:
     assert store.usage.budget_overrides(set()) == frozenset()
     with pytest.raises(NotFound):
         store.usage.allow_over_budget("j0missing", "root")
+
+
+def test_usage_groups_sum_what_attempts_between_lists(store: SqlStore) -> None:
+    clock = Clock()
+    store.clock = clock
+    spot = worker(store, "s1", gpu=4, gpu_type="a100", labels={"spot": "true"})
+    plain = worker(store, "d1", gpu=4, gpu_type="h100")
+    for i, (who, wid) in enumerate([(ALICE, spot), (ALICE, spot), (BOB, plain), (ALICE, plain)]):
+        job = store.submit(who, spec(resources={"cpu": 2, "gpu": 1}, preemptible=True)).job
+        attempt, token = lease_one(store, job.id, wid)
+        assert store.report_started(job.id, attempt, token, wid).ok
+        clock.now += 100 * (i + 1)
+        if i != 3:  # the last one still runs
+            finish(store, job.id, attempt, token, wid, AttemptOutcome.SUCCEEDED)
+    clock.now += 30
+    prices = Prices({"a100": 2 * MICROS, "h100": 4 * MICROS}, spot_discount=Fraction(1, 2))
+    for since in (clock.now - 10_000, clock.now - 450, clock.now - 100):
+        records = store.usage.attempts_between(since, clock.now)
+        groups = store.usage.usage_groups(since, clock.now, now=clock.now)
+        one = usage_report(prices, records, ("team", "gpu-type", "spot"), now=clock.now, since=since)
+        summed = usage_report(prices, groups, ("team", "gpu-type", "spot"), now=clock.now, since=since)
+        assert [(line.key, line.attempts) for line in summed[0]] == [
+            (line.key, line.attempts) for line in one[0]
+        ]
+        # The same money up to one rounding per group.
+        assert abs(summed[1].micros - one[1].micros) <= len(groups)
+    settled = store.usage.usage_groups(0, clock.now, now=clock.now, ended_before=clock.now - 100)
+    fresh = store.usage.usage_groups(0, clock.now, now=clock.now, open_after=clock.now - 100)
+    assert sum(g.attempts for g in settled) + sum(g.attempts for g in fresh) == 4
+    assert {(g.team, g.spot) for g in fresh} >= {("vision", False)}  # the running one is open

@@ -269,6 +269,41 @@ def attempt_cost(prices: Prices, usage: Usage) -> Cost:
     return Cost(_round(charged), _round(on_demand), usage.gpu * usage.ms)
 
 
+def _div_half_even(num: int, den: int) -> int:
+    """``round(Fraction(num, den))`` for num >= 0 < den, in integers only."""
+    q, r = divmod(num, den)
+    if 2 * r > den or (2 * r == den and q & 1):
+        return q + 1
+    return q
+
+
+class CostTable:
+    """``attempt_cost`` for many attempts at one price table, in integers: each resource shape's
+    hourly rate is computed (exactly) once. A report over 100,000 attempts spent most of its time in
+    ``Fraction`` arithmetic otherwise. Same results as ``attempt_cost`` (property-tested)."""
+
+    def __init__(self, prices: Prices) -> None:
+        self.prices = prices
+        d = prices.spot_discount
+        self._keep = (d.denominator - d.numerator, d.denominator)
+        self._rates: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+    def cost(self, usage: Usage) -> Cost:
+        key = (usage.gpu, usage.gpu_type, usage.cpu, usage.memory)
+        rate = self._rates.get(key)
+        if rate is None:
+            exact = hourly_rate(self.prices, usage)
+            rate = self._rates[key] = (exact.numerator, exact.denominator)
+        num, den = rate[0] * usage.ms, rate[1] * MS_PER_HOUR
+        on_demand = _div_half_even(num, den)
+        if usage.spot:
+            keep_num, keep_den = self._keep
+            charged = _div_half_even(num * keep_num, den * keep_den)
+        else:
+            charged = on_demand
+        return Cost(charged, on_demand, usage.gpu * usage.ms)
+
+
 def total_cost(prices: Prices, usages: Iterable[Usage]) -> Cost:
     """The sum of each attempt's (rounded) cost: what a report over those attempts shows."""
     return sum((attempt_cost(prices, u) for u in usages), Cost())
@@ -415,6 +450,17 @@ def parse_since(text: str, now: float) -> float:
     return start
 
 
+def _key(r: AttemptRecord | UsageGroup, by: tuple[str, ...]) -> tuple[str, ...]:
+    """The report group an attempt (or group of them) falls in, by the dimensions ``by``."""
+    values = {
+        "team": r.team,
+        "user": r.user,
+        "gpu-type": (r.gpu_type or "any") if r.gpu else "none",
+        "spot": "spot" if r.spot else "on-demand",
+    }
+    return tuple(values[d] for d in by)
+
+
 @dataclass(frozen=True)
 class AttemptRecord:
     """One attempt as a usage report reads it: who ran it, on what, from when to when."""
@@ -431,18 +477,39 @@ class AttemptRecord:
     spot: bool = False
 
     def key(self, by: tuple[str, ...]) -> tuple[str, ...]:
-        values = {
-            "team": self.team,
-            "user": self.user,
-            "gpu-type": (self.gpu_type or "any") if self.gpu else "none",
-            "spot": "spot" if self.spot else "on-demand",
-        }
-        return tuple(values[d] for d in by)
+        return _key(self, by)
+
+    attempts = 1
 
     def usage(self, now: float, since: float | None = None, until: float | None = None) -> Usage:
         """Its resources and its running time within [``since``, ``until``)."""
         ms = running_ms(self.started_at, self.ended_at, now=now, since=since, until=until)
         return Usage(ms, self.gpu, self.gpu_type, self.cpu, self.memory, self.spot)
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """Attempts of one team and user with the same resources on the same kind of capacity, summed
+    by the database: their running time within the report's window, already clipped to it. A group
+    is priced like one attempt of that length (``CostTable``), so it is rounded once: the store sums
+    a month of attempts without handing each one to Python."""
+
+    team: str
+    user: str
+    ms: int
+    attempts: int
+    gpu: int = 0
+    gpu_type: str | None = None
+    cpu: float | int | str | Decimal = 1
+    memory: int = 0
+    spot: bool = False
+
+    def key(self, by: tuple[str, ...]) -> tuple[str, ...]:
+        return _key(self, by)
+
+    def usage(self, now: float, since: float | None = None, until: float | None = None) -> Usage:
+        """Its resources and running time (the window was applied when it was summed)."""
+        return Usage(self.ms, self.gpu, self.gpu_type, self.cpu, self.memory, self.spot)
 
 
 @dataclass(frozen=True)
@@ -456,7 +523,7 @@ class UsageLine:
 
 def usage_report(
     prices: Prices,
-    records: Iterable[AttemptRecord],
+    records: Iterable[AttemptRecord | UsageGroup],
     by: tuple[str, ...],
     *,
     now: float,
@@ -466,6 +533,7 @@ def usage_report(
     """Each group's cost over [``since``, ``until`` or ``now``), sorted by cost (highest first, then
     key), and the total: the sum of the same rounded attempt costs, so the lines add up to it."""
     end = now if until is None else until
+    table = CostTable(prices)
     groups: dict[tuple[str, ...], tuple[Cost, int]] = {}
     for r in records:
         usage = r.usage(now, since, end)
@@ -473,7 +541,7 @@ def usage_report(
             continue
         key = r.key(by)
         cost, n = groups.get(key, (Cost(), 0))
-        groups[key] = (cost + attempt_cost(prices, usage), n + 1)
+        groups[key] = (cost + table.cost(usage), n + r.attempts)
     lines = [UsageLine(k, c, n) for k, (c, n) in groups.items()]
     lines.sort(key=lambda line: line.key)
     lines.sort(key=lambda line: line.cost.micros, reverse=True)
@@ -481,15 +549,16 @@ def usage_report(
 
 
 def team_spend(
-    prices: Prices, records: Iterable[AttemptRecord], *, now: float, window: tuple[float, float]
+    prices: Prices, records: Iterable[AttemptRecord | UsageGroup], *, now: float, window: tuple[float, float]
 ) -> dict[str, int]:
     """What each team spent (charged micro-dollars) within ``window``, running attempts up to ``now``."""
     since, until = window
+    table = CostTable(prices)
     out: dict[str, int] = {}
     for r in records:
         usage = r.usage(now, since, until)
         if usage.ms > 0:
-            out[r.team] = out.get(r.team, 0) + attempt_cost(prices, usage).micros
+            out[r.team] = out.get(r.team, 0) + table.cost(usage).micros
     return out
 
 
@@ -508,9 +577,11 @@ __all__ = [
     "AttemptRecord",
     "BudgetLevel",
     "Cost",
+    "CostTable",
     "MonthlyBudget",
     "Prices",
     "Usage",
+    "UsageGroup",
     "UsageLine",
     "attempt_cost",
     "budget_level",

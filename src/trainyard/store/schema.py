@@ -138,6 +138,8 @@ job_attempts = sa.Table(
     # victims that would lose the least work since theirs.
     sa.Column("last_checkpoint_at", sa.Float, nullable=True),
     sa.Index("ix_job_attempts_worker_status", "worker_id", "status"),
+    # Usage reports and the budget watch find attempts by when they ended (NULL: still open).
+    sa.Index("ix_job_attempts_finished", "finished_at"),
 )
 
 job_events = sa.Table(

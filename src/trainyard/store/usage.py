@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
-from trainyard.model.pricing import AttemptRecord, Prices
+from trainyard.model.pricing import AttemptRecord, Prices, UsageGroup
 from trainyard.model.states import LIVE
 from trainyard.store.db import Db
 from trainyard.store.errors import NotFound
@@ -67,13 +66,21 @@ class UsageRepo:
 
     # ---- attempts ------------------------------------------------------------------------------
     def attempts_between(
-        self, since: float, until: float, *, teams: Collection[str] | None = None
+        self,
+        since: float,
+        until: float,
+        *,
+        teams: Collection[str] | None = None,
+        open_after: float | None = None,
     ) -> list[AttemptRecord]:
         """Every attempt that ran at some time in [``since``, ``until``), of these teams (None:
         all), preempted, lost and failed ones included. A gang's ranks are attempts of their own;
-        an array's tasks too. The GPU type and spot are the worker's: what the attempt ran on."""
+        an array's tasks too. The GPU type and spot are the worker's: what the attempt ran on.
+        ``open_after``: only attempts still open or that ended at or after it (the budget watch
+        keeps the sum of those that ended before)."""
         if teams is not None and not teams:
             return []
+        a = job_attempts.c
         q = (
             sa.select(
                 jobs.c.team,
@@ -82,25 +89,120 @@ class UsageRepo:
                 jobs.c.memory,
                 jobs.c.gpu,
                 jobs.c.gpu_type,
-                job_attempts.c.status,
-                job_attempts.c.started_at,
-                job_attempts.c.finished_at,
-                workers.c.gpu_type.label("worker_gpu_type"),
-                workers.c.labels,
+                a.status,
+                a.started_at,
+                a.finished_at,
+                a.worker_id,
             )
-            .select_from(
-                job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id).outerjoin(
-                    workers, workers.c.id == job_attempts.c.worker_id
-                )
-            )
-            .where(job_attempts.c.started_at.is_not(None), job_attempts.c.started_at < until)
-            .where(sa.or_(job_attempts.c.finished_at.is_(None), job_attempts.c.finished_at > since))
+            .select_from(job_attempts.join(jobs, jobs.c.id == a.job_id))
+            .where(a.started_at.is_not(None), a.started_at < until)
+            .where(sa.or_(a.finished_at.is_(None), a.finished_at > since))
         )
+        if open_after is not None:
+            q = q.where(sa.or_(a.finished_at.is_(None), a.finished_at >= open_after))
         if teams is not None:
             q = q.where(jobs.c.team.in_(sorted(teams)))
         with self._db.read() as conn:
+            hosts = _hosts(conn)
             rows = conn.execute(q).all()
-        return [_record(r) for r in rows]
+        out = []
+        unknown: tuple[str | None, bool] = (None, False)
+        for team, user, cpu, memory, gpu, gpu_type, status, started, finished, worker_id in rows:
+            host_type, spot = hosts.get(worker_id, unknown)
+            if finished is None and status not in _LIVE_NAMES:
+                # Closed without an end time (it never reported one): nothing counts past its start.
+                finished = started
+            out.append(
+                AttemptRecord(
+                    team,
+                    user,
+                    started,
+                    finished,
+                    gpu,
+                    (host_type or gpu_type) if gpu else None,
+                    cpu,
+                    memory,
+                    spot,
+                )
+            )
+        return out
+
+    def usage_groups(
+        self,
+        since: float,
+        until: float,
+        *,
+        now: float,
+        teams: Collection[str] | None = None,
+        open_after: float | None = None,
+        ended_before: float | None = None,
+    ) -> list[UsageGroup]:
+        """What ``attempts_between`` lists, summed by the database: each team's and user's running
+        time within [``since``, ``until``) (an open attempt up to ``now``) per resource shape and
+        kind of capacity. ``open_after``: only attempts open or that ended at or after it;
+        ``ended_before``: only attempts that ended before it (the budget watch's settled part)."""
+        if teams is not None and not teams:
+            return []
+        a = job_attempts.c
+        end = sa.case(
+            (a.finished_at.is_not(None), a.finished_at),
+            (a.status.in_(sorted(_LIVE_NAMES)), sa.literal(now, sa.Float)),
+            else_=a.started_at,  # closed without an end time: nothing counts past its start
+        )
+        clipped_end = sa.case((end > until, sa.literal(until, sa.Float)), else_=end)
+        clipped_start = sa.case((a.started_at < since, sa.literal(since, sa.Float)), else_=a.started_at)
+        ran = clipped_end - clipped_start
+        shape = (
+            jobs.c.team,
+            jobs.c.user_name,
+            a.worker_id,
+            jobs.c.gpu,
+            jobs.c.gpu_type,
+            jobs.c.cpu,
+            jobs.c.memory,
+        )
+        q = (
+            sa.select(
+                *shape,
+                sa.func.sum(sa.case((ran > 0, ran), else_=0.0)).label("seconds"),
+                sa.func.sum(sa.case((ran > 0, 1), else_=0)).label("attempts"),
+            )
+            .select_from(job_attempts.join(jobs, jobs.c.id == a.job_id))
+            .where(a.started_at.is_not(None), a.started_at < until)
+            .where(sa.or_(a.finished_at.is_(None), a.finished_at > since))
+            .group_by(*shape)
+        )
+        if open_after is not None:
+            q = q.where(sa.or_(a.finished_at.is_(None), a.finished_at >= open_after))
+        if ended_before is not None:
+            q = q.where(a.finished_at < ended_before)
+        if teams is not None:
+            q = q.where(jobs.c.team.in_(sorted(teams)))
+        with self._db.read() as conn:
+            hosts = _hosts(conn)
+            rows = conn.execute(q).all()
+        merged: dict[tuple[str, str, int, str | None, float, int, bool], list[float]] = {}
+        unknown: tuple[str | None, bool] = (None, False)
+        for team, user, worker_id, gpu, gpu_type, cpu, memory, seconds, attempts in rows:
+            if not attempts:
+                continue
+            host_type, spot = hosts.get(worker_id, unknown)
+            key = (
+                str(team),
+                str(user),
+                int(gpu),
+                (host_type or gpu_type) if gpu else None,
+                cpu,
+                memory,
+                spot,
+            )
+            acc = merged.setdefault(key, [0.0, 0.0])
+            acc[0] += float(seconds)
+            acc[1] += int(attempts)
+        return [
+            UsageGroup(team, user, round(seconds * 1000), int(n), gpu, gpu_type, cpu, memory, spot)
+            for (team, user, gpu, gpu_type, cpu, memory, spot), (seconds, n) in merged.items()
+        ]
 
     # ---- alerts --------------------------------------------------------------------------------
     def fired_alerts(self, month: str) -> set[tuple[str, int]]:
@@ -184,20 +286,10 @@ class UsageRepo:
             return frozenset(rows.scalars())
 
 
-def _record(r: Any) -> AttemptRecord:
-    labels = r.labels or {}
-    ended = r.finished_at
-    if ended is None and r.status not in _LIVE_NAMES:
-        # An attempt closed without an end time (it never reported one): count nothing past its start.
-        ended = r.started_at
-    return AttemptRecord(
-        team=r.team,
-        user=r.user_name,
-        started_at=r.started_at,
-        ended_at=ended,
-        gpu=r.gpu,
-        gpu_type=(r.worker_gpu_type or r.gpu_type) if r.gpu else None,
-        cpu=r.cpu,
-        memory=r.memory,
-        spot=labels.get("spot") == "true",
-    )
+def _hosts(conn: sa.Connection) -> dict[str, tuple[str | None, bool]]:
+    """Each worker's GPU type and whether it is spot capacity. Workers are few and attempts many:
+    read once, not joined (and their JSON labels decoded) per attempt."""
+    return {
+        w.id: (w.gpu_type, (w.labels or {}).get("spot") == "true")
+        for w in conn.execute(sa.select(workers.c.id, workers.c.gpu_type, workers.c.labels))
+    }

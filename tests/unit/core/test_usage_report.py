@@ -16,6 +16,7 @@ from trainyard.model.pricing import (
     MICROS,
     MS_PER_HOUR,
     AttemptRecord,
+    CostTable,
     Prices,
     Usage,
     attempt_cost,
@@ -76,6 +77,13 @@ def test_cost_is_the_exact_rate_times_time_rounded_once(prices: Prices, usage: U
     # What spot saved and what was charged add up to the on-demand cost, exactly.
     assert cost.micros + cost.saved_micros == cost.on_demand_micros
     assert 0 <= cost.micros <= cost.on_demand_micros
+
+
+@given(prices_st, st.lists(usage_st, max_size=20))
+def test_the_cost_table_gives_the_same_costs_in_integers(prices: Prices, usages: list[Usage]) -> None:
+    table = CostTable(prices)
+    for usage in usages:
+        assert table.cost(usage) == attempt_cost(prices, usage)
 
 
 @given(prices_st, usage_st)

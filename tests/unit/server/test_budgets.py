@@ -17,7 +17,13 @@ from trainyard.model.records import User, Worker
 from trainyard.model.states import AttemptOutcome, JobStatus
 from trainyard.server.hub import Kick
 from trainyard.server.metrics import Metrics
-from trainyard.server.services.usage import BudgetWatch, UsageForbidden, UsageRejected, UsageService
+from trainyard.server.services.usage import (
+    FULL_EVERY_S,
+    BudgetWatch,
+    UsageForbidden,
+    UsageRejected,
+    UsageService,
+)
 
 pytestmark = pytest.mark.anyio
 ADMIN = User("root", "ops", "admin")
@@ -237,3 +243,34 @@ async def test_reports_are_scoped_and_validated(budgets: Budgets) -> None:
     with pytest.raises(UsageRejected):
         await u.set_prices(ADMIN, {"cpu_hour": "-1"})
     assert (await u.prices())["prices"]["cpu_hour"] == "1"
+
+
+async def test_the_running_sum_matches_a_full_read_as_attempts_end(budgets: Budgets) -> None:
+    plane = budgets.plane
+    w = await plane.worker("w1", cpu=16)
+    budgets.set_budget("vision", "1000")
+    leases = []
+    for _ in range(3):
+        await plane.submit(ALICE)
+    leases = plane.schedule()
+    for lease in leases:
+        await plane.start(lease)
+    budgets.watch.holds()
+    assert budgets.watch.full_reads == 1
+    for step, lease in enumerate(leases):
+        await advance(plane, w, 5 * 60)
+        outcome = AttemptOutcome.PREEMPTED if step == 0 else AttemptOutcome.SUCCEEDED
+        await plane.finish(lease, outcome, 0)
+        for _ in range(15):  # past the settling time, a recompute each 6 s
+            await advance(plane, w, 6)
+            budgets.watch.holds()
+            fresh = Budgets.__new__(Budgets)
+            fresh.metrics = Metrics()
+            fresh.watch = BudgetWatch(plane.store, fresh.metrics, clock=plane.clock)
+            fresh.watch.holds()
+            # Equal up to the rounding of each sum to a micro-dollar.
+            assert budgets.ratio("vision") == pytest.approx(fresh.ratio("vision"), abs=1e-8)
+    # 19.5 minutes: the first read, and the periodic full read after FULL_EVERY_S; every other
+    # recompute read only the attempts still open or just ended.
+    assert FULL_EVERY_S == 900
+    assert budgets.watch.full_reads == 2

@@ -8,10 +8,11 @@ metric), and hands the scheduler the teams whose new jobs must wait.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("trainyard.server")
 
 BUDGET_EVERY_S = 5.0
-"""How often the leader sums the budgeted teams' spending: it moves by cents a second at most,
-and the sum reads a month of attempts, so once a cycle would be waste."""
+"""How often the leader sums the budgeted teams' spending: it moves by cents a second at most, so
+once a cycle would be waste."""
+SETTLE_S = 60.0
+"""An attempt that ended this long ago is final: its cost joins the month's running sum and it is
+not read again. (An attempt's end is stamped when its report commits, so a report whose commit
+lagged its stamp by more than this would be missed until the next full read.)"""
+FULL_EVERY_S = 900.0
+"""The month is read whole at least this often, and whenever the month, the prices or the set of
+budgeted teams changed."""
+
+
+@dataclass(frozen=True)
+class _MonthSums:
+    """The leader's running sum: each team's spending this month on attempts that ended before
+    ``settled`` (read once), so each recompute reads only the attempts still open or just ended."""
+
+    key: tuple[object, ...]
+    settled: float
+    closed: dict[str, int]
+    full_at: float
 
 
 class UsageRejected(ValueError):
@@ -124,6 +143,9 @@ class BudgetWatch:
         self._lock = threading.Lock()
         self._at: float | None = None
         self._holds = BudgetHolds()
+        self._sums: _MonthSums | None = None
+        self.full_reads = 0
+        """How many recomputes read the whole month (the bench and tests look)."""
         self._gauged: set[str] = set()
         r = metrics.registry
         self.used_ratio = Gauge(
@@ -143,6 +165,7 @@ class BudgetWatch:
         """Recompute at the next ``holds`` (a budget, a price or an override changed here)."""
         with self._lock:
             self._at = None
+            self._sums = None
 
     def holds(self, now: float | None = None) -> BudgetHolds:
         """The over-budget teams and exempt jobs, recomputed when ``every_s`` has passed."""
@@ -163,9 +186,7 @@ class BudgetWatch:
         if not budgeted:
             return BudgetHolds()
         prices = _prices_of(self.store)
-        window = month_window(now)
-        records = self.store.usage.attempts_between(*window, teams=set(budgeted))
-        spent = team_spend(prices, records, now=now, window=window)
+        spent = self._spend(prices, budgeted, now)
         month = month_label(now)
         fired = self.store.usage.fired_alerts(month)
         over: dict[str, str] = {}
@@ -188,6 +209,35 @@ class BudgetWatch:
                 over[team] = over_budget_reason(team, used, limit)
         exempt = self.store.usage.budget_overrides(over) if over else frozenset()
         return BudgetHolds(over, exempt)
+
+    def _spend(self, prices: Prices, budgeted: Collection[str], now: float) -> dict[str, int]:
+        """Each budgeted team's spending this month: the settled sum plus what is open or just ended."""
+        window = month_window(now)
+        settings = prices.to_settings()
+        key = (month_label(now), json.dumps(settings, sort_keys=True), tuple(sorted(budgeted)))
+        s = self._sums
+        full = s is None or s.key != key or now - s.full_at >= FULL_EVERY_S or now < s.settled
+        if full or s is None:
+            closed: dict[str, int] = {}
+            settled_before: float | None = None
+            full_at = now
+            self.full_reads += 1
+        else:
+            closed, settled_before, full_at = dict(s.closed), s.settled, s.full_at
+        settle = now - SETTLE_S
+        teams = set(budgeted)
+        groups = self.store.usage.usage_groups  # summed by the database: no attempt comes to Python
+        # Attempts that ended since the last settling point (all of the month's, on a full read) are
+        # final: they join the settled sum. Open and just-ended ones are summed afresh each time.
+        ended = groups(*window, now=now, teams=teams, open_after=settled_before, ended_before=settle)
+        for team, micros in team_spend(prices, ended, now=now, window=window).items():
+            closed[team] = closed.get(team, 0) + micros
+        spent = dict(closed)
+        fresh = groups(*window, now=now, teams=teams, open_after=settle)
+        for team, micros in team_spend(prices, fresh, now=now, window=window).items():
+            spent[team] = spent.get(team, 0) + micros
+        self._sums = _MonthSums(key, settle, closed, full_at)
+        return spent
 
 
 class UsageService:
@@ -238,7 +288,7 @@ class UsageService:
         stored = self.store.usage.get_prices()
         prices = Prices() if stored is None else stored.prices
         teams = None if scope is None else {scope}
-        records = self.store.usage.attempts_between(since, now, teams=teams)
+        records = self.store.usage.usage_groups(since, now, now=now, teams=teams)
         lines, total = usage_report(prices, records, by, now=now, since=since)
         budgets = self._budgets(prices, scope, now)
         return {
@@ -265,9 +315,8 @@ class UsageService:
         if not budgeted:
             return []
         window = month_window(now)
-        spent = team_spend(
-            prices, self.store.usage.attempts_between(*window, teams=set(budgeted)), now=now, window=window
-        )
+        groups = self.store.usage.usage_groups(*window, now=now, teams=set(budgeted))
+        spent = team_spend(prices, groups, now=now, window=window)
         return [
             budget_json(name, limit, spent.get(name, 0), now)
             for name, limit in sorted(budgeted.items())

@@ -46,9 +46,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id"),
     )
     op.create_index("ix_budget_overrides_team", "budget_overrides", ["team"], unique=False)
+    op.create_index("ix_job_attempts_finished", "job_attempts", ["finished_at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_job_attempts_finished", table_name="job_attempts")
     op.drop_index("ix_budget_overrides_team", table_name="budget_overrides")
     op.drop_table("budget_overrides")
     op.drop_table("budget_alerts")
