@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -132,6 +132,14 @@ class Metrics:
         self.log_live_bytes = Counter(
             "trainyard_log_live_bytes",
             "Live log bytes received from workers on PushLogs (only followed attempts push them)",
+            registry=r,
+        )
+        self.log_lines_indexed = Counter(
+            "trainyard_log_lines_indexed", "Log lines the log search indexer stored", registry=r
+        )
+        self.log_index_backlog = Gauge(
+            "trainyard_log_index_backlog",
+            "Sealed log chunks waiting for the log search indexer (after its last step; leader only)",
             registry=r,
         )
         self.gpu_utilization = _GpuCollector()

@@ -132,7 +132,7 @@ class Platform:
         )
         self.logs = LogService(store, self.objects, self.tails, self.dispatcher)
         self.log_search = LogSearch(store)
-        self.log_indexer = LogIndexer(store, self.objects)
+        self.log_indexer = LogIndexer(store, self.objects, self.metrics)
         self.retention = RetentionService(
             store, self.objects, retention_s=s.retention, batch=s.retention_batch
         )

@@ -16,6 +16,7 @@ import pytest
 from tests.unit.server.plane import ALICE, BOB, Plane
 from trainyard.model.records import LogChunk, User
 from trainyard.objects.factory import open_object_store
+from trainyard.server.metrics import Metrics
 from trainyard.server.services.logsearch import BadSearch, LogIndexer, LogSearch
 from trainyard.store.sql import Lease, SqlStore
 
@@ -163,3 +164,17 @@ async def test_bad_searches_are_refused(plane: Plane, q: str, kw: dict[str, obje
     with pytest.raises(BadSearch) as e:
         await LogSearch(plane.store).search(ALICE, q, **kw)  # type: ignore[arg-type]
     assert e.value.field == field
+
+
+async def test_the_indexer_reports_lines_and_backlog(plane: Plane, tmp_path: Path) -> None:
+    lease = await running_job(plane)
+    await seal(plane, tmp_path, lease, 0, 0, b"one\ntwo\n\nthree\n")
+    await seal(plane, tmp_path, lease, 1, 16, b"four\n")
+    metrics = Metrics()
+    indexer = LogIndexer(plane.store, objects_of(tmp_path), metrics)
+    assert indexer.index_once(limit=1) == 1
+    assert metrics.registry.get_sample_value("trainyard_log_lines_indexed_total") == 3
+    assert metrics.registry.get_sample_value("trainyard_log_index_backlog") == 1
+    assert indexer.index_once() == 1
+    assert metrics.registry.get_sample_value("trainyard_log_lines_indexed_total") == 4
+    assert metrics.registry.get_sample_value("trainyard_log_index_backlog") == 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from trainyard.model.logsearch import IndexedLine, chunk_lines, decode_cursor, encode_cursor, query_words
 from trainyard.model.records import LogChunk, User
 from trainyard.objects.base import ObjectNotFound, ObjectStore
+from trainyard.server.metrics import Metrics
 from trainyard.server.services.blocking import off_loop
 from trainyard.server.views import iso
 from trainyard.store.logsearch import LogQuery, QueuedChunk
@@ -51,9 +52,10 @@ class _Readable:
 class LogIndexer:
     """Moves queued chunks into the search index, a batch per step."""
 
-    def __init__(self, store: SqlStore, objects: ObjectStore) -> None:
+    def __init__(self, store: SqlStore, objects: ObjectStore, metrics: Metrics | None = None) -> None:
         self.store = store
         self.objects = objects
+        self.metrics = metrics
 
     def _read(self, att: _Readable, chunk: LogChunk) -> bytes | None:
         """A chunk's bytes; None when it is gone or damaged (a neighbour then counts as unknown)."""
@@ -86,11 +88,17 @@ class LogIndexer:
                     del attempts[key].data[seq]
                 team = teams[q.job_id]
                 # A job that is gone (pruned) or a chunk that cannot be read leaves the queue unindexed.
-                done += store.index_log_chunk(q, team or "", lines if team is not None else [])
+                kept = lines if team is not None else []
+                if store.index_log_chunk(q, team or "", kept):
+                    done += 1
+                    if self.metrics is not None:
+                        self.metrics.log_lines_indexed.inc(len(kept))
             except Exception:
                 # Object storage or the database failing now: try this chunk again after the others.
                 log.exception("log search: indexing %s/%d/%d failed; deferred", q.job_id, q.attempt, q.seq)
                 store.defer_log_chunk(q, store.clock())
+        if self.metrics is not None:
+            self.metrics.log_index_backlog.set(store.log_index_queue_length())
         return done
 
     def _lines(self, q: QueuedChunk, att: _Readable) -> list[IndexedLine]:
