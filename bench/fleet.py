@@ -50,6 +50,8 @@ from common import free_port, named_children, pct, postgres_db, redis_server, s3
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PARTIAL: list[dict[str, Any]] = []
+"""The running bench's results so far (printed when it is interrupted)."""
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 ACTIVE = ["PENDING", "SCHEDULED", "RUNNING", "CANCELLING"]
 
@@ -711,6 +713,8 @@ def _measure(ctx: Ctx) -> dict[str, Any]:
 
     c = Poster(bases[0], token)
     out: dict[str, Any] = {"config": {k: v for k, v in cfg.__dict__.items() if k != "expect"}}
+    PARTIAL.clear()
+    PARTIAL.append(out)
     say = print if sys.stdout.isatty() or os.environ.get("FLEET_BENCH_VERBOSE") else (lambda *a, **k: None)
 
     # 1. The fleet registers.
@@ -1227,13 +1231,14 @@ def push(ctx: Ctx, sampler: Sampler) -> dict[str, Any]:
         want = max(0, int(target - running))
         missed0 = sampler.missed_total()
         m0 = meter(ctx.procs)
+        scr0 = [scrape(b) for b in ctx.bases]
         t0 = time.monotonic()
         broke = None
         try:
             submit_many(ctx.bases[0], ctx.token, [job_body(behaviour)] * want, 8)
         except (RuntimeError, OSError, http.client.HTTPException) as e:
             broke = f"submissions failed: {e}"
-        limit = 300 + target / 20
+        limit = 120 + target / 50
         reached = 0.0
         while broke is None:
             counts = jobs_by_status(ctx.bases[0])
@@ -1260,6 +1265,11 @@ def push(ctx: Ctx, sampler: Sampler) -> dict[str, Any]:
             "broke": broke,
             "cores": {k: v / (m1.at - m0.at) for k, v in spent(m0, m1).items()},
             "rss_mb": {k: v / 2**20 for k, v in m1.rss.items()},
+            "scheduler_cycle": {
+                r.proc.name: histogram_delta(a, scrape(r.url), "trainyard_scheduler_cycle_seconds")
+                for r, a in zip(ctx.replicas, scr0, strict=True)
+            },
+            "outbox_lag_now": sampler.rows[-1]["outbox_lag"] if sampler.rows else None,
         }
         levels.append(level)
         say(f"push to {target}: {reached:.0f} running after {level['seconds']:.0f}s; broke: {broke}")
@@ -1777,7 +1787,16 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
-    res = run(cfg)
+    try:
+        res = run(cfg)
+    except KeyboardInterrupt:
+        # Stopped (a timeout's SIGTERM): what was measured so far still says something.
+        if PARTIAL:
+            text = json.dumps(PARTIAL[0], indent=2, default=str)
+            if args.json:
+                args.json.write_text(text + "\n")
+            print(text)
+        raise
     text = json.dumps(res, indent=2, default=str)
     if args.json:
         args.json.write_text(text + "\n")
