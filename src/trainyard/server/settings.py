@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     db_pool_overflow: int = Field(
         default=8, ge=0, le=1000, description="PostgreSQL connections opened beyond db_pool_size under bursts"
     )
+    # Group commit of submissions: how many batches may be in flight at once. One on SQLite (its
+    # writers queue on one lock anyway); on PostgreSQL a batch mostly waits for round trips and the
+    # commit's flush, so a few overlap.
+    submit_writers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="submission batches in flight; default 4 on PostgreSQL, 1 on SQLite",
+    )
 
     # Retention: the leader archives jobs finished longer ago than this to object storage
     # (``archive/``) and deletes their rows, in batches (unset or "off": jobs are kept for good).
@@ -168,6 +177,13 @@ class Settings(BaseSettings):
         if self.db_threads is not None:
             return self.db_threads
         return 32 if self.on_postgres else 8
+
+    @property
+    def submit_writer_count(self) -> int:
+        """Submission batches in flight at once: ``submit_writers``, or the default for the database."""
+        if self.submit_writers is not None:
+            return self.submit_writers
+        return 4 if self.on_postgres else 1
 
     @property
     def db_pool_connections(self) -> int:

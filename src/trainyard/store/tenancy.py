@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from trainyard.model.ids import TOKEN_ID_HEX, TOKEN_ID_PREFIX, hash_token, new_token, token_id
 from trainyard.model.records import ROLES, AuditEntry, SecretInfo, Team, TokenInfo, User
@@ -31,7 +32,11 @@ class TenancyRepo:
     def ensure_team(self, conn: sa.Connection, name: str, weight: float = 1.0) -> None:
         """Create the team in this transaction unless it exists."""
         if conn.execute(sa.select(teams.c.name).where(teams.c.name == name)).first() is None:
-            conn.execute(teams.insert().values(name=name, weight=weight, created_at=self._db.clock()))
+            # Another transaction may be creating it at this moment (concurrent submissions of a new
+            # team's first jobs, or another replica): whichever commits first creates it, and neither fails.
+            ins = postgresql.insert if self._db.dialect == "postgresql" else sqlite.insert
+            row = {"name": name, "weight": weight, "created_at": self._db.clock()}
+            conn.execute(ins(teams).values(**row).on_conflict_do_nothing(index_elements=["name"]))
 
     def knows_team(self, name: str) -> bool:
         """Whether this process has seen the team exist (no database read)."""
