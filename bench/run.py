@@ -26,7 +26,7 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
   fleet_scale                    200 simulated agents, 1,000 running jobs against `yard server`:
                                  control-plane CPU per job (ms), dispatch p50/p99 of probe jobs at that
                                  load (ms), exactly-once in the note: bench/fleet.py (--long: the
-                                 issue's scale)
+                                 production stack, two replicas, a compressed day, --push; README)
   log_search                     a search of 200,000 indexed log lines as one team's member (ms; SQLite
                                  FTS5, PostgreSQL in the note, with the indexing rate): bench/logsearch.py
 """
