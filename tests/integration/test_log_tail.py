@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.harness import REPO, Agent, ControlPlane, platform, wait_for, wait_status
+from trainyard.client import Client
 
 PY = sys.executable
 DONE = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -152,3 +153,37 @@ def test_two_followers_read_the_same_bytes_and_leaving_stops_the_push(
     assert wait_status(c, quiet, DONE)["status"] == "SUCCEEDED"
     assert c.get(f"/v1/jobs/{quiet}/logs").content == expected(20)
     assert live_bytes(c) - before == 0
+
+
+def test_a_follow_carries_on_across_a_control_plane_restart_and_the_agents_reconnect(tmp_path: Path) -> None:
+    # The agent's lease and log streams break and reconnect to the new control plane; the SDK's
+    # follower reconnects from the last byte it got and subscribes again: every byte, once.
+    home = tmp_path / "home"
+    cp = ControlPlane(home).start()
+    agent = Agent(cp, "agent-1")
+    lines = 400  # about 20 s of output: it still runs when the new control plane is up
+    got = bytearray()
+    try:
+        with cp.client() as c:
+            job_id = submit(c, printer(lines, 0.05))
+            wait_status(c, job_id, {"RUNNING"})
+        client = Client(url=cp.url, token=cp.token, reconnect_delay=0.2, max_reconnects=100)
+
+        def follow() -> None:
+            for chunk in client.follow_logs(job_id):
+                got.extend(chunk)
+
+        t = threading.Thread(target=follow, daemon=True)
+        t.start()
+        wait_for(lambda: len(got) > 20 * LINE, 30, 0.05, "live lines before the restart")
+        cp.stop()
+        cp = ControlPlane(home, port=cp.port, grpc_port=cp.grpc_port).start()
+        t.join(90)
+        assert not t.is_alive(), "the follow never ended"
+        assert bytes(got) == expected(lines)
+        with cp.client() as c:
+            assert wait_status(c, job_id, DONE)["status"] == "SUCCEEDED"
+            assert live_bytes(c) > 0  # the new control plane's follower asked the agent again
+    finally:
+        agent.stop()
+        cp.stop()
