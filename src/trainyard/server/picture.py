@@ -26,7 +26,8 @@ FULL_EVERY_S = 60.0
 GAP_GRACE_S = 5.0
 """How long a gap in the event ids may stay open before it is taken for a rolled-back transaction."""
 CHECKPOINTS_EVERY_S = 10.0
-"""Checkpoint times (written by heartbeats without an event) are refreshed this often."""
+"""Checkpoint times (written by heartbeats without an event) are refreshed at least this often, and
+whenever a replica marks new ones written (``FleetRepo.checkpoint_mark``)."""
 
 
 @dataclass(frozen=True)

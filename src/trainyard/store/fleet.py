@@ -20,7 +20,7 @@ from trainyard.store.db import Db
 from trainyard.store.gangs import stop_command
 from trainyard.store.records import WorkerCommand
 from trainyard.store.rows import worker_record
-from trainyard.store.schema import job_attempts, job_events, jobs, workers
+from trainyard.store.schema import job_attempts, job_events, jobs, scheduler_state, workers
 from trainyard.store.transitions import LIVE_NAMES
 
 _BEAT = (
@@ -44,6 +44,8 @@ _SCHEDULING_WORKERS = (
     .where(workers.c.status != "DEAD")
     .order_by(workers.c.name)
 )
+CHECKPOINTS_KEY = "checkpoints"
+"""The ``scheduler_state`` row whose mark changes whenever checkpoint times are written."""
 _LAST_BEAT = sa.select(workers.c.last_heartbeat).where(workers.c.id == sa.bindparam("w_id"))
 
 
@@ -173,6 +175,34 @@ class FleetRepo:
                     )
                     .values(last_checkpoint_at=at)
                 )
+        self._mark_checkpoints()
+
+    def _mark_checkpoints(self) -> None:
+        """Tell the leader checkpoint times moved (they are written without a job event): a new mark,
+        written after the times committed, so a leader that sees it reads them."""
+        now = self._db.clock()
+        data = {"mark": uuid.uuid4().hex}
+        try:
+            with self._db.tx() as conn:
+                res = conn.execute(
+                    scheduler_state.update()
+                    .where(scheduler_state.c.key == CHECKPOINTS_KEY)
+                    .values(data=data, updated_at=now)
+                )
+                if res.rowcount == 0:
+                    conn.execute(
+                        scheduler_state.insert().values(key=CHECKPOINTS_KEY, data=data, updated_at=now)
+                    )
+        except sa.exc.IntegrityError:
+            pass  # another replica wrote the first mark at the same moment: a change all the same
+
+    def checkpoint_mark(self) -> str | None:
+        """The current checkpoint mark (None: no checkpoint time was ever written)."""
+        with self._db.read() as conn:
+            data = conn.execute(
+                sa.select(scheduler_state.c.data).where(scheduler_state.c.key == CHECKPOINTS_KEY)
+            ).scalar()
+        return None if not data else str(data.get("mark"))
 
     def set_cached_uris(self, worker_id: str, uris: Sequence[str]) -> None:
         """Record the dataset URIs a worker's local cache holds (sent when they change, not per beat)."""

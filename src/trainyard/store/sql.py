@@ -231,6 +231,7 @@ class SqlStore:
         self.drain_worker = fleet.drain_worker
         self.scheduling_workers = fleet.scheduling_workers
         self.command_events = fleet.command_events
+        self.checkpoint_mark = fleet.checkpoint_mark
         self.list_workers = fleet.list_workers
         self.set_checkpoint_times = fleet.set_checkpoint_times
         self.set_cached_uris = fleet.set_cached_uris

@@ -98,6 +98,7 @@ class SchedulerLoop:
         self._last_cycle: tuple[Snapshot, Decisions] | None = None  # input of the next estimate
         self._picture: Picture | None = None  # pending jobs and live attempts between cycles
         self._picture_leader = -1.0  # the leadership term the picture was built in
+        self._checkpoint_mark: str | None = None  # the checkpoint mark the picture's times are as of
         self.full_reads = 0  # how many times the picture was read whole (tests and the bench look)
         # What the rows of the picture became for ``decide``, kept while the row (the same object)
         # stays: a cycle at 10k running otherwise spends more building these than deciding.
@@ -121,8 +122,11 @@ class SchedulerLoop:
         if picture is None or needs_full(picture, read, now):
             picture = full(self.store.scheduling_full_read(), now)
             self.full_reads += 1
-        if checkpoints_due(picture, now):
+        # Checkpoint times come without an event: reread when a replica marked new ones written.
+        mark = self.store.checkpoint_mark()
+        if mark != self._checkpoint_mark or checkpoints_due(picture, now):
             picture = with_checkpoints(picture, self.store.checkpoint_times(), now)
+            self._checkpoint_mark = mark
         self._picture = picture
         return picture
 
