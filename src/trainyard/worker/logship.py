@@ -39,6 +39,13 @@ MAX_EARLY_TAILS = 10_000
 """LogTails kept for attempts this agent has not started yet (the lease and the follow raced)."""
 
 
+def tail_start(offset: int, sealed: int, size: int) -> int:
+    """Where a new follow's push starts in a spool of ``size`` bytes: at the first byte not in an
+    indexed chunk (``sealed``) or the ``offset`` asked, whichever is later, and no earlier than the
+    newest ``MAX_CATCH_UP_BYTES``; never past what is there."""
+    return min(max(offset, sealed, size - MAX_CATCH_UP_BYTES, 0), size)
+
+
 def _nothing_sealed() -> int:
     return 0
 
@@ -129,8 +136,7 @@ class LogShipper:
     def _start(self, feed: _Feed, offset: int, until: float) -> None:
         if not feed.live(time.monotonic()):
             # Bytes below the sealed offset are in indexed chunks: the follower reads them there.
-            size = feed.spool.size
-            start = min(max(offset, feed.sealed(), size - MAX_CATCH_UP_BYTES, 0), size)
+            start = tail_start(offset, feed.sealed(), feed.spool.size)
             feed.sent = feed.acked = start
         feed.live_until = max(feed.live_until, until)
         self._dirty.set()
