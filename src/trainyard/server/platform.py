@@ -75,6 +75,8 @@ class Platform:
         self.kick_relay = Kick()
         self.metrics = Metrics()
         self.writes = GroupCommit(self.store)
+        # Submissions only insert new rows: on PostgreSQL several of their batches may be in flight.
+        self.submit_writes = GroupCommit(self.store, writers=settings.submit_writer_count)
         self.leadership = leadership_for(settings.db_url, settings.home)
         self.notifier = notifier_for(settings.db_url)
         self._services(settings)
@@ -138,7 +140,7 @@ class Platform:
         )
         self.jobs = JobService(
             store,
-            writes=self.writes,
+            writes=self.submit_writes,
             cache=self.cache,
             status_cache=self.status_cache,
             bus=self.bus,
