@@ -29,6 +29,9 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
                                  production stack, two replicas, a compressed day, --push; README)
   log_search                     a search of 200,000 indexed log lines as one team's member (ms; SQLite
                                  FTS5, PostgreSQL in the note, with the indexing rate): bench/logsearch.py
+  retention_flatness             the worst big/empty ratio of `yard ls`, GET /v1/jobs/{id}, submit, a
+                                 scheduler cycle and /metrics' counts with 200,000 finished jobs of
+                                 history, and the prune rate (x): bench/retention.py (--rows 10000000)
 """
 
 from __future__ import annotations
@@ -392,6 +395,7 @@ def main() -> int:
     from heartbeats import heartbeat_cost
     from leader_cycle import leader_cycle
     from logsearch import log_search
+    from retention import retention_flatness
     from scheduler import scheduler_cycle
     from simulate import simulated_day
     from ui_latency import ui_latency
@@ -407,6 +411,7 @@ def main() -> int:
         array_submit,
         fleet_scale,
         log_search,
+        retention_flatness,
     ):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
