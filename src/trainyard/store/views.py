@@ -12,7 +12,6 @@ from trainyard.store.db import Db
 from trainyard.store.schema import jobs, scheduler_state
 from trainyard.store.transitions import LIVE_NAMES
 
-
 _NOT_FINAL = [s.value for s in JobStatus if s not in TERMINAL]
 
 
