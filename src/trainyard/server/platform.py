@@ -33,7 +33,6 @@ from trainyard.server.services.dispatch import Dispatcher
 from trainyard.server.services.files import FileService
 from trainyard.server.services.fleet import FleetService
 from trainyard.server.services.fluentbit import FluentBitIngest
-from trainyard.server.services.fluentbit import FluentBitIngest
 from trainyard.server.services.health import Health
 from trainyard.server.services.jobs import JobService
 from trainyard.server.services.logs import LogService
@@ -167,17 +166,6 @@ class Platform:
             if s.fluent_bit_prefix
             else None
         )
-        self.fluent_bit = (
-            FluentBitIngest(
-                store,
-                self.objects,
-                self.tenancy,
-                prefix=s.fluent_bit_prefix,
-                namespace=s.fluent_bit_namespace,
-            )
-            if s.fluent_bit_prefix
-            else None
-        )
         self.reconciler = Reconciler(
             store,
             self.cache,
@@ -199,7 +187,7 @@ class Platform:
             heartbeat_interval=hb,
             kick_scheduler=self.kick_scheduler,
         )
-        self.budgets = BudgetWatch(store, self.metrics)
+        self.budgets = BudgetWatch(store, self.metrics, background=True)
         self.usage = UsageService(store, self.budgets, self.kick_scheduler)
         self.scheduler = SchedulerLoop(
             store,

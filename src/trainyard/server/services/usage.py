@@ -136,10 +136,16 @@ class BudgetWatch:
         *,
         clock: Callable[[], float] = time.time,
         every_s: float = BUDGET_EVERY_S,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.clock = clock
         self.every_s = every_s
+        self.background = background
+        """Recompute in a thread of its own and answer with the last result meanwhile (the control
+        plane): a month read whole takes seconds at 100,000 attempts, and the scheduler's cycle must
+        not wait for it. Tests recompute in the caller, by their fake clock."""
+        self._refreshing = False
         self._lock = threading.Lock()
         self._at: float | None = None
         self._holds = BudgetHolds()
@@ -162,7 +168,8 @@ class BudgetWatch:
         )
 
     def invalidate(self) -> None:
-        """Recompute at the next ``holds`` (a budget, a price or an override changed here)."""
+        """Recompute at the next ``holds`` (a budget, a price or an override changed here; a
+        recompute already under way finishes with what it read)."""
         with self._lock:
             self._at = None
             self._sums = None
@@ -174,9 +181,25 @@ class BudgetWatch:
             # A clock that went back (a test's, a new month set by hand) recomputes too.
             if self._at is not None and 0 <= t - self._at < self.every_s:
                 return self._holds
-            self._holds = self._compute(t)
-            self._at = t
+            if not self.background:
+                self._holds = self._compute(t)
+                self._at = t
+                return self._holds
+            if not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, args=(t,), name="budget-watch", daemon=True).start()
             return self._holds
+
+    def _refresh(self, t: float) -> None:
+        try:
+            holds = self._compute(t)
+        except Exception:  # the store is down: keep the last answer, try again at the next cycle
+            log.exception("cannot sum the teams' spending against their budgets")
+            with self._lock:
+                self._refreshing = False
+            return
+        with self._lock:
+            self._holds, self._at, self._refreshing = holds, t, False
 
     def _compute(self, now: float) -> BudgetHolds:
         budgeted = {t.name: t.monthly_budget for t in self.store.list_teams() if t.monthly_budget is not None}
