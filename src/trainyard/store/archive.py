@@ -17,6 +17,7 @@ import dataclasses
 import gzip
 import hashlib
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -100,7 +101,7 @@ def decode_archive(data: bytes) -> list[dict[str, Any]]:
     """The lines of an archive object (ValueError: not one)."""
     try:
         text = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"not an archive object: {e}") from None
     out = []
     for raw in text.splitlines():
