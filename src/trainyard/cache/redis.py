@@ -13,12 +13,12 @@ an unreachable Redis must fail fast (and ``ResilientCache`` then serves from the
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -183,15 +183,20 @@ class RedisCache:
         ticket = StatusTicket(int(gen or 0), int(epoch or 0))
         if raw is None:
             return None, ticket
-        view: dict[str, Any] = json.loads(raw)
+        view: dict[str, Any] = orjson.loads(raw)  # the hottest read: several times json's speed
         return view, ticket
 
     def fill_status(self, job_id: str, view: dict[str, Any], ticket: StatusTicket, ttl_s: float) -> bool:
         if ticket.generation is None:
             return False
-        raw = json.dumps(view, separators=(",", ":"))
+        raw = orjson.dumps(view)
         keys = [self._k_status + job_id, self._k_gen + job_id, self._k_epoch]
-        args: list[str | int] = [str(ticket.generation), str(ticket.epoch), raw, max(1, int(ttl_s * 1000))]
+        args: list[str | bytes | int] = [
+            str(ticket.generation),
+            str(ticket.epoch),
+            raw,
+            max(1, int(ttl_s * 1000)),
+        ]
         return bool(self._fill(keys=keys, args=args))
 
     def invalidate_status(self, job_ids: Iterable[str]) -> None:

@@ -4,10 +4,10 @@ Plain ASGI rather than ``BaseHTTPMiddleware``: that costs about 15% per request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainyard.model.records import User
@@ -126,4 +126,4 @@ class FastJobReads:
             view = await self.job_view(user, job_id)
         except Exception:
             return None  # the regular route answers (404, 503, ...) in the documented shape
-        return json.dumps(view, ensure_ascii=False, separators=(",", ":")).encode()
+        return orjson.dumps(view)  # the same compact UTF-8 JSON as json.dumps, several times faster
