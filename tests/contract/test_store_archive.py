@@ -18,9 +18,11 @@ from trainyard.model.states import AttemptOutcome, JobStatus
 from trainyard.objects.base import ObjectStore
 from trainyard.objects.factory import open_object_store
 from trainyard.server.logtail import LogTails
+from trainyard.server.services.files import FileService
 from trainyard.server.services.logs import LogService
 from trainyard.server.services.retention import RetentionService
 from trainyard.server.views import event_json, job_json
+from trainyard.store.schema import artifacts
 from trainyard.store.sql import SqlStore
 
 ALICE = User("alice", "vision", "user")
@@ -230,3 +232,31 @@ def test_an_archived_jobs_log_is_read_from_the_chunks_it_kept(
 
     assert (got.attempt, got.offset, got.data, got.next_offset) == (1, 0, b"hello\n", 6)
     assert asyncio.run(logs.log_end(job, None)) == 6
+
+
+def test_an_archived_jobs_artifacts_are_listed_from_the_archive(
+    store: SqlStore, objects: ObjectStore, retention: RetentionService
+) -> None:
+    wid = worker(store)
+    job_id = finished_job(store, wid)
+    with store.transaction() as conn:  # as the attempt's final report records it
+        conn.execute(
+            artifacts.insert().values(
+                job_id=job_id,
+                attempt=1,
+                path="model.npz",
+                size=3,
+                sha256="a" * 64,
+                object_key=f"artifacts/{job_id}/1/model.npz",
+                created_at=time.time(),
+            )
+        )
+    files = FileService(store, objects, url_ttl=60, unpacked_limit=1 << 20, file_limit=10)
+    files.archived_artifacts = retention.archived_artifacts
+    before = asyncio.run(files.artifacts(job_id, None))
+    assert [a.path for a in before] == ["model.npz"]
+
+    assert retention.prune(time.time() + 1).artifacts == 1
+
+    assert asyncio.run(files.artifacts(job_id, None)) == before
+    assert asyncio.run(files.artifact(job_id, "model.npz", None)) == before[0]

@@ -154,6 +154,7 @@ class Platform:
         )
         self.jobs.archive = self.retention
         self.logs.archived_chunks = self.retention.archived_chunks
+        self.files.archived_artifacts = self.retention.archived_artifacts
         self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
         self.fluent_bit = (
             FluentBitIngest(

@@ -26,7 +26,7 @@ from typing import Any, cast
 import orjson
 import sqlalchemy as sa
 
-from trainyard.model.records import Event, Job, LogChunk
+from trainyard.model.records import ArtifactRecord, Event, Job, LogChunk
 from trainyard.model.states import TERMINAL
 from trainyard.store.db import Db
 from trainyard.store.rows import attempt_record, event_record, job_record, replica_record
@@ -187,6 +187,29 @@ def chunks_from_archive(lines: Iterable[dict[str, Any]], job_id: str, attempt: i
                     c["stored_size"],
                 )
                 for c in rows
+            ]
+    return []
+
+
+def artifacts_from_archive(
+    lines: Iterable[dict[str, Any]], job_id: str, attempt: int | None
+) -> list[ArtifactRecord]:
+    """An archived job's artifacts (one attempt's, if given), by attempt and path; their objects
+    stay where they were."""
+    for line in lines:
+        if line["job"]["id"] == job_id:
+            rows = [a for a in line["artifacts"] if attempt is None or a["attempt"] == attempt]
+            return [
+                ArtifactRecord(
+                    a["job_id"],
+                    a["attempt"],
+                    a["path"],
+                    a["size"],
+                    a["sha256"],
+                    a["object_key"],
+                    a["created_at"],
+                )
+                for a in sorted(rows, key=lambda a: (a["attempt"], a["path"]))
             ]
     return []
 

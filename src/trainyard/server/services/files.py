@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,15 +49,25 @@ class FileService:
         self.url_ttl = url_ttl
         self.unpacked_limit = unpacked_limit
         self.file_limit = file_limit
+        self.archived_artifacts: Callable[[str, int | None], list[ArtifactRecord]] | None = None
+        """An archived job's artifacts, read from its archive (set by the composition root)."""
 
     def presign_get(self, key: str) -> str:
         """A short-lived download URL of an object."""
         return self.objects.presign(key, "GET", self.url_ttl)
 
     # ---- artifacts -------------------------------------------------------------------------------
+    def _artifacts(self, job_id: str, attempt: int | None) -> list[ArtifactRecord]:
+        """The artifact index of a job, or of an archived job from its archive (retention deletes
+        the index rows and keeps the objects)."""
+        arts = self.store.artifacts(job_id, attempt)
+        if not arts and self.archived_artifacts is not None:
+            return self.archived_artifacts(job_id, attempt)
+        return arts
+
     async def artifacts(self, job_id: str, attempt: int | None) -> list[ArtifactRecord]:
         """An attempt's artifacts; without ``attempt``, those of the latest attempt that has any."""
-        arts = await off_loop(self.store.artifacts, job_id, attempt)
+        arts = await off_loop(self._artifacts, job_id, attempt)
         if attempt is None and arts:
             latest = max(a.attempt for a in arts)
             arts = [a for a in arts if a.attempt == latest]
@@ -65,7 +75,7 @@ class FileService:
 
     async def artifact(self, job_id: str, path: str, attempt: int | None) -> ArtifactRecord | None:
         """The artifact at ``path``: of ``attempt``, or of the latest attempt that has it."""
-        arts = [a for a in await off_loop(self.store.artifacts, job_id, attempt) if a.path == path]
+        arts = [a for a in await off_loop(self._artifacts, job_id, attempt) if a.path == path]
         return max(arts, key=lambda a: a.attempt) if arts else None
 
     # ---- workdir bundles -------------------------------------------------------------------------

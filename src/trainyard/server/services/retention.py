@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainyard.model.records import Event, Job, LogChunk
+from trainyard.model.records import ArtifactRecord, Event, Job, LogChunk
 from trainyard.objects.base import ObjectNotFound, ObjectStore
 from trainyard.server.services.blocking import off_loop
 from trainyard.store.archive import (
     ArchivedRef,
     archive_key,
+    artifacts_from_archive,
     chunks_from_archive,
     decode_archive,
     encode_archive,
@@ -215,6 +216,16 @@ class RetentionService:
             return []
         try:
             return chunks_from_archive(self._lines(ref.object_key), job_id, attempt)
+        except ObjectNotFound:
+            return []
+
+    def archived_artifacts(self, job_id: str, attempt: int | None) -> list[ArtifactRecord]:
+        """An archived job's artifacts (empty for a job not archived)."""
+        ref = self.archived_ref(job_id)
+        if ref is None:
+            return []
+        try:
+            return artifacts_from_archive(self._lines(ref.object_key), job_id, attempt)
         except ObjectNotFound:
             return []
 
