@@ -61,12 +61,10 @@ def test_an_array_is_a_parent_and_one_task_row_per_index(store: SqlStore) -> Non
 
 
 def test_ten_thousand_tasks_in_one_submission(store: SqlStore) -> None:
-    t0 = time.perf_counter()
+    # Its speed is the bench's array_submit row, not a timed assertion on a shared machine.
     parent = array(store, "0-9999")
-    elapsed = time.perf_counter() - t0
     got = store.get_job(parent)
     assert got is not None and got.array_counts == {"PENDING": 10_000}
-    assert elapsed < 5.0, elapsed  # the bench's array_submit measures it on the platform
 
 
 def test_the_parent_follows_its_tasks_to_success(store: SqlStore) -> None:

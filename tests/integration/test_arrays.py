@@ -5,7 +5,6 @@ for others, start when they may, end when they never can, and fetch what those l
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -144,13 +143,11 @@ def test_cancel_of_the_array_stops_every_task(c: httpx.Client) -> None:
 def test_ten_thousand_tasks_are_accepted_in_one_request(c: httpx.Client) -> None:
     # A pool no worker has: the tasks wait, and are cancelled with their array.
     body = {"command": ["true", "{index}"], "array": {"indices": "0-9999"}, "pool": "nowhere"}
-    t0 = time.perf_counter()
+    # Its speed (about 0.3 s) is the bench's array_submit row, not a timed assertion here.
     r = c.post("/v1/jobs", json=body)
-    elapsed = time.perf_counter() - t0
     assert r.status_code == 201, r.text
     array = r.json()
     assert array["array"]["tasks"] == 10_000 and array["array"]["counts"] == {"PENDING": 10_000}
-    assert elapsed < 3.0, elapsed  # about 0.3 s; the bench's array_submit row tracks it
     page = c.get(f"/v1/jobs/{array['id']}/tasks", params={"limit": 1000}).json()
     assert len(page["tasks"]) == 1000 and page["next_cursor"]
     assert c.delete(f"/v1/jobs/{array['id']}").json()["status"] == "CANCELLED"
