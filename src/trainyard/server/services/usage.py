@@ -126,8 +126,8 @@ def _prices_of(store: SqlStore) -> Prices:
 
 
 class BudgetWatch:
-    """The leader's view of budgets: recomputed at most every ``every_s`` (blocking; the
-    scheduler's thread calls ``holds``)."""
+    """The leader's view of budgets, recomputed at most every ``every_s``; the scheduler's thread
+    calls ``holds`` each cycle."""
 
     def __init__(
         self,
@@ -171,8 +171,9 @@ class BudgetWatch:
         """Recompute at the next ``holds`` (a budget, a price or an override changed here; a
         recompute already under way finishes with what it read)."""
         with self._lock:
+            # The running sums stay: they are read whole again only when the month, the prices or
+            # the set of budgeted teams changed (their key), not for a new limit or an override.
             self._at = None
-            self._sums = None
 
     def holds(self, now: float | None = None) -> BudgetHolds:
         """The over-budget teams and exempt jobs, recomputed when ``every_s`` has passed."""
