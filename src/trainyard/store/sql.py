@@ -110,7 +110,12 @@ class SqlStore:
         max_overflow: int | None = None,
     ) -> None:
         self.db = Db(
-            url, clock=clock, config=config, on_commit=on_commit, pool_size=pool_size, max_overflow=max_overflow
+            url,
+            clock=clock,
+            config=config,
+            on_commit=on_commit,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
         self.url = self.db.url
         self.engine = self.db.engine
