@@ -225,6 +225,7 @@ def test_teams_weight_and_quotas(cp: ControlPlane, c: httpx.Client) -> None:
         "name": "vision",
         "weight": 2.0,
         "quotas": {"cpu": None, "memory": None, "gpu": 16, "gpu_by_type": {"a100": 8}},
+        "monthly_budget": None,
     }
     # Only what is sent changes; null removes a limit.
     r = c.put("/v1/admin/teams/vision", json={"memory_quota": "64Gi", "gpu_quota": None})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_for
 from tests.unit.server.plane import ALICE, BOB, FakeClock, Plane, build
 from trainyard.model.pricing import Prices
 from trainyard.model.records import User, Worker
@@ -274,3 +275,15 @@ async def test_the_running_sum_matches_a_full_read_as_attempts_end(budgets: Budg
     # recompute read only the attempts still open or just ended.
     assert FULL_EVERY_S == 900
     assert budgets.watch.full_reads == 2
+
+
+async def test_in_the_background_the_scheduler_gets_the_last_answer_meanwhile(budgets: Budgets) -> None:
+    plane = budgets.plane
+    w = await plane.worker("w1", cpu=16)
+    budgets.set_budget("vision", "1")
+    await running_job(plane, w)
+    await advance(plane, w, HOUR)  # $4 of $1
+    watch = BudgetWatch(plane.store, Metrics(), clock=plane.clock, background=True)
+    assert watch.holds().over_budget == {}  # nothing computed yet: the cycle does not wait
+    held = wait_for(lambda: watch.holds().over_budget, 30, 0.05, "the background sum")
+    assert held == {"vision": "team vision is over its monthly budget ($4 of $1)"}
