@@ -1334,6 +1334,10 @@ def sql_check(db_url: str, work: Path) -> dict[str, Any]:
             exits[(r["job_id"], r["attempt"])] = r["exit"]
     started_db = {(a[0], a[1]) for a in attempts if a[3] is not None}
     all_db = {(a[0], a[1]) for a in attempts}
+    unseen = (set(ran) & all_db) - started_db
+    last_run: dict[str, int] = {}
+    for j, n in ran:
+        last_run[j] = max(n, last_run.get(j, 0))
     bad_terminal = [j for j, st in status.items() if (terminal.get(j, 0) != 1) if st in FINAL] + [
         j for j, st in status.items() if st not in FINAL and terminal.get(j, 0)
     ]
@@ -1355,7 +1359,10 @@ def sql_check(db_url: str, work: Path) -> dict[str, Any]:
         "run_twice_by_fleet": sum(n > 1 for n in ran.values()),
         "started_in_db_not_by_fleet": len(started_db - set(ran)),
         "run_by_fleet_unknown_to_db": len(set(ran) - all_db),
-        "run_by_fleet_not_marked_started": len((set(ran) & all_db) - started_db),
+        "run_by_fleet_not_marked_started": len(unseen),
+        # The work ran twice, though the control plane recorded one start: an attempt it never saw
+        # start (its lease given up first) that the fleet ran anyway, and another attempt after it.
+        "ran_again_after_unseen_start": len({j for j, n in unseen if last_run[j] > n}),
         "terminal_events_wrong": len(bad_terminal),
         "attempt_gaps": len(gaps),
         "succeeded_twice": len(doubled),
