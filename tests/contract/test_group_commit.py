@@ -4,6 +4,7 @@ pool's ping of connections that rested, on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -27,16 +28,26 @@ def _submit(store: SqlStore, key: str | None = None) -> Any:
 
 @pytest.mark.parametrize("writers", [1, 4])
 def test_concurrent_submissions_each_commit_once(store: SqlStore, writers: int) -> None:
+    gate = threading.Event()  # every op waits here, so each batch stays in flight until it opens
+
+    def gated(conn: sa.Connection) -> Any:
+        assert gate.wait(60)
+        return store.insert_job_in(conn, ALICE, SPEC, None)
+
     async def main() -> tuple[list[Any], GroupCommit]:
         gc = GroupCommit(store, writers=writers)
         try:
-            # Arriving over time, as requests do: later ones come while earlier batches commit.
             tasks = []
-            for _ in range(120):
-                tasks.append(asyncio.create_task(gc.run(_submit(store))))
-                await asyncio.sleep(0.001)
-            return await asyncio.gather(*tasks), gc
+            for k in range(1, writers + 1):  # one op per batch until every writer holds one
+                tasks.append(asyncio.create_task(gc.run(gated)))
+                while gc.batches < k:
+                    await asyncio.sleep(0.005)
+            tasks += [asyncio.create_task(gc.run(gated)) for _ in range(120 - writers)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            return await asyncio.wait_for(asyncio.gather(*tasks), 120), gc
         finally:
+            gate.set()
             gc.close()
 
     jobs, gc = asyncio.run(main())
@@ -46,11 +57,9 @@ def test_concurrent_submissions_each_commit_once(store: SqlStore, writers: int) 
     assert {j.id for j in stored} == ids
     for job_id in list(ids)[:10]:
         assert [e.type for e in store.job_events(job_id)] == ["submitted"]
-    assert gc.batches < 120  # they were batched
-    if writers == 1:
-        assert gc.most_in_flight == 0  # the single writer applies each batch itself, one at a time
-    else:
-        assert 2 <= gc.most_in_flight <= writers  # batches overlapped
+    # The ops that came while every writer was busy waited and went together, in one batch.
+    assert gc.batches == writers + 1
+    assert gc.most_in_flight == (0 if writers == 1 else writers)  # one writer applies its own batch
 
 
 def test_a_key_taken_in_a_concurrent_batch_fails_only_its_own_op(store: SqlStore) -> None:
