@@ -16,7 +16,6 @@ import typer
 
 from trainyard.cli import output as out
 from trainyard.cli.app import app
-from trainyard.cli.usage import read_prices_file
 from trainyard.model.pricing import Prices, format_money
 from trainyard.scheduler.autoscale import Autoscale, simulate_autoscaled
 from trainyard.scheduler.core import decide
@@ -113,6 +112,9 @@ def simulate(
     gc.freeze()
     scaler = Autoscale(scale_after_min * 60, boot_min * 60, idle_min * 60) if autoscale else None
     try:
+        # Imported here: importing cli.usage registers `yard usage`, which would move it up `yard --help`.
+        from trainyard.cli.usage import read_prices_file
+
         prices = Prices.from_settings(read_prices_file(prices_file) if prices_file else DEFAULT_PRICES)
     except ValueError as e:
         out.print_error(f"{prices_file}: {e}")

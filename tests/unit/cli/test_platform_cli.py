@@ -165,8 +165,10 @@ def test_help_lists_the_commands_in_their_usual_order() -> None:
     listed = [line.split()[0] for line in res.stdout.split("Commands:\n")[1].splitlines() if line.strip()]
     assert listed == [
         *("simulate", "submit", "get", "ls", "tasks", "logs", "cancel", "restart", "events", "artifacts"),
-        *("sbatch", "workers", "queues", "up", "server", "worker", "admin", "secret"),
+        *("sbatch", "workers", "queues", "up", "server", "worker", "usage", "admin", "secret"),
     ]
     res = CliRunner().invoke(app, ["admin", "--help"])
     listed = [line.split()[0] for line in res.stdout.split("Commands:\n")[1].splitlines() if line.strip()]
-    assert listed == ["create-user", "drain", "audit", "replay", "migrate", "token", "team"]
+    assert listed == [
+        *("create-user", "drain", "audit", "prune", "replay", "migrate", "token", "team", "prices", "jobs"),
+    ]
