@@ -146,6 +146,8 @@ class BudgetWatch:
         plane): a month read whole takes seconds at 100,000 attempts, and the scheduler's cycle must
         not wait for it. Tests recompute in the caller, by their fake clock."""
         self._refreshing = False
+        self._dirty = False
+        self._generation = 0
         self._lock = threading.Lock()
         self._at: float | None = None
         self._holds = BudgetHolds()
@@ -174,6 +176,8 @@ class BudgetWatch:
             # The running sums stay: they are read whole again only when the month, the prices or
             # the set of budgeted teams changed (their key), not for a new limit or an override.
             self._at = None
+            self._dirty = True
+            self._generation += 1
 
     def holds(self, now: float | None = None) -> BudgetHolds:
         """The over-budget teams and exempt jobs, recomputed when ``every_s`` has passed."""
@@ -182,25 +186,29 @@ class BudgetWatch:
             # A clock that went back (a test's, a new month set by hand) recomputes too.
             if self._at is not None and 0 <= t - self._at < self.every_s:
                 return self._holds
-            if not self.background:
+            # A change made here (a budget, an override) applies to the very next cycle: computed
+            # in the caller, from the running sums (a full read only if prices or teams changed).
+            if not self.background or self._dirty:
                 self._holds = self._compute(t)
-                self._at = t
+                self._at, self._dirty = t, False
                 return self._holds
             if not self._refreshing:
                 self._refreshing = True
-                threading.Thread(target=self._refresh, args=(t,), name="budget-watch", daemon=True).start()
+                args = (t, self._generation)
+                threading.Thread(target=self._refresh, args=args, name="budget-watch", daemon=True).start()
             return self._holds
 
-    def _refresh(self, t: float) -> None:
+    def _refresh(self, t: float, generation: int) -> None:
         try:
             holds = self._compute(t)
         except Exception:  # the store is down: keep the last answer, try again at the next cycle
             log.exception("cannot sum the teams' spending against their budgets")
-            with self._lock:
-                self._refreshing = False
-            return
+            holds = None
         with self._lock:
-            self._holds, self._at, self._refreshing = holds, t, False
+            self._refreshing = False
+            # A change since this refresh began makes its answer stale: the next cycle computes anew.
+            if holds is not None and generation == self._generation:
+                self._holds, self._at = holds, t
 
     def _compute(self, now: float) -> BudgetHolds:
         budgeted = {t.name: t.monthly_budget for t in self.store.list_teams() if t.monthly_budget is not None}
