@@ -208,7 +208,7 @@ def get(
     pairs = [
         ("ID", cell(job.get("id"))),
         ("Name", cell(job.get("name"))),
-        ("Status", cell(job.get("status"))),
+        ("Status", cell(job.get("status")) + (" (archived)" if job.get("archived") else "")),
         ("User/Team", f"{cell(job.get('user'))} / {cell(job.get('team'))}"),
         ("Priority", cell(job.get("priority"))),
         ("Pool", cell(job.get("pool"))),
