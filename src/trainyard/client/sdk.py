@@ -701,7 +701,9 @@ class Client:
 
     # -- budgets and usage ---------------------------------------------------------------------
 
-    def usage(self, team: str | None = None, by: str | None = None, since: str | None = None) -> dict[str, Any]:
+    def usage(
+        self, team: str | None = None, by: str | None = None, since: str | None = None
+    ) -> dict[str, Any]:
         """GPU-hours, cost and what spot saved since ``since`` (``30d``, ``month``, ``2026-11-01``;
         default: this month), grouped ``by`` (``user,gpu-type``; also ``team``, ``spot``), for your
         team (admins: ``team`` or all); with each team's monthly budget and what it spent of it."""
