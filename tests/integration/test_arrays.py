@@ -32,8 +32,9 @@ def c(cp: ControlPlane) -> Iterator[httpx.Client]:
 
 def submit(c: httpx.Client, code: str, *args: str, **spec: Any) -> dict[str, Any]:
     body = {
+        # No cwd: a job runs in its own directory, so what it fetches (dependency_artifacts()
+        # writes ./dependencies/) never lands in the checkout.
         "command": [PY, "-c", code, *args],
-        "cwd": str(REPO),
         "resources": {"cpu": 0.5, "memory": "64Mi"},
         **spec,
     }
