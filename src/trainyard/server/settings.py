@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -205,13 +206,26 @@ class Settings(BaseSettings):
 
 
 def _secret_file(path: Path, make: str) -> str:
-    """Read a secret kept in home, creating it (mode 600) the first time."""
+    """Read a secret kept in home, creating it (mode 600) the first time.
+
+    Replicas sharing a home may start together: the secret is written whole to a private temporary
+    file and linked into place, so exactly one value wins and nobody reads a half-written file.
+    """
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(make + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(make + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return make
 
 
