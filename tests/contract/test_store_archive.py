@@ -260,3 +260,28 @@ def test_an_archived_jobs_artifacts_are_listed_from_the_archive(
 
     assert asyncio.run(files.artifacts(job_id, None)) == before
     assert asyncio.run(files.artifact(job_id, "model.npz", None)) == before[0]
+
+
+def test_outbox_rows_the_bus_had_before_the_cutoff_go_and_unsent_ones_stay(
+    store: SqlStore, retention: RetentionService
+) -> None:
+    wid = worker(store)
+    finished_job(store, wid)
+    old = [r.id for r in store.outbox_unsent(10_000)]
+    store.outbox_mark_sent(old[: len(old) - 1])  # the newest stays unsent, however old
+    cutoff = time.time() + 1
+    unsent = old[-1]
+
+    dry = retention.prune(cutoff, dry_run=True)
+    assert dry.outbox == len(old) - 1
+    assert [r.id for r in store.outbox_unsent(10_000)] == [unsent]
+
+    report = retention.prune(cutoff)
+    assert report.outbox == len(old) - 1 and report.as_json(lambda t: None)["outbox"] == report.outbox
+    assert [r.id for r in store.outbox_unsent(10_000)] == [unsent]
+    assert retention.prune(cutoff).outbox == 0
+    # Rows sent after the cutoff are kept for the replay check.
+    store.submit(ALICE, spec())
+    fresh = [r.id for r in store.outbox_unsent(10_000) if r.id != unsent]
+    store.outbox_mark_sent(fresh)
+    assert retention.prune(cutoff - 3600).outbox == 0

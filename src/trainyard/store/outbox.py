@@ -60,6 +60,34 @@ class OutboxRepo:
         with self._db.tx() as conn:
             conn.execute(_MARK_RANGE, [{"r_first": a, "r_last": b, "r_now": now} for a, b in ranges])
 
+    def outbox_prune_sent(self, before: float, limit: int = 5_000) -> int:
+        """Delete up to ``limit`` rows the bus had before ``before``; how many went.
+
+        A sent row only feeds the replay check, which compares the bus with the events still in
+        the database; once retention has archived those events the row has nothing to check.
+        Unsent rows are never touched, whatever their age. Small batches keep the write lock short.
+        """
+        oldest = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.sent_at.is_not(None), outbox.c.sent_at < before)
+            .order_by(outbox.c.sent_at, outbox.c.id)
+            .limit(limit)
+        )
+        with self._db.tx() as conn:
+            ids = [r.id for r in conn.execute(oldest)]
+            if ids:
+                conn.execute(outbox.delete().where(outbox.c.id.in_(ids)))
+        return len(ids)
+
+    def outbox_sent_before(self, before: float) -> int:
+        """How many sent rows ``outbox_prune_sent`` would delete (a dry run's count)."""
+        with self._db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(outbox.c.sent_at.is_not(None), outbox.c.sent_at < before)
+                ).scalar_one()
+            )
+
     def outbox_lag(self) -> int:
         """How many rows wait unsent."""
         with self._db.read() as conn:

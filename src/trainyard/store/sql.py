@@ -289,6 +289,8 @@ class SqlStore:
         self.outbox_mark_sent = outbox.outbox_mark_sent
         self.outbox_mark_sent_ranges = outbox.outbox_mark_sent_ranges
         self.outbox_lag = outbox.outbox_lag
+        self.outbox_prune_sent = outbox.outbox_prune_sent
+        self.outbox_sent_before = outbox.outbox_sent_before
         self.outbox_events = outbox.outbox_events
         self.existing_event_ids = outbox.existing_event_ids
 

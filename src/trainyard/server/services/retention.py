@@ -64,6 +64,8 @@ class PruneReport:
     events: int = 0
     log_chunks: int = 0
     artifacts: int = 0
+    outbox: int = 0
+    """Outbox rows the bus had before the cutoff, deleted (nothing but the replay check reads them)."""
     skipped: int = 0
     """Finished jobs kept back: a task or rank still live, a waiting job depends on them, or they
     changed while being archived."""
@@ -81,6 +83,7 @@ class PruneReport:
             "events": self.events,
             "log_chunks": self.log_chunks,
             "artifacts": self.artifacts,
+            "outbox": self.outbox,
             "skipped": self.skipped,
             "objects": self.objects,
             "more": self.more,
@@ -115,9 +118,22 @@ class RetentionService:
     ) -> PruneReport:
         """Archive and delete the jobs that finished before ``cutoff``, ``batch`` at a time, up to
         ``max_jobs`` (blocking). Dry: count what would go, change nothing."""
+        report = PruneReport(cutoff=cutoff, dry_run=dry_run)
+        self._prune_jobs(report, batch, max_jobs)
+        self._prune_outbox(report)
+        return report
+
+    def _prune_outbox(self, report: PruneReport) -> None:
+        if report.dry_run:
+            report.outbox = self.store.outbox_sent_before(report.cutoff)
+            return
+        while n := self.store.outbox_prune_sent(report.cutoff):
+            report.outbox += n
+
+    def _prune_jobs(self, report: PruneReport, batch: int | None, max_jobs: int | None) -> None:
+        cutoff, dry_run = report.cutoff, report.dry_run
         size = max(1, min(batch or self.batch, MAX_BATCH))
         cap = max_jobs if max_jobs is not None else self.max_jobs_per_pass
-        report = PruneReport(cutoff=cutoff, dry_run=dry_run)
         after: tuple[float, str] | None = None
         while report.jobs < cap:
             b = self.store.archive.select_batch(cutoff, min(size, cap - report.jobs), after)
@@ -133,10 +149,9 @@ class RetentionService:
             for name in ("attempts", "events", "log_chunks", "artifacts"):
                 setattr(report, name, getattr(report, name) + sum(len(x[name]) for x in lines))
             if b.last is None:
-                return report
+                return
             after = b.last
         report.more = True
-        return report
 
     def _archive(self, b: Any, report: PruneReport) -> list[str]:
         """Write the batch's object, check it reads back the same, then delete what it holds."""
