@@ -244,7 +244,17 @@ class AttemptRepo:
     ) -> None:
         """RUNNING → PREEMPTED → PENDING: back in the queue without using a try, and in its place:
         ``queued_at`` is kept, as Slurm and Kueue requeue evicted work (the eviction was not its doing)."""
-        move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values={"lease_token": None})
+        folded = folded_start(row)
+        values: dict[str, Any] = {"lease_token": None}
+        if folded is not None:
+            values["started_at"] = folded
+        # A start folded into this report (a rank 0 stopped at once for another rank's preemption)
+        # was recorded as an event but not written: the row still says SCHEDULED.
+        stored = JobStatus.SCHEDULED if folded is not None else None
+        moved = move(conn, row, JobStatus.PREEMPTED, now=now, data=data, values=values, stored_status=stored)
+        if folded is not None and not moved:
+            # As in ``_retry_or_end``: the RUNNING event already recorded must not stand alone.
+            raise ConcurrentChange(f"job {row.id} changed while its report was applied")
         row = job_row(conn, row.id)
         move(
             conn,
@@ -275,8 +285,16 @@ class AttemptRepo:
         if folded is not None:
             values["started_at"] = folded
         if outcome is AttemptOutcome.LOST:
-            move(conn, row, JobStatus.LOST, now=now, data=data, values={"lease_token": None})
+            lost_values = {"lease_token": None, **({"started_at": folded} if folded is not None else {})}
+            lost = move(
+                conn, row, JobStatus.LOST, now=now, data=data, values=lost_values, stored_status=stored
+            )
+            if folded is not None and not lost:
+                raise ConcurrentChange(f"job {row.id} changed while its report was applied")
             row = job_row(conn, row.id)
+            # The folded start is written now; what follows moves on from the row as it is.
+            folded = stored = None
+            values.pop("started_at", None)
         # The worker reports an OOM kill as a reason starting "oom" (ExitStatus.describe).
         oom = outcome is AttemptOutcome.FAILED and (reason or "").startswith("oom")
         decision = retry_policy.decide(policy, outcome, exit_code, row.tries, oom=oom)

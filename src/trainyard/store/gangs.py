@@ -6,6 +6,16 @@ are stopped, and the gang's attempt ends as rank 0's did (as Kubeflow's default 
 master's exit is the job's). When another rank ends badly first, rank 0 is stopped with that rank's
 outcome. A member row between attempts waits PENDING ("idle"), unscheduled; the gang is leased again
 only once every rank is idle.
+
+A gang's attempt is all-or-nothing while its collective work runs: a rank preempted or lost then
+takes the step every rank was in, so the whole gang is requeued (as Slurm requeues a whole job and
+JobSet recreates every child job). But a rank exits 0 only after the last collective step, in which
+every rank took part: once one member rank has succeeded in an attempt, a later preemption or loss
+of another member rank loses only that rank's own tail. It is recorded with its outcome, the gang is
+not stopped, and rank 0 still decides, so a rank that succeeded never runs that work again because
+of another's eviction. (A rank that *fails* still stops the gang: the retry policy decides then, and
+a retry reruns every rank on purpose. Rank 0 itself preempted or lost requeues the gang: it holds the
+gang's result, and the next attempt resumes from its checkpoint.)
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import sqlalchemy as sa
 from trainyard.model.states import TERMINAL, AttemptOutcome, JobStatus
 from trainyard.store.db import Db
 from trainyard.store.records import FinishReport, WorkerCommand
-from trainyard.store.schema import jobs
+from trainyard.store.schema import job_attempts, jobs
 from trainyard.store.transitions import (
     LIVE_NAMES,
     MOVE,
@@ -39,6 +49,10 @@ _ATTEMPT_STATUS = {
     AttemptOutcome.PREEMPTED: JobStatus.PREEMPTED,
     AttemptOutcome.LOST: JobStatus.LOST,
 }
+
+
+_INFRA_ENDINGS = (AttemptOutcome.PREEMPTED, AttemptOutcome.LOST)
+"""A rank's endings that are not its job's doing (a reclaim, a drain, a dead worker)."""
 
 
 def gang_port(gang_id: str, attempt: int) -> int:
@@ -115,11 +129,27 @@ class GangRepo:
             and head is not None
             and head_status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
             and head.gang_abort is None
+            and not (outcome in _INFRA_ENDINGS and self.a_rank_succeeded(conn, row.gang_id, row.attempt))
         ):
             self._abort(
                 conn, head, f"rank {row.replica_rank} {outcome.value}: {report.reason or ''}", outcome, now
             )
         return final
+
+    def a_rank_succeeded(self, conn: sa.Connection, gang_id: str, attempt: int) -> bool:
+        """Whether a member rank of the gang has ended ``attempt`` by succeeding."""
+        hit = conn.execute(
+            sa.select(job_attempts.c.number)
+            .select_from(job_attempts.join(jobs, jobs.c.id == job_attempts.c.job_id))
+            .where(
+                jobs.c.gang_id == gang_id,
+                jobs.c.replica_rank > 0,
+                job_attempts.c.number == attempt,
+                job_attempts.c.outcome == AttemptOutcome.SUCCEEDED.value,
+            )
+            .limit(1)
+        ).first()
+        return hit is not None
 
     def _abort(
         self, conn: sa.Connection, head: sa.Row[Any], reason: str, outcome: AttemptOutcome, now: float
