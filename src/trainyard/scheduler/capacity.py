@@ -178,6 +178,9 @@ class Fleet:
         """Workers where capacity is draining (jobs told to stop still hold it), in the order found."""
         self.has_reservations = False
         """A reservation was made this cycle: only then does best fit need to check them."""
+        self.timeline_version = 0
+        """Bumped whenever any worker's holds change (placed, claimed, doomed, rolled back): the
+        reservations' ranking of workers by earliest start stays good while it stands still."""
         self._groups_by_constraints: dict[tuple[object, ...], list[WorkerGroup]] = {}
         self._ranked_memo: dict[
             tuple[object, ...], tuple[list[WorkerGroup], list[tuple[float, WorkerGroup]]]
@@ -273,6 +276,7 @@ class Fleet:
                 host.draining_gpus,
             ) = saved[:6]
             del host.added_holds[saved[6] :]
+            self.timeline_version += 1
             if host.reservation is not None and saved[7] is not None:
                 host.reservation.spare = saved[7]
             self.rebucket(host)
@@ -428,6 +432,7 @@ class Fleet:
             host.free_gpus = free[gpu:]
         end = self.now + job.max_runtime_s
         host.added_holds.append((end, cpu, mem, gpu))
+        self.timeline_version += 1
         reservation = host.reservation
         if reservation is not None:
             reservation.overlap(job.id, end, cpu, mem, gpu)
@@ -449,4 +454,5 @@ class Fleet:
         host.added_holds.append(
             (self.now + self.config.termination_grace_s + job.max_runtime_s, job.cpu, job.memory, job.gpu)
         )
+        self.timeline_version += 1
         self.rebucket(host)

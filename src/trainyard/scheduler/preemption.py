@@ -320,6 +320,7 @@ class Preemptor:
                 continue
             record(fleet.undo_point(host))
             host.doom_count += 1  # not undone: a rollback only costs the reservation timeline a rebuild
+            fleet.timeline_version += 1
             host.draining_cpu += r.cpu
             host.draining_memory += r.memory
             host.draining_gpus = host.draining_gpus + list(r.gpu_indices)

@@ -22,6 +22,12 @@ from trainyard.scheduler.snapshot import PendingJob, SchedulerConfig
 Timeline = tuple[list[Hold], float, float, float]
 """What holds a worker, sorted by end, and the cpu, memory and gpu held in total."""
 
+Start = tuple[float, list[float]]
+"""When a replica could start on a worker, and what the worker has left over from then on."""
+
+Option = tuple[float, str, WorkerState, list[float]]
+"""A worker a replica could start on: (start, worker id, the worker, what it leaves over)."""
+
 _start_and_id = operator.itemgetter(0, 1)
 
 
@@ -70,6 +76,9 @@ class Reservations:
         self.reservations = reservations
         self.doomed = doomed
         self._timelines: dict[str, tuple[tuple[int, int], Timeline]] = {}
+        self._rankings: dict[
+            tuple[int, float, int, int], tuple[list[WorkerGroup], int, list[Option] | None]
+        ] = {}
 
     def start_of(self, job_id: str) -> float:
         """When the job's reservation starts (now if it has none)."""
@@ -84,9 +93,44 @@ class Reservations:
             return None
         if self.now - job.queued_at < self.config.reserve_after_s:
             return None
-        # The ``replicas`` earliest workers, by (start, worker id). Once there are that many, a
-        # worker that cannot start by the latest of them is not followed further.
-        chosen: list[tuple[float, str, WorkerState, list[float]]] = []
+        # The ``replicas`` earliest workers, by (start, worker id), among those not yet reserved.
+        # Blocked jobs of one shape often come one after another with nothing placed in between
+        # (the leader's queue of jobs that fit nowhere): the second ranks every worker once, and
+        # the rest take the ranking. A shape seen once only searches, which stops early.
+        version = self.fleet.timeline_version
+        key = (id(groups), job.cpu, job.memory, job.gpu)
+        seen = self._rankings.get(key)
+        if seen is None or seen[0] is not groups or seen[1] != version:
+            chosen = self._search(job, groups)
+            self._rankings[key] = (groups, version, None)
+        else:
+            ranked = seen[2]
+            if ranked is None:
+                ranked = self._rank(job, groups)
+                self._rankings[key] = (groups, version, ranked)
+            chosen = []
+            for option in ranked:
+                if option[2].reservation is None:
+                    chosen.append(option)
+                    if len(chosen) == job.replicas:
+                        break
+        if len(chosen) < job.replicas:
+            return None
+        # One replica per reserved worker: simpler than packing, and only ever later, never wrong.
+        start = max(o[0] for o in chosen)
+        for _, _, host, spare in chosen:
+            host.reservation = WorkerReservation(job.id, start, list(spare))  # the memo keeps its own
+        self.fleet.has_reservations = True
+        reservation = Reservation(job.id, tuple(sorted(o[1] for o in chosen)), start)
+        self.reservations.append(reservation)
+        return reservation
+
+    def _search(self, job: PendingJob, groups: list[WorkerGroup]) -> list[Option]:
+        """The ``replicas`` workers, not reserved, where the job's replicas start earliest, by (start,
+        worker id); fewer if there are not that many."""
+        # Once there are that many, a worker that cannot start by the latest of them is not
+        # followed further.
+        chosen: list[Option] = []
         limit = math.inf
         for group in groups:
             for host in group.members:
@@ -109,16 +153,23 @@ class Reservations:
                     bisect.insort(chosen, option, key=_start_and_id)
                 if len(chosen) == job.replicas:
                     limit = chosen[-1][0]
-        if len(chosen) < job.replicas:
-            return None
-        # One replica per reserved worker: simpler than packing, and only ever later, never wrong.
-        start = max(o[0] for o in chosen)
-        for _, _, host, spare in chosen:
-            host.reservation = WorkerReservation(job.id, start, spare)
-        self.fleet.has_reservations = True
-        reservation = Reservation(job.id, tuple(sorted(o[1] for o in chosen)), start)
-        self.reservations.append(reservation)
-        return reservation
+        return chosen
+
+    def _rank(self, job: PendingJob, groups: list[WorkerGroup]) -> list[Option]:
+        """Every worker of the groups where the job's replica could ever start, reserved ones
+        included, by (start, worker id): the first ``replicas`` not reserved are what
+        :meth:`_search` finds, while no worker's holds change."""
+        ranked: list[Option] = []
+        for group in groups:
+            for host in group.members:
+                w = host.worker
+                if w.cpu + EPS < job.cpu or w.memory < job.memory or w.gpu < job.gpu:
+                    continue
+                found = self._earliest_start(host, job, math.inf)
+                if found is not None:
+                    ranked.append((found[0], w.id, host, found[1]))
+        ranked.sort(key=_start_and_id)
+        return ranked
 
     def _timeline(self, host: WorkerState) -> Timeline:
         """What holds the worker, as (end, cpu, memory, gpu) sorted by end, and its totals."""
@@ -143,9 +194,7 @@ class Reservations:
         self._timelines[host.worker.id] = (stamp, timeline)
         return timeline
 
-    def _earliest_start(
-        self, host: WorkerState, job: PendingJob, limit: float
-    ) -> tuple[float, list[float]] | None:
+    def _earliest_start(self, host: WorkerState, job: PendingJob, limit: float) -> Start | None:
         """When the job's replica fits on this worker if every holder runs to its bound, and what
         the worker has left over from then on; None if not by ``limit``."""
         w = host.worker
