@@ -216,8 +216,8 @@ def plan_secret(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any
     }
 
 
-def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
-    """The Pod an attempt runs as, as the API takes it; StartFailed for a spec that cannot be one."""
+def _launchable(spec: LaunchSpec, settings: KubernetesSettings) -> tuple[str, int, int]:
+    """The image and the (uid, gid) an attempt runs as; StartFailed for a spec no Pod can run."""
     if not spec.command:
         raise StartFailed("empty command")
     image = spec.image or settings.default_image
@@ -233,7 +233,12 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
     uid, gid = spec.user or NOBODY
     if uid == 0 or gid == 0:
         raise StartFailed("jobs never run as root")
+    return image, uid, gid
 
+
+def _pod_env(spec: LaunchSpec) -> dict[str, str]:
+    """The job's environment as its container sees it: the agent's directories, and GPUs as the
+    device plugin numbers them."""
     env = dict(spec.env)
     env["TRAINYARD_CHECKPOINT_DIR"] = str(spec.checkpoint_dir)
     env["TRAINYARD_ARTIFACT_DIR"] = str(spec.artifact_dir)
@@ -252,7 +257,14 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
         # a CPU job would see every GPU of the node.
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    return env
 
+
+def _pod_volumes(
+    spec: LaunchSpec, settings: KubernetesSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Pod's volumes and the container's mounts of them: the attempt's own directories, an
+    allowed ``cwd``, the checkpoint it resumes from and the data cache."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     mounted: list[Path] = []
@@ -304,7 +316,11 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
         mount("resume", spec.resume_dir, read_only=True)
     if spec.data_cache is not None and spec.data_cache.is_dir():
         mount("data-cache", spec.data_cache)
+    return volumes, mounts
 
+
+def _pod_resources(spec: LaunchSpec) -> dict[str, str]:
+    """Requests, equal to limits: the scheduler placed the attempt on exactly these."""
     resources: dict[str, str] = {}
     if spec.cpu > 0:
         resources["cpu"] = _quantity_cpu(spec.cpu)
@@ -312,9 +328,13 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
         resources["memory"] = str(spec.memory)
     if spec.gpu_indices:
         resources[GPU_RESOURCE] = str(len(spec.gpu_indices))
+    return resources
 
+
+def _pod_labels(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, str]:
+    """Labels that find an attempt's Pod again after an agent restart, and fence a stale lease's."""
     team = spec.env.get("TRAINYARD_TEAM", "")
-    labels = {
+    return {
         "app.kubernetes.io/name": "trainyard",
         "app.kubernetes.io/component": "job",
         "app.kubernetes.io/part-of": "trainyard",
@@ -325,6 +345,15 @@ def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
         LABEL_TEAM: label_value(team),
         LABEL_LEASE: lease_label(spec.lease_token),
     }
+
+
+def plan_pod(spec: LaunchSpec, settings: KubernetesSettings) -> dict[str, Any]:
+    """The Pod an attempt runs as, as the API takes it; StartFailed for a spec that cannot be one."""
+    image, uid, gid = _launchable(spec, settings)
+    env = _pod_env(spec)
+    volumes, mounts = _pod_volumes(spec, settings)
+    resources = _pod_resources(spec)
+    labels = _pod_labels(spec, settings)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
