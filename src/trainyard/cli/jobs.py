@@ -100,14 +100,7 @@ def submit(
     # Imported here so that `yard --help` lists submit before sbatch (commands list as registered).
     from trainyard.cli import sbatch
 
-    base = load_spec_file(file) if file is not None else {}
-    # `yard submit script.sh`: a Slurm batch script, its #SBATCH directives under these flags.
     script = sbatch.batch_script_arg(command or ())
-    warnings: list[str] = []
-    if script is not None:
-        base, warnings = sbatch.script_spec(
-            sbatch.read_script(script), script_name=script.name, base=base, workdir=workdir is not None
-        )
     flags = SubmitFlags(
         command=() if script is not None else command or (),
         name=name,
@@ -131,18 +124,48 @@ def submit(
         after_any=after_any or (),
         after_not_ok=after_not_ok or (),
     )
-    spec = merge_spec(base, flags)
-    if script is not None:
-        slurm.sync_env(spec)
-    if workdir is None and not spec.get("workdir") and "cwd" not in spec:
-        # Slurm's convention: the job starts where it was submitted, when the worker shares that path.
-        here = os.path.abspath(os.getcwd())
-        if cwd_problem(here) is None:  # never a system directory: the job runs in its own one then
-            spec["cwd"] = here
+    spec, warnings = _submit_spec(file, script, flags, workdir is not None)
     if dry_run:
         sbatch.print_dry_run(spec, warnings, output)
         return
     sbatch.print_warnings(warnings)
+    _send_spec(ctx, spec, workdir, idempotency_key, output)
+
+
+def _submit_spec(
+    file: Path | None, script: Path | None, flags: SubmitFlags, uploads_workdir: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The JobSpec the flags, a spec file and a Slurm script's directives make, with its warnings."""
+    from trainyard.cli import sbatch
+
+    base = load_spec_file(file) if file is not None else {}
+    # `yard submit script.sh`: a Slurm batch script, its #SBATCH directives under these flags.
+    warnings: list[str] = []
+    if script is not None:
+        base, warnings = sbatch.script_spec(
+            sbatch.read_script(script), script_name=script.name, base=base, workdir=uploads_workdir
+        )
+    spec = merge_spec(base, flags)
+    if script is not None:
+        slurm.sync_env(spec)
+    if not uploads_workdir and not spec.get("workdir") and "cwd" not in spec:
+        # Slurm's convention: the job starts where it was submitted, when the worker shares that path.
+        here = os.path.abspath(os.getcwd())
+        if cwd_problem(here) is None:  # never a system directory: the job runs in its own one then
+            spec["cwd"] = here
+    return spec, warnings
+
+
+def _send_spec(
+    ctx: typer.Context,
+    spec: dict[str, Any],
+    workdir: Path | None,
+    idempotency_key: str | None,
+    output: Format | None,
+) -> None:
+    """Validate, upload the working directory, submit, and print the id (or the job)."""
+    from trainyard.cli import sbatch
+
     # Checked before any upload, so a typo does not cost a 100 MiB transfer.
     validate_spec(spec)
     client = client_of(ctx)
