@@ -15,10 +15,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-import psycopg
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    # psycopg is imported where a PostgreSQL leadership runs: 9 MB a SQLite control plane never needs.
+    import psycopg
 
 log = logging.getLogger("trainyard.leader")
 
@@ -56,6 +59,8 @@ class PostgresLeadership:
         self._lock = threading.Lock()
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        import psycopg
+
         conn = psycopg.connect(
             self._url,
             autocommit=True,
@@ -73,6 +78,8 @@ class PostgresLeadership:
 
     def try_acquire(self) -> bool:
         """Take the lock if free, or check the session holding it is still alive."""
+        import psycopg
+
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:

@@ -15,11 +15,13 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import psycopg
+from typing import TYPE_CHECKING, Protocol
 
 from trainyard.server.leader import libpq_url
+
+if TYPE_CHECKING:
+    # Imported where PostgreSQL notifications run: a SQLite control plane never loads psycopg.
+    import psycopg
 
 log = logging.getLogger("trainyard.notify")
 CHANNEL = "trainyard_workers"
@@ -97,6 +99,8 @@ class PostgresNotifier:
 
     def send(self, notes: Sequence[WorkerNote]) -> None:
         """NOTIFY the notes (blocking; a failure is logged: heartbeats carry every command too)."""
+        import psycopg
+
         payloads = _payloads(notes)
         if not payloads:
             return
@@ -116,6 +120,7 @@ class PostgresNotifier:
 
     def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[WorkerNote], None]) -> None:
         """LISTEN in a thread of its own, reconnecting after errors; notes go to ``deliver``."""
+        import psycopg
 
         def listen() -> None:
             while not self._stop.is_set():

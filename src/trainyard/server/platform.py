@@ -7,13 +7,9 @@ FastAPI dependencies), the worker gRPC service and the leader's loops (``run.py`
 from __future__ import annotations
 
 from trainyard.bus.base import EventBus
-from trainyard.bus.kafka import KafkaBus, KafkaBusConfig
 from trainyard.bus.memory import MemoryBus
 from trainyard.cache.base import Cache, LogTailStore
 from trainyard.cache.memory import MemoryCache
-from trainyard.cache.redis import RedisCache, RedisConfig
-from trainyard.cache.redis_tail import RedisLogTails
-from trainyard.cache.resilient import ResilientCache, ResilientLogTails
 from trainyard.cache.sql import SqlCache
 from trainyard.cache.tiers import parse_tiers, tier_of
 from trainyard.objects.factory import open_object_store
@@ -55,6 +51,12 @@ def _cache_and_tails(settings: Settings, store: SqlStore) -> tuple[Cache, LogTai
     memory_tails = LogTails(settings.log_tail_bytes)
     if not settings.redis_url:
         return MemoryCache(), memory_tails
+    # The Redis client (and Kafka's, psycopg, boto3, alembic) is imported only where it is
+    # configured: the embedded defaults' idle footprint is the aim (README, Idle footprint).
+    from trainyard.cache.redis import RedisCache, RedisConfig
+    from trainyard.cache.redis_tail import RedisLogTails
+    from trainyard.cache.resilient import ResilientCache, ResilientLogTails
+
     cfg = RedisConfig(settings.redis_url)
     cache = ResilientCache(RedisCache(cfg), SqlCache(store, heartbeat_ttl_s=ttl), heartbeat_ttl_s=ttl)
     tails = ResilientLogTails(RedisLogTails(cfg, cap=settings.log_tail_bytes), memory_tails)
@@ -103,9 +105,11 @@ class Platform:
             self.store.on_commit = self.cache.invalidate_status
         self.tiers = parse_tiers(settings.rate_tiers)
         tier_of(self.tiers, None, settings.default_tier)  # an undefined default tier fails at start-up
-        self.bus: EventBus = (
-            KafkaBus(KafkaBusConfig(settings.kafka_bootstrap)) if settings.kafka_bootstrap else MemoryBus()
-        )
+        self.bus: EventBus = MemoryBus()
+        if settings.kafka_bootstrap:
+            from trainyard.bus.kafka import KafkaBus, KafkaBusConfig
+
+            self.bus = KafkaBus(KafkaBusConfig(settings.kafka_bootstrap))
 
     def _services(self, s: Settings) -> None:
         store, hb = self.store, s.heartbeat_interval

@@ -1,0 +1,79 @@
+"""What the embedded defaults load: a SQLite control plane and a worker agent import no client of a
+backend they do not use (psycopg, Redis, Kafka, boto3), and a control plane starting on an
+up-to-date schema no Alembic. Each is megabytes of a process that stays up (bench/footprint.py).
+
+Each probe runs in a fresh interpreter: this test process has imported everything already."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from trainyard.store import migrate
+
+BACKEND_CLIENTS = {"psycopg", "redis", "confluent_kafka", "boto3", "botocore"}
+
+CONTROL_PLANE = """
+import asyncio, json, sys
+from pathlib import Path
+from trainyard.server.api import create_app
+from trainyard.server.platform import Platform
+from trainyard.server.settings import Settings
+
+home = Path(sys.argv[1])
+fresh = not (home / "trainyard.db").exists()
+platform = Platform(Settings(home=home))
+platform.store.migrate()
+create_app(platform)
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"fresh": fresh, "loaded": loaded, "db": platform.settings.db_url}))
+platform.close()
+"""
+
+AGENT = """
+import json, sys
+import trainyard.cli.worker, trainyard.worker.agent
+from trainyard.worker.executors.routing import executor_for
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _probe(code: str, *args: str) -> object:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}  # the defaults
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sqlite_control_plane_loads_no_other_backend_and_no_alembic_once_migrated(tmp_path: Path) -> None:
+    first = _probe(CONTROL_PLANE, str(tmp_path))
+    assert isinstance(first, dict)
+    assert first["fresh"] and first["db"].startswith("sqlite")
+    assert not BACKEND_CLIENTS & set(first["loaded"])
+    assert "alembic" in first["loaded"]  # a new database is migrated: the probe sees the real path
+    again = _probe(CONTROL_PLANE, str(tmp_path))
+    assert isinstance(again, dict)
+    assert not again["fresh"]
+    assert not (BACKEND_CLIENTS | {"alembic", "mako"}) & set(again["loaded"])
+
+
+def test_agent_loads_neither_the_control_plane_nor_a_backend_client() -> None:
+    loaded = _probe(AGENT)
+    assert isinstance(loaded, list)
+    tops = {m.split(".")[0] for m in loaded}
+    assert not (BACKEND_CLIENTS | {"alembic", "sqlalchemy", "fastapi", "starlette", "uvicorn"}) & tops
+    assert not [m for m in loaded if m.startswith(("trainyard.server", "trainyard.store"))]
+
+
+def test_head_revisions_read_from_the_files_are_alembics_heads() -> None:
+    # The start-up check skips Alembic when the database is stamped with these: they must be exactly
+    # what Alembic itself would migrate to.
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(migrate.alembic_config()).get_heads()
+    assert migrate.head_revisions() == frozenset(heads)
