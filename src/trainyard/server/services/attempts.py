@@ -14,7 +14,7 @@ from trainyard.server.services.logs import LogService
 from trainyard.store import FinishReport, ReportResult
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import AttemptsStore
 
 
 class AttemptService:
@@ -23,7 +23,7 @@ class AttemptService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: AttemptsStore,
         writes: GroupCommit,
         logs: LogService,
         dispatcher: Dispatcher,

@@ -10,7 +10,7 @@ from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.replica import Replica
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import SchedulerState
 
 
 class QueueBoards:
@@ -19,7 +19,7 @@ class QueueBoards:
     The leader's scheduler loop posts ``local`` every cycle (and publishes it to the store); a
     follower answers from the published copy, re-read when it is a second old."""
 
-    def __init__(self, store: SqlStore, replica: Replica) -> None:
+    def __init__(self, store: SchedulerState, replica: Replica) -> None:
         self.store = store
         self.replica = replica
         self.local = QueueBoard()  # the leader's, published for every replica

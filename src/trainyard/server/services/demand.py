@@ -24,7 +24,7 @@ from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.replica import Replica
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import SchedulerState
 
 DEMAND_KEY = "demand"
 REPUBLISH_EVERY_S = 15.0
@@ -113,7 +113,9 @@ class DemandBoard:
 class PoolDemands:
     """The leader's demand board, and the copy it published for the other replicas."""
 
-    def __init__(self, store: SqlStore, replica: Replica, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: SchedulerState, replica: Replica, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.replica = replica
         self.clock = clock

@@ -24,7 +24,7 @@ from trainyard.server.services.tenancy import TenancyService
 from trainyard.store import Lease, WorkerCommand
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import DispatchStore
 
 DEPENDENCY_URL_TTL_S = 3600.0
 """How long the download URLs of a dependent job's inputs last (at least ``url_ttl``): the job reads
@@ -77,7 +77,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: DispatchStore,
         channels: WorkerChannels,
         notifier: Notifier,
         objects: ObjectStore,

@@ -16,7 +16,7 @@ from trainyard.server.bundles import check_bundle
 from trainyard.server.services.blocking import off_loop
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import FilesStore
 
 
 class BundleInvalid(ValueError):
@@ -37,7 +37,7 @@ class FileService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: FilesStore,
         objects: ObjectStore,
         *,
         url_ttl: float,

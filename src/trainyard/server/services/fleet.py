@@ -21,7 +21,7 @@ from trainyard.server.views import worker_json
 from trainyard.store import WorkerCommand
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import FleetStore
 
 DRAIN_PREEMPT_REASON = "preempted: the worker is being drained"
 
@@ -43,7 +43,7 @@ class FleetService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: FleetStore,
         cache: Cache,
         replica: Replica,
         auth: AuthService,

@@ -46,7 +46,7 @@ from trainyard.model.records import LogChunk
 from trainyard.objects.base import ObjectNotFound, ObjectStore, key_problem
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import FluentbitStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -225,7 +225,7 @@ class FluentBitIngest:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: FluentbitStore,
         objects: ObjectStore,
         secrets: SecretValues,
         *,

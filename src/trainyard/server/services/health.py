@@ -12,13 +12,13 @@ from trainyard.server.services.blocking import off_loop
 from trainyard.server.services.replica import Replica
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import HealthStore
 
 
 class Health:
     """Liveness, readiness and metrics of this replica."""
 
-    def __init__(self, store: SqlStore, replica: Replica, metrics: Metrics) -> None:
+    def __init__(self, store: HealthStore, replica: Replica, metrics: Metrics) -> None:
         self.store = store
         self.replica = replica
         self.metrics = metrics

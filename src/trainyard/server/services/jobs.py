@@ -30,7 +30,7 @@ from trainyard.store import Conflict, JobFilter, NotFound, SubmitResult
 
 if TYPE_CHECKING:
     from trainyard.server.services.retention import RetentionService
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import JobsStore
 
 JOB_TOPICS = frozenset({"job.events", "job.submitted"})
 """The bus topics that carry job events (a hint to re-read them from the store)."""
@@ -65,7 +65,7 @@ class JobService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: JobsStore,
         *,
         writes: GroupCommit,
         cache: Cache,

@@ -25,7 +25,7 @@ from trainyard.objects.base import ObjectNotFound, ObjectStore
 from trainyard.server.services.blocking import off_loop
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import LogsStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -105,7 +105,7 @@ class LogService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: LogsStore,
         objects: ObjectStore,
         tails: LogTailStore,
         requests: TailRequests | None = None,

@@ -24,7 +24,7 @@ from trainyard.server.views import iso
 from trainyard.store.logsearch import LogQuery, QueuedChunk
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import LogsearchStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -52,7 +52,7 @@ class _Readable:
 class LogIndexer:
     """Moves queued chunks into the search index, a batch per step."""
 
-    def __init__(self, store: SqlStore, objects: ObjectStore, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: LogsearchStore, objects: ObjectStore, metrics: Metrics | None = None) -> None:
         self.store = store
         self.objects = objects
         self.metrics = metrics
@@ -124,7 +124,7 @@ class LogIndexer:
 class LogSearch:
     """Full-text search over the indexed lines a caller may see."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: LogsearchStore) -> None:
         self.store = store
 
     async def search(

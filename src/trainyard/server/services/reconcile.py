@@ -21,7 +21,7 @@ from trainyard.server.services.auth import AuthService
 from trainyard.server.services.replica import Replica
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import ReconcileStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -35,7 +35,7 @@ class Reconciler:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: ReconcileStore,
         cache: Cache,
         replica: Replica,
         auth: AuthService,

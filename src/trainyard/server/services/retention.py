@@ -36,7 +36,7 @@ from trainyard.store.archive import (
 )
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import RetentionStore
 
 log = logging.getLogger("trainyard.retention")
 
@@ -95,7 +95,7 @@ class RetentionService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: RetentionStore,
         objects: ObjectStore,
         *,
         retention_s: float | None,

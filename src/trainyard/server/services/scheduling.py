@@ -53,7 +53,7 @@ from trainyard.server.services.usage import BudgetHolds, BudgetWatch
 from trainyard.store import Lease, Placement, WorkerCommand
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import SchedulingStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -67,7 +67,7 @@ class SchedulerLoop:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: SchedulingStore,
         replica: Replica,
         boards: QueueBoards,
         metrics: Metrics,

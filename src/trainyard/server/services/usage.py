@@ -42,7 +42,7 @@ from trainyard.server.services.blocking import off_loop
 from trainyard.server.views import iso
 
 if TYPE_CHECKING:
-    from trainyard.store.sql import SqlStore
+    from trainyard.store.ports import UsageStore
 
 log = logging.getLogger("trainyard.server")
 
@@ -120,7 +120,7 @@ def budget_json(team: str, limit: int, spent: int, now: float) -> dict[str, Any]
     }
 
 
-def _prices_of(store: SqlStore) -> Prices:
+def _prices_of(store: UsageStore) -> Prices:
     stored = store.usage.get_prices()
     return Prices() if stored is None else stored.prices
 
@@ -131,7 +131,7 @@ class BudgetWatch:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: UsageStore,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
@@ -277,7 +277,7 @@ class UsageService:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: UsageStore,
         watch: BudgetWatch,
         kick_scheduler: Kick,
         *,
