@@ -38,6 +38,9 @@ AttemptKey = tuple[str, int]
 _REMEMBERED_ATTEMPTS = 100_000
 """Finished attempts remembered so that a lease re-sent after its final report does not run again."""
 
+_HTTP_CONNECTIONS = 100
+"""The agent's own HTTP client's connection limit (httpx's default, made explicit)."""
+
 _STOP_COMMANDS = {
     pb.Command.CANCEL: AttemptOutcome.CANCELLED,
     pb.Command.TIMEOUT: AttemptOutcome.TIMED_OUT,
@@ -60,11 +63,15 @@ class Agent:
         channel: grpc.aio.Channel | None = None,
         http: httpx.AsyncClient | None = None,
         sample_gpus: bool = True,
+        http_connections: int | None = None,
     ) -> None:
         """``channel`` and ``http``: shared with other agents of this process (a simulated fleet),
         left open when this one stops; None: the agent opens and closes its own. ``sample_gpus``:
-        report the node's GPU utilization (off for simulated agents, which have no GPUs to read)."""
+        report the node's GPU utilization (off for simulated agents, which have no GPUs to read).
+        ``http_connections``: the connection limit ``http`` was made with; uploads queue for them in
+        the agent, not in the client's pool (see ``Transfers``)."""
         self.cfg = cfg
+        self._http_connections = http_connections
         self.executor: Executor = executor or executor_for(cfg)
         self._channel = channel
         self._http = http
@@ -97,9 +104,13 @@ class Agent:
             channel = self._channel
             if channel is None:
                 channel = await own.enter_async_context(open_channel(cfg))
-            http = self._http
+            http, connections = self._http, self._http_connections
             if http is None:
-                http = await own.enter_async_context(httpx.AsyncClient(timeout=cfg.http_timeout_s))
+                connections = _HTTP_CONNECTIONS
+                limits = httpx.Limits(max_connections=connections, max_keepalive_connections=20)
+                http = await own.enter_async_context(
+                    httpx.AsyncClient(timeout=cfg.http_timeout_s, limits=limits)
+                )
             rpc = ControlPlane(
                 channel,
                 bootstrap_token=cfg.token,
@@ -117,6 +128,7 @@ class Agent:
                 retry_for_s=cfg.upload_retry_s,
                 multipart_threshold=cfg.multipart_threshold,
                 part_size=cfg.multipart_part_size,
+                max_in_flight=connections,
             )
             self._ctx = AttemptContext(cfg, rpc, transfers, shipper, self.executor, self.slots)
             try:
@@ -153,13 +165,17 @@ class Agent:
         lease.cancel()
         await self._announce_draining()
         log.info("stopping: %d attempt(s) running", len(self.runners))
+        wait_s = self.cfg.preempt_grace_s + self.cfg.shutdown_timeout_s
+        if self._ctx is not None:
+            # Final uploads give way before the wait below ends, leaving the reports their time.
+            reserve = min(self.cfg.rpc_timeout_s, self.cfg.shutdown_timeout_s / 2)
+            self._ctx.upload_deadline.set(asyncio.get_running_loop().time() + wait_s - reserve)
         for runner in list(self.runners.values()):
             # Preempted, not cancelled: the user did not ask for it, and the job goes back to the queue.
             runner.request_stop(AttemptOutcome.PREEMPTED, "the worker is shutting down")
         tasks = list(self._tasks.values())
         if tasks:
-            grace = self.cfg.preempt_grace_s
-            _, pending = await asyncio.wait(tasks, timeout=grace + self.cfg.shutdown_timeout_s)
+            _, pending = await asyncio.wait(tasks, timeout=wait_s)
             if pending:
                 log.warning("gave up waiting for %d attempt(s) to report", len(pending))
 

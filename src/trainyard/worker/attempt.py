@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from trainyard.worker.masking import SecretMasker
 from trainyard.worker.rpc import ControlPlane, StaleLease
 from trainyard.worker.slots import AttemptSlots, clear_owner
 from trainyard.worker.spool import LogSpool
-from trainyard.worker.transfer import AttemptObject, TransferError, Transfers
+from trainyard.worker.transfer import AttemptObject, TransferError, Transfers, UploadDeadline
 from trainyard.worker.workingdir import WorkingDir, choose
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,18 @@ class AttemptContext:
     shipper: LogShipper
     executor: Executor
     slots: AttemptSlots
+    upload_deadline: UploadDeadline = field(default_factory=UploadDeadline)
+    """Set when the agent stops: final uploads still going then are abandoned, so every attempt
+    reports before the agent gives up on them."""
+
+
+@dataclass
+class _FinalUploads:
+    """What an attempt's final uploads got up so far."""
+
+    artifacts: list[pb.Artifact] = field(default_factory=list)
+    checkpoint_key: str = ""
+    problems: list[str] = field(default_factory=list)
 
 
 STARTED_COALESCE_S = 0.01
@@ -392,33 +404,23 @@ class AttemptRunner:
         self, outcome: AttemptOutcome, reason: str, status: ExitStatus | None, *, cwd: Path | None = None
     ) -> None:
         finished_at = time.time()
-        artifacts: list[pb.Artifact] = []
-        checkpoint_key = ""
         stopping = self.stop_outcome is not None
-        problems: list[str] = []
+        up = _FinalUploads()
         try:
-            # Found before the log is sealed: a file skipped for its name is noted in the log.
-            found = await self._collect_artifacts() if cwd is not None or self.handle is not None else None
-            if self.sealer is not None:
-                try:
-                    await self.sealer.finish()
-                except TransferError as e:
-                    problems.append(f"log upload failed: {e}")
-            if found is not None:
-                try:
-                    artifacts = await self._upload_artifacts(found)
-                except TransferError as e:
-                    problems.append(f"artifact upload failed: {e}")
-            if outcome is not AttemptOutcome.SUCCEEDED:
-                try:
-                    checkpoint_key = await self._upload_checkpoint()
-                except TransferError as e:
-                    problems.append(f"checkpoint upload failed: {e}")
+            done, _ = await self.ctx.upload_deadline.within(self._final_uploads(outcome, cwd, up))
         except StaleLease:
             self.kill_stale()
             return
         if self.forgotten:
             return
+        artifacts, checkpoint_key, problems = up.artifacts, up.checkpoint_key, up.problems
+        if not done:
+            # The agent is stopping and its time is nearly up: report now with what went up. The
+            # rest stays in the attempt's directory (``upload_failed``), and nothing more is sealed.
+            log.warning("attempt %s/%d: final uploads abandoned as the worker stops", *self.key)
+            problems.append("uploads abandoned: the worker stopped before they finished")
+            if self.sealer is not None:
+                self.sealer.abandon()
         if problems:
             self.upload_failed = True
             note = "; ".join(problems)
@@ -447,6 +449,37 @@ class AttemptRunner:
         if resp.result == pb.ReportResponse.STALE:
             log.info("final report for %s/%d answered stale", *self.key)
         self.forgotten = True
+
+    async def _final_uploads(self, outcome: AttemptOutcome, cwd: Path | None, up: _FinalUploads) -> None:
+        """Seal the log and upload the artifacts and (unless it succeeded) the checkpoint, into
+        ``up`` as each lands, so an upload abandoned part way keeps what went up before it."""
+
+        async def checkpoint() -> None:
+            if outcome is not AttemptOutcome.SUCCEEDED:
+                try:
+                    up.checkpoint_key = await self._upload_checkpoint()
+                except TransferError as e:
+                    up.problems.append(f"checkpoint upload failed: {e}")
+
+        preempted = self.stop_outcome is AttemptOutcome.PREEMPTED
+        if preempted:
+            # A preempted attempt's checkpoint is what its next attempt resumes from: it goes first,
+            # in case the agent's stop leaves no time for the rest.
+            await checkpoint()
+        # Found before the log is sealed: a file skipped for its name is noted in the log.
+        found = await self._collect_artifacts() if cwd is not None or self.handle is not None else None
+        if self.sealer is not None:
+            try:
+                await self.sealer.finish()
+            except TransferError as e:
+                up.problems.append(f"log upload failed: {e}")
+        if found is not None:
+            try:
+                up.artifacts = await self._upload_artifacts(found)
+            except TransferError as e:
+                up.problems.append(f"artifact upload failed: {e}")
+        if not preempted:
+            await checkpoint()
 
     async def _collect_artifacts(self) -> list[ArtifactFile]:
         arts = self.dir / "artifacts"

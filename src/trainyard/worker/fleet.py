@@ -254,6 +254,7 @@ class Fleet:
                         channel=channels[i % len(channels)],
                         http=http,
                         sample_gpus=False,
+                        http_connections=limits.max_connections,
                     )
                 )
             log.info(

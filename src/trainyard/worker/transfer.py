@@ -160,6 +160,53 @@ class _Url:
         return self._url
 
 
+class UploadDeadline:
+    """When an agent's final uploads must give way to its reports: never while it runs; once it
+    stops, a moment that leaves the reports time before the agent gives up on its attempts.
+
+    A stopping agent must tell the control plane how each attempt ended before it goes, or the
+    attempts end LOST (and run again without their checkpoints) when its heartbeats stop. Uploads
+    still going at the deadline are cancelled: their files stay in the attempt's directory."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        """The deadline in the event loop's clock (``loop.time()``), None until the agent stops."""
+        self._set = asyncio.Event()
+
+    def set(self, at: float) -> None:
+        """The agent stops: uploads end by ``at`` (loop time). The first call decides."""
+        if self.at is None:
+            self.at = at
+            self._set.set()
+
+    async def passed(self) -> None:
+        """Return once the deadline is set and has passed."""
+        await self._set.wait()
+        assert self.at is not None
+        loop = asyncio.get_running_loop()
+        while (left := self.at - loop.time()) > 0:
+            await asyncio.sleep(left)
+
+    async def within(self, coro: Awaitable[T]) -> tuple[bool, T | None]:
+        """Run ``coro`` until it ends or the deadline passes, whichever comes first: (True, its
+        result), or (False, None) with ``coro`` cancelled. Its exceptions propagate."""
+        work = asyncio.ensure_future(coro)
+        timer = asyncio.ensure_future(self.passed())
+        try:
+            await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if work.done():
+            return True, work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        return False, None
+
+
 class Transfers:
     """Uploads and downloads through presigned URLs, with one retry policy.
 
@@ -168,6 +215,11 @@ class Transfers:
     Files at least ``multipart_threshold`` bytes long go up in parts of ``part_size`` (larger when
     the file would need more than S3's 10,000 parts), ``part_concurrency`` at a time, each streamed
     from disk and retried on its own, so memory stays flat and a failure costs one part.
+
+    ``max_in_flight``: the HTTP client's connection pool size. Requests beyond it wait their turn
+    here, where waiting is not a failure: inside httpx a wait for a free connection counts against
+    the request's timeout, and an agent stopping 64 attempts behind 4 connections saw its uploads
+    fail with ``PoolTimeout`` and go to the back of the line to retry with backoff.
     """
 
     def __init__(
@@ -181,8 +233,10 @@ class Transfers:
         part_size: int = 16 << 20,
         part_concurrency: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        max_in_flight: int | None = None,
     ) -> None:
         self._client = client
+        self._slots = asyncio.Semaphore(max_in_flight) if max_in_flight else None
         self._attempts = max(1, attempts)
         self._backoff = backoff
         self._retry_for_s = max(0.0, retry_for_s)
@@ -199,7 +253,11 @@ class Transfers:
         while True:
             tries += 1
             try:
-                result = await op()
+                if self._slots is None:
+                    result = await op()
+                else:
+                    async with self._slots:
+                        result = await op()
             except httpx.HTTPStatusError as e:
                 status = e.response.status_code
                 # An expired URL is refused with 403 and a fresh one will do; a fresh URL refused too

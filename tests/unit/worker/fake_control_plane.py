@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +29,8 @@ class ObjectStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.fail_puts = False
+        self.put_delay_s = 0.0
+        """How long each PUT takes to answer (slow storage), on its own connection's thread."""
         store = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,6 +40,8 @@ class ObjectStore:
             def do_PUT(self) -> None:
                 n = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(n)
+                if store.put_delay_s:
+                    time.sleep(store.put_delay_s)
                 if store.fail_puts:
                     self.send_response(500)
                 else:
