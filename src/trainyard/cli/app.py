@@ -12,15 +12,19 @@ import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
-import httpx
 import typer
 
-from trainyard.cli import output as out
-from trainyard.cli.output import Format
-from trainyard.client.bundle import BundleError
-from trainyard.client.sdk import Client, TrainyardError
+from trainyard.cli.formats import Format
+
+if TYPE_CHECKING:
+    import httpx
+
+    from trainyard.client.sdk import Client
+
+# The SDK, rich and YAML are imported by the commands that use them, not here: `yard worker` and
+# `yard up` stay up for days, and these were 10 MB of each of their processes (bench/footprint.py).
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +41,8 @@ class State:
     poll_interval: float = 1.0
 
     def client(self) -> Client:
+        from trainyard.client.sdk import Client
+
         return Client(
             url=self.url,
             token=self.token,
@@ -106,6 +112,10 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from trainyard.cli import output as out
+        from trainyard.client.bundle import BundleError
+        from trainyard.client.sdk import TrainyardError
+
         try:
             return fn(*args, **kwargs)
         except TrainyardError as exc:

@@ -7,23 +7,17 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from enum import StrEnum
 from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from trainyard.cli.formats import Format as Format  # re-exported: the commands import it from here
 from trainyard.client.bundle import human_size
 from trainyard.client.sdk import TrainyardError
 
 EMPTY = "-"
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-    yaml = "yaml"
 
 
 def _tty() -> bool:

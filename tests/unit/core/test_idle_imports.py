@@ -33,9 +33,14 @@ print(json.dumps({"fresh": fresh, "loaded": loaded, "db": platform.settings.db_u
 platform.close()
 """
 
+# What `yard up` starts as an agent: `python -m trainyard worker ...`, with the agent imported.
 AGENT = """
-import json, sys
-import trainyard.cli.worker, trainyard.worker.agent
+import contextlib, io, json, runpy, sys
+sys.argv = ["yard", "worker", "--help"]
+with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+    runpy.run_module("trainyard", run_name="__main__")
+assert "--server" in help_text.getvalue(), help_text.getvalue()
+import trainyard.worker.agent
 from trainyard.worker.executors.routing import executor_for
 print(json.dumps(sorted(sys.modules)))
 """
@@ -68,6 +73,18 @@ def test_agent_loads_neither_the_control_plane_nor_a_backend_client() -> None:
     tops = {m.split(".")[0] for m in loaded}
     assert not (BACKEND_CLIENTS | {"alembic", "sqlalchemy", "fastapi", "starlette", "uvicorn"}) & tops
     assert not [m for m in loaded if m.startswith(("trainyard.server", "trainyard.store"))]
+    # Nor what only the job commands print with or send: the SDK, rich tables, YAML, the simulator.
+    assert not [m for m in loaded if m.startswith(("trainyard.client", "trainyard.scheduler"))]
+    assert not {"yaml", "trainyard.cli.output", "trainyard.cli.jobs"} & set(loaded)
+
+
+def test_yard_still_has_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trainyard", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("submit", "logs", "simulate", "up", "worker", "admin"):
+        assert command in done.stdout
 
 
 def test_head_revisions_read_from_the_files_are_alembics_heads() -> None:
