@@ -14,9 +14,10 @@ Free capacity only shrinks within a cycle, except when an attempt is rolled back
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
+from math import frexp
 from typing import TYPE_CHECKING
 
 from trainyard.scheduler.snapshot import PendingJob, ResourceVector, RunningJob, SchedulerConfig, Worker
@@ -226,8 +227,9 @@ class Fleet:
         """Move the worker to the bucket its free capacity now belongs in, in every index it is in."""
         cpu = host.free_cpu
         if cpu > EPS and host.free_memory > 0:
-            # Clamped only from above: cpu > EPS is far above 2**-OCTAVE_OFFSET.
-            octave = min(cpu_octave(cpu), OCTAVE_SLOTS - OCTAVE_OFFSET - 1)
+            # Clamped only from above: cpu > EPS is far above 2**-OCTAVE_OFFSET. cpu_octave(),
+            # inlined: this runs on every placement.
+            octave = min(frexp(cpu)[1] - 1, OCTAVE_SLOTS - OCTAVE_OFFSET - 1)
             key: int | None = len(host.free_gpus) * OCTAVE_SLOTS + octave + OCTAVE_OFFSET
         else:
             key = None  # holds no cpu or memory: nothing can land here
@@ -243,12 +245,12 @@ class Fleet:
                 if not was:
                     del buckets[old]
                     keys = index.keys
-                    del keys[bisect.bisect_left(keys, old)]
+                    del keys[bisect_left(keys, old)]
             if key is not None:
                 now = buckets.get(key)
                 if now is None:
                     buckets[key] = {wid: None}
-                    bisect.insort(index.keys, key)
+                    insort(index.keys, key)
                 else:
                     now[wid] = None
         host.bucket_key = key
@@ -319,25 +321,31 @@ class Fleet:
         bonus = self.config.cache_bonus if uris else 0.0
         cpu = job.cpu
         octave_key = (
-            max(cpu_octave(cpu), -OCTAVE_OFFSET) + OCTAVE_OFFSET if cpu > 0 else 0
-        )  # as in bucket keys
+            max(frexp(cpu)[1] - 1, -OCTAVE_OFFSET) + OCTAVE_OFFSET if cpu > 0 else 0
+        )  # as in bucket keys (cpu_octave(), inlined)
+        start_key = job.gpu * OCTAVE_SLOTS + octave_key
         use_reservations = use_reservations and self.has_reservations  # none made: nothing to check
         first_fit = self._first_fit
         cost_of = self._fit_cost
         for fixed_cost, group in self._by_fixed_cost(job, groups):
             if fixed_cost - bonus > best_cost:
                 break  # fragmentation and the cache credit cannot make up the group's fixed cost
-            host = first_fit(group.buckets, job, octave_key, use_reservations)
+            host = first_fit(group.buckets, job, start_key, octave_key, use_reservations)
             if host is None:
                 continue  # nothing fits in this group, so no worker caching the data does either
             cost = cost_of(host, job)
             if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
                 best, best_cost, best_id = host, cost, host.worker.id
             # Cached data can outweigh best fit: also the best fit among the workers holding it.
+            # An index per URI keeps the group's order, so when the group's best fit caches the
+            # URI, it is that index's best fit too: nothing to search.
+            cached = host.worker.cached_uris
             for uri in uris:
+                if uri in cached:
+                    continue
                 index = group.cached.get(uri)
                 if index is not None:
-                    host = first_fit(index, job, octave_key, use_reservations)
+                    host = first_fit(index, job, start_key, octave_key, use_reservations)
                     if host is not None:
                         cost = cost_of(host, job)
                         if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
@@ -345,19 +353,19 @@ class Fleet:
         return best
 
     def _first_fit(
-        self, index: BucketIndex, job: PendingJob, octave_key: int, use_reservations: bool
+        self, index: BucketIndex, job: PendingJob, start_key: int, octave_key: int, use_reservations: bool
     ) -> WorkerState | None:
         """Best fit within one index: fewest free GPUs, then the smallest cpu octave, that fits.
 
-        ``octave_key`` is the job's cpu octave as a bucket offset: buckets below it hold too little
-        cpu."""
+        ``start_key`` is the job's GPUs and cpu octave as a bucket key, ``octave_key`` the octave as
+        a bucket offset: buckets below them hold too few GPUs or too little cpu."""
         keys = index.keys
-        if not keys:
+        if not keys or keys[-1] < start_key:
             return None
         cpu, mem = job.cpu, job.memory
         buckets = index.buckets
         hosts = self.workers
-        for key in keys[bisect.bisect_left(keys, job.gpu * OCTAVE_SLOTS + octave_key) :]:
+        for key in keys[bisect_left(keys, start_key) :]:
             if key % OCTAVE_SLOTS < octave_key:
                 continue  # more GPUs, but a cpu octave below the demand
             for wid in buckets[key]:

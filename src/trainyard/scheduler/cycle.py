@@ -111,6 +111,9 @@ class Cycle:
         self.failed: set[tuple[object, ...]] = set()
         """(shape, max runtime, team if it has per-type quotas) that found no room this cycle: free
         capacity only shrinks, so a later job of the same kind skips the search."""
+        self.subsets: dict[tuple[int, ...], list[WorkerGroup]] = {}
+        """The per-type quota subsets of groups met so far (keyed by the fleet's groups, which live
+        through the cycle)."""
         self.over_budget = snapshot.over_budget
         self.array_running: dict[str, int] | None = None
         """Live tasks per array, the cycle's placements included (counted when first needed)."""
@@ -212,13 +215,6 @@ class Cycle:
         first: dict[str, list[PendingJob]] = {}
         rest: dict[str, list[PendingJob]] = {}
         now, step, cap = self.now, self.config.aging_s_per_priority_step, self.config.aging_cap
-
-        def rank(j: PendingJob) -> int:
-            # -effective_priority(), inlined: this runs for every pending job.
-            if step <= 0:
-                return -j.priority
-            return -max(j.priority, min(j.priority + int(max(now - j.queued_at, 0.0) // step), cap))
-
         position = self.decisions.queue_position
         for name in sorted(queues):
             queue = queues[name]
@@ -226,7 +222,17 @@ class Cycle:
             # first, compare scalars, which is quicker than comparing tuples.
             queue.sort(key=_by_id)
             queue.sort(key=_by_queued_at)
-            queue.sort(key=rank)
+            # -effective_priority() of each job, inlined, and the last pass sorts positions by it
+            # with a C key function: a Python key function per pending job costs more.
+            if step <= 0:
+                ranks = [-j.priority for j in queue]
+            else:
+                ranks = [
+                    -max(p, min(p + int(max(now - j.queued_at, 0.0) // step), cap))
+                    for j in queue
+                    for p in (j.priority,)
+                ]
+            queue = [queue[i] for i in sorted(range(len(queue)), key=ranks.__getitem__)]
             for i, job in enumerate(queue, 1):
                 position[job.id] = i
             claimed = [j for j in queue if j.claimed_workers]
@@ -332,6 +338,8 @@ class Cycle:
             if blocked is not None:
                 self._waits(job, *blocked)
                 return
+            # One list per distinct subset, so the memos keyed by the groups list hit again.
+            groups = self.subsets.setdefault(tuple(map(id, groups)), groups)
         # ``fits_nowhere`` speaks for the shape's own groups only, not for a per-type quota's subset.
         fits_nowhere = shape.fits_nowhere and groups is shape.groups
         if failed_key not in self.failed:
@@ -421,9 +429,10 @@ class Cycle:
         host = fleet.best_fit(job, groups)
         if host is None:
             return False, None
-        type_quota = gpu_type_quota_block(team, job, [host])
-        if type_quota is not None:
-            return False, type_quota
+        if job.gpu and job.gpu_type is None:  # only then can a per-type quota stop it here
+            type_quota = gpu_type_quota_block(team, job, [host])
+            if type_quota is not None:
+                return False, type_quota
         w = host.worker
         gpus = fleet.allocate(host, job)
         self.ledger.add_usage(team, job.cpu, job.memory, job.gpu, w.gpu_type)

@@ -115,17 +115,32 @@ def quota_block(team: TeamState, job: PendingJob) -> tuple[ReasonCode, str] | No
     if quota is None:
         return None
     n = job.replicas
+    gpu_type = job.gpu_type if job.gpu and job.gpu_type in quota.gpu_by_type else None
+    if not gpu_type:
+        # The common case, far from every limit, without building the checks below (this runs for
+        # every visited job of a team with a quota): the same tests, in one expression.
+        usage = team.usage
+        gpu_need, cpu_need, mem_need = job.gpu * n, job.cpu * n, job.memory * n
+        limit: float | None = quota.gpu
+        if limit is None or (
+            gpu_need <= limit + EPS and (gpu_need <= 0 or usage[2] + gpu_need <= limit + EPS)
+        ):
+            limit = quota.cpu
+            if limit is None or (
+                cpu_need <= limit + EPS and (cpu_need <= 0 or usage[0] + cpu_need <= limit + EPS)
+            ):
+                limit = quota.memory
+                if limit is None or (
+                    mem_need <= limit + EPS and (mem_need <= 0 or usage[1] + mem_need <= limit + EPS)
+                ):
+                    return None
     checks: list[tuple[str, float | None, float, float]] = [
         ("GPU", quota.gpu, team.usage[2], job.gpu * n),
         ("CPU", quota.cpu, team.usage[0], job.cpu * n),
         ("memory", quota.memory, team.usage[1], job.memory * n),
     ]
-    if job.gpu and job.gpu_type and job.gpu_type in quota.gpu_by_type:
-        typed = (
-            f"{job.gpu_type} GPU",
-            quota.gpu_by_type[job.gpu_type],
-            team.gpus_by_type.get(job.gpu_type, 0),
-        )
+    if gpu_type:
+        typed = (f"{gpu_type} GPU", quota.gpu_by_type[gpu_type], team.gpus_by_type.get(gpu_type, 0))
         checks.insert(0, (*typed, job.gpu * n))
     for label, limit, _, need in checks:
         if limit is not None and need > limit + EPS:
