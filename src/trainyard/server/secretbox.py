@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _VERSION = "v1:"  # room for a key rotation: a new version names a new key
 _NONCE = 12
@@ -23,7 +24,20 @@ class SecretBox:
     name (a sealed value moved to another secret does not open)."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        # A wrong key fails at start-up, as AESGCM(key) would; the cipher itself (cryptography's
+        # native library, 6 MB of the control plane) is loaded when the first secret is.
+        if len(key) not in (16, 24, 32):
+            raise ValueError("AESGCM key must be 128, 192, or 256 bits.")
+        self._key = key
+        self._cipher: AESGCM | None = None
+
+    @property
+    def _aead(self) -> AESGCM:
+        if self._cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._cipher = AESGCM(self._key)
+        return self._cipher
 
     def seal(self, team: str, name: str, value: str) -> str:
         """The sealed form of ``value`` (versioned, base64)."""
@@ -35,6 +49,8 @@ class SecretBox:
         """The value of a sealed secret; SecretUnreadable when it does not open."""
         if not ciphertext.startswith(_VERSION):
             raise SecretUnreadable(f"secret {team}/{name}: unknown format")
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.b64decode(ciphertext[len(_VERSION) :], validate=True)
             return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], _aad(team, name)).decode()

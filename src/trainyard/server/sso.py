@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import jwt
 
 from trainyard.model.records import ROLES, User
 from trainyard.model.team import TEAM_NAME
@@ -132,6 +131,9 @@ class JwtVerifier:
 
     async def claims(self, token: str) -> dict[str, Any] | None:
         """The token's claims if its signature, algorithm, issuer, audience and expiry check out."""
+        # PyJWT (and cryptography under it) is loaded by deployments that use SSO, when a JWT comes.
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
