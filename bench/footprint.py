@@ -11,7 +11,7 @@ plane's and the agent's medians and the PSS sum.
 ``--src DIR`` runs another tree of the code (e.g. an older commit's ``src``, exported with
 ``git archive``) on the same interpreter, so before and after are measured in one session:
 
-    .venv/bin/python bench/footprint.py [--runs 3 --settle 15]
+    .venv/bin/python bench/footprint.py [--runs 3 --settle 10]
     git archive HEAD~3 src | tar -x -C /tmp/base && .venv/bin/python bench/footprint.py --src /tmp/base/src
     .venv/bin/python bench/footprint.py --env MALLOC_ARENA_MAX=2
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import free_port
+from common import free_port, ts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -102,46 +102,55 @@ def sample(root: int) -> list[Mem]:
     return out
 
 
-def one_run(settle_s: float, src: Path | None, env_extra: dict[str, str]) -> list[Mem]:
+def _up_and_sample(home: Path, port: int, grpc_port: int, settle_s: float, env: dict[str, str]) -> list[Mem]:
+    """Start `yard up --workers 1` on ``home``, wait for the agent and ``settle_s`` idle, sample, stop."""
+    argv = [sys.executable, "-m", "trainyard", "up", "--home", str(home), "--port", str(port)]
+    argv += ["--grpc-port", str(grpc_port), "--workers", "1"]
+    t0 = time.time() - 1.0  # the control plane's clock stamps registrations: allow for rounding
+    proc = subprocess.Popen(
+        argv, cwd=home.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Press Ctrl-C"):
+                break
+        else:
+            raise RuntimeError("yard up did not start")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        token = (home / "token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            # A restart's agent registers again: wait for this start's registration, not the row
+            # the first start left.
+            while not [w for w in c.get("/v1/workers").json()["workers"] if ts(w["registered_at"]) >= t0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the agent did not register in 60 s")
+                time.sleep(0.2)
+        # Idle means heartbeats only: nothing of the bench's own reads left in flight.
+        time.sleep(settle_s)
+        return sample(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def one_run(settle_s: float, src: Path | None, env_extra: dict[str, str]) -> tuple[list[Mem], list[Mem]]:
+    """A first start on a new home (its database is migrated) and a restart on the same home."""
     with tempfile.TemporaryDirectory(prefix="ty-footprint-") as tmp:
-        home = Path(tmp) / "home"
-        port, grpc_port = free_port(), free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         for k in [k for k in env if k.startswith("TRAINYARD_")]:
             del env[k]  # the embedded defaults, whatever this shell has configured
         if src is not None:
             env["PYTHONPATH"] = str(src)
-        argv = [sys.executable, "-m", "trainyard", "up", "--home", str(home), "--port", str(port)]
-        argv += ["--grpc-port", str(grpc_port), "--workers", "1"]
-        proc = subprocess.Popen(
-            argv, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("Press Ctrl-C"):
-                    break
-            else:
-                raise RuntimeError("yard up did not start")
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            token = (home / "token").read_text().strip()
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as c:
-                deadline = time.monotonic() + 60
-                while not c.get("/v1/workers").json()["workers"]:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the agent did not register in 60 s")
-                    time.sleep(0.2)
-            # Idle means heartbeats only: nothing of the bench's own reads left in flight.
-            time.sleep(settle_s)
-            return sample(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        home = Path(tmp) / "home"
+        first = _up_and_sample(home, free_port(), free_port(), settle_s, env)
+        return first, _up_and_sample(home, free_port(), free_port(), settle_s, env)
 
 
 def _summary(runs: list[list[Mem]]) -> dict[str, Any]:
@@ -163,13 +172,18 @@ def _summary(runs: list[list[Mem]]) -> dict[str, Any]:
 
 
 def idle_footprint(
-    runs: int = 3, settle_s: float = 15.0, src: Path | None = None, env: dict[str, str] | None = None
+    runs: int = 3, settle_s: float = 10.0, src: Path | None = None, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """`yard up --workers 1` idle: the whole tree's RSS (MB), median of ``runs`` fresh starts."""
-    out = _summary([one_run(settle_s, src, env or {}) for _ in range(runs)])
+    """`yard up --workers 1` idle: the whole tree's RSS (MB), median of ``runs`` first starts (a new
+    home); the restarts on the same home, in ``restart``."""
+    pairs = [one_run(settle_s, src, env or {}) for _ in range(runs)]
+    out = _summary([first for first, _ in pairs])
+    out["restart"] = _summary([again for _, again in pairs])
+    again = out["restart"]
     out["note"] = (
-        f"control plane {out['control_plane_rss_mb']:.0f} + agent {out['agent_rss_mb']:.0f} MB RSS; "
-        f"PSS {out['pss_mb']:.0f} MB; {settle_s:.0f} s idle"
+        f"control plane {out['control_plane_rss_mb']:.0f} + agent {out['agent_rss_mb']:.0f} MB, "
+        f"PSS {out['pss_mb']:.0f}; restarted: {again['value']:.0f} MB "
+        f"({again['control_plane_rss_mb']:.0f} + {again['agent_rss_mb']:.0f}); {settle_s:.0f} s idle"
     )
     return out
 
@@ -177,14 +191,16 @@ def idle_footprint(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--settle", type=float, default=15.0, help="idle seconds after the agent registers")
+    ap.add_argument("--settle", type=float, default=10.0, help="idle seconds after the agent registers")
     ap.add_argument("--src", type=Path, help="run this tree's trainyard (PYTHONPATH) instead")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the platform's processes")
     args = ap.parse_args()
     env = dict(kv.split("=", 1) for kv in args.env)
     r = idle_footprint(args.runs, args.settle, args.src.resolve() if args.src else None, env)
     print(f"{'idle_footprint':<30}{r['value']:>10.1f} MB   {r['note']}")
-    print(f"runs (RSS MB): {', '.join(f'{x:.1f}' for x in r['runs_rss_mb'])}; processes: {r['processes']}")
+    for what, row in (("first start", r), ("restart", r["restart"])):
+        runs = ", ".join(f"{x:.1f}" for x in row["runs_rss_mb"])
+        print(f"{what}: RSS {runs} MB; processes {row['processes']}")
     return 0
 
 

@@ -29,6 +29,9 @@ this interpreter, on free loopback ports, in a temp home. Clients run in this pr
                                  production stack, two replicas, a compressed day, --push; README)
   log_search                     a search of 200,000 indexed log lines as one team's member (ms; SQLite
                                  FTS5, PostgreSQL in the note, with the indexing rate): bench/logsearch.py
+  idle_footprint                 `yard up --workers 1` idle on the embedded defaults: RSS of the control
+                                 plane and the agent together, first start on a new home (MB; the
+                                 restart and PSS in the note): bench/footprint.py
   retention_flatness             the worst big/empty ratio of `yard ls`, GET /v1/jobs/{id}, submit, a
                                  scheduler cycle and /metrics' counts with 200,000 finished jobs of
                                  history, and the prune rate (x): bench/retention.py (--rows 10000000)
@@ -392,6 +395,7 @@ def main() -> int:
     from arrays import array_submit
     from backends import event_latency_replicas, relay_throughput
     from fleet import fleet_scale
+    from footprint import idle_footprint
     from heartbeats import heartbeat_cost
     from leader_cycle import leader_cycle
     from logsearch import log_search
@@ -412,6 +416,7 @@ def main() -> int:
         fleet_scale,
         log_search,
         retention_flatness,
+        idle_footprint,
     ):
         if wanted(extra.__name__):
             results.append({"name": extra.__name__, **extra()})
