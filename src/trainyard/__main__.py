@@ -14,6 +14,11 @@ _PLATFORM_COMMANDS = {
 if len(sys.argv) > 1 and sys.argv[1] in _PLATFORM_COMMANDS:
     import importlib
 
+    # httpx's package imports its command-line client (click, rich, pygments: 3-4 MB) whenever those
+    # are installed, as typer's rich is; a None entry makes that import fail, and httpx then goes
+    # without its CLI, which nothing here runs.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
     from trainyard.cli.app import app
 
     importlib.import_module(_PLATFORM_COMMANDS[sys.argv[1]])
