@@ -9,10 +9,15 @@ import time
 from collections import Counter
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from trainyard.model.states import TERMINAL, AttemptOutcome, JobStatus
 from trainyard.store.sql import FinishReport, SqlStore
 
 from .test_store import ALICE, gang_lease, spec, worker
+
+INFRA = (AttemptOutcome.PREEMPTED, AttemptOutcome.LOST)
 
 
 def report(store: SqlStore, lease: Any, outcome: AttemptOutcome, exit_code: int | None = 0) -> Any:
@@ -156,3 +161,71 @@ def test_rank_0_reporting_start_and_end_at_once_after_a_rank_was_preempted_or_lo
         assert moves[-1][1] == "PENDING" and ("RUNNING", outcome.value.upper()) in moves, moves
         again = gang_lease(store, gang.id, ws, 2) if outcome is AttemptOutcome.PREEMPTED else []
         assert outcome is AttemptOutcome.LOST or [le.attempt for le in again] == [2, 2]
+
+
+ENDINGS = [AttemptOutcome.SUCCEEDED, AttemptOutcome.FAILED, AttemptOutcome.PREEMPTED, AttemptOutcome.LOST]
+_serial = [0]
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    order=st.permutations([0, 1, 2]),
+    endings=st.lists(st.sampled_from(ENDINGS), min_size=3, max_size=3),
+)
+def test_any_order_of_rank_endings_ends_each_row_once_and_never_reruns_a_finished_gang(
+    store: SqlStore, order: list[int], endings: list[AttemptOutcome]
+) -> None:
+    """Ranks end in any order, each as drawn (a lost rank: its worker declared dead). Rank 0 decides;
+    a member preempted or lost after another member succeeded does not requeue the gang."""
+    _serial[0] += 1
+    ws = [worker(store, f"h{_serial[0]}-{k}") for k in range(3)]
+    gang = store.submit(ALICE, spec(replicas=3, retry={"max_attempts": 1})).job.id
+    leases = gang_lease(store, gang, ws, 3)
+    for le in leases:
+        store.report_started(le.job_id, le.attempt, le.lease_token, le.worker_id)
+    member_succeeded = False
+    abort: AttemptOutcome | None = None
+    for rank in order:
+        outcome, le = endings[rank], leases[rank]
+        if rank > 0 and outcome is AttemptOutcome.SUCCEEDED:
+            member_succeeded = True
+        elif rank > 0 and abort is None and not (member_succeeded and outcome in INFRA):
+            abort = outcome
+        elif rank == 0 and outcome is not AttemptOutcome.SUCCEEDED and abort is not None:
+            outcome = abort  # rank 0 was stopped for another rank's ending, and ends as it did
+        if endings[rank] is AttemptOutcome.LOST:
+            store.mark_worker_dead(le.worker_id)
+        else:
+            res = store.report_finished(
+                FinishReport(le.job_id, le.attempt, le.lease_token, le.worker_id, endings[rank], 0)
+            )
+            assert res.ok, res
+        if rank == 0:
+            head_outcome = outcome
+    ids = [gang, f"{gang}-1", f"{gang}-2"]
+    head = store.get_job(gang)
+    assert head is not None
+    if head_outcome is AttemptOutcome.PREEMPTED:
+        # Requeued as a whole: every rank idle, the gang leasable again as attempt 2.
+        assert head.status is JobStatus.PENDING
+        assert [p.id for p in store.pending_for_scheduling(time.time()) if p.id == gang] == [gang]
+        assert all(terminal_events(store, i) == 0 for i in ids)
+    else:
+        expected = {
+            AttemptOutcome.SUCCEEDED: JobStatus.SUCCEEDED,
+            AttemptOutcome.FAILED: JobStatus.FAILED,
+            AttemptOutcome.LOST: JobStatus.FAILED,  # its one try used (a lost attempt is not preempted)
+        }[head_outcome]
+        assert head.status is expected, (order, endings, head.status)
+        assert gang not in {p.id for p in store.pending_for_scheduling(time.time())}
+        for i in ids:
+            j = store.get_job(i)
+            assert j is not None and j.status is expected, (i, j and j.status)
+            assert terminal_events(store, i) == 1
+    for i in ids:
+        # Each rank ran attempt 1 once, recorded once.
+        assert [n for n, _ in attempts_of(store, i)] == [1]
