@@ -15,6 +15,7 @@ Free capacity only shrinks within a cycle, except when an attempt is rolled back
 from __future__ import annotations
 
 import math
+import operator
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from math import frexp
@@ -25,6 +26,8 @@ from trainyard.scheduler.undo import Undo, UndoLog
 
 if TYPE_CHECKING:
     from trainyard.scheduler.reservations import WorkerReservation
+
+_by_id = operator.attrgetter("id")
 
 EPS = 1e-9
 """Slack for comparing cpu (fractional cores) and float sums."""
@@ -171,7 +174,7 @@ class Fleet:
         self.workers: dict[str, WorkerState] = {}
         """Schedulable workers by id, in id order."""
         self.group_of: dict[str, WorkerGroup] = {}
-        in_id_order = sorted(workers, key=lambda w: w.id)
+        in_id_order = sorted(workers, key=_by_id)
         self.gpu_type_of = {w.id: w.gpu_type for w in in_id_order}
         """GPU type of every registered worker, schedulable or not: jobs running on a lost or draining
         worker still count against their team's per-type quota."""

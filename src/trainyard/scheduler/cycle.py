@@ -111,6 +111,7 @@ class Cycle:
         self.failed: set[tuple[object, ...]] = set()
         """(shape, max runtime, team if it has per-type quotas) that found no room this cycle: free
         capacity only shrinks, so a later job of the same kind skips the search."""
+        self.visited = decisions.order.append
         self.subsets: dict[tuple[int, ...], list[WorkerGroup]] = {}
         """The per-type quota subsets of groups met so far (keyed by the fleet's groups, which live
         through the cycle)."""
@@ -257,11 +258,11 @@ class Cycle:
         while heap:
             name = heap[0][1]
             queue = queues[name]
-            visit(queue.pop())
+            team = teams[name]
+            visit(queue.pop(), team)
             if not queue:
                 heapq.heappop(heap)
                 continue
-            team = teams[name]
             if team.changes != costed[name]:
                 heapq.heapreplace(heap, (cost(team), name))  # names are unique: no ties
                 costed[name] = team.changes
@@ -288,10 +289,10 @@ class Cycle:
         self.decisions.reasons[job.id] = text
         self.decisions.reason_codes[job.id] = code
 
-    def _visit(self, job: PendingJob) -> None:
-        """Place the job, claim capacity for it, or say why it waits (see the module docstring)."""
-        self.decisions.order.append(job.id)
-        team = self.teams[job.team]
+    def _visit(self, job: PendingJob, team: TeamState) -> None:
+        """Place the job (of this team), claim capacity for it, or say why it waits (see the module
+        docstring)."""
+        self.visited(job.id)
         gpu = job.gpu
         key = (
             job.pool,
