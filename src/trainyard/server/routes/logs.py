@@ -50,6 +50,8 @@ async def logs(
     job = await jobs.visible_job(user, job_id)
     if attempt is not None and attempt > job.attempt:
         raise ApiError(404, "not_found", f"job {job_id} has no attempt {attempt}")
+    if not follow:
+        await logs.glance(job, attempt)
     if tail is not None:
         sl = await logs.tail_lines(job, attempt, tail)
     elif follow:
@@ -60,7 +62,8 @@ async def logs(
         end = max(since, end)
         headers = {"X-Trainyard-Attempt": str(number), "X-Trainyard-Next-Offset": str(end)}
         if logs.attempt_live(job, number):
-            # Unfollowed, a running attempt's newest bytes wait for the agent's next seal.
+            # Unfollowed, a running attempt's newest bytes wait for the agent's next seal, or for the
+            # short push this read asked for (glance): a poll a moment later has them.
             headers["X-Trainyard-Log-Live"] = "true" if live else "false"
         return StreamingResponse(
             _log_range(logs, job, number, since, end), media_type="text/plain; charset=utf-8", headers=headers

@@ -38,6 +38,8 @@ LOG_TAIL_RESEND_S = 3.0
 """How often a connected follower asks again (between all followers of an attempt, on all
 replicas): well within the ttl, so a lost ask or an agent reconnect costs seconds of live tail,
 never a byte of the log."""
+GLANCE_FOLLOWER = "plain-reads"
+"""The one follower every plain (unfollowed) read of an attempt refreshes; it expires with the ttl."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,21 @@ class LogService:
     def follower(self) -> LogFollow:
         """A subscription for one follower: its attempt's agent pushes live bytes while it lasts."""
         return LogFollow(self)
+
+    async def glance(self, job: Job, attempt: int | None) -> None:
+        """A plain read of a running attempt counts as a short follow.
+
+        Someone polling ``GET .../logs`` is watching too: the read asks the agent (at most once per
+        ``LOG_TAIL_RESEND_S`` for all readers) to push live bytes for ``LOG_TAIL_TTL_S``, so the
+        next poll shows output seconds before the next seal would. A job nobody reads still sends
+        nothing through the live path."""
+        number = attempt if attempt is not None else job.attempt
+        worker = job.worker_id
+        if number <= 0 or worker is None or not self.attempt_live(job, number):
+            return
+        ask = self.tails.follow(job.id, number, GLANCE_FOLLOWER, LOG_TAIL_TTL_S, LOG_TAIL_RESEND_S - 0.5)
+        if ask and self.requests is not None:
+            await self.requests.tail(worker, job.id, number)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
