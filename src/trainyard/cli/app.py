@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
+from typer import _click
+from typer.core import TyperGroup
 
 from trainyard.cli.formats import Format
 
@@ -52,7 +54,25 @@ class State:
         )
 
 
+USUAL_ORDER = (
+    *("simulate", "submit", "get", "ls", "tasks", "logs", "cancel", "restart", "events", "artifacts"),
+    *("sbatch", "workers", "queues", "up", "server", "worker", "usage", "admin", "secret"),
+    # `yard admin ...`
+    *("create-user", "drain", "audit", "prune", "replay", "migrate", "token", "team", "prices", "jobs"),
+)
+"""How `yard --help` (and `yard admin --help`) list the commands: what a user reaches for first,
+first. Fixed here, because registration order depends on which command module was imported first."""
+
+
+class _UsualOrder(TyperGroup):
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        known = {name: i for i, name in enumerate(USUAL_ORDER)}
+        return sorted(names, key=lambda n: (known.get(n, len(known)), names.index(n)))
+
+
 app = typer.Typer(
+    cls=_UsualOrder,
     name="yard",
     help="Trainyard: submit and watch ML jobs, and run the platform.",
     no_args_is_help=True,
@@ -60,8 +80,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-# `yard --help` lists the groups in the order they are added here, after the commands.
-admin_app = typer.Typer(help="Administration: users, database.", no_args_is_help=True)
+admin_app = typer.Typer(cls=_UsualOrder, help="Administration: users, database.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 secret_app = typer.Typer(
     help="Team secrets: given to jobs that name them, never shown again.", no_args_is_help=True

@@ -4,6 +4,8 @@ commands in their usual order."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,21 @@ def test_up_worker_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     ]
     monkeypatch.setattr("trainyard.cli.platform._shareable", lambda path: True)
     assert _local_worker_args(None, None, None, None, True, []) == ["--allow-cwd", str(tmp_path.resolve())]
+
+
+def test_help_order_does_not_depend_on_which_command_module_was_imported_first() -> None:
+    # Tests (and programs) import command modules directly: registration order then differs.
+    code = (
+        "import trainyard.cli.usage, trainyard.cli.worker, trainyard.cli.admin\n"
+        "from typer.testing import CliRunner\n"
+        "from trainyard.cli.main import app\n"
+        "out = CliRunner().invoke(app, ['--help']).stdout.split('Commands:\\n')[1]\n"
+        "print(' '.join(line.split()[0] for line in out.splitlines() if line.strip()))\n"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert got[:3] == ["simulate", "submit", "get"] and got.index("worker") > got.index("server")
 
 
 def test_help_lists_the_commands_in_their_usual_order() -> None:
