@@ -237,7 +237,7 @@ def test_train_tiny_preempted_twice_ends_with_the_uninterrupted_model(
                 timeout=30,
             )
             assert out.returncode == 0 and "draining" in out.stdout, out.stderr
-            job = wait_status(c, job_id, {"PENDING"}, 30)
+            job = wait_status(c, job_id, {"PENDING"}, 90)
             assert job["attempts"][0]["outcome"] == "preempted" and "drained" in job["attempts"][0]["reason"]
             assert job["attempts"][0]["finished_at"] is not None
             assert _worker(c, "agent-1")["status"] == "DRAINING"
@@ -248,7 +248,7 @@ def test_train_tiny_preempted_twice_ends_with_the_uninterrupted_model(
             resumed_at = _epochs_done(c, job_id, 1)
             wait_for(lambda: _epochs_done(c, job_id, 2) >= resumed_at + 2, 30, 0.1, "progress on agent-2")
             agents[1].stop()
-            job = wait_status(c, job_id, {"PENDING"}, 30)
+            job = wait_status(c, job_id, {"PENDING"}, 90)
             assert job["attempts"][1]["outcome"] == "preempted"
             # agent-1 comes back (a restarted agent registers afresh: no longer draining) and finishes.
             first.stop()
