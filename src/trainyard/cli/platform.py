@@ -91,6 +91,7 @@ def up(
     from trainyard import aio
 
     with stack, database_errors():
+        _migrate_apart(settings)
         aio.run(_up(settings, h, workers, worker_args, replicas))
 
 
@@ -106,8 +107,31 @@ def server(
     from trainyard.server.run import main as serve_main
 
     setup_logging(verbose)
+    settings = settings_for(home_dir(home), host=host, port=port, grpc_port=grpc_port)
     with database_errors():
-        serve_main(settings_for(home_dir(home), host=host, port=port, grpc_port=grpc_port))
+        _migrate_apart(settings)
+        serve_main(settings)
+
+
+def _migrate_apart(settings: Settings) -> None:
+    """Migrate a schema that is behind in a child `yard admin migrate`, so that the control plane,
+    which stays up, never imports Alembic (with Mako and Pygments, 10 MB): its own start-up check then
+    finds the schema up to date. Costs a second or so on the first start of a new database."""
+    from trainyard.store.db import create_engine
+    from trainyard.store.migrate import current_revisions, head_revisions
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.db_url)
+    try:
+        with engine.connect() as conn:
+            if current_revisions(conn) == head_revisions():
+                return
+    finally:
+        engine.dispose()
+    argv = [sys.executable, "-m", "trainyard", "admin", "migrate", "--home", str(settings.home)]
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, check=False)  # its errors go to stderr
+    if done.returncode != 0:
+        raise typer.Exit(done.returncode)
 
 
 # -- `yard up`'s checks and arguments ------------------------------------------------------------

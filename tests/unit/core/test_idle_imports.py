@@ -97,3 +97,25 @@ def test_head_revisions_read_from_the_files_are_alembics_heads() -> None:
 
     heads = ScriptDirectory.from_config(migrate.alembic_config()).get_heads()
     assert migrate.head_revisions() == frozenset(heads)
+
+
+MIGRATE_APART = """
+import json, sys
+from pathlib import Path
+import sqlalchemy as sa
+from trainyard.cli.platform import _migrate_apart
+from trainyard.server.settings import Settings
+from trainyard.store.migrate import current_revisions
+
+settings = Settings(home=Path(sys.argv[1]))
+_migrate_apart(settings)
+with sa.create_engine(settings.db_url).connect() as conn:
+    stamped = sorted(current_revisions(conn))
+print(json.dumps({"stamped": stamped, "alembic": "alembic" in sys.modules}))
+"""
+
+
+def test_yard_up_migrates_a_new_database_in_a_child(tmp_path: Path) -> None:
+    # `yard up` and `yard server` on a new database: the schema reaches head, Alembic stays out.
+    got = _probe(MIGRATE_APART, str(tmp_path / "home"))
+    assert got == {"stamped": sorted(migrate.head_revisions()), "alembic": False}
