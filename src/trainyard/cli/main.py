@@ -4,32 +4,66 @@ The Typer apps live in ``trainyard.cli.app``; each command module defines its co
 level, and importing it registers them. Job commands talk to the control plane through
 :class:`trainyard.client.Client`; the platform commands (`yard up`, `yard server`, `yard worker`) run
 it on this machine.
+
+The command modules are imported when the apps are first used: ``main`` imports every one, except
+for the platform commands, which register only their own. Those processes stay up (an agent, the
+control plane), and every command's imports (the SDK, rich, YAML, the simulator) were 10 MB of each
+(bench/footprint.py). ``from trainyard.cli.main import app`` still gives the app with every command.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from trainyard.cli.app import State, admin_app, app
+if TYPE_CHECKING:
+    from trainyard.cli.app import State, admin_app, app
 
 # `yard --help` lists the commands in the order they were registered: keep this order.
-# isort: off
-from trainyard.cli import simulate  # noqa: F401  (simulate)
-from trainyard.cli import jobs  # noqa: F401  (submit, get, ls, logs, cancel, restart, events, artifacts)
-from trainyard.cli import sbatch  # noqa: F401  (sbatch)
-from trainyard.cli import fleet  # noqa: F401  (workers, queues)
-from trainyard.cli import platform  # noqa: F401  (up, server)
-from trainyard.cli import worker  # noqa: F401  (worker)
-from trainyard.cli import admin  # noqa: F401  (admin ...)
-from trainyard.cli import secret  # noqa: F401  (secret ...)
-from trainyard.cli import usage  # noqa: F401  (usage, admin prices ..., admin jobs allow-over-budget)
+COMMAND_MODULES = (
+    "simulate",  # simulate
+    "jobs",  # submit, get, ls, logs, cancel, restart, events, artifacts
+    "sbatch",  # sbatch
+    "fleet",  # workers, queues
+    "platform",  # up, server
+    "worker",  # worker
+    "admin",  # admin ...
+    "secret",  # secret ...
+    "usage",  # usage, admin prices ..., admin jobs allow-over-budget
+)
+PLATFORM_COMMANDS = {"up": "platform", "server": "platform", "worker": "worker"}
 
-# isort: on
+
+def _register(modules: Iterable[str]) -> None:
+    for name in modules:
+        importlib.import_module(f"trainyard.cli.{name}")
+
+
+def __getattr__(name: str) -> object:
+    if name in ("State", "admin_app", "app"):
+        _register(COMMAND_MODULES)
+        from trainyard.cli import app as apps
+
+        return getattr(apps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The `yard` entry point."""
-    app(args=list(argv) if argv is not None else None, prog_name="yard")
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args and args[0] in PLATFORM_COMMANDS:
+        # httpx's package imports its command-line client (click, rich, pygments: 3-4 MB) whenever
+        # those are installed, as typer's rich is; a None entry makes that import fail, and httpx
+        # goes without its CLI, which nothing here runs.
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+        _register([PLATFORM_COMMANDS[args[0]]])
+    else:
+        _register(COMMAND_MODULES)
+    from trainyard.cli.app import app
+
+    app(args=args, prog_name="yard")
 
 
 __all__ = ["State", "admin_app", "app", "main"]

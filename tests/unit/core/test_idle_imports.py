@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainyard.store import migrate
 
 BACKEND_CLIENTS = {"psycopg", "redis", "confluent_kafka", "boto3", "botocore"}
@@ -35,12 +37,17 @@ print(json.dumps({"fresh": fresh, "loaded": loaded, "db": platform.settings.db_u
 platform.close()
 """
 
-# What `yard up` starts as an agent: `python -m trainyard worker ...`, with the agent imported.
+# What `yard up` starts as an agent, `python -m trainyard worker ...` (or `yard worker`: ENTRY is
+# "console"), with the agent imported.
 AGENT = """
 import contextlib, io, json, runpy, sys
 sys.argv = ["yard", "worker", "--help"]
 with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
-    runpy.run_module("trainyard", run_name="__main__")
+    if "console" in sys.orig_argv:  # the probe's own argument
+        from trainyard.cli.main import main
+        main()
+    else:
+        runpy.run_module("trainyard", run_name="__main__")
 assert "--server" in help_text.getvalue(), help_text.getvalue()
 import trainyard.worker.agent
 from trainyard.worker.executors.routing import executor_for
@@ -69,8 +76,9 @@ def test_sqlite_control_plane_loads_no_other_backend_and_no_alembic_once_migrate
     assert not (BACKEND_CLIENTS | ON_FIRST_USE | {"alembic", "mako"}) & set(again["loaded"])
 
 
-def test_agent_loads_neither_the_control_plane_nor_a_backend_client() -> None:
-    loaded = _probe(AGENT)
+@pytest.mark.parametrize("entry", ["python -m trainyard", "console"])
+def test_agent_loads_neither_the_control_plane_nor_a_backend_client(entry: str) -> None:
+    loaded = _probe(AGENT, entry)
     assert isinstance(loaded, list)
     tops = {m.split(".")[0] for m in loaded}
     assert not (BACKEND_CLIENTS | {"alembic", "sqlalchemy", "fastapi", "starlette", "uvicorn"}) & tops
