@@ -185,12 +185,12 @@ class Reservations:
             end = grace if r.terminating or r.id in self.doomed else r.started_at + r.max_runtime_s
             holds.append((max(end, self.now), r.cpu, r.memory, r.gpu))
         holds.sort()
-        timeline = (
-            holds,
-            sum(e[1] for e in holds),
-            sum(e[2] for e in holds),
-            float(sum(e[3] for e in holds)),
-        )
+        if holds:
+            # The same sums, in the same (sorted) order, over columns rather than generators.
+            _, cpus, mems, gpus = zip(*holds, strict=True)
+            timeline = (holds, sum(cpus), sum(mems), float(sum(gpus)))
+        else:
+            timeline = (holds, 0, 0, 0.0)
         self._timelines[host.worker.id] = (stamp, timeline)
         return timeline
 
