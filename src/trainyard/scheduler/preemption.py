@@ -71,9 +71,15 @@ class Preemptor:
         self.attempts = 0
         self.no_victims: set[tuple[object, ...]] = set()
         """Demands (shape, priority, team) that found no victims: victims only get scarcer."""
+        self.losses: dict[int, tuple[int, float, float, str]] = {}
+        """``loss()`` of every victim, by the victim's ``id()`` (the snapshot keeps each alive): the
+        victim search weighs the same victims for every worker it tries, attempt after attempt."""
+        losses, loss = self.losses, self.loss
         for host in fleet.workers.values():
+            for v in host.victims:
+                losses[id(v)] = loss(v)
             if len(host.victims) > 1:
-                host.victims.sort(key=self.loss)
+                host.victims.sort(key=lambda v: losses[id(v)])
 
     def loss(self, r: RunningJob) -> tuple[int, float, float, str]:
         """What preempting the job loses, cheapest first: priority, work since a checkpoint, runtime."""
@@ -197,6 +203,7 @@ class Preemptor:
         if not rights.by_priority and not over:
             return None
         verdicts: dict[str, PreemptReason | None] = {}
+        losses, gangs = self.losses, self.gangs
         # Victims are sorted by priority first, so victims[0] has the lowest: a worker whose lowest
         # is above the best cost's (highest) priority cannot win, and with no team over its share,
         # one whose lowest is not below the job's has nobody to evict.
@@ -221,15 +228,20 @@ class Preemptor:
                 chosen = self._victims_on(host, job, verdicts, rights, over)
                 if chosen is None:
                     continue
-                losses = [self.loss(v) for v, _ in chosen]
-                size = sum(len(self.gangs[v.id]) for v, _ in chosen)
-                cost = (
-                    max(k[0] for k in losses),
-                    sum(k[1] for k in losses),
-                    sum(k[2] for k in losses),
-                    size,
-                    host.worker.id,
-                )
+                # max() and sum()s of the victims' losses, in one pass and the same order.
+                worst: int | None = None
+                lost_work: float = 0
+                lost_runtime: float = 0
+                size = 0
+                for v, _ in chosen:
+                    k = losses[id(v)]
+                    if worst is None or k[0] > worst:
+                        worst = k[0]
+                    lost_work += k[1]
+                    lost_runtime += k[2]
+                    size += len(gangs[v.id])
+                assert worst is not None  # a victim set is never empty
+                cost = (worst, lost_work, lost_runtime, size, host.worker.id)
                 if best is None or cost < best[0]:
                     best = (cost, host, chosen)
         return None if best is None else (best[1], best[2])
