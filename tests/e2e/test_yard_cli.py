@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,8 +97,17 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Yard, subproc
     )
     yield yard, proc
     if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+        # Ctrl-C, as a user stops it: `yard up` stops its agents. SIGKILL only if that hangs, and
+        # then its agents (processes of their own) are reaped here, not left running.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for pid in _agent_pids(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_tiny_training_job_logs_artifacts(up: tuple[Yard, subprocess.Popen[str]], tmp_path: Path) -> None:
