@@ -12,10 +12,9 @@ import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from typer import _click
 from typer.core import TyperGroup
 
 from trainyard.cli.formats import Format
@@ -65,7 +64,9 @@ first. Fixed here, because registration order depends on which command module wa
 
 
 class _UsualOrder(TyperGroup):
-    def list_commands(self, ctx: _click.Context) -> list[str]:
+    # ctx is typer's click Context: typer 0.2x vendors click (typer._click), older ones use click
+    # itself, so it is not named here.
+    def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         known = {name: i for i, name in enumerate(USUAL_ORDER)}
         return sorted(names, key=lambda n: (known.get(n, len(known)), names.index(n)))
