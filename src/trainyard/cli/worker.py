@@ -364,57 +364,10 @@ def worker(
     (or, with --docker-host, jobs that name an image as containers). With --executor kubernetes, runs
     each job as a Pod on this node. With --executor sim, runs --agents simulated agents in this
     process against the real control plane (fleet simulation)."""
-    setup_logging(verbose)
-    options = WorkerOptions(
-        server=server,
-        home=home,
-        token_file=token_file,
-        name=name,
-        work_dir=work_dir,
-        data_cache=data_cache,
-        cpus=cpus,
-        memory=memory,
-        gpus=gpus,
-        gpu_type=gpu_type,
-        pool=pool,
-        region=region,
-        label=label,
-        spot=spot,
-        spot_notice_url=spot_notice_url,
-        spot_notice_style=spot_notice_style,
-        spot_poll=spot_poll,
-        preempt_grace=preempt_grace,
-        max_log_bytes=max_log_bytes,
-        isolation=isolation,
-        job_network=job_network,
-        job_pids_limit=job_pids_limit,
-        docker_host=docker_host,
-        docker_ulimit=docker_ulimit,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        allow_cwd=allow_cwd,
-        run_as=run_as,
-        workdir_unpacked_limit=workdir_unpacked_limit,
-        workdir_file_limit=workdir_file_limit,
-        executor=executor,
-        agents=agents,
-        sim_shape=sim_shape,
-        sim_pools=sim_pools,
-        sim_regions=sim_regions,
-        sim_spot_fraction=sim_spot_fraction,
-        sim_channels=sim_channels,
-        sim_ramp=sim_ramp,
-        sim_default=sim_default,
-        k8s_namespace=k8s_namespace,
-        k8s_node_name=k8s_node_name,
-        k8s_default_image=k8s_default_image,
-        k8s_kubeconfig=k8s_kubeconfig,
-        k8s_host_network=k8s_host_network,
-        k8s_work_claim=k8s_work_claim,
-        k8s_data_cache_claim=k8s_data_cache_claim,
-        log_shipper=log_shipper,
-    )
+    # Every parameter but --verbose is a WorkerOptions field of the same name: one copy, not 50 lines.
+    given = dict(locals())
+    setup_logging(given.pop("verbose"))
+    options = WorkerOptions(**given)
     _check_executor(options)
     cfg = worker_config(options)
     if options.executor == "sim":

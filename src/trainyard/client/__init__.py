@@ -1,8 +1,7 @@
 """Trainyard's Python SDK: ``from trainyard.client import Client``."""
 
 from trainyard.client.bundle import BundleError, make_bundle
-from trainyard.client.sdk import (
-    Client,
+from trainyard.client.errors import (
     Conflict,
     ConnectionFailed,
     Forbidden,
@@ -16,6 +15,7 @@ from trainyard.client.sdk import (
     job_exit_code,
     validate_spec,
 )
+from trainyard.client.sdk import Client
 
 __all__ = [
     "BundleError",

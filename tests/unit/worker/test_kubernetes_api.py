@@ -32,16 +32,13 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from kubernetes import client
 
+from trainyard.model.podlabels import ANNOTATION_ATTEMPT, ANNOTATION_JOB, LABEL_WORKER, lease_label
 from trainyard.worker.executors.base import ExitStatus, InfraFailure, LaunchSpec, StartFailed
 from trainyard.worker.executors.kubernetes import (
-    ANNOTATION_ATTEMPT,
-    ANNOTATION_JOB,
-    LABEL_WORKER,
     KubernetesExecutor,
     KubernetesHandle,
     KubernetesSettings,
     PodApi,
-    lease_label,
     plan_pod,
     plan_secret,
 )
@@ -1289,7 +1286,7 @@ def test_the_agent_preempts_with_its_grace_and_deletes_a_stale_leases_pod(
 def test_a_log_stream_cut_while_the_pod_runs_is_followed_again(
     api: RecordedApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainyard.worker.executors import kubernetes
+    from trainyard.worker.executors.kubernetes import executor as kubernetes
 
     monkeypatch.setattr(kubernetes, "LOG_EOF_GRACE_S", 0.3)
     api.scripts.append(

@@ -18,6 +18,7 @@ import pytest
 import typer
 
 from trainyard.cli.worker import WorkerOptions, _check_executor, worker_config
+from trainyard.model.podlabels import label_value, lease_label
 from trainyard.worker.config import WorkerConfig
 from trainyard.worker.executors.base import ExitStatus, LaunchSpec, StartFailed
 from trainyard.worker.executors.docker import worker_label
@@ -27,8 +28,6 @@ from trainyard.worker.executors.kubernetes import (
     PodView,
     exit_status,
     infra_problem,
-    label_value,
-    lease_label,
     plan_pod,
     plan_secret,
     pod_name,
