@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # those are installed, as typer's rich is; a None entry makes that import fail, and httpx
         # goes without its CLI, which nothing here runs.
         sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+        # Likewise uvicorn's package imports its --reload supervisor, and that imports watchfiles
+        # (1 MB of native code) whenever it is installed; uvicorn falls back to its stat reloader,
+        # and no platform process reloads.
+        sys.modules.setdefault("watchfiles", None)  # type: ignore[arg-type]
         _register([PLATFORM_COMMANDS[args[0]]])
     else:
         _register(COMMAND_MODULES)

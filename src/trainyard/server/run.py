@@ -220,6 +220,9 @@ def _rest_server(settings: Settings, platform: Platform) -> _QuietServer:
         # is what clients are told. Each of these saves work on every request.
         proxy_headers=False,
         server_header=False,
+        # No route speaks WebSocket (live views are SSE): "auto" would load a WebSocket stack of
+        # 4-5 MB into every control plane, and a client's Upgrade request gets a plain HTTP answer.
+        ws="none",
     )
     return _QuietServer(config)
 

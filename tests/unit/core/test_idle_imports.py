@@ -127,3 +127,32 @@ def test_yard_up_migrates_a_new_database_in_a_child(tmp_path: Path) -> None:
     # `yard up` and `yard server` on a new database: the schema reaches head, Alembic stays out.
     got = _probe(MIGRATE_APART, str(tmp_path / "home"))
     assert got == {"stamped": sorted(migrate.head_revisions()), "alembic": False}
+
+
+SERVER = """
+import contextlib, io, json, sys
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    from trainyard.cli.main import main
+    main(["server", "--help"])
+from pathlib import Path
+from trainyard.server.platform import Platform
+from trainyard.server.run import _rest_server
+from trainyard.server.settings import Settings
+
+platform = Platform(Settings(home=Path(sys.argv[1])))
+server = _rest_server(platform.settings, platform)
+server.config.load()  # what uvicorn does when it starts: its protocol classes are imported here
+loaded = sorted(k for k, v in sys.modules.items() if v is not None)
+print(json.dumps({"ws": server.config.ws, "loaded": loaded}))
+platform.close()
+"""
+
+
+def test_the_rest_server_loads_no_websocket_stack_and_no_reloader(tmp_path: Path) -> None:
+    # No route speaks WebSocket and no platform process reloads: 5 MB of either is dead weight.
+    got = _probe(SERVER, str(tmp_path))
+    assert isinstance(got, dict)
+    assert got["ws"] == "none"
+    tops = {m.split(".")[0] for m in got["loaded"]}
+    assert not {"websockets", "wsproto", "watchfiles"} & tops
+    assert "uvicorn.protocols.websockets.auto" not in got["loaded"]
