@@ -109,7 +109,12 @@ OutputOpt = Annotated[
 def _root(
     ctx: typer.Context,
     url: Annotated[
-        str | None, typer.Option("--url", help="Control plane URL (else TRAINYARD_URL, $TRAINYARD_HOME/url)")
+        str | None,
+        typer.Option(
+            "--url",
+            help="Control plane URL, or replicas' URLs separated by commas, tried in turn when one is down"
+            " (else TRAINYARD_URL, $TRAINYARD_HOME/url)",
+        ),
     ] = None,
     token: Annotated[
         str | None, typer.Option("--token", help="API token (else TRAINYARD_TOKEN, $TRAINYARD_HOME/token)")
@@ -117,6 +122,13 @@ def _root(
 ) -> None:
     state = ctx.ensure_object(State)
     if url:
+        # Imported only when --url is given, so `yard worker` and `yard up` still do not load the SDK.
+        from trainyard.client.endpoints import parse_urls
+
+        try:
+            parse_urls(url)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--url") from None
         state.url = url
     if token:
         state.token = token
@@ -124,7 +136,11 @@ def _root(
 
 def client_of(ctx: typer.Context) -> Client:
     """The SDK client for this invocation (`--url`, `--token`, or a test's transport)."""
-    return ctx.ensure_object(State).client()
+    try:
+        return ctx.ensure_object(State).client()
+    except ValueError as exc:  # a bad URL list in TRAINYARD_URL or $TRAINYARD_HOME/url
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

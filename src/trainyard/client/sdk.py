@@ -20,6 +20,7 @@ import httpx
 
 from trainyard import __version__
 from trainyard.client.bundle import make_bundle
+from trainyard.client.endpoints import GATEWAY_STATUS, Endpoints, fails_over, resendable
 from trainyard.client.errors import (
     Conflict,
     ConnectionFailed,
@@ -73,7 +74,7 @@ _Paths: TypeAlias = list[Path]
 _Statuses: TypeAlias = str | list[str] | tuple[str, ...] | None
 _Params: TypeAlias = list[tuple[str, str | int]]
 
-_TRANSIENT_STATUS = frozenset({502, 503, 504})
+_TRANSIENT_STATUS = GATEWAY_STATUS
 _CHUNK = 1024 * 1024
 
 
@@ -108,6 +109,10 @@ class Client:
     Configuration, first match wins: the arguments; ``TRAINYARD_URL`` / ``TRAINYARD_TOKEN``; the
     files ``url`` and ``token`` in ``home`` (``TRAINYARD_HOME``, default ``./.trainyard``, where
     `yard up` writes them); ``http://127.0.0.1:8080``. ``transport`` replaces the network, for tests.
+
+    The URL may be a comma-separated list of replicas (the first preferred): a request that cannot
+    connect, or a read that gets 502/503/504 or loses its connection, goes to the next one, which is
+    then kept (``url`` is the one in use, ``urls`` all). A bad list raises ValueError.
     """
 
     def __init__(
@@ -123,8 +128,11 @@ class Client:
         poll_interval: float = 1.0,
     ) -> None:
         self.home = Path(home or os.environ.get("TRAINYARD_HOME") or DEFAULT_HOME)
-        self.url = (url or os.environ.get("TRAINYARD_URL") or self._home_file("url") or DEFAULT_URL).rstrip(
-            "/"
+        self._endpoints = Endpoints.first_of(
+            ("the url argument", url),
+            ("TRAINYARD_URL", os.environ.get("TRAINYARD_URL")),
+            (str(self.home / "url"), self._home_file("url")),
+            ("the default", DEFAULT_URL),
         )
         self.token = token or os.environ.get("TRAINYARD_TOKEN") or self._home_file("token")
         self.timeout = timeout
@@ -134,8 +142,9 @@ class Client:
         headers = {"User-Agent": f"trainyard/{__version__}"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        # No base_url: each request names the replica it goes to (one pool serves them all).
         self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport, follow_redirects=True
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=True
         )
         # Presigned URLs carry their own signature; our bearer token must not leak to object storage.
         self._bare = httpx.Client(
@@ -144,6 +153,16 @@ class Client:
             transport=transport,
             follow_redirects=True,
         )
+
+    @property
+    def url(self) -> str:
+        """The base URL in use: the one that last answered."""
+        return self._endpoints.current
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every configured base URL, in the order given."""
+        return self._endpoints.urls
 
     def _home_file(self, name: str) -> str | None:
         try:
@@ -173,19 +192,40 @@ class Client:
             )
         return err
 
-    def _unreachable(self, exc: httpx.TransportError) -> ConnectionFailed:
+    def _unreachable(
+        self, exc: httpx.TransportError, url: str | None = None, tried: list[str] | None = None
+    ) -> ConnectionFailed:
+        why = f"{exc or type(exc).__name__}"
+        if tried:
+            failed = "; ".join([*tried, f"{url}: {why}"])
+            return ConnectionFailed(0, "unreachable", f"cannot reach any Trainyard server: {failed}")
         return ConnectionFailed(
-            0, "unreachable", f"cannot reach the Trainyard server at {self.url}: {exc or type(exc).__name__}"
+            0, "unreachable", f"cannot reach the Trainyard server at {url or self.url}: {why}"
         )
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
-        if resp.status_code >= 400:
-            raise self._fail(resp)
-        return resp
+        may_resend = resendable(method, kw.get("headers"))
+        order = self._endpoints.order()
+        tried: list[str] = []
+        for base in order:
+            last = len(tried) == len(order) - 1
+            try:
+                resp = self._http.request(method, base + path, **kw)
+            except httpx.TransportError as exc:
+                if last or not fails_over(exc, may_resend):
+                    raise self._unreachable(exc, base, tried) from exc
+                self._endpoints.failed(base)
+                tried.append(f"{base}: {exc or type(exc).__name__}")
+                continue
+            if resp.status_code in GATEWAY_STATUS and may_resend and not last:
+                self._endpoints.failed(base)
+                tried.append(f"{base}: HTTP {resp.status_code}")
+                continue
+            self._endpoints.succeeded(base)
+            if resp.status_code >= 400:
+                raise self._fail(resp)
+            return resp
+        raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         body = self._request(method, path, **kw).json()
@@ -332,8 +372,11 @@ class Client:
             headers = {"Accept": "text/event-stream"}
             if last_id is not None:
                 headers["Last-Event-ID"] = str(last_id)
+            base = self.url
             try:
-                with self._http.stream("GET", path, params=params, headers=headers, timeout=None) as resp:
+                with self._http.stream(
+                    "GET", base + path, params=params, headers=headers, timeout=None
+                ) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         if resp.status_code not in _TRANSIENT_STATUS:
@@ -356,19 +399,23 @@ class Client:
                         yield event
             except httpx.TransportError as exc:
                 failures += 1
-                self._pause_before_reconnect(failures, self._unreachable(exc))
+                self._pause_before_reconnect(failures, self._unreachable(exc, base), base)
                 continue
             # A clean end without `event: end` means the server went away gracefully: reopen.
             failures += 1
             self._pause_before_reconnect(
-                failures, ConnectionFailed(0, "stream_ended", f"event stream {path} keeps ending early")
+                failures, ConnectionFailed(0, "stream_ended", f"event stream {path} keeps ending early"), base
             )
 
-    def _pause_before_reconnect(self, failures: int, give_up: TrainyardError) -> None:
-        """Back off before reopening a stream; raise ``give_up`` after too many tries in a row."""
-        if failures > self.max_reconnects:
+    def _pause_before_reconnect(self, failures: int, give_up: TrainyardError, base: str) -> None:
+        """Reopen a dropped stream on the next URL, backing off once each round of them has failed;
+        raise ``give_up`` after ``max_reconnects`` rounds in a row."""
+        self._endpoints.failed(base)
+        rounds, rest = divmod(failures, len(self.urls))
+        if failures > self.max_reconnects * len(self.urls):
             raise give_up
-        time.sleep(self.reconnect_delay * min(failures, 5))
+        if not rest:
+            time.sleep(self.reconnect_delay * min(rounds, 5))
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -437,8 +484,9 @@ class Client:
                     yield resp.content
         while True:
             params: dict[str, int | str] = {"follow": "true", "attempt": current, "since": received}
+            base = self.url
             try:
-                with self._http.stream("GET", path, params=params, timeout=None) as resp:
+                with self._http.stream("GET", base + path, params=params, timeout=None) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         if resp.status_code not in _TRANSIENT_STATUS:
@@ -451,7 +499,7 @@ class Client:
                             yield chunk
             except httpx.TransportError as exc:
                 failures += 1
-                self._pause_before_reconnect(failures, self._unreachable(exc))
+                self._pause_before_reconnect(failures, self._unreachable(exc, base), base)
                 continue
 
             job = self.get(job_id)
@@ -461,6 +509,7 @@ class Client:
                 self._pause_before_reconnect(
                     failures,
                     ConnectionFailed(0, "stream_ended", f"log stream of job {job_id} keeps ending early"),
+                    base,
                 )
                 continue
             if pinned:
@@ -567,7 +616,7 @@ class Client:
             except httpx.TransportError as exc:
                 raise self._unreachable(exc) from exc
         try:
-            with self._http.stream("GET", api_path) as resp:
+            with self._http.stream("GET", self.url + api_path) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise self._fail(resp)
