@@ -8,7 +8,7 @@ puts Redis in front of a fallback so the control plane keeps working while Redis
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,10 @@ class Cache(Protocol):
 
     def get_status(self, job_id: str) -> tuple[dict[str, Any] | None, StatusTicket]:
         """The cached view of a job (None on a miss) and the ticket a later fill must present."""
+        ...
+
+    def get_statuses(self, job_ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, StatusTicket]]:
+        """``get_status`` of each id, in order, in as few round trips as the backend allows."""
         ...
 
     def fill_status(self, job_id: str, view: dict[str, Any], ticket: StatusTicket, ttl_s: float) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from trainyard.cache.base import GENERATION_TTL_S, StatusTicket, refill, take_step, unlimited
@@ -62,6 +62,9 @@ class MemoryCache:
             return None, ticket
         view: dict[str, Any] = json.loads(entry[0])
         return view, ticket
+
+    def get_statuses(self, job_ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, StatusTicket]]:
+        return [self.get_status(job_id) for job_id in job_ids]
 
     def fill_status(self, job_id: str, view: dict[str, Any], ticket: StatusTicket, ttl_s: float) -> bool:
         if ticket.generation is None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import redis
@@ -191,6 +191,15 @@ class ResilientCache:
             except UNAVAILABLE as e:
                 self._breaker.trip(e)
         return None, NO_FILL
+
+    def get_statuses(self, job_ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, StatusTicket]]:
+        """``get_status`` of each id, in one call to the primary (``RedisCache.get_statuses``)."""
+        if self._breaker.allow():
+            try:
+                return self._primary.get_statuses(job_ids)
+            except UNAVAILABLE as e:
+                self._breaker.trip(e)
+        return [(None, NO_FILL)] * len(job_ids)
 
     def fill_status(self, job_id: str, view: dict[str, Any], ticket: StatusTicket, ttl_s: float) -> bool:
         if ticket.generation is None or not self._breaker.allow():

@@ -8,7 +8,7 @@ go to the database, which is the truth anyway.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +59,9 @@ class SqlCache:
 
     def get_status(self, job_id: str) -> tuple[dict[str, Any] | None, StatusTicket]:
         return None, NO_FILL
+
+    def get_statuses(self, job_ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, StatusTicket]]:
+        return [(None, NO_FILL)] * len(job_ids)
 
     def fill_status(self, job_id: str, view: dict[str, Any], ticket: StatusTicket, ttl_s: float) -> bool:
         return False

@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from trainyard import __version__
 from trainyard.model.spec import JobSpec
 from trainyard.model.team import TeamUpdate
 from trainyard.server.error_handlers import add_error_handlers
-from trainyard.server.middleware import BodyLimit, CountRequests, FastJobReads
+from trainyard.server.middleware import BodyLimit, CountRequests, FastJobReads, RequestCounts
 from trainyard.server.platform import Platform
 from trainyard.server.routes import admin, artifacts, fleet, jobs, logs, objects, ops, tenancy, usage
 from trainyard.server.settings import Settings
@@ -34,7 +35,15 @@ ROUTERS = (
 )
 
 
-def create_app(p: Platform) -> FastAPI:
+def rest_app(p: Platform) -> ASGIApp:
+    """What a control plane serves: ``create_app``'s app, with GET /v1/jobs/{id} answered in front
+    of it when all is in order (``FastJobReads``)."""
+    counts = RequestCounts(p.metrics)
+    app = create_app(p, counts)
+    return FastJobReads(app, authenticate=p.auth.authenticate, job_view=p.jobs.job_view, counts=counts)
+
+
+def create_app(p: Platform, counts: RequestCounts | None = None) -> FastAPI:
     """The REST app of one control plane, serving ``p``'s services."""
     app = FastAPI(
         title="Trainyard",
@@ -44,8 +53,7 @@ def create_app(p: Platform) -> FastAPI:
     app.state.platform = p
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit_for=_body_limits(p.settings))
-    app.add_middleware(FastJobReads, authenticate=p.auth.authenticate, job_view=p.jobs.job_view)
-    app.add_middleware(CountRequests, metrics=p.metrics)
+    app.add_middleware(CountRequests, counts=counts or RequestCounts(p.metrics))
     add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

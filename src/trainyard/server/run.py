@@ -16,7 +16,7 @@ import uvicorn
 
 from trainyard import aio
 from trainyard.bus.base import BusUnavailable
-from trainyard.server.api import create_app
+from trainyard.server.api import rest_app
 from trainyard.server.platform import Platform
 from trainyard.server.services.logsearch import INDEX_BATCH as LOG_INDEX_BATCH
 from trainyard.server.services.outbox import RELAY_BATCH
@@ -209,7 +209,7 @@ class LeaderLoops:
 
 def _rest_server(settings: Settings, platform: Platform) -> _QuietServer:
     config = uvicorn.Config(
-        create_app(platform),
+        rest_app(platform),
         host=settings.host,
         port=settings.port,
         log_level="warning",

@@ -5,13 +5,14 @@ see is answered as one that does not exist (``NotFound``), so ids of other teams
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from trainyard.bus.base import EventBus
-from trainyard.cache.base import STATUS_TTL_S, Cache
+from trainyard.cache.base import STATUS_TTL_S, Cache, StatusTicket
 from trainyard.cache.tiers import Tier, tier_of
 from trainyard.model.records import Event, Job, User
 from trainyard.model.spec import JobSpec
@@ -60,6 +61,44 @@ class BadCursor(ValueError):
     """A list cursor this API did not give out (answered 422 naming ``cursor``)."""
 
 
+class StatusReads:
+    """The status-cache reads of one event-loop tick, made together in one ``get_statuses`` call.
+
+    The cache's client is synchronous (a thread hop costs more than the local round trip), so each
+    read holds the loop for a round trip to Redis; under a polling load many reads begin in the same
+    tick, and one MGET for all of them costs little more than one for a single job."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self._waiting: list[tuple[str, asyncio.Future[tuple[dict[str, Any] | None, StatusTicket]]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, job_id: str) -> tuple[dict[str, Any] | None, StatusTicket]:
+        """``Cache.get_status``, answered once every read begun in this tick has joined."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            self._loop = loop
+            loop.call_soon(self._read)
+        elif loop is not self._loop:  # a caller on another loop (tests) reads on its own
+            return self.cache.get_status(job_id)
+        fut: asyncio.Future[tuple[dict[str, Any] | None, StatusTicket]] = loop.create_future()
+        self._waiting.append((job_id, fut))
+        return await fut
+
+    def _read(self) -> None:
+        batch, self._waiting = self._waiting, []
+        try:
+            got = self.cache.get_statuses([job_id for job_id, _ in batch])
+        except Exception as e:  # each reader raises it, as get_status would have
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (_, fut), result in zip(batch, got, strict=True):
+            if not fut.done():  # a reader cancelled meanwhile
+                fut.set_result(result)
+
+
 class JobService:
     """The job operations of the REST API (blocking store work runs off the event loop)."""
 
@@ -87,6 +126,7 @@ class JobService:
         # The status cache pays off where reads would cross the network to PostgreSQL from many
         # replicas; on the embedded defaults a SQLite read is as cheap as the cache's bookkeeping.
         self.status_cache = status_cache
+        self.status_reads = StatusReads(cache)
         self.bus = bus
         self.boards = boards
         self.dispatcher = dispatcher
@@ -133,7 +173,7 @@ class JobService:
         cached for the next reader). The cache is invalidated after every commit that changes a job."""
         if not self.status_cache:
             return await self.with_queue_info(job_json(await self.visible_job(user, job_id)))
-        cached, ticket = self.cache.get_status(job_id)
+        cached, ticket = await self.status_reads.get(job_id)
         if cached is not None and (user.is_admin or cached.get("team") == user.team):
             return await self.with_queue_info(cached)
         job = await self.visible_job(user, job_id)
