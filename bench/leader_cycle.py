@@ -127,9 +127,24 @@ def clone_jobs(
     return held
 
 
-def _churn(store: SqlStore, running: list[Any]) -> None:
-    """A few jobs end and as many are submitted (too big to fit: the queue only grows)."""
-    for r in running[:CHURN]:
+def _churn(store: SqlStore, running: list[Any], drained: set[str]) -> None:
+    """A few jobs end and as many are submitted (too big to fit: the queue only grows).
+
+    Each worker runs five 1.5-cpu jobs of its 8 cpu, so the pending 4-cpu jobs fit on none; one job
+    ending leaves 2 cpu, but three ending on one worker leave 5, and a 4-cpu job then fits. The
+    store lists running jobs in no set order (random ids), so taking the first ones made that
+    happen about one run in five, and the cycle then placed a job. So each ending job is on a worker
+    no earlier churn touched (``drained``): none is left more than 2 cpu, whatever the order."""
+    ending = []
+    for r in sorted(running, key=lambda r: (r.worker_id, r.id)):
+        if r.worker_id not in drained:
+            drained.add(r.worker_id)
+            ending.append(r)
+            if len(ending) == CHURN:
+                break
+    else:
+        raise SystemExit("leader_cycle: more cycles than workers to end jobs on; use fewer --cycles")
+    for r in ending:
         store.report_finished(
             FinishReport(r.id, r.attempt, r.lease_token, r.worker_id, AttemptOutcome.SUCCEEDED, 0)
         )
@@ -160,9 +175,10 @@ def leader_cycle(
             )
             loop.schedule_once()  # the first cycle reads everything (and writes every pending reason)
             out: dict[str, list[float]] = {"full": [], "incremental": []}
+            drained: set[str] = set()
             for i in range(2 * cycles):
                 mode = "full" if i % 2 else "incremental"
-                _churn(store, store.running_for_scheduling())
+                _churn(store, store.running_for_scheduling(), drained)
                 if mode == "full":
                     loop._picture = None  # what each cycle did before the picture was kept
                 t0 = time.perf_counter()

@@ -3,8 +3,9 @@
 Schedulable workers are split into :class:`WorkerGroup`\\ s, one per combination of the hard
 constraints a job can name (pool, GPU type, region, spot). Within a group, workers are bucketed by
 (free GPUs, free-cpu octave) in a :class:`BucketIndex` whose non-empty keys stay sorted, so a best-fit
-search visits only buckets that exist, smallest first: a few dict lookups instead of a scan. A group
-keeps one more such index per cached dataset URI, over the workers that cache it.
+search visits only buckets that exist, smallest first: a few dict lookups instead of a scan. For
+each cached dataset URI, a group lists the few workers that cache it, and a search among them finds
+the worker that a bucket index over them alone would (see :meth:`Fleet._first_fit_among`).
 
 :class:`Fleet` owns all of it: it finds the best worker for one replica (fewest free GPUs, then the
 smallest cpu octave that fits, with soft costs for region, spot and cached data), takes capacity for
@@ -35,9 +36,14 @@ OCTAVE_OFFSET = 32
 """Cpu octaves are counted from 2**-32 up: far below any real fraction of a core."""
 OCTAVE_SLOTS = 128
 """Bucket keys per free-GPU count: ``key = free GPUs * OCTAVE_SLOTS + cpu octave + OCTAVE_OFFSET``."""
+_TOP_OCTAVE = OCTAVE_SLOTS - OCTAVE_OFFSET - 1
 
 Hold = tuple[float, float, float, int]
 """Capacity held on a worker until some time: (end, cpu, memory, gpu)."""
+
+
+_NO_INDEX: tuple[dict[int, dict[str, None]], list[int]] = ({}, [])
+"""A worker's index until the fleet puts it in its group's (never written to)."""
 
 
 def cpu_octave(cpu: float) -> int:
@@ -80,7 +86,8 @@ class WorkerState:
         "free_gpus",
         "free_memory",
         "holders",
-        "indexes",
+        "index",
+        "order",
         "reservation",
         "victim_frees",
         "victims",
@@ -109,8 +116,11 @@ class WorkerState:
         self.added_holds: list[Hold] = []
         """Jobs placed or claimed here this cycle."""
         self.reservation: WorkerReservation | None = None
-        self.indexes: list[BucketIndex] = []
-        """The indexes it is bucketed in: its group's, then one per dataset URI it caches."""
+        self.index: tuple[dict[int, dict[str, None]], list[int]] = _NO_INDEX
+        """Its group's index (buckets and keys), where ``Fleet.rebucket`` moves it on every placement."""
+        self.order = -1
+        """Its bucket key and when it entered that bucket (``Fleet.moves``), as one number, ``key <<
+        32 | moves``: a bucket index visits its workers in this order. -1 while in no bucket."""
         self.doom_count = 0
         """Times a holder here was doomed, rolled-back ones included: it keys the reservation
         timeline memo, so a rollback only costs a rebuild."""
@@ -138,8 +148,8 @@ class WorkerGroup:
     spot: bool
     members: list[WorkerState] = field(default_factory=list)
     buckets: BucketIndex = field(default_factory=lambda: BucketIndex())
-    cached: dict[str, BucketIndex] = field(default_factory=dict)
-    """The same index per dataset URI, over the workers that cache it."""
+    cached: dict[str, list[WorkerState]] = field(default_factory=dict)
+    """Per dataset URI, the members that cache it, in id order."""
     shapes: dict[tuple[float, int, int], int] = field(default_factory=dict)
     """Distinct worker capacities (cpu, memory, gpu) and how many workers have each."""
     max_gpu: int = 0
@@ -185,9 +195,14 @@ class Fleet:
         self.timeline_version = 0
         """Bumped whenever any worker's holds change (placed, claimed, doomed, rolled back): the
         reservations' ranking of workers by earliest start stays good while it stands still."""
+        self.moves = 0
+        """Bumped whenever a worker changes bucket: the largest free GPU count of a set of groups
+        stands while it stands still."""
+        self._largest_memo: dict[int, tuple[list[WorkerGroup], int, int]] = {}
         self._groups_by_constraints: dict[tuple[object, ...], list[WorkerGroup]] = {}
+        self._shapes_memo: dict[int, tuple[list[WorkerGroup], dict[tuple[float, int, int], int]]] = {}
         self._ranked_memo: dict[
-            tuple[object, ...], tuple[list[WorkerGroup], list[tuple[float, WorkerGroup]]]
+            tuple[object, ...], tuple[list[WorkerGroup], list[tuple[float, WorkerGroup, bool, bool]]]
         ] = {}
 
         hosts, group_of = self.workers, self.group_of
@@ -202,13 +217,13 @@ class Fleet:
                 group = groups[constraints] = WorkerGroup(w.pool, w.gpu_type, w.region, w.spot)
             host = hosts[w.id] = WorkerState(w)
             group_of[w.id] = group
-            indexes = host.indexes
-            indexes.append(group.buckets)
+            host.index = (group.buckets.buckets, group.buckets.keys)
             for uri in w.cached_uris:
-                index = group.cached.get(uri)
-                if index is None:
-                    index = group.cached[uri] = BucketIndex()
-                indexes.append(index)
+                caching = group.cached.get(uri)
+                if caching is None:
+                    group.cached[uri] = [host]
+                else:
+                    caching.append(host)
             group.members.append(host)
             shape = (float(w.cpu), w.memory, w.gpu)
             group.shapes[shape] = group.shapes.get(shape, 0) + 1
@@ -231,8 +246,11 @@ class Fleet:
         cpu = host.free_cpu
         if cpu > EPS and host.free_memory > 0:
             # Clamped only from above: cpu > EPS is far above 2**-OCTAVE_OFFSET. cpu_octave(),
-            # inlined: this runs on every placement.
-            octave = min(frexp(cpu)[1] - 1, OCTAVE_SLOTS - OCTAVE_OFFSET - 1)
+            # inlined, and min() spelt out (the builtin parses keywords on every call): this runs on
+            # every placement.
+            octave = frexp(cpu)[1] - 1
+            if octave > _TOP_OCTAVE:
+                octave = _TOP_OCTAVE
             key: int | None = len(host.free_gpus) * OCTAVE_SLOTS + octave + OCTAVE_OFFSET
         else:
             key = None  # holds no cpu or memory: nothing can land here
@@ -240,22 +258,24 @@ class Fleet:
         if key == old:
             return
         wid = host.worker.id
-        for index in host.indexes:
-            buckets = index.buckets
-            if old is not None:
-                was = buckets[old]
-                del was[wid]
-                if not was:
-                    del buckets[old]
-                    keys = index.keys
-                    del keys[bisect_left(keys, old)]
-            if key is not None:
-                now = buckets.get(key)
-                if now is None:
-                    buckets[key] = {wid: None}
-                    insort(index.keys, key)
-                else:
-                    now[wid] = None
+        buckets, keys = host.index
+        if old is not None:
+            was = buckets[old]
+            del was[wid]
+            if not was:
+                del buckets[old]
+                del keys[bisect_left(keys, old)]
+        self.moves += 1
+        if key is not None:
+            now = buckets.get(key)
+            if now is None:
+                buckets[key] = {wid: None}
+                insort(keys, key)
+            else:
+                now[wid] = None
+            host.order = key << 32 | self.moves
+        else:
+            host.order = -1
         host.bucket_key = key
 
     def undo_point(self, host: WorkerState) -> Undo:
@@ -307,6 +327,37 @@ class Fleet:
             self._groups_by_constraints[constraints] = groups
         return groups
 
+    def shapes_of(self, groups: list[WorkerGroup]) -> dict[tuple[float, int, int], int]:
+        """The distinct worker capacities (cpu, memory, gpu) across the groups, with how many
+        workers have each (the first group's first, in order). Do not change it: it is shared."""
+        # Every new demand shape asks, over a few distinct lists of groups. Keyed by the list's id,
+        # the entry keeping the list alive (see _by_fixed_cost).
+        hit = self._shapes_memo.get(id(groups))
+        if hit is not None and hit[0] is groups:
+            return hit[1]
+        shapes: dict[tuple[float, int, int], int] = {}
+        for g in groups:
+            for shape, n in g.shapes.items():
+                shapes[shape] = shapes.get(shape, 0) + n
+        self._shapes_memo[id(groups)] = (groups, shapes)
+        return shapes
+
+    def largest_free_gpus(self, groups: list[WorkerGroup]) -> int:
+        """The most free GPUs any worker of the groups has with some cpu and memory free (-1: no
+        such worker)."""
+        # Asked for every GPU job that waits for capacity, many in a row with nothing moved in
+        # between. Keyed by the list's id, the entry keeping the list alive (see _by_fixed_cost).
+        hit = self._largest_memo.get(id(groups))
+        if hit is not None and hit[0] is groups and hit[1] == self.moves:
+            return hit[2]
+        largest = -1
+        for g in groups:
+            keys = g.buckets.keys
+            if keys and keys[-1] // OCTAVE_SLOTS > largest:
+                largest = keys[-1] // OCTAVE_SLOTS
+        self._largest_memo[id(groups)] = (groups, self.moves, largest)
+        return largest
+
     # --- best fit ------------------------------------------------------------------------------
 
     def best_fit(
@@ -321,36 +372,53 @@ class Fleet:
         best_cost = math.inf
         best_id = ""
         uris = job.data_uris
-        bonus = self.config.cache_bonus if uris else 0.0
-        cpu = job.cpu
-        octave_key = (
-            max(frexp(cpu)[1] - 1, -OCTAVE_OFFSET) + OCTAVE_OFFSET if cpu > 0 else 0
-        )  # as in bucket keys (cpu_octave(), inlined)
-        start_key = job.gpu * OCTAVE_SLOTS + octave_key
+        cfg = self.config
+        bonus = cfg.cache_bonus if uris else 0.0
+        cpu, gpu = job.cpu, job.gpu
+        # As in bucket keys (cpu_octave(), inlined, its octave raised to -OCTAVE_OFFSET at least).
+        octave_key = frexp(cpu)[1] - 1 + OCTAVE_OFFSET if cpu > 0 else 0
+        if octave_key < 0:
+            octave_key = 0
+        start_key = gpu * OCTAVE_SLOTS + octave_key
         use_reservations = use_reservations and self.has_reservations  # none made: nothing to check
         first_fit = self._first_fit
-        cost_of = self._fit_cost
-        for fixed_cost, group in self._by_fixed_cost(job, groups):
+        region_cost, spot_cost = cfg.region_cost, cfg.spot_preference_cost
+        for fixed_cost, group, far, on_demand in self._by_fixed_cost(job, groups):
             if fixed_cost - bonus > best_cost:
                 break  # fragmentation and the cache credit cannot make up the group's fixed cost
             host = first_fit(group.buckets, job, start_key, octave_key, use_reservations)
             if host is None:
                 continue  # nothing fits in this group, so no worker caching the data does either
-            cost = cost_of(host, job)
-            if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
-                best, best_cost, best_id = host, cost, host.worker.id
+            # _fit_cost(), inlined (the same terms in the same order, so the same floats): this is
+            # the innermost loop of a cycle. ``far`` and ``on_demand`` are the group's, so every
+            # worker's in it.
+            w = host.worker
+            cost = float(len(host.free_gpus) - gpu)
+            cost += (host.free_cpu - cpu) / w.cpu if w.cpu > 0 else 0.0
+            if far:
+                cost += region_cost
+            if on_demand:
+                cost += spot_cost
+            cached = w.cached_uris
+            if uris and cached:
+                covered = 0
+                for uri in uris:
+                    if uri in cached:
+                        covered += 1
+                cost -= bonus * covered / len(uris)
+            if cost < best_cost or (cost == best_cost and w.id < best_id):
+                best, best_cost, best_id = host, cost, w.id
             # Cached data can outweigh best fit: also the best fit among the workers holding it.
-            # An index per URI keeps the group's order, so when the group's best fit caches the
-            # URI, it is that index's best fit too: nothing to search.
-            cached = host.worker.cached_uris
+            # That search keeps the group's order, so when the group's best fit caches the URI, it
+            # is that search's best fit too: nothing to search.
             for uri in uris:
                 if uri in cached:
                     continue
-                index = group.cached.get(uri)
-                if index is not None:
-                    host = first_fit(index, job, start_key, octave_key, use_reservations)
+                caching = group.cached.get(uri)
+                if caching is not None:
+                    host = self._first_fit_among(caching, job, start_key, octave_key, use_reservations)
                     if host is not None:
-                        cost = cost_of(host, job)
+                        cost = self._fit_cost(host, job)
                         if cost < best_cost or (cost == best_cost and host.worker.id < best_id):
                             best, best_cost, best_id = host, cost, host.worker.id
         return best
@@ -385,6 +453,38 @@ class Fleet:
                     return host
         return None
 
+    def _first_fit_among(
+        self,
+        hosts: list[WorkerState],
+        job: PendingJob,
+        start_key: int,
+        octave_key: int,
+        use_reservations: bool,
+    ) -> WorkerState | None:
+        """What :meth:`_first_fit` would find in a bucket index over these workers alone: the one
+        that fits in the lowest bucket from ``start_key`` (octave at least ``octave_key``), the
+        earliest to enter it on a tie.
+
+        A bucket index per cached URI gave the same answer, but each placement then moved its
+        worker in four indexes rather than one; a URI's workers in a group are a handful."""
+        best: WorkerState | None = None
+        best_order = 1 << 60  # above any order (an int: comparing an int with inf is slower)
+        start = start_key << 32
+        cpu, mem = job.cpu, job.memory
+        for host in hosts:
+            order = host.order
+            if (
+                start <= order < best_order
+                and (order >> 32) % OCTAVE_SLOTS >= octave_key
+                and host.free_memory >= mem
+                and host.free_cpu + EPS >= cpu
+                and (
+                    not use_reservations or host.reservation is None or host.reservation.admits(job, self.now)
+                )
+            ):
+                best, best_order = host, order
+        return best
+
     def _fit_cost(self, host: WorkerState, job: PendingJob) -> float:
         """Placing the job here: GPUs and the share of cpu left over, soft costs, cached-data credit."""
         cfg = self.config
@@ -404,27 +504,31 @@ class Fleet:
             cost -= cfg.cache_bonus * covered / len(uris)
         return cost
 
-    def _by_fixed_cost(self, job: PendingJob, groups: list[WorkerGroup]) -> list[tuple[float, WorkerGroup]]:
-        """The job's groups with their fixed soft cost (region, spot), cheapest first."""
+    def _by_fixed_cost(
+        self, job: PendingJob, groups: list[WorkerGroup]
+    ) -> list[tuple[float, WorkerGroup, bool, bool]]:
+        """The job's groups with their fixed soft cost (region, spot), cheapest first, each with
+        whether the region cost and the spot cost apply to it."""
         # Keyed by the list's id, so the entry keeps the list alive: a list that died could hand
         # its id to another job's groups.
         key = (id(groups), job.region, job.preemptible)
         hit = self._ranked_memo.get(key)
         if hit is not None and hit[0] is groups:
-            ranked = hit[1]
-        else:
-            cfg = self.config
-            costed: list[tuple[float, int, WorkerGroup]] = []
-            for i, g in enumerate(groups):
-                fixed_cost = 0.0
-                if job.region is not None and g.region != job.region:
-                    fixed_cost += cfg.region_cost
-                if job.preemptible and not g.spot:
-                    fixed_cost += cfg.spot_preference_cost
-                costed.append((fixed_cost, i, g))
-            costed.sort(key=lambda r: (r[0], r[1]))
-            ranked = [(fixed_cost, g) for fixed_cost, _, g in costed]
-            self._ranked_memo[key] = (groups, ranked)
+            return hit[1]
+        cfg = self.config
+        costed: list[tuple[float, int, WorkerGroup, bool, bool]] = []
+        for i, g in enumerate(groups):
+            fixed_cost = 0.0
+            far = job.region is not None and g.region != job.region
+            on_demand = job.preemptible and not g.spot
+            if far:
+                fixed_cost += cfg.region_cost
+            if on_demand:
+                fixed_cost += cfg.spot_preference_cost
+            costed.append((fixed_cost, i, g, far, on_demand))
+        costed.sort(key=lambda r: (r[0], r[1]))
+        ranked = [(fixed_cost, g, far, on_demand) for fixed_cost, _, g, far, on_demand in costed]
+        self._ranked_memo[key] = (groups, ranked)
         return ranked
 
     # --- taking capacity -----------------------------------------------------------------------

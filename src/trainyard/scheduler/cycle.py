@@ -20,10 +20,12 @@ from __future__ import annotations
 import gc
 import heapq
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from trainyard.scheduler.capacity import Fleet, WorkerGroup, WorkerState
-from trainyard.scheduler.decisions import Decisions, Placement, ReasonCode
+from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState
+from trainyard.scheduler.decisions import Decisions, ReasonCode, placement
 from trainyard.scheduler.fairshare import TeamShare, dominant_share, team_shares
 from trainyard.scheduler.preemption import Preemptor
 from trainyard.scheduler.reasons import capacity_reason, clock, expected_start, never_fits_reason
@@ -46,10 +48,30 @@ from trainyard.scheduler.teams import (
 )
 from trainyard.scheduler.undo import UndoLog
 
+T = TypeVar("T")
+
 _by_id = operator.attrgetter("id")
 _by_queued_at = operator.attrgetter("queued_at")
 _by_replica = operator.attrgetter("replica")
 _by_worker_id = operator.attrgetter("worker_id")
+_claimed_workers = operator.attrgetter("claimed_workers")
+
+
+def _sorted_by(items: Sequence[T], *keys: Callable[[T], Any]) -> list[T]:
+    """The items sorted by the keys, most significant first (stable sorts, the last key first).
+
+    Sorting by the first key alone gives the same order when no two items tie on it, which is the
+    common case (job ids, float times); that is checked in one pass, and saves sorting the rest."""
+    first = keys[0]
+    out = sorted(items, key=first)
+    values = list(map(first, out))
+    # Strictly increasing: no ties (and no NaN, which compares false both ways).
+    if all(map(operator.lt, values, values[1:])):
+        return out
+    out = list(items)
+    for key in reversed(keys):
+        out.sort(key=key)
+    return out
 
 
 def effective_priority(job: PendingJob, now: float, config: SchedulerConfig) -> int:
@@ -137,13 +159,12 @@ class Cycle:
         draining = self.fleet.draining
         used_gpus: dict[str, set[int]] = {}
         # By (id, replica, worker), in stable passes.
-        running = sorted(self.snapshot.running, key=_by_worker_id)
-        running.sort(key=_by_replica)
-        running.sort(key=_by_id)
+        running = _sorted_by(self.snapshot.running, _by_id, _by_replica, _by_worker_id)
         for r in running:
-            gang = gangs.get(r.id)
+            rid, wid = r.id, r.worker_id
+            gang = gangs.get(rid)
             if gang is None:
-                gangs[r.id] = [r]
+                gangs[rid] = [r]
             else:
                 gang.append(r)
             cpu, mem, gpu = r.cpu, r.memory, r.gpu
@@ -152,35 +173,35 @@ class Cycle:
             usage[0] += cpu
             usage[1] += mem
             usage[2] += gpu
-            gpu_type = gpu_type_of.get(r.worker_id)
-            if gpu and gpu_type:
-                team.gpus_by_type[gpu_type] = team.gpus_by_type.get(gpu_type, 0) + gpu
-            host = hosts.get(r.worker_id)
+            if gpu:
+                gpu_type = gpu_type_of.get(wid)
+                if gpu_type:
+                    team.gpus_by_type[gpu_type] = team.gpus_by_type.get(gpu_type, 0) + gpu
+            host = hosts.get(wid)
             if host is None:
                 continue  # a lost or draining worker: its use still counts against the team
             host.holders.append(r)
             host.free_cpu -= cpu
             host.free_memory -= mem
-            if r.gpu_indices or not gpu:
-                taken: list[int] | tuple[int, ...] = r.gpu_indices
-            else:
-                taken = [g for g in host.free_gpus if g not in used_gpus.get(r.worker_id, ())][:gpu]
+            taken: list[int] | tuple[int, ...] = r.gpu_indices
+            if gpu and not taken:
+                taken = [g for g in host.free_gpus if g not in used_gpus.get(wid, ())][:gpu]
             if taken:
-                used = used_gpus.get(r.worker_id)
+                used = used_gpus.get(wid)
                 if used is None:
-                    used = used_gpus[r.worker_id] = set()
+                    used = used_gpus[wid] = set()
                 used.update(taken)
             if r.terminating:
                 host.draining_cpu += cpu
                 host.draining_memory += mem
                 host.draining_gpus.extend(sorted(taken))
-                draining[r.worker_id] = None
+                draining[wid] = None
             elif r.preemptible:
                 # Replicas of one gang on one worker go together: one victim, their sum freed.
-                frees = host.victim_frees.get(r.id)
+                frees = host.victim_frees.get(rid)
                 if frees is None:
                     host.victims.append(r)
-                    host.victim_frees[r.id] = [cpu, mem, gpu]
+                    host.victim_frees[rid] = [cpu, mem, gpu]
                 else:
                     frees[0] += cpu
                     frees[1] += mem
@@ -219,24 +240,28 @@ class Cycle:
         position = self.decisions.queue_position
         for name in sorted(queues):
             queue = queues[name]
-            # By (-effective priority, queued_at, id): three stable sorts, least significant key
-            # first, compare scalars, which is quicker than comparing tuples.
-            queue.sort(key=_by_id)
-            queue.sort(key=_by_queued_at)
+            # By (-effective priority, queued_at, id): stable sorts, least significant key first,
+            # compare scalars, which is quicker than comparing tuples.
+            queue = _sorted_by(queue, _by_queued_at, _by_id)
             # -effective_priority() of each job, inlined, and the last pass sorts positions by it
-            # with a C key function: a Python key function per pending job costs more.
+            # with a C key function: a Python key function per pending job costs more. So do the
+            # builtin max() and min(), which parse keyword arguments on every call: each is spelt
+            # out as the comparison it makes (max(a, b) is b only if b > a; min(a, b), b if b < a).
             if step <= 0:
                 ranks = [-j.priority for j in queue]
             else:
-                ranks = [
-                    -max(p, min(p + int(max(now - j.queued_at, 0.0) // step), cap))
-                    for j in queue
-                    for p in (j.priority,)
-                ]
-            queue = [queue[i] for i in sorted(range(len(queue)), key=ranks.__getitem__)]
-            for i, job in enumerate(queue, 1):
-                position[job.id] = i
-            claimed = [j for j in queue if j.claimed_workers]
+                ranks = []
+                rank = ranks.append
+                for j in queue:
+                    p = j.priority
+                    waited = now - j.queued_at
+                    raised = p + int((0.0 if waited < 0.0 else waited) // step)
+                    if cap < raised:
+                        raised = cap
+                    rank(-(raised if raised > p else p))
+            queue = list(map(queue.__getitem__, sorted(range(len(queue)), key=ranks.__getitem__)))
+            position.update(zip(map(_by_id, queue), range(1, len(queue) + 1), strict=True))
+            claimed = list(filter(_claimed_workers, queue))
             if claimed:
                 first[name] = claimed
                 queue = [j for j in queue if not j.claimed_workers]
@@ -249,6 +274,7 @@ class Cycle:
         heap: list[tuple[float, str]] = []
         costed: dict[str, int] = {}  # team -> its ``changes`` when its heap entry was costed
         visit, cost, teams = self._visit, self.ledger.cost, self.teams
+        inv, history_weight = self.ledger.inverse_capacity, self.ledger.history_weight
         for name, queue in queues.items():
             queue.reverse()  # pop() from the end is O(1)
             team = teams[name]
@@ -263,9 +289,24 @@ class Cycle:
             if not queue:
                 heapq.heappop(heap)
                 continue
-            if team.changes != costed[name]:
-                heapq.heapreplace(heap, (cost(team), name))  # names are unique: no ties
-                costed[name] = team.changes
+            changes = team.changes
+            if changes != costed[name]:
+                # TeamLedger.cost(team), inlined (the same floats): once per placement.
+                # and max() spelt out (see _queues)
+                u, gone = team.usage, team.leaving
+                share = (u[0] - gone[0]) * inv[0]
+                dominant = (u[1] - gone[1]) * inv[1]
+                if dominant > share:
+                    share = dominant
+                dominant = (u[2] - gone[2]) * inv[2]
+                if dominant > share:
+                    share = dominant
+                fair_share = team.fair_share
+                team_cost = (share + history_weight * team.history_share) / (
+                    EPS if fair_share < EPS else fair_share
+                )
+                heapq.heapreplace(heap, (team_cost, name))  # names are unique: no ties
+                costed[name] = changes
             # else its cost is the one in its entry, which is still the smallest: it goes again
 
     def _final_shares(self) -> dict[str, TeamShare]:
@@ -393,7 +434,7 @@ class Cycle:
                 f"{clock(self.reservations.start_of(holder), self.now)}; its max_runtime ends later",
             )
             return
-        why = capacity_reason(shape.capacity_reasons, groups, job)
+        why = capacity_reason(self.fleet, shape.capacity_reasons, groups, job)
         reservation = self.reservations.try_reserve(job, groups)
         if reservation is not None:
             if job.array_id is not None:
@@ -440,7 +481,7 @@ class Cycle:
         cross = job.region is not None and w.region != job.region
         decisions = self.decisions
         decisions.cross_region += cross
-        decisions.placements.append(Placement(job.id, w.id, gpus, 0, 1, job.attempt, cross))
+        decisions.placements.append(placement(job.id, w.id, gpus, 0, 1, job.attempt, cross))
         if job.array_id is not None:
             self._placed_task(job)
         return True, None
@@ -469,7 +510,7 @@ class Cycle:
             cross = job.region is not None and host.worker.region != job.region
             decisions.cross_region += cross
             decisions.placements.append(
-                Placement(job.id, host.worker.id, gpus, rank, job.replicas, job.attempt, cross_region=cross)
+                placement(job.id, host.worker.id, gpus, rank, job.replicas, job.attempt, cross)
             )
         if job.array_id is not None:
             self._placed_task(job)

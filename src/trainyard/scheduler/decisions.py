@@ -45,6 +45,36 @@ class Placement:
     """Placed outside the job's ``data.region`` (the cross-region metric counts these)."""
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__, twice the cost of its
+# slots' own setters; a cycle makes one Placement per replica it starts (thousands at 10k pending).
+_PLACEMENT_SLOTS = tuple(
+    getattr(Placement, name).__set__
+    for name in ("job_id", "worker_id", "gpu_indices", "rank", "world_size", "attempt", "cross_region")
+)
+
+
+def placement(
+    job_id: str,
+    worker_id: str,
+    gpu_indices: tuple[int, ...],
+    rank: int,
+    world_size: int,
+    attempt: int,
+    cross_region: bool,
+) -> Placement:
+    """``Placement(job_id, ...)`` with every field given, built quicker: the same object."""
+    p: Placement = object.__new__(Placement)
+    s0, s1, s2, s3, s4, s5, s6 = _PLACEMENT_SLOTS
+    s0(p, job_id)
+    s1(p, worker_id)
+    s2(p, gpu_indices)
+    s3(p, rank)
+    s4(p, world_size)
+    s5(p, attempt)
+    s6(p, cross_region)
+    return p
+
+
 @dataclass(frozen=True, slots=True)
 class Preemption:
     """A running job (every replica of a gang) told to stop so that a pending job can start."""

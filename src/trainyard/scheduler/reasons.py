@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime
 
 from trainyard.model.quantity import format_memory, human_memory
-from trainyard.scheduler.capacity import EPS, OCTAVE_SLOTS, Fleet, WorkerGroup, replica_slots
+from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, replica_slots
 from trainyard.scheduler.snapshot import PendingJob
 
 NEVER_FITS = "no registered worker can ever fit: "
@@ -72,14 +72,9 @@ def never_fits_reason(fleet: Fleet, groups: list[WorkerGroup], job: PendingJob) 
         if not job.preemptible and any(g.spot for g in fleet.groups):
             constraint.append("on-demand (non-spot) capacity")
         return f"{NEVER_FITS}none matches {' and '.join(constraint) or 'its constraints'}"
-    shapes: dict[tuple[float, int, int], int] = {}
-    for g in groups:
-        for shape, n in g.shapes.items():
-            shapes[shape] = shapes.get(shape, 0) + n
-    fits = {
-        s: n for s, n in shapes.items() if s[0] + EPS >= job.cpu and s[1] >= job.memory and s[2] >= job.gpu
-    }
-    if not fits:
+    shapes = fleet.shapes_of(groups)
+    cpu, mem, gpu = job.cpu, job.memory, job.gpu
+    if not any(s[0] + EPS >= cpu and s[1] >= mem and s[2] >= gpu for s in shapes):
         cpu, mem, gpu = max(shapes, key=lambda s: (s[2], s[0], s[1]))
         return (
             f"{NEVER_FITS}needs {describe(job)} on one worker; the largest is {cpu:g} cpu, "
@@ -92,16 +87,13 @@ def never_fits_reason(fleet: Fleet, groups: list[WorkerGroup], job: PendingJob) 
     return None
 
 
-def capacity_reason(memo: dict[int, str], groups: list[WorkerGroup], job: PendingJob) -> str:
+def capacity_reason(fleet: Fleet, memo: dict[int, str], groups: list[WorkerGroup], job: PendingJob) -> str:
     """The "waiting for capacity" text: what the job needs, and the largest free GPU count if that is why.
 
     ``memo`` holds the texts already written for the job's shape, by the GPU count they name."""
     largest = -1  # the text names the largest free GPU count only when it is too small
     if job.gpu:
-        for g in groups:
-            if g.buckets.keys:
-                largest = max(largest, g.buckets.keys[-1] // OCTAVE_SLOTS)
-        largest = max(largest, 0)
+        largest = max(fleet.largest_free_gpus(groups), 0)
         if largest >= job.gpu:
             largest = -1
     hit = memo.get(largest)

@@ -181,9 +181,12 @@ class Reservations:
             return hit[1]
         grace = self.now + self.config.termination_grace_s
         holds = list(host.added_holds)
+        now = self.now
         for r in host.holders:
             end = grace if r.terminating or r.id in self.doomed else r.started_at + r.max_runtime_s
-            holds.append((max(end, self.now), r.cpu, r.memory, r.gpu))
+            # max(end, now), without the builtin's keyword parsing: a few holders per worker, every
+            # worker a reservation looks at.
+            holds.append((now if now > end else end, r.cpu, r.memory, r.gpu))
         holds.sort()
         if holds:
             # The same sums, in the same (sorted) order, over columns rather than generators.
