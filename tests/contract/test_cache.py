@@ -164,6 +164,30 @@ def test_heartbeat_lapses_after_its_ttl(env: Env) -> None:
     assert env.cache.last_heartbeat(w) is not None
 
 
+def test_last_heartbeats_answers_for_many_workers_at_once(env: Env) -> None:
+    a, b, c = env.worker(), env.worker(), env.worker()
+    unknown = f"unknown-{uuid.uuid4().hex[:6]}"
+    ids = [a, b, c, unknown]
+
+    def one_by_one() -> dict[str, float]:
+        return {w: at for w in ids if (at := env.cache.last_heartbeat(w)) is not None}
+
+    assert env.cache.last_heartbeats([]) == {}
+    env.cache.heartbeat(a, 30.0)
+    env.cache.heartbeat(b, 0.25)
+    got = env.cache.last_heartbeats(ids)
+    assert {a, b} <= set(got) and unknown not in got  # c: whatever its registration counts for
+    assert got == pytest.approx(one_by_one(), abs=0.05)
+    time.sleep(0.35)
+    got = env.cache.last_heartbeats(ids)
+    assert a in got and b not in got  # b's beat lapsed
+    assert got == pytest.approx(one_by_one(), abs=0.05)
+    many = [env.worker() for _ in range(5)]
+    for w in many:
+        env.cache.heartbeat(w, 30.0)
+    assert set(env.cache.last_heartbeats([*many, a])) == {*many, a}
+
+
 # ---- token buckets -------------------------------------------------------------------------------
 def test_bucket_starts_full_then_tells_the_wait(env: Env) -> None:
     env.clock.freeze()
@@ -492,6 +516,7 @@ def test_outage_is_served_by_the_fallback_then_redis_again(outage: Outage) -> No
     c.heartbeat(w, 1.0)
     assert not c.primary_up
     assert c.last_heartbeat(w) is not None
+    assert w in c.last_heartbeats([w])
     assert outage.store.get_worker(w).last_heartbeat == pytest.approx(time.time(), abs=1)  # type: ignore[union-attr]
     assert c.take("submit:alice", 1.0, 1.0) == 0.0  # the fallback's own bucket
     assert c.take("submit:alice", 1.0, 1.0) > 0
@@ -555,6 +580,7 @@ def test_a_switch_does_not_declare_live_workers_dead(outage: Outage) -> None:
     outage.server.stop()
     # The fallback's copy of the live worker's beat is 100 s old; it must still count as alive.
     assert c.last_heartbeat(live) is not None
+    assert live in c.last_heartbeats([live])
     c.heartbeat(live, 1.0)
     outage.server.start()
     # Redis came back empty: no beat of anyone until they beat again.

@@ -41,6 +41,12 @@ class MemoryCache:
             return None
         return entry[0]
 
+    def last_heartbeats(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        now = self._clock()
+        with self._lock:
+            entries = [(w, self._beats.get(w)) for w in worker_ids]
+        return {w: e[0] for w, e in entries if e is not None and e[1] > now}
+
     def take(self, bucket: str, rate_per_s: float, burst: float) -> float:
         if unlimited(rate_per_s, burst):
             return 0.0

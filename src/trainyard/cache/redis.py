@@ -166,6 +166,13 @@ class RedisCache:
         raw = cast(bytes | None, self._r.get(self._k_beat + worker_id))
         return None if raw is None else float(raw)
 
+    def last_heartbeats(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        ids = list(worker_ids)
+        if not ids:
+            return {}
+        raws = cast(list[bytes | None], self._r.mget([self._k_beat + w for w in ids]))
+        return {w: float(raw) for w, raw in zip(ids, raws, strict=True) if raw is not None}
+
     def take(self, bucket: str, rate_per_s: float, burst: float) -> float:
         if unlimited(rate_per_s, burst):
             return 0.0

@@ -172,6 +172,14 @@ class ResilientCache:
             return switched if at is None else max(at, switched)
         return at
 
+    def last_heartbeats(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        got = self._call(lambda c: c.last_heartbeats(worker_ids))
+        switched = self._breaker.switched_at
+        if switched is not None and self._clock() - switched < self._hb_ttl:
+            # Just switched stores: as ``last_heartbeat``, everyone counts as beating at the switch.
+            return {w: max(got.get(w, switched), switched) for w in worker_ids}
+        return got
+
     def take(self, bucket: str, rate_per_s: float, burst: float) -> float:
         return self._call(lambda c: c.take(bucket, rate_per_s, burst))
 

@@ -46,6 +46,12 @@ class SqlCache:
             return None
         return float(at)
 
+    def last_heartbeats(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        """``last_heartbeat`` of each id, from one read of the table."""
+        now = self._clock()
+        stored = self._store.heartbeats_at(worker_ids)
+        return {w: float(at) for w, at in stored.items() if at + self._ttls.get(w, self._default_ttl) > now}
+
     def take(self, bucket: str, rate_per_s: float, burst: float) -> float:
         """Take a token from ``bucket``; the seconds to wait first (0: go)."""
         if unlimited(rate_per_s, burst):

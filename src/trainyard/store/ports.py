@@ -72,6 +72,10 @@ class Heartbeats(Protocol):
         """One worker's last heartbeat as stored."""
         ...
 
+    def heartbeats_at(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        """The stored last heartbeat of each of these workers that exists."""
+        ...
+
     def transaction(self) -> AbstractContextManager[sa.Connection]:
         """A write transaction of the store (on SQLite, queued behind the store's writers)."""
         ...

@@ -243,6 +243,7 @@ class SqlStore:
         self.touch_workers = fleet.touch_workers
         self.record_heartbeat = fleet.record_heartbeat
         self.heartbeat_at = fleet.heartbeat_at
+        self.heartbeats_at = fleet.heartbeats_at
         self.take_rate_tokens = self.rates.take_rate_tokens
         self.mark_worker_dead = fleet.mark_worker_dead
         self.worker_commands = fleet.worker_commands

@@ -178,11 +178,12 @@ class FleetService:
             c, m, g, n = used.get(a.worker_id, (0.0, 0, 0, 0))
             used[a.worker_id] = (c + a.cpu, m + a.memory, g + len(a.gpu_indices), n + 1)
         out = []
+        beats = await off_loop(self.cache.last_heartbeats, [w.id for w in workers])
         for w in workers:
             c, m, g, n = used.get(w.id, (0.0, 0, 0, 0))
-            beat = self.cache.last_heartbeat(w.id)  # fresher than the table's copy
+            beat = beats.get(w.id)  # fresher than the table's copy
             w = dataclasses.replace(w, last_heartbeat=beat) if beat is not None else w
-            out.append(worker_json(w, (c, m, g), n, self.replica.worker_alive(w.id, w.registered_at)))
+            out.append(worker_json(w, (c, m, g), n, self.replica.alive_with(beat, w.registered_at)))
         return out
 
     async def queues_view(self, user: User) -> dict[str, list[dict[str, Any]]]:

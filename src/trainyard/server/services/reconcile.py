@@ -96,12 +96,13 @@ class Reconciler:
             self._store_down = False
             self.replica.store_back(now)
             log.warning("state store reachable again; workers get %gs to check in", self.restart_grace)
+        cached = self.cache.last_heartbeats([w.id for w in alive])
         for w in alive:
-            last = self.cache.last_heartbeat(w.id)
+            last = cached.get(w.id)
             if last is not None:
                 beats[w.id] = last
                 continue
-            if not self.replica.worker_alive(w.id, w.registered_at):
+            if not self.replica.alive_with(None, w.registered_at):
                 log.warning("worker %s (%s) missed its heartbeats; declaring it dead", w.name, w.id)
                 self.metrics.heartbeats_missed.inc()
                 touched += self.store.mark_worker_dead(w.id)

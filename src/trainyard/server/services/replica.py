@@ -4,7 +4,7 @@ as alive (which depends on when this replica started leading and when the store 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from trainyard.cache.base import Cache
 
@@ -49,10 +49,15 @@ class Replica:
         """The store answered again after an outage: workers get time to check in again."""
         self.store_back_at = at
 
-    def worker_alive(self, worker_id: str, registered_at: float) -> bool:
-        """Whether the worker counts as alive now (see the class docstring)."""
-        last = self.cache.last_heartbeat(worker_id)
-        if last is not None:
+    def last_beats(self, worker_ids: Sequence[str]) -> dict[str, float]:
+        """The cached last beats of these workers, in one round trip (see ``alive_with``)."""
+        return self.cache.last_heartbeats(worker_ids)
+
+    def alive_with(self, last_beat: float | None, registered_at: float) -> bool:
+        """Whether the worker counts as alive now (see the class docstring), given its cached last beat
+        (``last_beats`` of every worker at once: a sweep over the fleet makes one round trip to the
+        cache, not one per worker)."""
+        if last_beat is not None:
             return True
         grace = 3 * self.heartbeat_interval
         # Heartbeats cannot be taken while the store is down (the worker's credential is looked up

@@ -276,9 +276,11 @@ class SchedulerLoop:
         kept = self._workers
         self._workers = {}
         out = []
-        for row in self.store.scheduling_workers():
+        rows = self.store.scheduling_workers()
+        beats = self.replica.last_beats([row[0] for row in rows if row[7] == "ALIVE"])
+        for row in rows:
             wid, cpu, memory, gpu, gpu_type, pool, region, status, registered_at, labels, uris = row
-            alive = status == "ALIVE" and self.replica.worker_alive(wid, registered_at)
+            alive = status == "ALIVE" and self.replica.alive_with(beats.get(wid), registered_at)
             hit = kept.get(wid)
             if hit is not None and hit[0] == row and hit[1] == alive:
                 worker = hit[2]
