@@ -26,6 +26,8 @@ from trainyard.store import migrate
 from trainyard.store.records import StoreConfig
 from trainyard.store.transitions import buffered_events
 
+_DEFERRED = "trainyard.deferred_inserts"
+
 OnCommit = Callable[[Sequence[str]], None]
 """Called with the ids of the jobs a transaction changed, once it has committed (or failed in doubt):
 the control plane invalidates its status cache there."""
@@ -139,6 +141,17 @@ def _ping_idle_connections(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError("connection died while idle in the pool")  # the pool reconnects
 
 
+def insert_later(conn: sa.Connection, insert: sa.Insert, row: dict[str, Any]) -> None:
+    """Insert ``row`` now, or, inside ``Db.apply_batch``, together with the batch's other rows of the
+    same statement and keys in one executemany after its last op: a batch of submissions would
+    otherwise pay a statement (compiled, bound, sent, waited for) per job."""
+    deferred: dict[tuple[sa.Insert, tuple[str, ...]], list[dict[str, Any]]] | None = conn.info.get(_DEFERRED)
+    if deferred is None:
+        conn.execute(insert, row)
+    else:
+        deferred.setdefault((insert, tuple(row)), []).append(row)
+
+
 class Db:
     """One database: its engine, clock and policy, and the transactions the repositories run in.
     Thread-safe."""
@@ -216,7 +229,18 @@ class Db:
         rolled back and each op runs again in a transaction of its own."""
         try:
             with self.tx() as conn:
-                return [(True, op(conn)) for op in ops]
+                deferred: dict[tuple[sa.Insert, tuple[str, ...]], list[dict[str, Any]]] = {}
+                conn.info[_DEFERRED] = deferred
+                try:
+                    results: list[tuple[bool, Any]] = [(True, op(conn)) for op in ops]
+                    # Before the events' rows, which refer to these (``buffered_events`` writes them
+                    # as the block ends). A duplicate key fails the batch here: each op then runs
+                    # alone below, inserting at once, and only its own caller hears of it.
+                    for (insert, _keys), rows in deferred.items():
+                        conn.execute(insert, rows)
+                finally:
+                    conn.info.pop(_DEFERRED, None)
+                return results
         except sa.exc.OperationalError:
             raise  # the database is unreachable: every op fails alike
         except Exception:  # one op failed: below, each runs alone so the others still commit

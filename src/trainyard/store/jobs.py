@@ -17,7 +17,7 @@ from trainyard.model.records import Attempt, Event, Job, User
 from trainyard.model.spec import JobSpec, spec_fingerprint
 from trainyard.model.states import TERMINAL, JobStatus
 from trainyard.store.arrays import cancel_array, counts_of, insert_rows, task_moved, task_rows
-from trainyard.store.db import Db
+from trainyard.store.db import Db, insert_later
 from trainyard.store.errors import Conflict, IdempotencyConflict, NotFound, StoreError
 from trainyard.store.gangs import GangRepo, member_id
 from trainyard.store.records import JobFilter, SubmitResult
@@ -166,7 +166,10 @@ class JobRepo:
             row["array_limit"] = spec.array.parallelism
             tasks = task_rows(row, spec)
             row["array_tasks"] = len(tasks)
-        conn.execute(_INSERT_JOB, row)
+        if tasks or spec.replicas > 1:  # rows that refer to this one follow at once
+            conn.execute(_INSERT_JOB, row)
+        else:
+            insert_later(conn, _INSERT_JOB, row)
         insert_rows(conn, tasks)
         if spec.replicas > 1:
             # Ranks 1..N-1: hidden rows that the gang's lease and ending move with rank 0.
