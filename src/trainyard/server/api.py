@@ -14,7 +14,7 @@ from trainyard import __version__
 from trainyard.model.spec import JobSpec
 from trainyard.model.team import TeamUpdate
 from trainyard.server.error_handlers import add_error_handlers
-from trainyard.server.middleware import BodyLimit, CountRequests, FastJobReads, RequestCounts
+from trainyard.server.middleware import BodyLimit, CountRequests, FastJobReads, FastSubmits, RequestCounts
 from trainyard.server.platform import Platform
 from trainyard.server.routes import admin, artifacts, fleet, jobs, logs, objects, ops, tenancy, usage
 from trainyard.server.settings import Settings
@@ -36,11 +36,12 @@ ROUTERS = (
 
 
 def rest_app(p: Platform) -> ASGIApp:
-    """What a control plane serves: ``create_app``'s app, with GET /v1/jobs/{id} answered in front
-    of it when all is in order (``FastJobReads``)."""
+    """What a control plane serves: ``create_app``'s app, with GET /v1/jobs/{id} and POST /v1/jobs
+    answered in front of it when all is in order (``FastJobReads``, ``FastSubmits``)."""
     counts = RequestCounts(p.metrics)
     app = create_app(p, counts)
-    return FastJobReads(app, authenticate=p.auth.authenticate, job_view=p.jobs.job_view, counts=counts)
+    reads = FastJobReads(app, authenticate=p.auth.authenticate, job_view=p.jobs.job_view, counts=counts)
+    return FastSubmits(reads, p.auth.authenticate, p.jobs, counts, p.settings.max_body)
 
 
 def create_app(p: Platform, counts: RequestCounts | None = None) -> FastAPI:

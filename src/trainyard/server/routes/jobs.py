@@ -15,6 +15,7 @@ from trainyard.model.records import Job
 from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL
 from trainyard.server.errors import ApiError, field_errors, json_object
+from trainyard.server.middleware import SUBMIT_FAILED
 from trainyard.server.responses import AUTHED, SSE, WITH_BODY, errors
 from trainyard.server.routes.deps import JobsDep, LogsDep, TenancyDep, UserDep
 from trainyard.server.routes.params import MAX_OFFSET, STATUSES
@@ -53,7 +54,8 @@ router = APIRouter()
 )
 async def submit(request: Request, user: UserDep, jobs: JobsDep) -> Response:
     """Accept a job. The body is a JobSpec; with an ``Idempotency-Key`` header a retried request
-    returns the job the key created (200) instead of a second one, and another body gets 409."""
+    returns the job the key created (200) instead of a second one, and another body gets 409.
+    (Usually answered before routing, by ``middleware.FastSubmits``, with the same body.)"""
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:
         raise ApiError(
@@ -73,6 +75,9 @@ async def submit(request: Request, user: UserDep, jobs: JobsDep) -> Response:
         await jobs.check_submittable(user, spec)
     except SpecRejected as e:
         raise ApiError(422, "invalid_spec", "the job spec is not valid", e.details) from None
+    failed = request.scope.get(SUBMIT_FAILED)
+    if failed is not None:  # middleware.FastSubmits submitted it already: answer how that failed
+        raise failed
     result = await jobs.submit(user, spec, idempotency_key)
     return JSONResponse(job_json(result.job), status_code=201 if result.created else 200)
 
