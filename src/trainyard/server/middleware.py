@@ -213,12 +213,13 @@ class FastSubmits:
                 user, spec, key = accepted
                 try:
                     result = await self.jobs.submit(user, spec, key)
+                    status = 201 if result.created else 200
+                    response = JSONResponse(job_json(result.job), status_code=status)
                 except Exception as e:
                     scope = {**scope, SUBMIT_FAILED: e}
                 else:
-                    status = 201 if result.created else 200
                     self.counts.count("POST", status)
-                    await JSONResponse(job_json(result.job), status_code=status)(scope, receive, send)
+                    await response(scope, receive, send)
                     return
         replayed = False
 
