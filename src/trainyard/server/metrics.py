@@ -126,6 +126,11 @@ class Metrics:
         self.heartbeats_missed = Counter(
             "trainyard_worker_heartbeats_missed", "Workers declared dead after missing heartbeats", registry=r
         )
+        self.liveness_held = Counter(
+            "trainyard_worker_liveness_held",
+            "Reconciler sweeps that held many silent workers' declaration (a mass silence)",
+            registry=r,
+        )
         self.http_requests = Counter(
             "trainyard_http_requests", "REST requests", ["method", "code"], registry=r
         )

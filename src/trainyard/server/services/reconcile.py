@@ -19,6 +19,7 @@ from trainyard.server.absent import AbsentAttempts
 from trainyard.server.metrics import Metrics
 from trainyard.server.services.auth import AuthService
 from trainyard.server.services.replica import Replica
+from trainyard.server.silence import MassSilence
 
 if TYPE_CHECKING:
     from trainyard.store.ports import ReconcileStore
@@ -59,6 +60,9 @@ class Reconciler:
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
         self._beats_persisted = 0.0
         self._store_down = False
+        # Many workers silent at once: held for up to six heartbeats (or the restart grace) before
+        # they are declared dead (see trainyard.server.silence).
+        self.silence = MassSilence(hold_s=max(6 * heartbeat_interval, restart_grace))
 
     def heartbeat(self, worker_id: str, running: Sequence[tuple[str, int, str]]) -> None:
         """A heartbeat listed these attempts (job, attempt, lease token): their worker has them,
@@ -97,16 +101,28 @@ class Reconciler:
             self.replica.store_back(now)
             log.warning("state store reachable again; workers get %gs to check in", self.restart_grace)
         cached = self.cache.last_heartbeats([w.id for w in alive])
+        silent = []
         for w in alive:
             last = cached.get(w.id)
             if last is not None:
                 beats[w.id] = last
-                continue
-            if not self.replica.alive_with(None, w.registered_at):
-                log.warning("worker %s (%s) missed its heartbeats; declaring it dead", w.name, w.id)
-                self.metrics.heartbeats_missed.inc()
-                touched += self.store.mark_worker_dead(w.id)
-                self.auth.forget_worker(w.id)
+            elif not self.replica.alive_with(None, w.registered_at):
+                silent.append(w)
+        held = self.silence.hold(len(silent), len(alive), now)
+        if held:
+            log.warning(
+                "%d of %d workers missed their heartbeats at once: taken as the control plane's fault, "
+                "their declaration is held (for up to %.0fs)",
+                len(silent),
+                len(alive),
+                self.silence.hold_s,
+            )
+            self.metrics.liveness_held.inc()
+        for w in [] if held else silent:
+            log.warning("worker %s (%s) missed its heartbeats; declaring it dead", w.name, w.id)
+            self.metrics.heartbeats_missed.inc()
+            touched += self.store.mark_worker_dead(w.id)
+            self.auth.forget_worker(w.id)
         # Heartbeats live in the cache; the table's copy is for display, so refresh it only now and then.
         if now - self._beats_persisted >= HEARTBEAT_PERSIST_S:
             self.store.touch_workers(beats)
