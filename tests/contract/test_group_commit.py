@@ -35,14 +35,15 @@ def test_concurrent_submissions_each_commit_once(store: SqlStore, writers: int) 
         return store.insert_job_in(conn, ALICE, SPEC, None)
 
     async def main() -> tuple[list[Any], GroupCommit]:
-        gc = GroupCommit(store, writers=writers)
+        gc = GroupCommit(store, writers=writers, min_extra_batch=3)
         try:
             tasks = []
-            for k in range(1, writers + 1):  # one op per batch until every writer holds one
-                tasks.append(asyncio.create_task(gc.run(gated)))
+            for k in range(1, writers + 1):  # a batch at a time until every writer holds one
+                # The first goes at once; a further one once 3 ops wait beside those in flight.
+                tasks += [asyncio.create_task(gc.run(gated)) for _ in range(1 if k == 1 else 3)]
                 while gc.batches < k:
                     await asyncio.sleep(0.005)
-            tasks += [asyncio.create_task(gc.run(gated)) for _ in range(120 - writers)]
+            tasks += [asyncio.create_task(gc.run(gated)) for _ in range(120 - len(tasks))]
             await asyncio.sleep(0.05)
             gate.set()
             return await asyncio.wait_for(asyncio.gather(*tasks), 120), gc
@@ -60,6 +61,35 @@ def test_concurrent_submissions_each_commit_once(store: SqlStore, writers: int) 
     # The ops that came while every writer was busy waited and went together, in one batch.
     assert gc.batches == writers + 1
     assert gc.most_in_flight == (0 if writers == 1 else writers)  # one writer applies its own batch
+
+
+def test_a_few_ops_wait_for_the_batch_in_flight_and_go_together(store: SqlStore) -> None:
+    gate = threading.Event()
+
+    def gated(conn: sa.Connection) -> Any:
+        assert gate.wait(60)
+        return store.insert_job_in(conn, ALICE, SPEC, None)
+
+    async def main() -> tuple[list[Any], GroupCommit, int, int]:
+        gc = GroupCommit(store, writers=4, min_extra_batch=3)
+        try:
+            first = asyncio.create_task(gc.run(gated))
+            while gc.batches < 1:
+                await asyncio.sleep(0.005)
+            few = [asyncio.create_task(gc.run(gated)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            waiting = gc.batches  # still 1: two ops are not worth a transaction of their own
+            gate.set()
+            jobs = await asyncio.wait_for(asyncio.gather(first, *few), 60)
+            return jobs, gc, waiting, gc.most_in_flight
+        finally:
+            gate.set()
+            gc.close()
+
+    jobs, gc, waiting, most = asyncio.run(main())
+    assert waiting == 1
+    assert gc.batches == 2 and most == 1
+    assert len({j.id for j in jobs}) == 3
 
 
 def test_a_key_taken_in_a_concurrent_batch_fails_only_its_own_op(store: SqlStore) -> None:
