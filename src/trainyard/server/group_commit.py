@@ -40,9 +40,9 @@ class GroupCommit:
         self._store = store
         self._max = max_batch
         self._writers = writers
-        # A further batch beside those in flight costs a transaction of its own (about 400 us of CPU
-        # on PostgreSQL, as much as the ops of a batch of eight): with fewer ops queued than this they
-        # wait for a batch in flight to end and go together.
+        # A further batch beside those in flight costs a transaction of its own (on PostgreSQL, CPU
+        # of a few jobs' inserts): with fewer ops queued than this they wait for a batch in flight to
+        # end and go together.
         self._min_extra = min_extra_batch
         self._queue: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
