@@ -362,6 +362,7 @@ class _Gate:
         self, loop: asyncio.AbstractEventLoop, bwrap_pid: int, cgroup: AttemptCgroup
     ) -> str | None:
         """Move the sandbox into ``cgroup`` and let the job run; what went wrong, or None."""
+        problem: str | None = None
         try:
             info = await self._read_info(loop)
             pids = [bwrap_pid]
@@ -375,18 +376,20 @@ class _Gate:
                         continue
                     with contextlib.suppress(ProcessLookupError):  # bwrap failed and is gone
                         write_pid(procs, pid)
+        except OSError as e:
+            problem = str(e)
+        finally:
+            # Whatever happened above (a failed move, a cancel), the quota lifted for the sandbox's
+            # start is set again before the job may run: the shell may already be inside the cgroup.
             if self.restore is not None and cgroup.limits != self.restore:
                 try:
                     cgroup.apply(self.restore)
                 except OSError as e:
-                    return f"its CPU quota cannot be set again: {e}"
-            return None
-        except OSError as e:
-            return str(e)
-        finally:
+                    problem = problem or f"its CPU quota cannot be set again: {e}"
             with contextlib.suppress(OSError):
                 os.write(self.block_w, b"1")
             os.close(self.block_w)
+        return problem
 
     async def _read_info(self, loop: asyncio.AbstractEventLoop) -> dict[str, object] | None:
         done: asyncio.Future[dict[str, object] | None] = loop.create_future()
