@@ -44,7 +44,17 @@ async def json_object(
     (nesting 100,000 deep, a 5,000-digit number, NaN, a lone surrogate or NUL in any string) is
     answered 400 (not JSON we parse) or 422 naming the field (``code``), never a 500, so nothing
     downstream (database, protobuf, audit trail) ever sees such a value."""
-    raw = await request.body()
+    return json_object_of(await request.body(), empty_ok=empty_ok, code=code, what=what)
+
+
+def json_object_of(
+    raw: bytes,
+    *,
+    empty_ok: bool = False,
+    code: str = "invalid_request",
+    what: str = "a JSON object",
+) -> dict[str, Any]:
+    """``json_object`` of a body already read."""
     if not raw and empty_ok:
         return {}
     try:

@@ -15,9 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainyard.model.records import User
 from trainyard.model.spec import JobSpec
-from trainyard.server import safejson
 from trainyard.server.errors import ApiError, error_response
 from trainyard.server.metrics import Metrics
+from trainyard.server.submission import accepted_spec
 from trainyard.server.views import job_json
 
 if TYPE_CHECKING:
@@ -257,17 +257,12 @@ class FastSubmits:
             return None
         key_raw = headers.get(b"idempotency-key")
         key = None if key_raw is None else key_raw.decode("latin-1")
-        if key is not None and not 0 < len(key) <= 256:
-            return None
         try:
             user = await self.authenticate(auth[len("Bearer ") :].strip())
             if user is None:
                 return None
-            body = safejson.loads(raw)
-            if not isinstance(body, dict):
-                return None
-            spec = JobSpec.model_validate(body)
-            await self.jobs.check_submittable(user, spec)
+            # The route's own checks (``submission.accepted_spec``), so the two paths cannot drift.
+            spec = await accepted_spec(self.jobs, user, key, raw)
         except Exception:
             return None  # the route answers it (401, 400, 403, 422, 503, ...) in the documented shape
         return user, spec, key

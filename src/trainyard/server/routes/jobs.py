@@ -9,19 +9,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 from trainyard.model.records import Job
-from trainyard.model.spec import JobSpec
 from trainyard.model.states import TERMINAL
-from trainyard.server.errors import ApiError, field_errors, json_object
+from trainyard.server.errors import ApiError
 from trainyard.server.middleware import SUBMIT_FAILED
 from trainyard.server.responses import AUTHED, SSE, WITH_BODY, errors
 from trainyard.server.routes.deps import JobsDep, LogsDep, TenancyDep, UserDep
 from trainyard.server.routes.params import MAX_OFFSET, STATUSES
 from trainyard.server.routes.sse import next_any, next_for_job, sse, sse_event
-from trainyard.server.services.jobs import BadCursor, JobService, SpecRejected
+from trainyard.server.services.jobs import BadCursor, JobService
 from trainyard.server.services.logs import LogService
+from trainyard.server.submission import accepted_spec
 from trainyard.server.views import event_json, job_json, task_json
 
 router = APIRouter()
@@ -57,24 +56,7 @@ async def submit(request: Request, user: UserDep, jobs: JobsDep) -> Response:
     returns the job the key created (200) instead of a second one, and another body gets 409.
     (Usually answered before routing, by ``middleware.FastSubmits``, with the same body.)"""
     idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "Idempotency-Key must be 1 to 256 characters",
-            [{"field": "Idempotency-Key", "message": "must be 1 to 256 characters"}],
-        )
-    body = await json_object(request, code="invalid_spec", what="a JSON object (a JobSpec)")
-    try:
-        spec = JobSpec.model_validate(body)
-    except ValidationError as e:
-        raise ApiError(422, "invalid_spec", "the job spec is not valid", field_errors(e)) from None
-    except ArithmeticError:  # e.g. memory "9…9" (400 digits): float() gives inf, int(inf) overflows
-        raise ApiError(422, "invalid_spec", "the job spec is not valid: a number is out of range") from None
-    try:
-        await jobs.check_submittable(user, spec)
-    except SpecRejected as e:
-        raise ApiError(422, "invalid_spec", "the job spec is not valid", e.details) from None
+    spec = await accepted_spec(jobs, user, idempotency_key, await request.body())
     failed = request.scope.get(SUBMIT_FAILED)
     if failed is not None:  # middleware.FastSubmits submitted it already: answer how that failed
         raise failed
