@@ -36,7 +36,9 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def local_plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, list[Agent]]]:
-    with platform(tmp_path_factory.mktemp("names-local"), agents=1) as p:
+    # A 1 s heartbeat (TTL 3 s): one test asserts the worker is never declared dead while its
+    # attempts are found lost, and a loaded CI machine can delay a 0.3 s beat past its 0.9 s TTL.
+    with platform(tmp_path_factory.mktemp("names-local"), agents=1, heartbeat_interval=1.0) as p:
         yield p
 
 

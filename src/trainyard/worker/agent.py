@@ -277,8 +277,10 @@ class Agent:
         assert rpc is not None
         backoff = rpc.backoff()
         failing = False
+        loop = asyncio.get_running_loop()
         while True:
             generation = rpc.generation
+            sent = loop.time()
             try:
                 resp = await rpc.heartbeat(
                     self._running,
@@ -311,7 +313,9 @@ class Agent:
             for cmd in resp.commands:
                 self._command(cmd)
             interval = rpc.session.heartbeat_interval_s if rpc.session else 5.0
-            await asyncio.sleep(interval)
+            # A fixed cadence, not a pause after each answer: the control plane's TTL is three
+            # intervals, and a slow answer (a loaded control plane) must not stretch the gap too.
+            await asyncio.sleep(max(0.0, interval - (loop.time() - sent)))
 
     async def _lease_loop(self) -> None:
         rpc = self._rpc
