@@ -50,6 +50,8 @@ def test_up_with_services_and_two_replicas(tmp_path: Path, pg_url: str) -> None:
         assert set(started) == {"redis", "s3", "kafka"}, text
         yard = Yard(home)
         second = f"http://127.0.0.1:{port + 1}"
+        # The home's url names both replicas, so the CLI fails over between them.
+        assert (home / "url").read_text().strip() == f"http://127.0.0.1:{port},{second}"
         wait_for(lambda: len(json.loads(yard.run("workers", "-o", "json").stdout)["workers"]) == 1, 30, 0.2)
 
         code = "import os, pathlib; print('hello'); pathlib.Path(os.environ['TRAINYARD_ARTIFACT_DIR'], 'out.txt').write_text('x' * 1000)"

@@ -246,6 +246,14 @@ async def _up(
         return
     servers, grpc_addrs = _start_replicas(settings, home, replicas)
     await _wait_replicas(settings, home, servers)
+    if replicas > 1:
+        # Each replica wrote its own URL there as it started (the last one won): the CLI and SDK
+        # read a comma list and fail over between the replicas.
+        from trainyard.server.settings import write_private
+
+        others = [f"http://{settings.host}:{settings.port + i}" for i in range(1, replicas)]
+        urls = [settings.base_url, *others]
+        write_private(home / "url", ",".join(urls) + "\n")
     procs = _start_workers(home, n_workers, grpc_addrs, worker_args)
     print(_banner(settings, home, n_workers, replicas), flush=True)
     watcher = asyncio.create_task(_watch_workers(procs, stop))
