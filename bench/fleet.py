@@ -437,6 +437,26 @@ class Config:
     expect: dict[str, str] = field(default_factory=dict)
 
 
+def wait_drained(base: str, cfg: Config) -> None:
+    """Until no job is active. A drain that still moves is waited for; one where no job has ended for
+    ``drain_timeout_s`` or a job's longest run (with room for a retry), whichever is longer, is stuck."""
+    from trainyard.worker.executors.sim import parse_sim
+
+    longest = max(parse_sim(b).duration[1] for b in (cfg.behaviour, cfg.stream_behaviour))
+    stall_s = max(cfg.drain_timeout_s, longest + 120.0)
+    last_active, moved = -1, time.monotonic()
+    while True:
+        counts = jobs_by_status(base)
+        active = sum(counts.get(s, 0) for s in ACTIVE)
+        if active == 0:
+            return
+        if active != last_active:
+            last_active, moved = active, time.monotonic()
+        elif time.monotonic() - moved > stall_s:
+            raise RuntimeError(f"jobs never ended (none ended for {stall_s:.0f}s): {counts}")
+        time.sleep(1.0)
+
+
 def submit_many(base: str, token: str, bodies: list[bytes], clients: int) -> tuple[list[str], list[float]]:
     """POST every body from ``clients`` threads; returns the ids in order and the latencies (ms)."""
     ids: list[str] = [""] * len(bodies)
@@ -912,14 +932,7 @@ def _measure(ctx: Ctx) -> dict[str, Any]:
     # 5. Every job ends.
     every = ids + probes + streamed
     t_drain = time.monotonic()
-    while True:
-        counts = jobs_by_status(bases[0])
-        active = sum(counts.get(s, 0) for s in ACTIVE)
-        if active == 0:
-            break
-        if time.monotonic() - t_drain > cfg.drain_timeout_s:
-            raise RuntimeError(f"jobs never ended: {counts}")
-        time.sleep(1.0)
+    wait_drained(bases[0], cfg)
     m5 = meter(procs)
     out["drain_s"] = time.monotonic() - t_drain
     whole = spent(m2, m5)
