@@ -62,12 +62,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (1 MB of native code) whenever it is installed; uvicorn falls back to its stat reloader,
         # and no platform process reloads.
         sys.modules.setdefault("watchfiles", None)  # type: ignore[arg-type]
-        _register([PLATFORM_COMMANDS[args[0]]])
-    else:
-        _register(COMMAND_MODULES)
+    if args and args[0] == "worker":
+        # An agent stays up: its plain command lines (every one `yard up` starts) run without Typer,
+        # whose option parsing keeps pydantic and rich in memory (trainyard.cli.worker_options).
+        from trainyard.cli.worker_options import main as worker_main
+
+        worker_main(args[1:])
+        return
+    typer_main(args)
+
+
+def typer_main(args: list[str]) -> None:
+    """`yard ARGS` through the Typer app, with only the command modules that ARGS needs."""
+    _register([PLATFORM_COMMANDS[args[0]]] if args and args[0] in PLATFORM_COMMANDS else COMMAND_MODULES)
     from trainyard.cli.app import app
 
     app(args=args, prog_name="yard")
 
 
-__all__ = ["State", "admin_app", "app", "main"]
+__all__ = ["State", "admin_app", "app", "main", "typer_main"]

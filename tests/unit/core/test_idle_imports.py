@@ -89,6 +89,35 @@ def test_agent_loads_neither_the_control_plane_nor_a_backend_client(entry: str) 
     assert not {"pygments", "httpx._main"} & set(loaded)  # httpx's own CLI
 
 
+# What `yard up` starts, `python -m trainyard worker --server ... --home ... --name ...`, up to the
+# agent's start: the plain path, without Typer (trainyard.cli.worker_options).
+UP_AGENT = """
+import contextlib, json, runpy, sys
+from trainyard.cli import worker_options
+
+def run(options, verbose):
+    import trainyard.worker.agent
+    from trainyard.worker.executors.routing import executor_for
+    print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))
+
+worker_options.run = run
+sys.argv = ["yard", "worker", "--server", "127.0.0.1:1", "--home", sys.argv[1], "--name", "local-1"]
+sys.argv += ["--allow-cwd", sys.argv[1]]
+with contextlib.suppress(SystemExit):
+    runpy.run_module("trainyard", run_name="__main__")
+"""
+
+
+def test_the_agents_yard_up_starts_load_no_typer_and_no_pydantic(tmp_path: Path) -> None:
+    # Typer 0.29 converts options with pydantic; with rich and click they were 10 MB of each agent.
+    loaded = _probe(UP_AGENT, str(tmp_path))
+    assert isinstance(loaded, list)
+    tops = {m.split(".")[0] for m in loaded}
+    assert "trainyard.worker.agent" in loaded
+    assert not {"typer", "click", "rich", "pydantic", "pydantic_core", "pygments", "shellingham"} & tops
+    assert not (BACKEND_CLIENTS | {"sqlalchemy", "fastapi", "starlette", "uvicorn", "yaml"}) & tops
+
+
 def test_yard_still_has_every_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "trainyard", "--help"], capture_output=True, text=True, timeout=120

@@ -7,7 +7,6 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
-import typer
 
 from trainyard.cli.worker import WorkerOptions, _check_executor, fleet_spec
 from trainyard.worker.config import WorkerConfig
@@ -144,9 +143,9 @@ def test_agents_and_sim_options_need_the_sim_executor(capsys: pytest.CaptureFixt
         ({"sim_default": "duration=1s"}, "--sim-default"),
         ({"executor": "bogus"}, "--executor"),
     ):
-        with pytest.raises(typer.Exit) as e:
+        with pytest.raises(SystemExit) as e:
             _check_executor(_options(**kw))
-        assert e.value.exit_code == 2
+        assert e.value.code == 2
         assert flag in capsys.readouterr().err
 
 
@@ -170,6 +169,6 @@ def test_fleet_spec_from_the_options(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert spec.spot_fraction == 0.2
     assert spec.behaviour == SimBehaviour(duration=(30.0, 30.0), log_rate=0.0)
     for kw, needle in (({"sim_shape": ["lots"]}, "--sim-shape"), ({"sim_default": "x=1"}, "--sim-default")):
-        with pytest.raises(typer.Exit):
+        with pytest.raises(SystemExit):
             fleet_spec(_options(executor="sim", **kw), base)
         assert needle in capsys.readouterr().err

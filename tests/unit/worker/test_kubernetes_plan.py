@@ -15,7 +15,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import typer
 
 from trainyard.cli.worker import WorkerOptions, _check_executor, worker_config
 from trainyard.model.podlabels import label_value, lease_label
@@ -442,9 +441,9 @@ def test_the_kubernetes_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
             "--log-shipper must be builtin or external",
         ),
     ):
-        with pytest.raises(typer.Exit) as e:
+        with pytest.raises(SystemExit) as e:
             _check_executor(_options(**kw))
-        assert e.value.exit_code == 2
+        assert e.value.code == 2
         assert message in capsys.readouterr().err
     # NODE_NAME may be set on any node: alone, it asks for nothing.
     _check_executor(_options(k8s_node_name="node-1"))
