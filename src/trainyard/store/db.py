@@ -23,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from trainyard.store import migrate
+from trainyard.store.bulk import insert_many
 from trainyard.store.records import StoreConfig
 from trainyard.store.transitions import buffered_events
 
@@ -237,7 +238,7 @@ class Db:
                     # as the block ends). A duplicate key fails the batch here: each op then runs
                     # alone below, inserting at once, and only its own caller hears of it.
                     for (insert, _keys), rows in deferred.items():
-                        conn.execute(insert, rows)
+                        insert_many(conn, insert, rows)
                 finally:
                     conn.info.pop(_DEFERRED, None)
                 return results

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from trainyard.model.states import LIVE, AttemptOutcome, JobStatus, sources_of
+from trainyard.store.bulk import insert_many
 from trainyard.store.records import FinishReport
 from trainyard.store.schema import job_attempts, job_events, jobs, outbox
 
@@ -60,8 +61,8 @@ def buffered_events(conn: sa.Connection, touched: list[str]) -> Iterator[sa.Conn
         yield conn
         if events:
             touched.extend(e["job_id"] for e in events)
-            conn.execute(_INSERT_EVENT, events)
-            conn.execute(_INSERT_OUTBOX, outbox_rows)
+            insert_many(conn, _INSERT_EVENT, events)
+            insert_many(conn, _INSERT_OUTBOX, outbox_rows)
     finally:
         conn.info.pop(_BUFFER, None)
 

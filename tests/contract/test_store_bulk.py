@@ -1,0 +1,119 @@
+"""``bulk.insert_many`` stores what SQLAlchemy's executemany stores, on every store: JSON values
+(None as JSON null, or SQL NULL where the column says so), floats to the last bit, booleans, NULLs,
+row order (the ids of events follow it); a NaN in a nullable float column goes the usual way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from trainyard.store.bulk import insert_many
+from trainyard.store.schema import job_events, jobs
+from trainyard.store.sql import SqlStore
+
+
+def _job(job_id: str, **over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict(
+        id=job_id,
+        name=None,
+        user_name="alice",
+        team="vision",
+        status="PENDING",
+        priority=2,
+        pool="nowhere",
+        cpu=1,  # an int in a float column, beside floats in other rows
+        memory=2**40,
+        gpu=0,
+        gpu_type=None,
+        max_runtime=0.1 + 0.2,
+        preemptible=True,
+        replicas=1,
+        region=None,
+        require_region=False,
+        data_uris=None,  # JSON null, not SQL NULL
+        spec={"command": ["echo", 'a "quoted" \u00e9 \\ line\n'], "env": {"X": "1"}, "f": 1e-300},
+        spec_hash="h" * 64,
+        idempotency_key=None,
+        created_at=1733491234.123456789,
+        updated_at=1733491234.5,
+        queued_at=1733491234.25,
+        awaiting_dependencies=False,
+        gang_abort=None,  # none_as_null: SQL NULL
+    )
+    row.update(over)
+    return row
+
+
+def _stored(conn: sa.Connection, prefix: str) -> list[dict[str, Any]]:
+    cols = [c for c in jobs.c if c.name != "id"]
+    got = conn.execute(
+        sa.select(
+            jobs.c.id,
+            *cols,
+            sa.cast(jobs.c.data_uris, sa.Text).label("uris_text"),
+            sa.cast(jobs.c.gang_abort, sa.Text).label("abort_text"),
+        )
+        .where(jobs.c.id.like(f"{prefix}%"))
+        .order_by(jobs.c.id)
+    )
+    return [{k: v for k, v in r._mapping.items() if k not in ("id", "idempotency_key")} for r in got]
+
+
+def test_insert_many_stores_what_executemany_stores(store: SqlStore) -> None:
+    variants = [
+        {},
+        {"cpu": 0.5, "data_uris": ["s3://b/k"], "gang_abort": {"outcome": "x"}, "name": "n"},
+        {"preemptible": False, "region": "eu", "memory": 1, "created_at": 5e-324},
+    ]
+    with store.db.tx() as conn:
+        conn.execute(
+            jobs.insert(), [_job(f"a{i}", idempotency_key=f"a{i}", **v) for i, v in enumerate(variants)]
+        )
+        insert_many(
+            conn, jobs.insert(), [_job(f"b{i}", idempotency_key=f"b{i}", **v) for i, v in enumerate(variants)]
+        )
+        old, new = _stored(conn, "a"), _stored(conn, "b")
+    assert new == old
+    assert old[0]["data_uris"] is None and old[0]["abort_text"] is None
+    assert old[0]["created_at"] == 1733491234.123456789
+
+
+def test_insert_many_keeps_row_order(store: SqlStore) -> None:
+    rows = [
+        dict(
+            event_id=f"e{i}",
+            job_id="j",
+            team="t",
+            type="x",
+            from_status=None,
+            to_status="PENDING",
+            attempt=i,
+            at=float(i),
+            data={"i": i},
+        )
+        for i in range(50)
+    ]
+    with store.db.tx() as conn:
+        insert_many(conn, job_events.insert(), rows)
+        got = conn.execute(sa.select(job_events.c.attempt, job_events.c.data).order_by(job_events.c.id))
+        assert [(r.attempt, r.data) for r in got] == [(i, {"i": i}) for i in range(50)]
+
+
+def test_a_nan_in_a_nullable_float_column_is_stored_as_executemany_stores_it(store: SqlStore) -> None:
+    def started(prefix: str, conn: sa.Connection) -> list[Any]:
+        query = sa.select(jobs.c.started_at).where(jobs.c.id.like(f"{prefix}%")).order_by(jobs.c.id)
+        return [repr(r.started_at) for r in conn.execute(query)]
+
+    with store.db.tx() as conn:
+        conn.execute(jobs.insert(), [_job("m0", started_at=float("nan")), _job("m1", started_at=2.5)])
+        insert_many(conn, jobs.insert(), [_job("n0", started_at=float("nan")), _job("n1", started_at=2.5)])
+        assert started("n", conn) == started("m", conn)
+    if store.dialect == "postgresql":
+        assert started_nan(store)
+
+
+def started_nan(store: SqlStore) -> bool:
+    with store.db.read() as conn:
+        value = conn.execute(sa.select(jobs.c.started_at).where(jobs.c.id == "n0")).scalar_one()
+    return value != value  # NaN, not NULL
