@@ -11,10 +11,14 @@ given back by evicting anyone.
 from __future__ import annotations
 
 import math
+import operator
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from trainyard.scheduler.snapshot import ResourceVector, Snapshot, Team
+
+_by_team = operator.attrgetter("team")
 
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
@@ -97,23 +101,28 @@ def capacity_of(snapshot: Snapshot) -> ResourceVector:
     return ResourceVector(cpu, mem, gpu)
 
 
-def team_shares(snapshot: Snapshot) -> dict[str, TeamShare]:
-    """Share against fair share for every team that is configured or has work."""
+def team_shares(snapshot: Snapshot, *, usage: bool = True) -> dict[str, TeamShare]:
+    """Share against fair share for every team that is configured or has work.
+
+    With ``usage=False`` the running jobs are only counted, not summed: every ``usage`` and
+    ``share`` is zero (a scheduling cycle charges the running jobs itself, in its own order, and
+    summing them twice was a tenth of a simulated cycle at 10,000 running)."""
     teams: dict[str, Team] = {t.name: t for t in snapshot.teams}
     totals: dict[str, list[float]] = {}
     running: dict[str, int] = {}
-    pending: dict[str, int] = {}
-    for r in snapshot.running:
-        acc = totals.setdefault(r.team, [0.0, 0.0, 0.0])
-        acc[0] += r.cpu
-        acc[1] += r.memory
-        acc[2] += r.gpu
-        running[r.team] = running.get(r.team, 0) + 1
-    for p in snapshot.pending:
-        pending[p.team] = pending.get(p.team, 0) + 1
-    names = sorted(set(teams) | set(totals) | set(pending))
+    if usage:
+        for r in snapshot.running:
+            acc = totals.setdefault(r.team, [0.0, 0.0, 0.0])
+            acc[0] += r.cpu
+            acc[1] += r.memory
+            acc[2] += r.gpu
+            running[r.team] = running.get(r.team, 0) + 1
+    else:
+        running = Counter(map(_by_team, snapshot.running))
+    pending = Counter(map(_by_team, snapshot.pending))
+    names = sorted(set(teams) | set(running) | set(pending))
     capacity = capacity_of(snapshot)
-    fair = fair_shares({n: teams[n].weight for n in teams}, set(totals) | set(pending))
+    fair = fair_shares({n: teams[n].weight for n in teams}, set(running) | set(pending))
     out: dict[str, TeamShare] = {}
     for n in names:
         t = teams.get(n, Team(n))

@@ -71,15 +71,27 @@ class Preemptor:
         self.attempts = 0
         self.no_victims: set[tuple[object, ...]] = set()
         """Demands (shape, priority, team) that found no victims: victims only get scarcer."""
+        self.weighed = False
         self.losses: dict[int, tuple[int, float, float, str]] = {}
         """``loss()`` of every victim, by the victim's ``id()`` (the snapshot keeps each alive): the
-        victim search weighs the same victims for every worker it tries, attempt after attempt."""
-        losses, loss = self.losses, self.loss
-        for host in fleet.workers.values():
-            for v in host.victims:
-                losses[id(v)] = loss(v)
-            if len(host.victims) > 1:
-                host.victims.sort(key=lambda v: losses[id(v)])
+        victim search weighs the same victims for every worker it tries, attempt after attempt.
+        Filled, and every worker's victims sorted by it, by the cycle's first victim search: many
+        cycles search none."""
+
+    def _weigh_victims(self) -> None:
+        """Work out every victim's loss and sort each worker's victims by it, cheapest first."""
+        losses, now = self.losses, self.now
+        for host in self.fleet.workers.values():
+            victims = host.victims
+            if not victims:
+                continue
+            for r in victims:
+                # loss(), inlined: once per preemptible running replica, every cycle with a search.
+                checkpoint = r.last_checkpoint_at
+                since = now - (checkpoint if checkpoint is not None else r.started_at)
+                losses[id(r)] = (r.priority, since, now - r.started_at, r.id)
+            if len(victims) > 1:
+                victims.sort(key=lambda v: losses[id(v)])
 
     def loss(self, r: RunningJob) -> tuple[int, float, float, str]:
         """What preempting the job loses, cheapest first: priority, work since a checkpoint, runtime."""
@@ -203,6 +215,9 @@ class Preemptor:
         if not rights.by_priority and not over:
             return None
         verdicts: dict[str, PreemptReason | None] = {}
+        if not self.weighed:
+            self.weighed = True
+            self._weigh_victims()
         losses, gangs = self.losses, self.gangs
         # Victims are sorted by priority first, so victims[0] has the lowest: a worker whose lowest
         # is above the best cost's (highest) priority cannot win, and with no team over its share,

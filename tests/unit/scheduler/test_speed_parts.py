@@ -45,6 +45,21 @@ def test_sorted_by_matches_stable_sorts_least_significant_first(seed: int) -> No
     assert [id(r) for r in got] == [id(r) for r in expected]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_sorted_by_matches_stable_sorts_on_float_ties_and_nan(seed: int) -> None:
+    rng = random.Random(seed)
+    times = [0.0, -0.0, 1.5, 2.0, float("nan"), float("inf")] if seed % 4 == 0 else [0.0, -0.0, 1.5, 2.0]
+    pending = tuple(
+        PendingJob(f"p{rng.randrange(30)}", "t", queued_at=rng.choice(times))
+        for _ in range(rng.randrange(0, 60))
+    )
+    by_queued_at, by_id = (lambda p: p.queued_at), (lambda p: p.id)
+    expected = sorted(pending, key=by_id)
+    expected.sort(key=by_queued_at)
+    got = _sorted_by(pending, by_queued_at, by_id)
+    assert [id(p) for p in got] == [id(p) for p in expected]
+
+
 def _reference_first_fit(
     fleet: Fleet,
     group_buckets: list[int],
