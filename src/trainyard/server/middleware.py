@@ -159,6 +159,50 @@ class FastJobReads:
         return orjson.dumps(view)  # the same compact UTF-8 JSON as json.dumps, several times faster
 
 
+class _HeldWrites:
+    """A transport that holds what is written (and a close) until ``release``; all else passes on."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def release(self) -> None:
+        if self.parts:
+            self.transport.write(b"".join(self.parts))
+        if self.closed:
+            self.transport.close()
+
+
+async def one_write(responding: Awaitable[None], send: Send) -> None:
+    """Await ``responding`` (a whole response sent through ``send``) with its head and body written
+    to the socket in one ``write``, not the two uvicorn makes (a send() system call and a packet
+    each): under the submit bench that second write cost the control plane about 0.1 ms of CPU per
+    submission. Where ``send`` is not a uvicorn cycle with a ``transport``, the response goes out
+    as it would anyway; a close that uvicorn asks for follows the write."""
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None or not callable(getattr(transport, "write", None)):
+        await responding
+        return
+    held = _HeldWrites(transport)
+    cycle.transport = held  # type: ignore[union-attr]
+    try:
+        await responding
+    finally:
+        cycle.transport = transport  # type: ignore[union-attr]
+        held.release()
+
+
 SUBMIT_FAILED = "trainyard.submit_failed"
 """The scope key under which ``FastSubmits`` hands the route an exception of ``JobService.submit``
 (raised there in place of submitting again, so the app's handlers answer it)."""
@@ -219,7 +263,7 @@ class FastSubmits:
                     scope = {**scope, SUBMIT_FAILED: e}
                 else:
                     self.counts.count("POST", status)
-                    await response(scope, receive, send)
+                    await one_write(response(scope, receive, send), send)
                     return
         replayed = False
 

@@ -12,7 +12,7 @@ from tests.unit.server.plane import Plane
 from trainyard.model.records import User
 from trainyard.model.spec import JobSpec
 from trainyard.server.metrics import Metrics
-from trainyard.server.middleware import SUBMIT_FAILED, FastSubmits, RequestCounts
+from trainyard.server.middleware import SUBMIT_FAILED, FastSubmits, RequestCounts, one_write
 from trainyard.store import SubmitResult
 
 ALICE = User("alice", "vision", "user")
@@ -140,3 +140,74 @@ def test_a_failed_submission_goes_to_the_app_once(plane_job: Any) -> None:
     sent, passed = _call(_mw(jobs), body, _headers(body))
     assert not sent and jobs.submitted == 1
     assert passed[0][0][SUBMIT_FAILED] is error and passed[0][1] == body
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Cycle:
+    """The part of uvicorn's RequestResponseCycle that ``one_write`` uses."""
+
+    def __init__(self, keep_alive: bool = True) -> None:
+        self.transport: Any = _Transport()
+        self.keep_alive = keep_alive
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "http.response.start":
+            self.transport.write(b"HEAD")
+        else:
+            assert not self.transport.is_closing()
+            self.transport.write(msg["body"])
+            if not self.keep_alive:
+                self.transport.close()
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_one_write_sends_head_and_body_together(keep_alive: bool) -> None:
+    cycle = _Cycle(keep_alive)
+    real = cycle.transport
+
+    async def respond() -> None:
+        await cycle.send({"type": "http.response.start", "status": 201, "headers": []})
+        await cycle.send({"type": "http.response.body", "body": b"{}"})
+
+    asyncio.run(one_write(respond(), cycle.send))
+    assert cycle.transport is real
+    assert real.calls == [("write", b"HEAD{}")] + ([] if keep_alive else [("close", b"")])
+
+
+def test_one_write_releases_what_was_written_when_the_response_fails() -> None:
+    cycle = _Cycle()
+    real = cycle.transport
+
+    async def respond() -> None:
+        await cycle.send({"type": "http.response.start", "status": 201, "headers": []})
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(one_write(respond(), cycle.send))
+    assert cycle.transport is real and real.calls == [("write", b"HEAD")]
+
+
+def test_one_write_without_a_transport_just_responds() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(msg: dict[str, Any]) -> None:
+        sent.append(msg)
+
+    async def respond() -> None:
+        await send({"type": "http.response.body", "body": b"x"})
+
+    asyncio.run(one_write(respond(), send))
+    assert sent == [{"type": "http.response.body", "body": b"x"}]
