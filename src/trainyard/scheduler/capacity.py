@@ -227,7 +227,8 @@ class Fleet:
             group.members.append(host)
             shape = (float(w.cpu), w.memory, w.gpu)
             group.shapes[shape] = group.shapes.get(shape, 0) + 1
-            group.max_gpu = max(group.max_gpu, w.gpu)
+            if w.gpu > group.max_gpu:  # max(), without the builtin's keyword parsing
+                group.max_gpu = w.gpu
             total[0] += w.cpu
             total[1] += w.memory
             total[2] += w.gpu

@@ -190,8 +190,8 @@ class Cycle:
         self.shares = team_shares(snapshot, usage=False)  # usage: charged below
         self.ledger = TeamLedger(self._team_states(), fleet.capacity, config.history_weight, undo)
         self.teams = self.ledger.teams
-        gangs = self._charge_running_jobs()
-        self.preemptor = Preemptor(fleet, self.ledger, gangs, config, now, decisions, undo)
+        running = self._charge_running_jobs()
+        self.preemptor = Preemptor(fleet, self.ledger, running, config, now, decisions, undo)
         fleet.index_all()
         self.reservations = Reservations(fleet, config, now, decisions.reservations, self.preemptor.doomed)
         self.shapes: dict[tuple[object, ...], JobShape] = {}
@@ -217,11 +217,11 @@ class Cycle:
             teams[name] = TeamState(name, team, [0.0, 0.0, 0.0], {}, share.history_share, share.fair_share)
         return teams
 
-    def _charge_running_jobs(self) -> dict[str, list[RunningJob]]:
-        """Charge every running job to its team and its worker; returns the replicas per job."""
+    def _charge_running_jobs(self) -> list[RunningJob]:
+        """Charge every running job to its team and its worker; returns the running replicas by
+        (id, replica, worker)."""
         # By (id, replica, worker), in stable passes.
         running = _sorted_by(self.snapshot.running, _by_id, _by_replica, _by_worker_id)
-        gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(running, _by_id)}
         self._charge_teams(running)
         hosts = self.fleet.workers
         draining = self.fleet.draining
@@ -242,10 +242,11 @@ class Cycle:
             host = hosts.get(wid)
             if host is not None:  # else a lost or draining worker: its use still counts for the team
                 _charge_host(host, replicas)
-        return gangs
+        return running
 
     def _charge_teams(self, running: list[RunningJob]) -> None:
-        """Each team's usage and GPUs by type, summed in the running order."""
+        """Each team's usage, summed in the running order, and its GPUs by type where a per-type
+        quota reads them (others never do)."""
         teams, gpu_type_of = self.teams, self.fleet.gpu_type_of
         usages = {name: team.usage for name, team in teams.items()}
         for r in running:
@@ -253,10 +254,17 @@ class Cycle:
             usage[0] += r.cpu
             usage[1] += r.memory
             usage[2] += r.gpu
+        typed = {
+            name: team.gpus_by_type
+            for name, team in teams.items()
+            if team.team.quota is not None and team.team.quota.gpu_by_type
+        }
+        if not typed:
+            return  # only a per-type quota reads ``gpus_by_type`` (teams.py)
         for r in filter(_by_gpu, running):
+            by_type = typed.get(r.team)
             gpu_type = gpu_type_of.get(r.worker_id)
-            if gpu_type:
-                by_type = teams[r.team].gpus_by_type
+            if by_type is not None and gpu_type:
                 by_type[gpu_type] = by_type.get(gpu_type, 0) + r.gpu
 
     # --- the cycle -----------------------------------------------------------------------------

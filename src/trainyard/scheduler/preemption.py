@@ -16,6 +16,8 @@ The work is bounded per cycle by ``max_preemption_attempts_per_cycle`` and
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 
 from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState, groups_key
@@ -27,6 +29,8 @@ from trainyard.scheduler.undo import Undo, UndoLog
 VictimCost = tuple[int, float, float, int, str]
 """Worst priority, lost work, lost runtime, replicas, worker id: the lowest wins."""
 Victims = list[tuple[RunningJob, PreemptReason]]
+
+_by_id = operator.attrgetter("id")
 
 
 @dataclass(slots=True)
@@ -47,14 +51,14 @@ class _Rights:
 class Preemptor:
     """Finds capacity for jobs that do not fit, by draining capacity or by evicting victims.
 
-    ``gangs`` maps each running job to its replicas. ``doomed`` (shared with the reservations) holds
-    the ids of running jobs preempted this cycle."""
+    ``running`` is every running replica, by (id, replica, worker). ``doomed`` (shared with the
+    reservations) holds the ids of running jobs preempted this cycle."""
 
     def __init__(
         self,
         fleet: Fleet,
         ledger: TeamLedger,
-        gangs: dict[str, list[RunningJob]],
+        running: list[RunningJob],
         config: SchedulerConfig,
         now: float,
         decisions: Decisions,
@@ -62,7 +66,9 @@ class Preemptor:
     ) -> None:
         self.fleet = fleet
         self.ledger = ledger
-        self.gangs = gangs
+        self.running = running
+        self.gangs: dict[str, list[RunningJob]] = {}
+        """Each running job's replicas, filled with the losses below: only a victim's are asked for."""
         self.config = config
         self.now = now
         self.decisions = decisions
@@ -79,7 +85,9 @@ class Preemptor:
         cycles search none."""
 
     def _weigh_victims(self) -> None:
-        """Work out every victim's loss and sort each worker's victims by it, cheapest first."""
+        """Work out every victim's loss and sort each worker's victims by it, cheapest first; group
+        the running replicas by job."""
+        self.gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(self.running, _by_id)}
         losses, now = self.losses, self.now
         for host in self.fleet.workers.values():
             victims = host.victims
