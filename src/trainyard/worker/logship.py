@@ -37,6 +37,13 @@ the log (``--log-shipper external``: ``sealed`` is always 0), and those bytes re
 through the archive instead."""
 MAX_EARLY_TAILS = 10_000
 """LogTails kept for attempts this agent has not started yet (the lease and the follow raced)."""
+MAX_URLS_AHEAD = 8
+"""Most log-chunk upload URLs one GetUrls asks for. A long attempt seals a chunk every few seconds:
+asking for the next ones with this one makes that one RPC per eight chunks instead of one each. The
+count doubles from 1, so an attempt that seals once asks for one URL."""
+URL_REUSE_S = 60.0
+"""A URL asked for ahead is used only this long after it came (the control plane signs them for
+10 minutes by default); an expired one is refused with 403 and signed again (``AttemptObject``)."""
 
 
 def tail_start(offset: int, sealed: int, size: int) -> int:
@@ -312,6 +319,25 @@ class LogSealer:
         self._finishing = False
         self._abandoned = False
         self._first_unsealed_at = 0.0
+        self._urls: dict[str, pb.SignedUrl] = {}
+        self._urls_at = 0.0
+        self._urls_ahead = 1
+
+    async def _chunk_url(self, name: str) -> pb.SignedUrl:
+        """The upload URL of chunk ``name``, from those asked for ahead when still fresh."""
+        signed = self._urls.pop(name, None)
+        if signed is not None and time.monotonic() - self._urls_at < URL_REUSE_S:
+            return signed
+        names = [str(self.seq + i) for i in range(self._urls_ahead)]
+        self._urls_ahead = min(MAX_URLS_AHEAD, 2 * self._urls_ahead)
+        self._urls = await self._rpc.get_urls(
+            self._job_id, self._attempt, self._lease_token, pb.UrlRequest.LOG_CHUNK, names
+        )
+        self._urls_at = time.monotonic()
+        signed = self._urls.pop(name, None)
+        if signed is None:
+            raise TransferError(f"no upload URL for log chunk {name}")
+        return signed
 
     def notify(self) -> None:
         if self._finishing:
@@ -382,12 +408,7 @@ class LogSealer:
             end = start + len(raw)
             gz = await asyncio.to_thread(gzip.compress, raw, 6, mtime=0)
             name = str(self.seq)
-            urls = await self._rpc.get_urls(
-                self._job_id, self._attempt, self._lease_token, pb.UrlRequest.LOG_CHUNK, [name]
-            )
-            signed = urls.get(name)
-            if signed is None:
-                raise TransferError(f"no upload URL for log chunk {name}")
+            signed = await self._chunk_url(name)
             target = AttemptObject(
                 self._rpc, self._job_id, self._attempt, self._lease_token, pb.UrlRequest.LOG_CHUNK, name
             )
