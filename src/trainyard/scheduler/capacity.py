@@ -169,6 +169,83 @@ def replica_slots(groups: list[WorkerGroup], job: PendingJob) -> int:
     return slots
 
 
+@dataclass(frozen=True, slots=True)
+class FleetLayout:
+    """What the workers alone decide, before any job is charged: the groups, their members and
+    capacities. The simulator hands every cycle the same workers until one leaves or comes back,
+    so :func:`fleet_layout` keeps the last one worked out."""
+
+    workers: tuple[Worker, ...]
+    """The snapshot's tuple it was worked out from (the key: the same object)."""
+    gpu_type_of: dict[str, str | None]
+    """GPU type of every registered worker (see ``Fleet.gpu_type_of``); never changed."""
+    members: tuple[tuple[Worker, int], ...]
+    """The schedulable workers, each id once, in id order, with the index of its group."""
+    specs: tuple[tuple[str, str | None, str | None, bool], ...]
+    """Each group's (pool, GPU type, region, spot), in the order first met."""
+    shapes: tuple[dict[tuple[float, int, int], int], ...]
+    """Each group's ``WorkerGroup.shapes``; never changed (a fleet copies them)."""
+    max_gpu: tuple[int, ...]
+    order: tuple[int, ...]
+    """The groups' indexes sorted by (pool, GPU type, region, spot)."""
+    capacity: ResourceVector
+
+
+_last_layout: list[FleetLayout] = []
+"""The last layout worked out (one entry): swapped whole, so a concurrent cycle sees an old or a new
+one, each complete."""
+
+
+def fleet_layout(workers: tuple[Worker, ...]) -> FleetLayout:
+    """The layout of these workers: the last one if it was worked out from this very tuple."""
+    last = _last_layout[:1]
+    if last and last[0].workers is workers:
+        return last[0]
+    in_id_order = sorted(workers, key=_by_id)
+    seen: set[str] = set()
+    index: dict[tuple[str, str | None, str | None, bool], int] = {}
+    members: list[tuple[Worker, int]] = []
+    shapes: list[dict[tuple[float, int, int], int]] = []
+    max_gpu: list[int] = []
+    total = [0.0, 0.0, 0.0]
+    for w in in_id_order:
+        if not w.schedulable or w.id in seen:
+            continue
+        seen.add(w.id)
+        constraints = (w.pool, w.gpu_type, w.region, w.spot)
+        i = index.get(constraints)
+        if i is None:
+            i = index[constraints] = len(shapes)
+            shapes.append({})
+            max_gpu.append(0)
+        members.append((w, i))
+        shape = (float(w.cpu), w.memory, w.gpu)
+        shapes[i][shape] = shapes[i].get(shape, 0) + 1
+        if w.gpu > max_gpu[i]:  # max(), without the builtin's keyword parsing
+            max_gpu[i] = w.gpu
+        total[0] += w.cpu
+        total[1] += w.memory
+        total[2] += w.gpu
+    specs = tuple(index)
+    layout = FleetLayout(
+        workers=workers,
+        gpu_type_of={w.id: w.gpu_type for w in in_id_order},
+        members=tuple(members),
+        specs=specs,
+        shapes=tuple(shapes),
+        max_gpu=tuple(max_gpu),
+        order=tuple(sorted(range(len(specs)), key=lambda i: _group_order(specs[i]))),
+        capacity=ResourceVector(*total),
+    )
+    _last_layout[:] = [layout]
+    return layout
+
+
+def _group_order(spec: tuple[str, str | None, str | None, bool]) -> tuple[str, str, str, bool]:
+    pool, gpu_type, region, spot = spec
+    return (pool, gpu_type or "", region or "", spot)
+
+
 class Fleet:
     """The schedulable workers of one cycle, grouped and indexed for best fit.
 
@@ -184,8 +261,8 @@ class Fleet:
         self.workers: dict[str, WorkerState] = {}
         """Schedulable workers by id, in id order."""
         self.group_of: dict[str, WorkerGroup] = {}
-        in_id_order = sorted(workers, key=_by_id)
-        self.gpu_type_of = {w.id: w.gpu_type for w in in_id_order}
+        layout = fleet_layout(workers)
+        self.gpu_type_of = dict(layout.gpu_type_of)
         """GPU type of every registered worker, schedulable or not: jobs running on a lost or draining
         worker still count against their team's per-type quota."""
         self.draining: dict[str, None] = {}
@@ -206,18 +283,16 @@ class Fleet:
         ] = {}
 
         hosts, group_of = self.workers, self.group_of
-        groups: dict[tuple[str, str | None, str | None, bool], WorkerGroup] = {}
-        total = [0.0, 0.0, 0.0]
-        for w in in_id_order:
-            if not w.schedulable or w.id in hosts:
-                continue
-            constraints = (w.pool, w.gpu_type, w.region, w.spot)
-            group = groups.get(constraints)
-            if group is None:
-                group = groups[constraints] = WorkerGroup(w.pool, w.gpu_type, w.region, w.spot)
+        groups = [
+            WorkerGroup(*spec, shapes=dict(shapes), max_gpu=max_gpu)
+            for spec, shapes, max_gpu in zip(layout.specs, layout.shapes, layout.max_gpu, strict=True)
+        ]
+        indexes = [(g.buckets.buckets, g.buckets.keys) for g in groups]
+        for w, i in layout.members:
+            group = groups[i]
             host = hosts[w.id] = WorkerState(w)
             group_of[w.id] = group
-            host.index = (group.buckets.buckets, group.buckets.keys)
+            host.index = indexes[i]
             for uri in w.cached_uris:
                 caching = group.cached.get(uri)
                 if caching is None:
@@ -225,16 +300,9 @@ class Fleet:
                 else:
                     caching.append(host)
             group.members.append(host)
-            shape = (float(w.cpu), w.memory, w.gpu)
-            group.shapes[shape] = group.shapes.get(shape, 0) + 1
-            if w.gpu > group.max_gpu:  # max(), without the builtin's keyword parsing
-                group.max_gpu = w.gpu
-            total[0] += w.cpu
-            total[1] += w.memory
-            total[2] += w.gpu
-        self.groups = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] or "", k[2] or "", k[3]))]
+        self.groups = [groups[i] for i in layout.order]
         """Every group, sorted by (pool, GPU type, region, spot)."""
-        self.capacity = ResourceVector(*total)
+        self.capacity = layout.capacity
         """The schedulable fleet's total capacity: the denominator of every team's share."""
 
     def index_all(self) -> None:

@@ -123,3 +123,20 @@ def test_charging_per_worker_matches_the_per_replica_loop(seed: int) -> None:
         k: [id(r) for r in v] for k, v in gangs.items()
     }
     assert list(fast.preemptor.gangs) == list(gangs)
+
+
+def test_a_fleet_built_from_the_last_layout_is_the_one_built_afresh() -> None:
+    from tests.unit.scheduler.test_decide_equivalence import digest
+    from trainyard.scheduler.capacity import _last_layout
+    from trainyard.scheduler.core import decide
+
+    a, b = _varied(1), _varied(2)
+    b = replace(
+        b, workers=tuple(replace(w, schedulable=False) if i % 7 == 0 else w for i, w in enumerate(b.workers))
+    )
+    fresh = []
+    for s in (a, b):
+        _last_layout.clear()
+        fresh.append(digest(decide(s)))
+    # Each twice in a row (the second from the kept layout), and after the other's.
+    assert [digest(decide(s)) for s in (a, a, b, b, a)] == [fresh[0], fresh[0], fresh[1], fresh[1], fresh[0]]
