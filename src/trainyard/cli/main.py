@@ -62,12 +62,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (1 MB of native code) whenever it is installed; uvicorn falls back to its stat reloader,
         # and no platform process reloads.
         sys.modules.setdefault("watchfiles", None)  # type: ignore[arg-type]
+    # These processes stay up: their plain command lines (every agent and replica `yard up` starts,
+    # and `yard up` as most people type it) run without Typer (trainyard.cli.plain).
     if args and args[0] == "worker":
-        # An agent stays up: its plain command lines (every one `yard up` starts) run without Typer,
-        # whose option parsing keeps pydantic and rich in memory (trainyard.cli.worker_options).
         from trainyard.cli.worker_options import main as worker_main
 
         worker_main(args[1:])
+        return
+    if args and args[0] in ("up", "server"):
+        from trainyard.cli.platform_run import main as platform_main
+
+        platform_main(args[0], args[1:])
         return
     typer_main(args)
 

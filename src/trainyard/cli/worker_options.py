@@ -3,9 +3,7 @@ configuration (:func:`worker_config`) and :func:`run`, which starts the agent or
 
 ``trainyard.cli.worker`` declares the command's options for Typer and hands them here. The agents that
 `yard up` starts, and a `yard worker` given only a few common options, skip Typer entirely
-(:func:`plain_options`): Typer 0.29 converts every option through pydantic, which with rich and
-``importlib.metadata`` stayed in the agent's memory for as long as it ran, about 10 MB of it
-(bench/footprint.py).
+(:func:`plain_options`, ``trainyard.cli.plain``).
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from trainyard.cli import plain
 from trainyard.cli.home import home_dir, setup_logging
 from trainyard.model.quantity import parse_memory
 
@@ -373,88 +372,36 @@ OPTION_ENVVARS = frozenset(
 command's). One that is set, for an option not given as a flag, leaves the command line to Typer."""
 
 
-class _NotPlain(Exception):
-    """The command line needs Typer: an option or a value that the plain path does not take."""
-
-
-def _text(value: str) -> str:
-    return value
-
-
-def _path(value: str) -> Path:
-    if not value:
-        raise _NotPlain  # how Typer converts an empty path is Typer's business
-    return Path(value)
-
-
-def _float(value: str) -> float:
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
-        raise _NotPlain  # signs, exponents, inf and nan: Typer's conversion decides
-    return float(value)
-
-
-def _int(value: str) -> int:
-    if not re.fullmatch(r"[0-9]+", value):
-        raise _NotPlain
-    return int(value)
-
-
 _PLAIN = {
-    # flag: (WorkerOptions field, conversion, repeatable). What `yard up` gives its agents, and the
-    # other plain options of a node's `yard worker`; none of them has a range or must exist.
-    "--server": ("server", _text, False),
-    "--home": ("home", _path, False),
-    "--token-file": ("token_file", _path, False),
-    "--name": ("name", _text, False),
-    "--work-dir": ("work_dir", _path, False),
-    "--cpus": ("cpus", _float, False),
-    "--memory": ("memory", _text, False),
-    "--gpus": ("gpus", _int, False),
-    "--gpu-type": ("gpu_type", _text, False),
-    "--pool": ("pool", _text, False),
-    "--region": ("region", _text, False),
-    "--label": ("label", _text, True),
-    "--allow-cwd": ("allow_cwd", _path, True),
+    # What `yard up` gives its agents, and the other plain options of a node's `yard worker`; none of
+    # them has a range or must exist.
+    "--server": plain.Flag("server", plain.text),
+    "--home": plain.Flag("home", plain.path),
+    "--token-file": plain.Flag("token_file", plain.path),
+    "--name": plain.Flag("name", plain.text),
+    "--work-dir": plain.Flag("work_dir", plain.path),
+    "--cpus": plain.Flag("cpus", plain.number),
+    "--memory": plain.Flag("memory", plain.text),
+    "--gpus": plain.Flag("gpus", plain.integer),
+    "--gpu-type": plain.Flag("gpu_type", plain.text),
+    "--pool": plain.Flag("pool", plain.text),
+    "--region": plain.Flag("region", plain.text),
+    "--label": plain.Flag("label", plain.text, repeatable=True),
+    "--allow-cwd": plain.Flag("allow_cwd", plain.path, repeatable=True),
 }
+_SWITCHES = {"--verbose": ("verbose", True), "-v": ("verbose", True)}
 _ENVVAR_OF = {"server": "TRAINYARD_SERVER", "allow_cwd": "TRAINYARD_ALLOW_CWD"}
-_VERBOSE = ("--verbose", "-v")
-
-
-def _plain_values(argv: Sequence[str]) -> tuple[dict[str, object], bool]:
-    """The fields ``argv`` gives, and --verbose; _NotPlain for anything else."""
-    given: dict[str, object] = {}
-    verbose = False
-    rest = list(argv)
-    while rest:
-        arg = rest.pop(0)
-        if arg in _VERBOSE:
-            verbose = True
-            continue
-        flag, eq, value = arg.partition("=")
-        if flag not in _PLAIN:
-            raise _NotPlain  # --help, another option, an argument, `--`: Typer answers
-        if not eq:
-            if not rest or rest[0].startswith("-"):
-                raise _NotPlain  # a missing value, or one that looks like a flag: Typer's error
-            value = rest.pop(0)
-        field, convert, repeatable = _PLAIN[flag]
-        if repeatable:
-            items = given.setdefault(field, [])
-            assert isinstance(items, list)
-            items.append(convert(value))
-        else:
-            given[field] = convert(value)  # given twice, the last one counts, as in Typer
-    return given, verbose
 
 
 def plain_options(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[WorkerOptions, bool] | None:
     """`yard worker ARGV`'s options and --verbose, exactly as Typer would parse them, when ARGV has only
-    the plain options (``_PLAIN``) and no environment variable sets another option; else None, and
-    Typer parses the command line (and answers --help and every error) as always."""
+    plain options (``_PLAIN``, ``_SWITCHES``) and no environment variable sets another option; else
+    None, and Typer parses the command line (and answers --help and every error) as always."""
     try:
-        given, verbose = _plain_values(argv)
-    except _NotPlain:
+        given = plain.parse(argv, _PLAIN, _SWITCHES)
+    except plain.NotPlain:
         return None
+    verbose = bool(given.pop("verbose", False))
     covered = {env for field, env in _ENVVAR_OF.items() if field in given}
     if (OPTION_ENVVARS - covered) & set(environ):
         return None
@@ -463,14 +410,10 @@ def plain_options(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Work
 
 def main(argv: Sequence[str]) -> None:
     """`yard worker ARGV` on the plain path; Typer's app when ARGV needs it."""
-    plain = plain_options(argv, os.environ)
-    if plain is None:
+    parsed = plain_options(argv, os.environ)
+    if parsed is None:
         from trainyard.cli.main import typer_main
 
         typer_main(["worker", *argv])
         return
-    try:
-        run(*plain)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None  # as Typer ends a command that Ctrl-C interrupted
-    raise SystemExit(0)
+    plain.finish(lambda: run(*parsed))

@@ -157,7 +157,7 @@ def test_up_worker_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         *("--cpus", "2.0", "--memory", "4Gi", "--gpus", "1", "--gpu-type", "t4"),
         *("--allow-cwd", "/data"),
     ]
-    monkeypatch.setattr("trainyard.cli.platform._shareable", lambda path: True)
+    monkeypatch.setattr("trainyard.cli.platform_run._shareable", lambda path: True)
     assert _local_worker_args(None, None, None, None, True, []) == ["--allow-cwd", str(tmp_path.resolve())]
 
 

@@ -38,10 +38,10 @@ def test_every_option_envvar_is_known() -> None:
 
 def test_the_plain_flags_are_the_commands_own() -> None:
     params = _command_params()
-    for flag, (field, _, repeatable) in _PLAIN.items():
-        assert flag in params[field].opts, flag
-        assert params[field].multiple == repeatable, flag
-        assert not getattr(params[field], "exists", False), flag
+    for name, flag in _PLAIN.items():
+        assert name in params[flag.field].opts, name
+        assert params[flag.field].multiple == flag.repeatable, name
+        assert not getattr(params[flag.field], "exists", False), name
 
 
 def test_the_options_defaults_are_the_commands() -> None:

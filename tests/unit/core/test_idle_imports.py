@@ -118,6 +118,35 @@ def test_the_agents_yard_up_starts_load_no_typer_and_no_pydantic(tmp_path: Path)
     assert not (BACKEND_CLIENTS | {"sqlalchemy", "fastapi", "starlette", "uvicorn", "yaml"}) & tops
 
 
+# `yard up --home H --port P --grpc-port G --workers 1` (bench/footprint.py), up to the control plane's
+# start: its plain command line runs without Typer (trainyard.cli.plain), as its replicas' do.
+UP = """
+import contextlib, json, runpy, sys
+from trainyard.cli import platform_run
+
+def up(**given):
+    from trainyard.server.api import create_app
+    from trainyard.server.run import serve
+    print(json.dumps({"given": sorted(given), "loaded": sorted(k for k, v in sys.modules.items() if v)}))
+
+platform_run.up = up
+sys.argv = ["yard", "up", "--home", sys.argv[1], "--port", "1", "--grpc-port", "2", "--workers", "1"]
+with contextlib.suppress(SystemExit):
+    runpy.run_module("trainyard", run_name="__main__")
+"""
+
+
+def test_yard_up_runs_the_control_plane_without_typer(tmp_path: Path) -> None:
+    # Typer, its parsing and the app's command modules were 2 MB of the control plane.
+    got = _probe(UP, str(tmp_path))
+    assert isinstance(got, dict)
+    assert got["given"] == ["grpc_port", "home", "port", "workers"]
+    tops = {m.split(".")[0] for m in got["loaded"]}
+    assert "fastapi" in tops
+    assert not {"typer", "shellingham", "rich", "pygments", "watchfiles"} & tops
+    assert not {"trainyard.cli.app", "trainyard.cli.platform", "httpx._main"} & set(got["loaded"])
+
+
 def test_yard_still_has_every_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "trainyard", "--help"], capture_output=True, text=True, timeout=120
