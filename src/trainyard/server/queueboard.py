@@ -68,16 +68,21 @@ def waiting_positions(
 ) -> dict[str, int]:
     """Renumber each team's queue over the jobs still waiting after a cycle (the cycle's own
     positions count the jobs it just placed)."""
-    by_team: dict[str, list[tuple[int, str]]] = {}
+    by_team: dict[str, list[str]] = {}
     for job_id in waiting:
-        pos = queue_position.get(job_id)
-        if pos is not None:
-            by_team.setdefault(team_of[job_id], []).append((pos, job_id))
+        if job_id in queue_position:
+            team = team_of[job_id]
+            ids = by_team.get(team)
+            if ids is None:
+                ids = by_team[team] = []
+            ids.append(job_id)
     out: dict[str, int] = {}
-    for entries in by_team.values():
-        entries.sort()
-        for i, (_, job_id) in enumerate(entries, 1):
-            out[job_id] = i
+    for ids in by_team.values():
+        # A position is unique within its team's queue: sorted by it alone, with the mapping's own
+        # lookup as the key, the C sort compares ints, not (position, id) tuples (every cycle sorts
+        # every waiting job: thousands under a stream of submissions).
+        ids.sort(key=queue_position.__getitem__)
+        out.update(zip(ids, range(1, len(ids) + 1), strict=True))
     return out
 
 

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from trainyard.model.ids import new_lease_token
 from trainyard.model.records import LiveAttempt
@@ -147,10 +148,14 @@ class LeaseRepo:
             out.update(
                 g
                 for (g,) in conn.execute(
-                    sa.select(jobs.c.gang_id).where(jobs.c.id.in_(chunk), jobs.c.gang_id.is_not(None))
+                    sa.select(jobs.c.gang_id).where(
+                        _among(conn, jobs.c.id, chunk), jobs.c.gang_id.is_not(None)
+                    )
                 )
             )
-            out.update(t for (t,) in conn.execute(sa.select(jobs.c.id).where(jobs.c.array_id.in_(chunk))))
+            out.update(
+                t for (t,) in conn.execute(sa.select(jobs.c.id).where(_among(conn, jobs.c.array_id, chunk)))
+            )
         return out
 
     @staticmethod
@@ -164,7 +169,7 @@ class LeaseRepo:
         )
         out: list[tuple[PendingRow, float | None]] = []
         for chunk in _chunks(ids):
-            q = base if chunk is None else base.where(jobs.c.id.in_(chunk))
+            q = base if chunk is None else base.where(_among(conn, jobs.c.id, chunk))
             out.extend((PendingRow._make(r[:-1]), r[-1]) for r in conn.execute(q))
         return out
 
@@ -177,7 +182,7 @@ class LeaseRepo:
         )
         out: list[RunningRow] = []
         for chunk in _chunks(ids):
-            q = base if chunk is None else base.where(jobs.c.id.in_(chunk))
+            q = base if chunk is None else base.where(_among(conn, jobs.c.id, chunk))
             out.extend(map(RunningRow._make, conn.execute(q)))
         return out
 
@@ -244,7 +249,7 @@ class LeaseRepo:
                     conn.execute(
                         jobs.update()
                         .where(
-                            jobs.c.id.in_(ids[i : i + _IDS_PER_STATEMENT]),
+                            _among(conn, jobs.c.id, ids[i : i + _IDS_PER_STATEMENT]),
                             jobs.c.status == JobStatus.PENDING.value,
                         )
                         .values(pending_reason=reason)
@@ -391,6 +396,16 @@ class LeaseRepo:
                 )
                 for r in rows
             ]
+
+
+def _among(conn: sa.Connection, column: sa.Column[Any], ids: list[str]) -> sa.ColumnElement[bool]:
+    """``column IN ids``. On PostgreSQL ``column = ANY(array)``, the ids one parameter: an IN list
+    has SQLAlchemy render a placeholder and psycopg dump a parameter for each id, and its SQL
+    differs with the count, so it is never prepared (the leader's picture reads a cycle's changes
+    this way: a few hundred ids per cycle under a stream of submissions)."""
+    if conn.dialect.name != "postgresql":
+        return column.in_(ids)
+    return column == sa.any_(sa.bindparam(None, ids, type_=postgresql.ARRAY(sa.Text)))
 
 
 def _chunks(ids: list[str] | None) -> Iterator[list[str] | None]:
