@@ -18,7 +18,6 @@ on the file) so that the agent never hands out bytes the job itself could not ha
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
@@ -43,14 +42,17 @@ class Escape(OSError):
         super().__init__(errno.EXDEV, message)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
 class _Openat2:
     """The raw system call, probed once; ``None`` where the kernel or libc lacks it."""
 
     def __init__(self) -> None:
+        # ctypes only once a job's path is opened: an idle agent never does (0.3 MB).
+        import ctypes
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        self._open_how = OpenHow
         self._syscall: Any = None
         self.available = False
         try:
@@ -69,9 +71,11 @@ class _Openat2:
         self, dir_fd: int, rel: str, flags: int, mode: int = 0, *, close_dir: bool = False
     ) -> int | None:
         """The new fd; None when the system call does not exist; raises OSError as open(2) would."""
+        import ctypes
+
         if self._syscall is None:
             return None
-        how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+        how = self._open_how(flags | os.O_CLOEXEC, mode, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
         try:
             for _ in range(8):  # EAGAIN: a rename raced the lookup; the kernel asks us to retry
                 fd = int(self._syscall(_SYS_OPENAT2, dir_fd, os.fsencode(rel), ctypes.byref(how), 24))

@@ -9,12 +9,11 @@ import logging
 import os
 import re
 import stat
-import tarfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from trainyard.job import COMPLETE_MARKER
 from trainyard.model.quantity import format_memory
@@ -30,6 +29,10 @@ from trainyard.worker.beneath import (
     relative_parts,
     walk_files,
 )
+
+if TYPE_CHECKING:
+    # Imported where a bundle is packed or unpacked: an idle agent does neither (0.3 MB).
+    import tarfile
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class UnpackLimits:
 def unpack_tar(archive: Path, dest: Path, limits: UnpackLimits | None = None) -> None:
     """Unpack a .tar.gz; members that escape ``dest`` (``../``, absolute paths, outward links) are
     refused, and so is a bundle past ``limits`` (checked on the headers, before a byte is written)."""
+    import tarfile
+
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tf:
@@ -85,12 +90,16 @@ def pack_dir(src: Path, archive: Path) -> None:
     """tar.gz the contents of ``src`` with names relative to it. Every entry is opened relative to
     its parent's descriptor without following links (links are stored as links), so a job that left
     a link behind, or swaps one in, cannot make the agent pack a host file."""
+    import tarfile
+
     root = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     with tarfile.open(archive, "w:gz") as tf:
         _pack(tf, root, PurePosixPath(), 0)
 
 
 def _pack(tf: tarfile.TarFile, dir_fd: int, prefix: PurePosixPath, depth: int) -> None:
+    import tarfile
+
     try:
         with os.scandir(dir_fd) as it:
             names = sorted(e.name for e in it)

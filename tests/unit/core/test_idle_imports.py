@@ -116,6 +116,8 @@ def test_the_agents_yard_up_starts_load_no_typer_and_no_pydantic(tmp_path: Path)
     assert "trainyard.worker.agent" in loaded
     assert not {"typer", "click", "rich", "pydantic", "pydantic_core", "pygments", "shellingham"} & tops
     assert not (BACKEND_CLIENTS | {"sqlalchemy", "fastapi", "starlette", "uvicorn", "yaml"}) & tops
+    # Only a job's bundles and paths need these (0.3 MB each).
+    assert not {"tarfile", "ctypes"} & tops
 
 
 # `yard up --home H --port P --grpc-port G --workers 1` (bench/footprint.py), up to the control plane's
