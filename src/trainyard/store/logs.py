@@ -35,29 +35,33 @@ class LogRepo:
     def add_log_chunk(self, chunk: LogChunk, token: str) -> bool:
         """Index an uploaded log chunk (idempotent by sequence number); False: not that attempt's token."""
         with self._db.tx() as conn:
-            if not _attempt_token_ok(conn, chunk.job_id, chunk.attempt, token):
-                return False
-            exists = conn.execute(
-                sa.select(log_chunks.c.seq).where(
-                    log_chunks.c.job_id == chunk.job_id,
-                    log_chunks.c.attempt == chunk.attempt,
-                    log_chunks.c.seq == chunk.seq,
+            return self.add_log_chunk_in(conn, chunk, token)
+
+    def add_log_chunk_in(self, conn: sa.Connection, chunk: LogChunk, token: str) -> bool:
+        """``add_log_chunk`` in the caller's transaction (group commit)."""
+        if not _attempt_token_ok(conn, chunk.job_id, chunk.attempt, token):
+            return False
+        exists = conn.execute(
+            sa.select(log_chunks.c.seq).where(
+                log_chunks.c.job_id == chunk.job_id,
+                log_chunks.c.attempt == chunk.attempt,
+                log_chunks.c.seq == chunk.seq,
+            )
+        ).first()
+        if exists is None:
+            conn.execute(
+                log_chunks.insert().values(
+                    job_id=chunk.job_id,
+                    attempt=chunk.attempt,
+                    seq=chunk.seq,
+                    start_offset=chunk.start_offset,
+                    end_offset=chunk.end_offset,
+                    object_key=chunk.object_key,
+                    stored_size=chunk.stored_size,
+                    created_at=self._db.clock(),
                 )
-            ).first()
-            if exists is None:
-                conn.execute(
-                    log_chunks.insert().values(
-                        job_id=chunk.job_id,
-                        attempt=chunk.attempt,
-                        seq=chunk.seq,
-                        start_offset=chunk.start_offset,
-                        end_offset=chunk.end_offset,
-                        object_key=chunk.object_key,
-                        stored_size=chunk.stored_size,
-                        created_at=self._db.clock(),
-                    )
-                )
-                enqueue_chunk(conn, chunk.job_id, chunk.attempt, chunk.seq, self._db.clock())  # log search
+            )
+            enqueue_chunk(conn, chunk.job_id, chunk.attempt, chunk.seq, self._db.clock())  # log search
         return True
 
     def log_chunks(self, job_id: str, attempt: int) -> list[LogChunk]:

@@ -226,8 +226,9 @@ class LogIndex(Protocol):
 class AttemptsStore(Protocol):
     """What ``server/services/attempts.py`` uses of the store."""
 
-    def add_log_chunk(self, chunk: LogChunk, token: str) -> bool:
-        """Index an uploaded log chunk (idempotent by sequence number); False: not that attempt's token."""
+    def add_log_chunk_in(self, conn: sa.Connection, chunk: LogChunk, token: str) -> bool:
+        """Index an uploaded log chunk in the caller's transaction (group commit); idempotent by
+        sequence number; False: not that attempt's token."""
         ...
 
     def attempt_token_ok(self, job_id: str, attempt: int, token: str) -> bool:

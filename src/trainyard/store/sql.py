@@ -277,6 +277,7 @@ class SqlStore:
         logs, outbox = self.logs, self.outbox
         self.attempt_token_ok = logs.attempt_token_ok
         self.add_log_chunk = logs.add_log_chunk
+        self.add_log_chunk_in = logs.add_log_chunk_in
         self.log_chunks = logs.log_chunks
         self.artifacts = logs.artifacts
         search = self.logsearch
