@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from trainyard.datacache import ENV as DATA_CACHE_ENV
-from trainyard.job import COMPLETE_MARKER
 from trainyard.model.states import AttemptOutcome
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
 from trainyard.worker.beneath import ANYONE, Reader, chown_tree, read_small
@@ -133,6 +132,8 @@ class AttemptRunner:
     def _last_checkpoint_at(self) -> float:
         """Newest change in the checkpoint directory: ``save_checkpoint`` renames each one into
         place, so the directory's own entries move when a checkpoint lands. One scandir per beat."""
+        from trainyard.job import COMPLETE_MARKER  # the jobs' helpers: not an idle agent's business
+
         newest = 0.0
         try:
             with os.scandir(self.dir / "checkpoints") as entries:
@@ -296,6 +297,8 @@ class AttemptRunner:
         await self._finish_report(outcome, reason, status, cwd=spec.cwd)
 
     def _marked_complete(self) -> bool:
+        from trainyard.job import COMPLETE_MARKER
+
         return read_small(self.dir / "checkpoints", COMPLETE_MARKER, 64) is not None
 
     async def _supervise(self, handle: RunHandle, started_at: float) -> ExitStatus:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from trainyard.job import COMPLETE_MARKER
 from trainyard.model.quantity import format_memory
 from trainyard.worker.beneath import (
     ANYONE,
@@ -99,6 +98,8 @@ def pack_dir(src: Path, archive: Path) -> None:
 
 def _pack(tf: tarfile.TarFile, dir_fd: int, prefix: PurePosixPath, depth: int) -> None:
     import tarfile
+
+    from trainyard.job import COMPLETE_MARKER  # the jobs' helpers: an idle agent needs no part of them
 
     try:
         with os.scandir(dir_fd) as it:

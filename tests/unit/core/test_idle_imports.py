@@ -118,6 +118,7 @@ def test_the_agents_yard_up_starts_load_no_typer_and_no_pydantic(tmp_path: Path)
     assert not (BACKEND_CLIENTS | {"sqlalchemy", "fastapi", "starlette", "uvicorn", "yaml"}) & tops
     # Only a job's bundles and paths need these (0.3 MB each).
     assert not {"tarfile", "ctypes"} & tops
+    assert "trainyard.job" not in loaded  # the jobs' helpers; the agent needs one constant, later
 
 
 # `yard up --home H --port P --grpc-port G --workers 1` (bench/footprint.py), up to the control plane's
