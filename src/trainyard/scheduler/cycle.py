@@ -65,9 +65,9 @@ def _sorted_by(items: Sequence[T], *keys: Callable[[T], Any]) -> list[T]:
 
     One sort by the first key, then only each run of items that tie on it is sorted by the rest:
     within a run the first sort kept the items' input order, so that gives the same order as
-    sorting everything by every key, at the price of one sort plus a few short ones (the leader's
-    10,000 running replicas tie on id only within a gang: three full sorts were a fifth of a
-    simulated cycle)."""
+    sorting everything by every key, at the price of one sort plus a few short ones (the ~10,000
+    running replicas of a simulated day tie on id only within a gang: three full sorts of them
+    were about a tenth of the day's time, py-spy)."""
     first = keys[0]
     out = sorted(items, key=first)
     values = list(map(first, out))
