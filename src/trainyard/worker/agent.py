@@ -29,7 +29,7 @@ from trainyard.worker.logship import LogShipper
 from trainyard.worker.rpc import PERMANENT, ControlPlane, open_channel
 from trainyard.worker.slots import AttemptSlots
 from trainyard.worker.spot import SpotNoticeWatcher
-from trainyard.worker.transfer import Transfers
+from trainyard.worker.transfer import Transfers, http_client
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ class Agent:
             if http is None:
                 connections = _HTTP_CONNECTIONS
                 limits = httpx.Limits(max_connections=connections, max_keepalive_connections=20)
-                http = await own.enter_async_context(
-                    httpx.AsyncClient(timeout=cfg.http_timeout_s, limits=limits)
-                )
+                http = await own.enter_async_context(http_client(cfg.http_timeout_s, limits))
             rpc = ControlPlane(
                 channel,
                 bootstrap_token=cfg.token,

@@ -12,7 +12,9 @@ import contextlib
 import functools
 import logging
 import os
+import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,36 @@ _SIGN_BATCH = 100
 """Part URLs asked for in one SignMultipartParts call."""
 T = TypeVar("T")
 Sign = Callable[[], Awaitable[str]]
+
+
+class _OnFirstRequest(httpx.AsyncBaseTransport):
+    """A transport built when it is first used."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._make = make
+        self._transport: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = self._make()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
+def http_client(timeout_s: float, limits: httpx.Limits) -> httpx.AsyncClient:
+    """An agent's client for presigned URLs. Its https:// transport, with the verified default TLS
+    context, is built on the first https:// request: loading the CA bundle costs an idle agent about
+    0.5 MB, and on the embedded defaults every URL is http://. The http:// transport never speaks
+    TLS; its context loads no CA (and so would verify nothing, were it ever asked to). With a proxy
+    in the environment, httpx's own client, which routes through it."""
+    if urllib.request.getproxies():
+        return httpx.AsyncClient(timeout=timeout_s, limits=limits)
+    plain = httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), limits=limits)
+    tls = _OnFirstRequest(lambda: httpx.AsyncHTTPTransport(limits=limits))
+    return httpx.AsyncClient(timeout=timeout_s, transport=plain, mounts={"https://": tls})
 
 
 class TransferError(Exception):
