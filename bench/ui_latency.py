@@ -227,12 +227,19 @@ class BulkWorker(FakeWorker):
     def _start_all(self) -> None:
         while not self.stop.is_set():
             try:
-                a = self.assignments.get(timeout=0.5)
+                got = [self.assignments.get(timeout=0.5)]
             except queue.Empty:
                 continue
-            self.held[a.job_id] = a
-            with contextlib.suppress(grpc.RpcError):
-                self.started(a)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    got.append(self.assignments.get_nowait())
+            # Held (listed in heartbeats) before they are reported one by one: a lease no heartbeat
+            # mentions for a while is requeued by the control plane as never delivered.
+            for a in got:
+                self.held[a.job_id] = a
+            for a in got:
+                with contextlib.suppress(grpc.RpcError):
+                    self.started(a)
 
 
 def _bring_running(api: httpx.Client, url: str, grpc_port: int, bootstrap: str, n: int) -> list[BulkWorker]:
