@@ -217,8 +217,7 @@ async def _up(
         # read a comma list and fail over between the replicas.
         from trainyard.server.settings import write_private
 
-        others = [f"http://{settings.host}:{settings.port + i}" for i in range(1, replicas)]
-        urls = [settings.base_url, *others]
+        urls = [_replica_url(settings, i) for i in range(replicas)]
         write_private(home / "url", ",".join(urls) + "\n")
     procs = _start_workers(home, n_workers, grpc_addrs, worker_args)
     print(_banner(settings, home, n_workers, replicas), flush=True)
@@ -255,7 +254,7 @@ def _start_replicas(
             "TRAINYARD_PORT": str(settings.port + i),
             "TRAINYARD_GRPC_HOST": settings.grpc_host,
             "TRAINYARD_GRPC_PORT": str(settings.grpc_port + i),
-            "TRAINYARD_PUBLIC_URL": f"http://{settings.host}:{settings.port + i}",
+            "TRAINYARD_PUBLIC_URL": _replica_url(settings, i),
             "TRAINYARD_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval),
             "TRAINYARD_CANCEL_GRACE": str(settings.cancel_grace),
         }
@@ -275,9 +274,15 @@ def _start_replicas(
     return servers, grpc_addrs
 
 
+def _replica_url(settings: Settings, i: int) -> str:
+    """Replica ``i``'s URL (0: this process's, its public URL if set; the others serve on the ports
+    after this one's)."""
+    return settings.base_url if i == 0 else f"http://{settings.host}:{settings.port + i}"
+
+
 async def _wait_replicas(settings: Settings, home: Path, servers: list[subprocess.Popen[bytes]]) -> None:
     for i, proc in enumerate(servers, start=2):
-        url = f"http://{settings.host}:{settings.port + i - 1}/healthz"
+        url = f"{_replica_url(settings, i - 1)}/healthz"
         if not await asyncio.to_thread(_wait_healthy, url, proc, 60.0):
             print(f"warning: replica {i} did not come up; see {home}/logs/server-{i}.log", file=sys.stderr)
 
@@ -312,7 +317,7 @@ def _start_workers(
 def _banner(settings: Settings, home: Path, n_workers: int, replicas: int) -> str:
     token_path = home / "token"
     extra = "".join(
-        f"  replica {i + 1}  http://{settings.host}:{settings.port + i} (log: logs/server-{i + 1}.log)\n"
+        f"  replica {i + 1}  {_replica_url(settings, i)} (log: logs/server-{i + 1}.log)\n"
         for i in range(1, replicas)
     )
     return (
