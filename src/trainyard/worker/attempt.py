@@ -251,6 +251,7 @@ class AttemptRunner:
                 lease_token=a.lease_token,
                 seal_bytes=self.ctx.cfg.seal_bytes,
                 interval_s=self.ctx.cfg.seal_interval_s,
+                interval_max_s=self.ctx.cfg.seal_interval_max_s,
                 max_chunk_bytes=self.ctx.cfg.seal_max_bytes,
                 on_stale=self.kill_stale,
             )

@@ -73,7 +73,13 @@ class WorkerConfig:
     seal_bytes: int = 1 << 20
     """Unsealed bytes that trigger a log chunk upload."""
     seal_interval_s: float = 5.0
-    """Longest unsealed bytes wait for a chunk upload."""
+    """Longest unsealed bytes wait for an attempt's first chunk upload. Each periodic seal doubles
+    the wait for the next, up to ``seal_interval_max_s``."""
+    seal_interval_max_s: float = 60.0
+    """Longest unsealed bytes wait for a chunk upload once an attempt has sealed a few. A chunk is a
+    PUT and an index row: at 10,000 running jobs a 5 s cadence is 2,000 of each a second, nearly all
+    for output nobody reads. Readers do not wait for it: a follower or a poller of a running attempt
+    gets its unsealed bytes live (tail on demand), and the end of an attempt seals the rest."""
     seal_max_bytes: int = 8 << 20
     """Largest single chunk, so an outage's backlog is not gzipped in one piece."""
     backoff_initial_s: float = 0.2

@@ -284,8 +284,10 @@ class LogSealer:
     """Uploads one attempt's log in gzip chunks (seq 0, 1, ...) and indexes each with SealLogChunk.
 
     A chunk is sealed once ``seal_bytes`` are unsealed or the oldest unsealed byte is ``interval_s``
-    old, and whatever is left is sealed by ``finish`` at the end of the attempt. The background task
-    exists only while there are unsealed bytes.
+    old, and whatever is left is sealed by ``finish`` at the end of the attempt. Each periodic seal
+    doubles ``interval_s``, up to ``interval_max_s``: a young attempt's output is in storage within
+    seconds, and a long one costs a chunk a minute, not twelve. The background task exists only
+    while there are unsealed bytes.
     """
 
     def __init__(
@@ -299,6 +301,7 @@ class LogSealer:
         lease_token: str,
         seal_bytes: int,
         interval_s: float,
+        interval_max_s: float | None = None,
         max_chunk_bytes: int,
         on_stale: Callable[[], None],
     ) -> None:
@@ -310,6 +313,7 @@ class LogSealer:
         self._lease_token = lease_token
         self._seal_bytes = seal_bytes
         self._interval_s = interval_s
+        self._interval_max_s = max(interval_s, interval_max_s if interval_max_s is not None else interval_s)
         self._max_chunk = max(1, max_chunk_bytes)
         self._on_stale = on_stale
         self.sealed = 0
@@ -375,6 +379,7 @@ class LogSealer:
                     # finish() seals the same bytes again; a periodic chunk is only an early copy.
                     log.exception("log chunk seal for %s/%d failed", self._job_id, self._attempt)
                 self._first_unsealed_at = time.monotonic()
+                self._interval_s = min(self._interval_max_s, 2 * self._interval_s)
                 if self.sealed >= self._spool.size:
                     return
         finally:

@@ -1,0 +1,101 @@
+"""A log sealer's cadence grows with each periodic seal, from ``interval_s`` up to
+``interval_max_s``: a long attempt seals a chunk a minute rather than every few seconds, and every
+byte still reaches storage, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker.logship import LogSealer
+from trainyard.worker.spool import LogSpool
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Rpc:
+    def __init__(self) -> None:
+        self.sealed_at: list[float] = []
+        self.ranges: list[tuple[int, int]] = []
+
+    async def get_urls(self, job_id: str, attempt: int, token: str, purpose: int, names: list[str]) -> Any:
+        return {n: pb.SignedUrl(name=n, url=f"http://s/{n}", object_key=f"k/{n}") for n in names}
+
+    async def seal(self, req: pb.SealLogChunkRequest) -> None:
+        self.sealed_at.append(time.monotonic())
+        self.ranges.append((req.start_offset, req.end_offset))
+
+
+class _Transfers:
+    def __init__(self) -> None:
+        self.put: list[bytes] = []
+
+    async def put_bytes(self, url: str, data: bytes, content_type: str, *, sign: Any) -> None:
+        self.put.append(data)
+
+
+def _run(
+    tmp_path: Path, interval: float, interval_max: float | None, seconds: float
+) -> tuple[_Rpc, bytes, bytes, LogSealer]:
+    rpc, transfers = _Rpc(), _Transfers()
+    spool = LogSpool(tmp_path / "log", 1 << 20)
+    sealer = LogSealer(
+        rpc,  # type: ignore[arg-type]
+        transfers,  # type: ignore[arg-type]
+        spool,
+        job_id="j",
+        attempt=1,
+        lease_token="t",
+        seal_bytes=1 << 20,
+        interval_s=interval,
+        interval_max_s=interval_max,
+        max_chunk_bytes=1 << 20,
+        on_stale=lambda: None,
+    )
+    written = bytearray()
+
+    async def main() -> None:
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end:
+            line = f"line {i}\n".encode()
+            spool.write(1, line)
+            written.extend(line)
+            sealer.notify()
+            i += 1
+            await asyncio.sleep(0.01)
+        await sealer.finish()
+
+    asyncio.run(main())
+    stored = b"".join(gzip.decompress(d) for d in transfers.put)
+    return rpc, bytes(written), stored, sealer
+
+
+def test_each_periodic_seal_doubles_the_wait_up_to_the_cap(tmp_path: Path) -> None:
+    rpc, written, stored, sealer = _run(tmp_path, 0.05, 0.2, 1.5)
+    assert sealer._interval_s == 0.2
+    assert stored == written
+    periodic = rpc.sealed_at[:-1]  # the last is finish()'s
+    gaps = [b - a for a, b in itertools.pairwise(periodic)]
+    # Writes come every 10 ms, so a chunk's first byte is at most that after the last seal: each gap
+    # is at least the wait then in force, less that. A loaded machine only makes gaps longer.
+    waits = [0.1, 0.2] + [0.2] * len(gaps)
+    for gap, wait in zip(gaps, waits, strict=False):
+        assert gap >= wait - 0.02, (gaps, waits)
+    # 1.5 s at a fixed 50 ms would be about 30 chunks; growing to 200 ms it is at most about 10.
+    assert len(rpc.sealed_at) <= 11
+    assert [s for s, _ in rpc.ranges] == [0] + [e for _, e in rpc.ranges[:-1]]
+
+
+def test_without_a_cap_the_cadence_stays_fixed(tmp_path: Path) -> None:
+    rpc, written, stored, sealer = _run(tmp_path, 0.1, None, 0.5)
+    assert stored == written
+    assert len(rpc.sealed_at) >= 3  # periodic seals happened, and none changed the wait
+    assert sealer._interval_s == 0.1
