@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from bisect import bisect_left, insort
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from math import frexp
 from typing import TYPE_CHECKING
@@ -124,6 +125,34 @@ class WorkerState:
         self.doom_count = 0
         """Times a holder here was doomed, rolled-back ones included: it keys the reservation
         timeline memo, so a rollback only costs a rebuild."""
+
+    def clone(self) -> WorkerState:
+        """A copy as charged, before any index or cycle touched it, for a cycle to work on.
+
+        It shares the lists and dicts a cycle only reads or replaces (``free_gpus``, ``holders``,
+        ``victims``, ...) and never changes in place; ``added_holds`` is its own."""
+        c = _new_state(WorkerState)
+        c.worker = self.worker
+        c.free_cpu = self.free_cpu
+        c.free_memory = self.free_memory
+        c.free_gpus = self.free_gpus
+        c.draining_cpu = self.draining_cpu
+        c.draining_memory = self.draining_memory
+        c.draining_gpus = self.draining_gpus
+        c.bucket_key = None
+        c.holders = self.holders
+        c.victims = self.victims
+        c.victims_total = self.victims_total
+        c.victim_frees = self.victim_frees
+        c.added_holds = []
+        c.reservation = None
+        c.index = _NO_INDEX
+        c.order = -1
+        c.doom_count = 0
+        return c
+
+
+_new_state = object.__new__
 
 
 class BucketIndex:
@@ -253,8 +282,15 @@ class Fleet:
     (``WorkerState`` fields) and calls :meth:`index_all`."""
 
     def __init__(
-        self, workers: tuple[Worker, ...], config: SchedulerConfig, now: float, undo: UndoLog
+        self,
+        workers: tuple[Worker, ...],
+        config: SchedulerConfig,
+        now: float,
+        undo: UndoLog,
+        charged: Mapping[str, WorkerState] | None = None,
     ) -> None:
+        """``charged``: every schedulable worker already charged with its running replicas (kept
+        from cycle to cycle, :mod:`.charged`), copied rather than built with everything free."""
         self.config = config
         self.now = now
         self.undo = undo
@@ -290,7 +326,10 @@ class Fleet:
         indexes = [(g.buckets.buckets, g.buckets.keys) for g in groups]
         for w, i in layout.members:
             group = groups[i]
-            host = hosts[w.id] = WorkerState(w)
+            if charged is None:
+                host = hosts[w.id] = WorkerState(w)
+            else:
+                host = hosts[w.id] = charged[w.id].clone()
             group_of[w.id] = group
             host.index = indexes[i]
             for uri in w.cached_uris:
@@ -306,9 +345,36 @@ class Fleet:
         """The schedulable fleet's total capacity: the denominator of every team's share."""
 
     def index_all(self) -> None:
-        """Bucket every worker by its free capacity, in id order (once the running jobs are charged)."""
-        for host in self.workers.values():
-            self.rebucket(host)
+        """Bucket every worker by its free capacity, in id order (once the running jobs are charged).
+
+        What :meth:`rebucket` of each worker in turn does, from no bucket, with each group's sorted
+        keys put in once at the end rather than one ``insort`` at a time."""
+        hosts = self.workers.values()
+        if any(host.bucket_key is not None for host in hosts):
+            for host in hosts:
+                self.rebucket(host)
+            return
+        moves = self.moves
+        for host in hosts:
+            cpu = host.free_cpu
+            if cpu > EPS and host.free_memory > 0:
+                octave = frexp(cpu)[1] - 1  # as in rebucket()
+                if octave > _TOP_OCTAVE:
+                    octave = _TOP_OCTAVE
+                key = len(host.free_gpus) * OCTAVE_SLOTS + octave + OCTAVE_OFFSET
+                buckets = host.index[0]
+                now = buckets.get(key)
+                if now is None:
+                    buckets[key] = {host.worker.id: None}
+                else:
+                    now[host.worker.id] = None
+                moves += 1
+                host.order = key << 32 | moves
+                host.bucket_key = key
+        self.moves = moves
+        for group in self.groups:
+            index = group.buckets
+            index.keys[:] = sorted(index.buckets)
 
     def rebucket(self, host: WorkerState) -> None:
         """Move the worker to the bucket its free capacity now belongs in, in every index it is in."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState
+from trainyard.scheduler.charged import RunningCharge, charged_for
+from trainyard.scheduler.charged import charge_host as _charge_host
 from trainyard.scheduler.decisions import Decisions, ReasonCode, placement
 from trainyard.scheduler.fairshare import TeamShare, dominant_share, team_shares
 from trainyard.scheduler.preemption import Preemptor
@@ -117,48 +119,11 @@ def decide(snapshot: Snapshot) -> Decisions:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return Cycle(snapshot).run()
+        with charged_for(snapshot) as charged:
+            return Cycle(snapshot, charged).run()
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _charge_host(host: WorkerState, replicas: list[RunningJob]) -> None:
-    """Charge the worker's running replicas (in the running order) to its state."""
-    host.holders = replicas
-    free_cpu, free_memory = host.free_cpu, host.free_memory
-    used: set[int] = set()
-    for r in replicas:
-        cpu, mem, gpu = r.cpu, r.memory, r.gpu
-        free_cpu -= cpu
-        free_memory -= mem
-        taken: list[int] | tuple[int, ...] = r.gpu_indices
-        if gpu and not taken:
-            taken = [g for g in host.free_gpus if g not in used][:gpu]
-        if taken:
-            used.update(taken)
-        if r.terminating:
-            host.draining_cpu += cpu
-            host.draining_memory += mem
-            host.draining_gpus.extend(sorted(taken))
-        elif r.preemptible:
-            # Replicas of one gang on one worker go together: one victim, their sum freed.
-            rid = r.id
-            frees = host.victim_frees.get(rid)
-            if frees is None:
-                host.victims.append(r)
-                host.victim_frees[rid] = [cpu, mem, gpu]
-            else:
-                frees[0] += cpu
-                frees[1] += mem
-                frees[2] += gpu
-            total = host.victims_total
-            total[0] += cpu
-            total[1] += mem
-            total[2] += gpu
-    host.free_cpu, host.free_memory = free_cpu, free_memory
-    if used:
-        host.free_gpus = [g for g in host.free_gpus if g not in used]
 
 
 @dataclass(slots=True, eq=False)
@@ -180,18 +145,32 @@ class JobShape:
 class Cycle:
     """One run of the scheduler over one snapshot; :meth:`run` returns its decisions."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, charged: RunningCharge | None = None) -> None:
+        """``charged``: the snapshot's running replicas already charged (:mod:`.charged`), or None
+        to charge them here."""
         self.snapshot = snapshot
         self.config = config = snapshot.config
         self.now = now = snapshot.now
         self.decisions = decisions = Decisions()
         self.undo = undo = UndoLog()
-        self.fleet = fleet = Fleet(snapshot.workers, config, now, undo)
-        self.shares = team_shares(snapshot, usage=False)  # usage: charged below
+        if charged is None:
+            self.fleet = fleet = Fleet(snapshot.workers, config, now, undo)
+            self.shares = team_shares(snapshot, usage=False)  # usage: charged below
+        else:
+            self.fleet = fleet = Fleet(snapshot.workers, config, now, undo, charged.templates)
+            self.shares = team_shares(
+                snapshot, usage=False, running_counts=charged.counts, capacity=charged.capacity
+            )
         self.ledger = TeamLedger(self._team_states(), fleet.capacity, config.history_weight, undo)
         self.teams = self.ledger.teams
-        running = self._charge_running_jobs()
-        self.preemptor = Preemptor(fleet, self.ledger, running, config, now, decisions, undo)
+        if charged is None:
+            running = self._charge_running_jobs()
+            gangs = None
+        else:
+            running = []
+            gangs = charged.gangs()
+            self._charge_kept(charged)
+        self.preemptor = Preemptor(fleet, self.ledger, running, config, now, decisions, undo, gangs)
         fleet.index_all()
         self.reservations = Reservations(fleet, config, now, decisions.reservations, self.preemptor.doomed)
         self.shapes: dict[tuple[object, ...], JobShape] = {}
@@ -244,6 +223,27 @@ class Cycle:
                 _charge_host(host, replicas)
         return running
 
+    def _charge_kept(self, charged: RunningCharge) -> None:
+        """What ``_charge_running_jobs`` does, from the kept charge: the workers come charged (see
+        ``Fleet``), the teams' usage and the draining workers are copied."""
+        teams = self.teams
+        if charged.exact and not self._typed_teams():
+            for name, usage in charged.usage.items():
+                teams[name].usage = list(usage)
+        else:
+            self._charge_teams(_sorted_by(self.snapshot.running, _by_id, _by_replica, _by_worker_id))
+        draining = self.fleet.draining
+        for wid in charged.draining():
+            draining[wid] = None
+
+    def _typed_teams(self) -> dict[str, dict[str, int]]:
+        """The GPUs by type of every team with a per-type quota (only those read them)."""
+        return {
+            name: team.gpus_by_type
+            for name, team in self.teams.items()
+            if team.team.quota is not None and team.team.quota.gpu_by_type
+        }
+
     def _charge_teams(self, running: list[RunningJob]) -> None:
         """Each team's usage, summed in the running order, and its GPUs by type where a per-type
         quota reads them (others never do)."""
@@ -254,11 +254,7 @@ class Cycle:
             usage[0] += r.cpu
             usage[1] += r.memory
             usage[2] += r.gpu
-        typed = {
-            name: team.gpus_by_type
-            for name, team in teams.items()
-            if team.team.quota is not None and team.team.quota.gpu_by_type
-        }
+        typed = self._typed_teams()
         if not typed:
             return  # only a per-type quota reads ``gpus_by_type`` (teams.py)
         for r in filter(_by_gpu, running):

@@ -101,12 +101,20 @@ def capacity_of(snapshot: Snapshot) -> ResourceVector:
     return ResourceVector(cpu, mem, gpu)
 
 
-def team_shares(snapshot: Snapshot, *, usage: bool = True) -> dict[str, TeamShare]:
+def team_shares(
+    snapshot: Snapshot,
+    *,
+    usage: bool = True,
+    running_counts: Mapping[str, int] | None = None,
+    capacity: ResourceVector | None = None,
+) -> dict[str, TeamShare]:
     """Share against fair share for every team that is configured or has work.
 
     With ``usage=False`` the running jobs are only counted, not summed: every ``usage`` and
     ``share`` is zero (a scheduling cycle charges the running jobs itself, in its own order, and
-    summing them here too was about 6 % of a simulated day at ~10,000 running, py-spy)."""
+    summing them here too was about 6 % of a simulated day at ~10,000 running, py-spy). With it,
+    ``running_counts`` (each team with running replicas: how many) and ``capacity``
+    (``capacity_of(snapshot)``) may come worked out already."""
     teams: dict[str, Team] = {t.name: t for t in snapshot.teams}
     totals: dict[str, list[float]] = {}
     running: dict[str, int] = {}
@@ -117,11 +125,14 @@ def team_shares(snapshot: Snapshot, *, usage: bool = True) -> dict[str, TeamShar
             acc[1] += r.memory
             acc[2] += r.gpu
             running[r.team] = running.get(r.team, 0) + 1
+    elif running_counts is not None:
+        running = dict(running_counts)
     else:
         running = Counter(map(_by_team, snapshot.running))
     pending = Counter(map(_by_team, snapshot.pending))
     names = sorted(set(teams) | set(running) | set(pending))
-    capacity = capacity_of(snapshot)
+    if capacity is None:
+        capacity = capacity_of(snapshot)
     fair = fair_shares({n: teams[n].weight for n in teams}, set(running) | set(pending))
     out: dict[str, TeamShare] = {}
     for n in names:

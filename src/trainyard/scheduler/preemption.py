@@ -63,12 +63,16 @@ class Preemptor:
         now: float,
         decisions: Decisions,
         undo: UndoLog,
+        gangs: dict[str, list[RunningJob]] | None = None,
     ) -> None:
         self.fleet = fleet
         self.ledger = ledger
         self.running = running
         self.gangs: dict[str, list[RunningJob]] = {}
         """Each running job's replicas, filled with the losses below: only a victim's are asked for."""
+        self.given_gangs = gangs
+        """The gangs as a mapping that works each one out when asked (:class:`.charged.Gangs`), in
+        place of grouping ``running``."""
         self.config = config
         self.now = now
         self.decisions = decisions
@@ -87,7 +91,10 @@ class Preemptor:
     def _weigh_victims(self) -> None:
         """Work out every victim's loss and sort each worker's victims by it, cheapest first; group
         the running replicas by job."""
-        self.gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(self.running, _by_id)}
+        if self.given_gangs is not None:
+            self.gangs = self.given_gangs
+        else:
+            self.gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(self.running, _by_id)}
         losses, now = self.losses, self.now
         for host in self.fleet.workers.values():
             victims = host.victims
@@ -99,7 +106,8 @@ class Preemptor:
                 since = now - (checkpoint if checkpoint is not None else r.started_at)
                 losses[id(r)] = (r.priority, since, now - r.started_at, r.id)
             if len(victims) > 1:
-                victims.sort(key=lambda v: losses[id(v)])
+                # A new list: a kept charge (.charged) shares the worker's list with later cycles.
+                host.victims = sorted(victims, key=lambda v: losses[id(v)])
 
     def loss(self, r: RunningJob) -> tuple[int, float, float, str]:
         """What preempting the job loses, cheapest first: priority, work since a checkpoint, runtime."""
