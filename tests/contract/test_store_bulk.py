@@ -79,6 +79,24 @@ def test_insert_many_stores_what_executemany_stores(store: SqlStore) -> None:
     assert old[0]["created_at"] == 1733491234.123456789
 
 
+def test_a_lone_row_is_stored_as_execute_stores_it(store: SqlStore) -> None:
+    """A batch of one submission writes lone rows: they go through the same document."""
+    variants = [
+        {},
+        {"cpu": 0.5, "data_uris": ["s3://b/k"], "gang_abort": {"outcome": "x"}, "name": "n"},
+        {"preemptible": False, "region": "eu", "memory": 1, "created_at": 5e-324},
+    ]
+    with store.db.tx() as conn:
+        for i, v in enumerate(variants):
+            conn.execute(jobs.insert(), [_job(f"c{i}", idempotency_key=f"c{i}", **v)])
+            insert_many(conn, jobs.insert(), [_job(f"d{i}", idempotency_key=f"d{i}", **v)])
+        old, new = _stored(conn, "c"), _stored(conn, "d")
+    assert new == old
+    assert len(new) == len(variants)
+    assert old[0]["data_uris"] is None and old[0]["abort_text"] is None
+    assert new[1]["gang_abort"] == {"outcome": "x"} and new[2]["created_at"] == 5e-324
+
+
 def test_insert_many_keeps_row_order(store: SqlStore) -> None:
     rows = [
         dict(
