@@ -402,11 +402,15 @@ class LogSealer:
             await asyncio.wait({self._task})
         if self._abandoned:
             raise StaleLease(f"{self._job_id}/{self._attempt}")
-        await self.seal_available()
+        while self.sealed < self._spool.size:  # the last bytes may still be arriving
+            await self.seal_available()
 
     async def seal_available(self) -> None:
-        while self.sealed < self._spool.size:
-            start, end = self.sealed, min(self._spool.size, self.sealed + self._max_chunk)
+        """Seal the bytes the spool holds now. Bytes that arrive during the uploads wait for the next
+        seal: chasing them made each seal a train of one-line chunks whenever an upload was slow."""
+        upto = self._spool.size
+        while self.sealed < upto:
+            start, end = self.sealed, min(upto, self.sealed + self._max_chunk)
             raw = self._spool.read(start, end)
             if not raw:
                 return

@@ -36,15 +36,25 @@ class _Rpc:
 class _Transfers:
     def __init__(self) -> None:
         self.put: list[bytes] = []
+        self.delay = 0.0
 
     async def put_bytes(self, url: str, data: bytes, content_type: str, *, sign: Any) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.put.append(data)
 
 
 def _run(
-    tmp_path: Path, interval: float, interval_max: float | None, seconds: float
+    tmp_path: Path,
+    interval: float,
+    interval_max: float | None,
+    seconds: float,
+    *,
+    rpc: _Rpc | None = None,
+    transfers: _Transfers | None = None,
 ) -> tuple[_Rpc, bytes, bytes, LogSealer]:
-    rpc, transfers = _Rpc(), _Transfers()
+    rpc = rpc or _Rpc()
+    transfers = transfers or _Transfers()
     spool = LogSpool(tmp_path / "log", 1 << 20)
     sealer = LogSealer(
         rpc,  # type: ignore[arg-type]
@@ -99,3 +109,14 @@ def test_without_a_cap_the_cadence_stays_fixed(tmp_path: Path) -> None:
     assert stored == written
     assert len(rpc.sealed_at) >= 3  # periodic seals happened, and none changed the wait
     assert sealer._interval_s == 0.1
+
+
+def test_a_seal_takes_what_is_there_and_leaves_what_arrives_during_its_uploads(tmp_path: Path) -> None:
+    # Uploads as slow as a loaded store (40 ms) under a line every 10 ms: a seal that chased the
+    # bytes arriving meanwhile made a one-line chunk per upload, about 25 a second.
+    rpc, transfers = _Rpc(), _Transfers()
+    transfers.delay = 0.04
+    rpc2, written, stored, _ = _run(tmp_path, 0.1, None, 1.0, rpc=rpc, transfers=transfers)
+    assert stored == written
+    # Fixed 100 ms for 1 s: about ten periodic seals of one chunk each, and finish()'s.
+    assert len(rpc2.sealed_at) <= 13, len(rpc2.sealed_at)
