@@ -30,8 +30,10 @@ charges the full way).
 
 from __future__ import annotations
 
+import math
 import operator
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,6 +44,7 @@ _EXACT_LIMIT = 1 << 53
 _CPU_SCALE = 1024
 """cpu in steps of 1/1024 core, memory and GPUs whole: sums of such numbers stay exact in a float."""
 
+_by_id = operator.attrgetter("id")
 _by_id_replica = operator.attrgetter("id", "replica")
 _by_replica_worker = operator.attrgetter("replica", "worker_id")
 
@@ -185,7 +188,7 @@ class RunningCharge:
         try:
             if self.kept:
                 gone = [old[i] for i in old.keys() - new.keys()]
-                self._apply(gone, [new[i] for i in came_ids])
+                self._apply(*self._swap(gone, [new[i] for i in came_ids]))
             else:
                 self._reset()
                 self._apply([], list(running))
@@ -197,6 +200,50 @@ class RunningCharge:
             return False
         self.kept = True
         return True
+
+    def _swap(
+        self, gone: list[RunningJob], came: list[RunningJob]
+    ) -> tuple[list[RunningJob], list[RunningJob]]:
+        """Put each new replica that only replaces an old one of the same (id, replica, worker) with
+        the same charge (a checkpoint's new ``last_checkpoint_at``, say) in the old one's place,
+        without charging its worker again; the replicas left to take out and to add."""
+        if not gone or not came:
+            return gone, came
+        olds = {_by_place(r): r for r in gone}
+        rest: list[RunningJob] = []
+        swapped = False
+        for r in came:
+            place = _by_place(r)
+            was = olds.get(place)
+            if was is None or not _same_charge(was, r):
+                rest.append(r)
+                continue
+            del olds[place]
+            swapped = True
+            key, new_key = id(was), id(r)
+            mine = self.on[r.worker_id]
+            del mine[key]
+            mine[new_key] = r
+            gang = self.jobs[r.id]
+            del gang[key]
+            gang[new_key] = r
+            t = self.templates.get(r.worker_id)
+            if t is not None:
+                # In place: only a cycle reads these lists (and makes its own to change them), and
+                # one cycle at a time holds the charge. Both lists are in the running order.
+                holders = t.holders
+                i = bisect_left(holders, (r.id, r.replica), key=_by_id_replica)
+                if holders[i] is not was:
+                    raise Ambiguous  # not where the running order puts it: never expected
+                holders[i] = r
+                victims = t.victims
+                if victims and r.preemptible and not r.terminating:
+                    i = bisect_left(victims, r.id, key=_by_id)
+                    if i < len(victims) and victims[i] is was:
+                        victims[i] = r  # else another replica of its gang stands for it
+        if not swapped:
+            return gone, came
+        return list(olds.values()), rest
 
     def _apply(self, gone: list[RunningJob], came: list[RunningJob]) -> None:
         """Take the replicas that ended or changed out, add the new ones; the workers touched are
@@ -265,10 +312,6 @@ class RunningCharge:
     def _refresh(self, workers: tuple[Worker, ...]) -> None:
         """Charge again every schedulable worker whose replicas (or whose ``Worker``) changed."""
         on, touched = self.on, self.touched
-        for wid in touched:
-            mine = on.get(wid)
-            if mine is not None and len(mine) > 1:
-                _in_order(mine)  # raises on a tie, schedulable worker or not
         if workers is not self.workers:
             self.workers = workers
             cpu = mem = gpu = 0.0
@@ -297,6 +340,10 @@ class RunningCharge:
                 t = templates.get(wid)
                 if t is not None:
                     templates[wid] = self._template(t.worker)
+        for wid in touched:
+            mine = on.get(wid)
+            if mine is not None and len(mine) > 1 and wid not in self.templates:
+                _in_order(mine)  # raises on a tie (a schedulable worker's: in _template)
         touched.clear()
 
     def _template(self, w: Worker) -> WorkerState:
@@ -323,6 +370,18 @@ class RunningCharge:
         return Gangs(self.jobs)
 
 
+_by_place = operator.attrgetter("id", "replica", "worker_id")
+_charge_of = operator.attrgetter("team", "cpu", "memory", "gpu", "gpu_indices", "terminating", "preemptible")
+
+
+def _same_charge(a: RunningJob, b: RunningJob) -> bool:
+    """Whether the two replicas charge their worker and team alike (to the sign of a zero)."""
+    return _charge_of(a) == _charge_of(b) and (
+        (a.cpu != 0 or math.copysign(1.0, a.cpu) == math.copysign(1.0, b.cpu))
+        and (a.memory != 0 or math.copysign(1.0, a.memory) == math.copysign(1.0, b.memory))
+    )
+
+
 def _in_order(replicas: dict[int, RunningJob]) -> list[RunningJob]:
     """One worker's replicas by (id, replica); raises ``Ambiguous`` on a tie."""
     out = sorted(replicas.values(), key=_by_id_replica)
@@ -334,6 +393,12 @@ def _in_order(replicas: dict[int, RunningJob]) -> list[RunningJob]:
 
 _kept = RunningCharge()
 _kept_lock = threading.Lock()
+
+
+def forget() -> None:
+    """Drop the kept charge: the next cycle charges the full way (a benchmark of a cold cycle)."""
+    with _kept_lock:
+        _kept._reset()
 
 
 @contextmanager
