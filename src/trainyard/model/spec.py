@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
+from trainyard.model import jsontext
 from trainyard.model.arrays import MAX_ARRAY_TASKS, Condition, normalize_indices, parse_indices
 from trainyard.model.quantity import format_duration, format_memory, parse_duration, parse_memory
 from trainyard.model.states import Priority
@@ -424,5 +424,6 @@ def check_secret_name(name: str) -> str:
 
 
 def spec_fingerprint(canonical: dict[str, Any]) -> str:
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    # json.dumps(canonical, sort_keys=True, separators=(",", ":")) hashed: the same bytes, faster.
+    blob = jsontext.dumps(canonical, ensure_ascii=True, sort_keys=True)
+    return hashlib.sha256(blob).hexdigest()

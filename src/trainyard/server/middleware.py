@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import Counter
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trainyard.model import jsontext
 from trainyard.model.records import User
 from trainyard.model.spec import JobSpec
 from trainyard.server.errors import ApiError, error_response
@@ -258,7 +259,9 @@ class FastSubmits:
                 try:
                     result = await self.jobs.submit(user, spec, key)
                     status = 201 if result.created else 200
-                    response = JSONResponse(job_json(result.job), status_code=status)
+                    # The route's JSONResponse, byte for byte (its json.dumps arguments), made faster.
+                    body = jsontext.dumps(job_json(result.job), ensure_ascii=False, allow_nan=False)
+                    response = Response(body, status_code=status, media_type="application/json")
                 except Exception as e:
                     scope = {**scope, SUBMIT_FAILED: e}
                 else:
