@@ -225,8 +225,14 @@ class LeaderLoops:
         """Index sealed log chunks for search (apart from the workers' seals, which only queue them)."""
         if not self.leading.is_set():
             return
-        while await asyncio.to_thread(self.p.log_indexer.index_once) >= LOG_INDEX_BATCH:
-            pass
+        share = self.p.settings.log_index_cpu
+        while True:
+            done, cpu = await asyncio.to_thread(_with_cpu, self.p.log_indexer.index_once)
+            if done < LOG_INDEX_BATCH or not self.leading.is_set():
+                return
+            # A backlog: rest so that indexing takes at most ``log_index_cpu`` of a core (at 10,000
+            # running jobs of a line a second each it would otherwise take all the leader has).
+            await asyncio.sleep(cpu * (1.0 / share - 1.0))
 
     async def relay_step(self) -> None:
         """Relay every committed event onto the bus."""

@@ -118,6 +118,16 @@ class Settings(BaseSettings):
         description="submission batches in flight; default 2 on PostgreSQL, 1 on SQLite",
     )
 
+    # Log search's indexer runs on the leader beside heartbeats, reports and the scheduler. A fleet
+    # writing more lines than it can index in this share of a core builds a backlog (its metric
+    # says how long) instead of taking the leader's CPU: search then lags, nothing else does.
+    log_index_cpu: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="most of one core the leader's log-search indexer takes while it has a backlog",
+    )
+
     # Retention: the leader archives jobs finished longer ago than this to object storage
     # (``archive/``) and deletes their rows, in batches (unset or "off": jobs are kept for good).
     retention: float | None = Field(
