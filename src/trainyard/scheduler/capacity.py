@@ -126,31 +126,6 @@ class WorkerState:
         """Times a holder here was doomed, rolled-back ones included: it keys the reservation
         timeline memo, so a rollback only costs a rebuild."""
 
-    def clone(self) -> WorkerState:
-        """A copy as charged, before any index or cycle touched it, for a cycle to work on.
-
-        It shares the lists and dicts a cycle only reads or replaces (``free_gpus``, ``holders``,
-        ``victims``, ...) and never changes in place; ``added_holds`` is its own."""
-        c = _new_state(WorkerState)
-        c.worker = self.worker
-        c.free_cpu = self.free_cpu
-        c.free_memory = self.free_memory
-        c.free_gpus = self.free_gpus
-        c.draining_cpu = self.draining_cpu
-        c.draining_memory = self.draining_memory
-        c.draining_gpus = self.draining_gpus
-        c.bucket_key = None
-        c.holders = self.holders
-        c.victims = self.victims
-        c.victims_total = self.victims_total
-        c.victim_frees = self.victim_frees
-        c.added_holds = []
-        c.reservation = None
-        c.index = _NO_INDEX
-        c.order = -1
-        c.doom_count = 0
-        return c
-
 
 _new_state = object.__new__
 
@@ -324,12 +299,17 @@ class Fleet:
             for spec, shapes, max_gpu in zip(layout.specs, layout.shapes, layout.max_gpu, strict=True)
         ]
         indexes = [(g.buckets.buckets, g.buckets.keys) for g in groups]
-        for w, i in layout.members:
+        self.indexed = False
+        """Every worker is in its bucket already (built from ``charged``): ``index_all`` has
+        nothing to do."""
+        if charged is not None:
+            self._adopt(layout.members, groups, indexes, charged)
+            members: tuple[tuple[Worker, int], ...] = ()
+        else:
+            members = layout.members
+        for w, i in members:
             group = groups[i]
-            if charged is None:
-                host = hosts[w.id] = WorkerState(w)
-            else:
-                host = hosts[w.id] = charged[w.id].clone()
+            host = hosts[w.id] = WorkerState(w)
             group_of[w.id] = group
             host.index = indexes[i]
             for uri in w.cached_uris:
@@ -344,11 +324,79 @@ class Fleet:
         self.capacity = layout.capacity
         """The schedulable fleet's total capacity: the denominator of every team's share."""
 
+    def _adopt(
+        self,
+        members: tuple[tuple[Worker, int], ...],
+        groups: list[WorkerGroup],
+        indexes: list[tuple[dict[int, dict[str, None]], list[int]]],
+        charged: Mapping[str, WorkerState],
+    ) -> None:
+        """The loop above, for workers that come charged: each a copy of its charged state, in its
+        bucket at once (what ``index_all`` would do, in the same order), in one pass: it runs for
+        every worker, every cycle."""
+        hosts, group_of = self.workers, self.group_of
+        moves = self.moves
+        for w, i in members:
+            t = charged[w.id]
+            # WorkerState(w) charged: the copy shares the lists a cycle only reads or replaces
+            # (free_gpus, holders, victims, ...) and never changes in place.
+            host = _new_state(WorkerState)
+            host.worker = w
+            host.free_cpu = cpu = t.free_cpu
+            host.free_memory = t.free_memory
+            host.free_gpus = t.free_gpus
+            host.draining_cpu = t.draining_cpu
+            host.draining_memory = t.draining_memory
+            host.draining_gpus = t.draining_gpus
+            host.holders = t.holders
+            host.victims = t.victims
+            host.victims_total = t.victims_total
+            host.victim_frees = t.victim_frees
+            host.added_holds = []
+            host.reservation = None
+            host.doom_count = 0
+            host.index = index = indexes[i]
+            if cpu > EPS and host.free_memory > 0:
+                octave = frexp(cpu)[1] - 1  # as in rebucket()
+                if octave > _TOP_OCTAVE:
+                    octave = _TOP_OCTAVE
+                key = len(host.free_gpus) * OCTAVE_SLOTS + octave + OCTAVE_OFFSET
+                buckets = index[0]
+                now = buckets.get(key)
+                if now is None:
+                    buckets[key] = {w.id: None}
+                else:
+                    now[w.id] = None
+                moves += 1
+                host.order = key << 32 | moves
+                host.bucket_key = key
+            else:
+                host.order = -1
+                host.bucket_key = None
+            hosts[w.id] = host
+            group = groups[i]
+            group_of[w.id] = group
+            if w.cached_uris:
+                for uri in w.cached_uris:
+                    caching = group.cached.get(uri)
+                    if caching is None:
+                        group.cached[uri] = [host]
+                    else:
+                        caching.append(host)
+            group.members.append(host)
+        self.moves = moves
+        for buckets, keys in indexes:
+            keys[:] = sorted(buckets)
+        self.indexed = True
+
     def index_all(self) -> None:
         """Bucket every worker by its free capacity, in id order (once the running jobs are charged).
 
         What :meth:`rebucket` of each worker in turn does, from no bucket, with each group's sorted
         keys put in once at the end rather than one ``insort`` at a time."""
+        if self.indexed:
+            return
+        self.indexed = True
         hosts = self.workers.values()
         if any(host.bucket_key is not None for host in hosts):
             for host in hosts:

@@ -145,7 +145,7 @@ class RunningCharge:
         self.layout: FleetLayout | None = None
         self.templates: dict[str, WorkerState] = {}
         """Every schedulable worker of ``layout``, charged with its replicas and not yet indexed:
-        a cycle works on copies (``WorkerState.clone``)."""
+        a cycle works on copies (``Fleet._adopt``)."""
         self.stopping: dict[str, tuple[str, int, str]] = {}
         """Workers of ``templates`` with a terminating replica: the first one's (id, replica, worker)."""
         self.usage: dict[str, list[float]] = {}
