@@ -196,3 +196,20 @@ def test_exact_sums_only_while_every_partial_sum_is_exact() -> None:
     assert not kept.exact  # 5 * 2**51 memory is past 2**53
     s = replace(s, running=tuple(big[:3]))
     assert kept.update(s) and kept.exact
+
+
+def test_the_simulators_checkpoint_copy_is_replace() -> None:
+    from dataclasses import fields
+
+    from trainyard.scheduler.simulate import checkpointed
+
+    # Every field set away from its default: a field added to RunningJob fails here until
+    # checkpointed() copies it too.
+    r = RunningJob("j", "t", "w", 3, 1.5, 7, 2, (4, 5), True, 10.0, 20.0, 99.0, 1, True, "arr")
+    assert [f.name for f in fields(RunningJob)] == [
+        "id", "team", "worker_id", "priority", "cpu", "memory", "gpu", "gpu_indices", "preemptible",
+        "started_at", "last_checkpoint_at", "max_runtime_s", "replica", "terminating", "array_id",
+    ]  # fmt: skip
+    defaults = RunningJob("x", "y", "z")
+    assert all(getattr(r, f.name) != getattr(defaults, f.name) for f in fields(RunningJob))
+    assert checkpointed(r, 30.0) == replace(r, last_checkpoint_at=30.0)
