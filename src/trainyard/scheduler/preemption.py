@@ -83,31 +83,37 @@ class Preemptor:
         """Demands (shape, priority, team) that found no victims: victims only get scarcer."""
         self.weighed = False
         self.losses: dict[int, tuple[int, float, float, str]] = {}
-        """``loss()`` of every victim, by the victim's ``id()`` (the snapshot keeps each alive): the
-        victim search weighs the same victims for every worker it tries, attempt after attempt.
-        Filled, and every worker's victims sorted by it, by the cycle's first victim search: many
-        cycles search none."""
+        """``loss()`` of every victim weighed so far, by the victim's ``id()`` (the snapshot keeps
+        each alive): the victim search weighs the same victims for every worker it tries, attempt
+        after attempt. A worker's victims are weighed, and sorted by it, when a victim search first
+        looks at them (``_weigh_host``): many cycles search none, and a search looks only at the
+        workers of the job's groups."""
+        self.weighed_hosts: set[str] = set()
+        """Workers whose victims are weighed and sorted this cycle."""
 
     def _weigh_victims(self) -> None:
-        """Work out every victim's loss and sort each worker's victims by it, cheapest first; group
-        the running replicas by job."""
+        """Group the running replicas by job (at the cycle's first victim search)."""
         if self.given_gangs is not None:
             self.gangs = self.given_gangs
         else:
             self.gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(self.running, _by_id)}
+
+    def _weigh_host(self, host: WorkerState) -> list[RunningJob]:
+        """Work out the loss of each of the worker's victims and sort them by it, cheapest first (the
+        same order whenever it is done in the cycle: losses only depend on the snapshot)."""
+        self.weighed_hosts.add(host.worker.id)
+        victims = host.victims
         losses, now = self.losses, self.now
-        for host in self.fleet.workers.values():
-            victims = host.victims
-            if not victims:
-                continue
-            for r in victims:
-                # loss(), inlined: once per preemptible running replica, every cycle with a search.
-                checkpoint = r.last_checkpoint_at
-                since = now - (checkpoint if checkpoint is not None else r.started_at)
-                losses[id(r)] = (r.priority, since, now - r.started_at, r.id)
-            if len(victims) > 1:
-                # A new list: a kept charge (.charged) shares the worker's list with later cycles.
-                host.victims = sorted(victims, key=lambda v: losses[id(v)])
+        for r in victims:
+            # loss(), inlined: once per preemptible running replica looked at, every cycle with a
+            # search.
+            checkpoint = r.last_checkpoint_at
+            since = now - (checkpoint if checkpoint is not None else r.started_at)
+            losses[id(r)] = (r.priority, since, now - r.started_at, r.id)
+        if len(victims) > 1:
+            # A new list: a kept charge (.charged) shares the worker's list with later cycles.
+            host.victims = victims = sorted(victims, key=lambda v: losses[id(v)])
+        return victims
 
     def loss(self, r: RunningJob) -> tuple[int, float, float, str]:
         """What preempting the job loses, cheapest first: priority, work since a checkpoint, runtime."""
@@ -234,7 +240,7 @@ class Preemptor:
         if not self.weighed:
             self.weighed = True
             self._weigh_victims()
-        losses, gangs = self.losses, self.gangs
+        losses, gangs, weighed = self.losses, self.gangs, self.weighed_hosts
         # Victims are sorted by priority first, so victims[0] has the lowest: a worker whose lowest
         # is above the best cost's (highest) priority cannot win, and with no team over its share,
         # one whose lowest is not below the job's has nobody to evict.
@@ -246,6 +252,8 @@ class Preemptor:
                 victims = host.victims
                 if not victims or host.reservation is not None:
                     continue
+                if host.worker.id not in weighed:
+                    victims = self._weigh_host(host)
                 lowest = victims[0].priority
                 if (best is not None and lowest > best[0][0]) or (floor is not None and lowest >= floor):
                     continue
