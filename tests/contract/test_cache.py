@@ -164,6 +164,23 @@ def test_heartbeat_lapses_after_its_ttl(env: Env) -> None:
     assert env.cache.last_heartbeat(w) is not None
 
 
+def test_heartbeats_records_many_workers_at_once(env: Env) -> None:
+    ws = [env.worker() for _ in range(4)]
+    env.cache.heartbeats([], 30.0)  # nothing to write is no error
+    at = env.clock()
+    env.cache.heartbeats(ws[:3], 30.0)
+    got = env.cache.last_heartbeats(ws)
+    assert set(ws[:3]) <= set(got)
+    for w in ws[:3]:
+        assert got[w] == pytest.approx(at, abs=0.05)
+        assert env.cache.last_heartbeat(w) == pytest.approx(at, abs=0.05)
+    env.cache.heartbeats([ws[3]], 0.25)
+    assert env.cache.last_heartbeat(ws[3]) is not None
+    time.sleep(0.35)
+    assert env.cache.last_heartbeat(ws[3]) is None  # each beat lapses after the TTL given
+    assert env.cache.last_heartbeat(ws[0]) is not None
+
+
 def test_last_heartbeats_answers_for_many_workers_at_once(env: Env) -> None:
     a, b, c = env.worker(), env.worker(), env.worker()
     unknown = f"unknown-{uuid.uuid4().hex[:6]}"

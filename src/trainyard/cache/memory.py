@@ -34,6 +34,13 @@ class MemoryCache:
             self._beats[worker_id] = (now, now + ttl_s)
             self._sweep(now)
 
+    def heartbeats(self, worker_ids: Sequence[str], ttl_s: float) -> None:
+        now = self._clock()
+        with self._lock:
+            for worker_id in worker_ids:
+                self._beats[worker_id] = (now, now + ttl_s)
+            self._sweep(now)
+
     def last_heartbeat(self, worker_id: str) -> float | None:
         with self._lock:
             entry = self._beats.get(worker_id)

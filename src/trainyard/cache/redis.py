@@ -162,6 +162,15 @@ class RedisCache:
     def heartbeat(self, worker_id: str, ttl_s: float) -> None:
         self._r.set(self._k_beat + worker_id, repr(self._clock()), px=max(1, int(ttl_s * 1000)))
 
+    def heartbeats(self, worker_ids: Sequence[str], ttl_s: float) -> None:
+        if not worker_ids:
+            return
+        at, px = repr(self._clock()), max(1, int(ttl_s * 1000))
+        with self._r.pipeline(transaction=False) as pipe:
+            for worker_id in worker_ids:
+                pipe.set(self._k_beat + worker_id, at, px=px)
+            pipe.execute()
+
     def last_heartbeat(self, worker_id: str) -> float | None:
         raw = cast(bytes | None, self._r.get(self._k_beat + worker_id))
         return None if raw is None else float(raw)

@@ -165,6 +165,10 @@ class ResilientCache:
         self._hb_ttl = ttl_s
         self._call(lambda c: c.heartbeat(worker_id, ttl_s))
 
+    def heartbeats(self, worker_ids: Sequence[str], ttl_s: float) -> None:
+        self._hb_ttl = ttl_s
+        self._call(lambda c: c.heartbeats(worker_ids, ttl_s))
+
     def last_heartbeat(self, worker_id: str) -> float | None:
         at = self._call(lambda c: c.last_heartbeat(worker_id))
         switched = self._breaker.switched_at

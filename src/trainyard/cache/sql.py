@@ -39,6 +39,11 @@ class SqlCache:
         self._ttls[worker_id] = ttl_s
         self._store.record_heartbeat(worker_id, self._clock())
 
+    def heartbeats(self, worker_ids: Sequence[str], ttl_s: float) -> None:
+        """The fallback's beats go one by one: it serves only while Redis is down."""
+        for worker_id in worker_ids:
+            self.heartbeat(worker_id, ttl_s)
+
     def last_heartbeat(self, worker_id: str) -> float | None:
         """The worker's last beat while it still counts, else None."""
         at = self._store.heartbeat_at(worker_id)

@@ -14,6 +14,7 @@ from trainyard.cache.sql import SqlCache
 from trainyard.cache.tiers import parse_tiers, tier_of
 from trainyard.objects.factory import open_object_store
 from trainyard.scheduler.snapshot import SchedulerConfig
+from trainyard.server.beats import BeatBuffer
 from trainyard.server.group_commit import GroupCommit
 from trainyard.server.hub import Kick, WorkerChannels
 from trainyard.server.leader import leadership_for
@@ -192,6 +193,9 @@ class Platform:
             heartbeat_interval=hb,
             kick_scheduler=self.kick_scheduler,
         )
+        if s.redis_url:
+            # A shared cache is a round trip away: beats go in batches, off the event loop.
+            self.fleet.beats = self.reconciler.beats = BeatBuffer(self.cache, 3 * hb)
         self.budgets = BudgetWatch(store, self.metrics, background=True)
         self.usage = UsageService(store, self.budgets, self.kick_scheduler)
         self.scheduler = SchedulerLoop(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainyard.cache.base import Cache
 from trainyard.model.records import User, Worker
+from trainyard.server.beats import BeatBuffer
 from trainyard.server.commandgate import CommandGate
 from trainyard.server.hub import Kick
 from trainyard.server.metrics import Metrics
@@ -71,6 +72,8 @@ class FleetService:
         self.commands = CommandGate()
         self._cached_uris: dict[str, tuple[str, ...]] = {}  # worker -> data cache as last written
         self._checkpoints: dict[tuple[str, int], float] = {}  # (job, attempt) -> checkpoint time written
+        self.beats: BeatBuffer | None = None
+        """Set where the cache is shared (Redis): beats are then written in batches, off the loop."""
 
     # ---- registration and heartbeats -------------------------------------------------------------
     async def register(self, *, cached_uris: Iterable[str] | None, **fields: Any) -> tuple[Worker, str]:
@@ -88,7 +91,10 @@ class FleetService:
     async def heartbeat(self, worker: Worker, beat: Beat) -> list[WorkerCommand]:
         """Record a live worker's heartbeat; the commands it must act on (cancel, kill a stale
         attempt, time out, preempt, drain). The caller answers a DEAD worker itself."""
-        self.cache.heartbeat(worker.id, 3 * self.heartbeat_interval)
+        if self.beats is not None:
+            self.beats.note(worker.id)
+        else:
+            self.cache.heartbeat(worker.id, 3 * self.heartbeat_interval)
         self.reconciler.heartbeat(worker.id, beat.running)
         await self.note_checkpoints(beat.checkpoints)
         self.metrics.gpu_utilization.record(worker.id, worker.name, beat.gpu_utilization)

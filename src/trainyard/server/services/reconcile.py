@@ -23,6 +23,7 @@ from trainyard.server.services.replica import Replica
 from trainyard.server.silence import MassSilence
 
 if TYPE_CHECKING:
+    from trainyard.server.beats import BeatBuffer
     from trainyard.store.ports import ReconcileStore
 
 log = logging.getLogger("trainyard.server")
@@ -61,6 +62,8 @@ class Reconciler:
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
         self._beats_persisted = 0.0
         self._store_down = False
+        self.beats: BeatBuffer | None = None
+        """The fleet's batched beats (where the cache is shared), written out before a sweep reads."""
         # Many workers silent at once: held for up to six heartbeats (or the restart grace) before
         # they are declared dead (see trainyard.server.silence).
         self.silence = MassSilence(hold_s=max(6 * heartbeat_interval, restart_grace))
@@ -102,6 +105,8 @@ class Reconciler:
             self._store_down = False
             self.replica.store_back(now)
             log.warning("state store reachable again; workers get %gs to check in", self.restart_grace)
+        if self.beats is not None:
+            self.beats.flush()
         cached = self.cache.last_heartbeats([w.id for w in alive])
         silent = []
         for w in alive:
