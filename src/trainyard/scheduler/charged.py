@@ -179,6 +179,9 @@ class RunningCharge:
             self._reset()
             return False  # a replica listed twice
         old = self.by_id
+        if not old:
+            self.by_id = new  # the first snapshot (or the first since forget()): a candidate
+            return False
         came_ids = new.keys() - old.keys()
         if len(came_ids) * 2 > len(running):
             # Unrelated to the last snapshot: charge it the full way, keep it as a candidate.
