@@ -180,7 +180,10 @@ class RunningCharge:
             return False  # a replica listed twice
         old = self.by_id
         if not old:
-            self.by_id = new  # the first snapshot (or the first since forget()): a candidate
+            # Nothing running before (the first snapshot, the first since forget(), or after an
+            # empty one): only remembered, as a candidate.
+            self._reset()
+            self.by_id = new
             return False
         came_ids = new.keys() - old.keys()
         if len(came_ids) * 2 > len(running):
