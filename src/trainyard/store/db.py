@@ -23,9 +23,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from trainyard.store import migrate
-from trainyard.store.bulk import insert_many
 from trainyard.store.records import StoreConfig
-from trainyard.store.transitions import buffered_events
+from trainyard.store.transitions import ROWS_BEFORE_EVENTS, buffered_events
 
 _DEFERRED = "trainyard.deferred_inserts"
 
@@ -234,11 +233,12 @@ class Db:
                 conn.info[_DEFERRED] = deferred
                 try:
                     results: list[tuple[bool, Any]] = [(True, op(conn)) for op in ops]
-                    # Before the events' rows, which refer to these (``buffered_events`` writes them
-                    # as the block ends). A duplicate key fails the batch here: each op then runs
-                    # alone below, inserting at once, and only its own caller hears of it.
-                    for (insert, _keys), rows in deferred.items():
-                        insert_many(conn, insert, rows)
+                    # Written with the events' rows, which refer to these, in one statement as the
+                    # block ends (``buffered_events``). A duplicate key fails the batch there: each
+                    # op then runs alone below, inserting at once, and only its own caller hears of it.
+                    conn.info[ROWS_BEFORE_EVENTS].extend(
+                        (insert, rows) for (insert, _keys), rows in deferred.items()
+                    )
                 finally:
                     conn.info.pop(_DEFERRED, None)
                 return results

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from trainyard.model.states import LIVE, AttemptOutcome, JobStatus, sources_of
-from trainyard.store.bulk import insert_many
+from trainyard.store.bulk import insert_together
 from trainyard.store.records import FinishReport
 from trainyard.store.schema import job_attempts, job_events, jobs, outbox
 
@@ -47,6 +47,8 @@ UPDATE_ATTEMPT = job_attempts.update().where(
 """An attempt row's UPDATE: parameters ``a_job`` and ``a_number`` plus the values."""
 
 _BUFFER = "ty_events"  # the key of a transaction's buffered rows in ``conn.info``
+ROWS_BEFORE_EVENTS = "ty_rows_before_events"
+"""Where ``Db.apply_batch`` leaves its deferred rows (``(insert, rows)``) for ``buffered_events``."""
 
 
 def buffered_events(conn: sa.Connection, touched: list[str]) -> Iterator[sa.Connection]:
@@ -56,15 +58,17 @@ def buffered_events(conn: sa.Connection, touched: list[str]) -> Iterator[sa.Conn
     ``touched``."""
     events: list[dict[str, Any]] = []
     outbox_rows: list[dict[str, Any]] = []
+    before: list[tuple[sa.Insert, list[dict[str, Any]]]] = []
     conn.info[_BUFFER] = (events, outbox_rows)
+    conn.info[ROWS_BEFORE_EVENTS] = before
     try:
         yield conn
-        if events:
-            touched.extend(e["job_id"] for e in events)
-            insert_many(conn, _INSERT_EVENT, events)
-            insert_many(conn, _INSERT_OUTBOX, outbox_rows)
+        touched.extend(e["job_id"] for e in events)
+        # One statement on PostgreSQL (a group-commit batch's jobs, events and outbox rows).
+        insert_together(conn, [*before, (_INSERT_EVENT, events), (_INSERT_OUTBOX, outbox_rows)])
     finally:
         conn.info.pop(_BUFFER, None)
+        conn.info.pop(ROWS_BEFORE_EVENTS, None)
 
 
 def job_row(conn: sa.Connection, job_id: str) -> sa.Row[Any] | None:
