@@ -646,6 +646,11 @@ def run(cfg: Config) -> dict[str, Any]:
                 wait_ready(replicas[-1])
             token = (home / "token").read_text().strip()
             bases = [r.url for r in replicas]
+            # The replicas' own CPU with no agent at all (leader loops, polling), so that the idle
+            # phase's CPU per heartbeat can be given net of it.
+            c0, w0 = sum(r.proc.cpu() for r in replicas), time.monotonic()
+            time.sleep(BASELINE_S)
+            baseline_cores = (sum(r.proc.cpu() for r in replicas) - c0) / (time.monotonic() - w0)
             k = cfg.fleet_procs or max(1, -(-cfg.agents // 100))
             for f in range(k):
                 n = cfg.agents // k + (f < cfg.agents % k)
@@ -689,7 +694,9 @@ def run(cfg: Config) -> dict[str, Any]:
                 )
             procs.extend(fleets)
             procs.extend(externals)
-            ctx = Ctx(cfg, replicas, fleets, procs, token, bases, profile, t_start, db_url, work)
+            ctx = Ctx(
+                cfg, replicas, fleets, procs, token, bases, profile, t_start, db_url, work, baseline_cores
+            )
             return _measure(ctx)
         finally:
             for p in reversed(procs):
@@ -716,6 +723,11 @@ class Ctx:
     t_start: float
     db_url: str
     work: Path
+    baseline_cores: float = 0.0
+    """The replicas' CPU (cores) before any agent started."""
+
+
+BASELINE_S = 5.0
 
 
 def _measure(ctx: Ctx) -> dict[str, Any]:
@@ -765,11 +777,17 @@ def _measure(ctx: Ctx) -> dict[str, Any]:
         "cpu_s": idle,
         "heartbeats": beats,
         "cp_cpu_ms_per_heartbeat": 1000 * cp_idle / beats,
+        "cp_cores_without_agents": ctx.baseline_cores,
+        "cp_cpu_ms_per_heartbeat_net": 1000 * (cp_idle - ctx.baseline_cores * (m1.at - m0.at)) / beats,
         "fleet_cpu_ms_per_heartbeat": 1000 * idle["fleet"] / beats,
         "cp_cores": cp_idle / (m1.at - m0.at),
         "fleet_cores": idle["fleet"] / (m1.at - m0.at),
     }
-    say(f"idle: control plane {out['idle']['cp_cpu_ms_per_heartbeat']:.2f} ms CPU per heartbeat")
+    say(
+        f"idle: control plane {out['idle']['cp_cpu_ms_per_heartbeat']:.2f} ms CPU per heartbeat "
+        f"({out['idle']['cp_cpu_ms_per_heartbeat_net']:.2f} ms beyond its "
+        f"{ctx.baseline_cores:.3f} cores with no agents)"
+    )
 
     # 3. The burst: every job submitted, then until each runs.
     bulk = parse_sim(cfg.behaviour)
@@ -1574,7 +1592,9 @@ def print_table(res: dict[str, Any]) -> None:
         (
             "CPU per heartbeat (idle fleet)",
             f"control plane {idle['cp_cpu_ms_per_heartbeat']:.2f} ms, fleet "
-            f"{idle['fleet_cpu_ms_per_heartbeat']:.2f} ms",
+            f"{idle['fleet_cpu_ms_per_heartbeat']:.2f} ms; control plane net of its CPU with no agents "
+            f"({idle.get('cp_cores_without_agents', 0.0):.3f} cores) "
+            f"{idle.get('cp_cpu_ms_per_heartbeat_net', float('nan')):.2f} ms",
         )
     )
     rows.append(("control-plane CPU per job (burst + hold + drain)", f"{res['cp_cpu_ms_per_job']:.1f} ms"))
