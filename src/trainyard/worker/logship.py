@@ -403,7 +403,10 @@ class LogSealer:
         if self._abandoned:
             raise StaleLease(f"{self._job_id}/{self._attempt}")
         while self.sealed < self._spool.size:  # the last bytes may still be arriving
+            before = self.sealed
             await self.seal_available()
+            if self.sealed == before:
+                return  # the spool went away with its attempt's directory: nothing more to read
 
     async def seal_available(self) -> None:
         """Seal the bytes the spool holds now. Bytes that arrive during the uploads wait for the next

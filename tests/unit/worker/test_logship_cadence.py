@@ -120,3 +120,27 @@ def test_a_seal_takes_what_is_there_and_leaves_what_arrives_during_its_uploads(t
     assert stored == written
     # Fixed 100 ms for 1 s: about ten periodic seals of one chunk each, and finish()'s.
     assert len(rpc2.sealed_at) <= 13, len(rpc2.sealed_at)
+
+
+def test_finish_ends_when_the_spool_holds_less_than_it_counted(tmp_path: Path) -> None:
+    rpc, transfers = _Rpc(), _Transfers()
+    spool = LogSpool(tmp_path / "log", 1 << 20)
+    sealer = LogSealer(
+        rpc,  # type: ignore[arg-type]
+        transfers,  # type: ignore[arg-type]
+        spool,
+        job_id="j",
+        attempt=1,
+        lease_token="t",
+        seal_bytes=1 << 20,
+        interval_s=3600.0,
+        max_chunk_bytes=4,
+        on_stale=lambda: None,
+    )
+    spool.write(1, b"0123456789")
+    with open(spool.path, "r+b") as f:
+        f.truncate(6)  # its directory being cleaned away under it
+
+    asyncio.run(asyncio.wait_for(sealer.finish(), 5))
+    assert sealer.sealed == 6
+    assert [r for r in rpc.ranges] == [(0, 4), (4, 6)]
