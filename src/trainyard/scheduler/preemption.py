@@ -88,8 +88,8 @@ class Preemptor:
         after attempt. A worker's victims are weighed, and sorted by it, when a victim search first
         looks at them (``_weigh_host``): many cycles search none, and a search looks only at the
         workers of the job's groups."""
-        self.weighed_hosts: set[str] = set()
-        """Workers whose victims are weighed and sorted this cycle."""
+        self.weighed_groups: list[WorkerGroup] = []
+        """Groups whose workers' victims are weighed and sorted this cycle (a few: a list)."""
 
     def _weigh_victims(self) -> None:
         """Group the running replicas by job (at the cycle's first victim search)."""
@@ -101,7 +101,6 @@ class Preemptor:
     def _weigh_host(self, host: WorkerState) -> list[RunningJob]:
         """Work out the loss of each of the worker's victims and sort them by it, cheapest first (the
         same order whenever it is done in the cycle: losses only depend on the snapshot)."""
-        self.weighed_hosts.add(host.worker.id)
         victims = host.victims
         losses, now = self.losses, self.now
         for r in victims:
@@ -240,7 +239,7 @@ class Preemptor:
         if not self.weighed:
             self.weighed = True
             self._weigh_victims()
-        losses, gangs, weighed = self.losses, self.gangs, self.weighed_hosts
+        losses, gangs, weighed = self.losses, self.gangs, self.weighed_groups
         # Victims are sorted by priority first, so victims[0] has the lowest: a worker whose lowest
         # is above the best cost's (highest) priority cannot win, and with no team over its share,
         # one whose lowest is not below the job's has nobody to evict.
@@ -248,11 +247,17 @@ class Preemptor:
         for group in groups:
             if group.max_gpu < job.gpu:
                 continue
+            # The first search through a group weighs every member it looks at (the loop below has
+            # no early exit, and a worker it skips for a reservation keeps it all cycle), so later
+            # searches through it check nothing per worker.
+            fresh = group not in weighed
+            if fresh:
+                weighed.append(group)
             for host in group.members:
                 victims = host.victims
                 if not victims or host.reservation is not None:
                     continue
-                if host.worker.id not in weighed:
+                if fresh:
                     victims = self._weigh_host(host)
                 lowest = victims[0].priority
                 if (best is not None and lowest > best[0][0]) or (floor is not None and lowest >= floor):
