@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ MAX_URLS_AHEAD = 8
 """Most log-chunk upload URLs one GetUrls asks for. A long attempt seals a chunk every few seconds:
 asking for the next ones with this one makes that one RPC per eight chunks instead of one each. The
 count doubles from 1, so an attempt that seals once asks for one URL."""
+SEAL_JITTER = 0.2
+"""A periodic seal comes up to this share of its wait early, at random."""
 URL_REUSE_S = 60.0
 """A URL asked for ahead is used only this long after it came (the control plane signs them for
 10 minutes by default); an expired one is refused with 403 and signed again (``AttemptObject``)."""
@@ -355,7 +358,10 @@ class LogSealer:
     async def _loop(self) -> None:
         try:
             while not self._finishing:
-                deadline = self._first_unsealed_at + self._interval_s
+                # Up to a fifth early, at random: the attempts of one burst of submissions start
+                # together, and without it their agents sealed together, every minute, in a storm
+                # that held up everything else those agents did (a probe's start by seconds).
+                deadline = self._first_unsealed_at + self._interval_s * random.uniform(1 - SEAL_JITTER, 1)
                 while self._spool.size - self.sealed < self._seal_bytes and not self._finishing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

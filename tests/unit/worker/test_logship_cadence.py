@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from trainyard.proto.trainyard.v1 import worker_pb2 as pb
+from trainyard.worker import logship
 from trainyard.worker.logship import LogSealer
 from trainyard.worker.spool import LogSpool
 
@@ -95,10 +96,11 @@ def test_each_periodic_seal_doubles_the_wait_up_to_the_cap(tmp_path: Path) -> No
     periodic = rpc.sealed_at[:-1]  # the last is finish()'s
     gaps = [b - a for a, b in itertools.pairwise(periodic)]
     # Writes come every 10 ms, so a chunk's first byte is at most that after the last seal: each gap
-    # is at least the wait then in force, less that. A loaded machine only makes gaps longer.
+    # is at least the wait then in force (less its jitter, at most a fifth), less that. A loaded
+    # machine only makes gaps longer.
     waits = [0.1, 0.2] + [0.2] * len(gaps)
     for gap, wait in zip(gaps, waits, strict=False):
-        assert gap >= wait - 0.02, (gaps, waits)
+        assert gap >= wait * (1 - logship.SEAL_JITTER) - 0.02, (gaps, waits)
     # 1.5 s at a fixed 50 ms would be about 30 chunks; growing to 200 ms it is at most about 10.
     assert len(rpc.sealed_at) <= 11
     assert [s for s, _ in rpc.ranges] == [0] + [e for _, e in rpc.ranges[:-1]]
@@ -144,3 +146,52 @@ def test_finish_ends_when_the_spool_holds_less_than_it_counted(tmp_path: Path) -
     asyncio.run(asyncio.wait_for(sealer.finish(), 5))
     assert sealer.sealed == 6
     assert [r for r in rpc.ranges] == [(0, 4), (4, 6)]
+
+
+def test_attempts_that_start_together_do_not_seal_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twenty attempts with output from the same instant: each waits its own share of the interval,
+    # up to a fifth less, rather than all sealing on the same tick.
+    drawn: list[tuple[float, float, float]] = []
+    uniform = logship.random.uniform
+
+    def recording(a: float, b: float) -> float:
+        x = uniform(a, b)
+        drawn.append((a, b, x))
+        return x
+
+    monkeypatch.setattr(logship.random, "uniform", recording)
+    rpc, transfers = _Rpc(), _Transfers()
+    spools = [LogSpool(tmp_path / f"log{i}", 1 << 20) for i in range(20)]
+    sealers = [
+        LogSealer(
+            rpc,  # type: ignore[arg-type]
+            transfers,  # type: ignore[arg-type]
+            spool,
+            job_id=f"j{i}",
+            attempt=1,
+            lease_token="t",
+            seal_bytes=1 << 20,
+            interval_s=0.5,
+            max_chunk_bytes=1 << 20,
+            on_stale=lambda: None,
+        )
+        for i, spool in enumerate(spools)
+    ]
+
+    async def main() -> float:
+        t0 = time.monotonic()
+        for spool, sealer in zip(spools, sealers, strict=True):
+            spool.write(1, b"x\n")
+            sealer.notify()
+        await asyncio.sleep(0.8)
+        return t0
+
+    t0 = asyncio.run(main())
+    assert len(drawn) >= 20
+    assert all((a, b) == (1 - logship.SEAL_JITTER, 1) and a <= x <= b for a, b, x in drawn)
+    assert len({x for _, _, x in drawn}) == len(drawn)
+    times = [t - t0 for t in rpc.sealed_at]
+    assert len(times) == 20
+    assert all(t >= 0.5 * (1 - logship.SEAL_JITTER) - 0.02 for t in times), times
