@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from bisect import bisect_left, insort
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from math import frexp
 from typing import TYPE_CHECKING
@@ -157,6 +157,16 @@ class WorkerGroup:
     shapes: dict[tuple[float, int, int], int] = field(default_factory=dict)
     """Distinct worker capacities (cpu, memory, gpu) and how many workers have each."""
     max_gpu: int = 0
+
+
+def _note_cached(cached: dict[str, list[WorkerState]], host: WorkerState, uris: Iterable[str]) -> None:
+    """Index ``host`` under each data URI it caches (its group's ``cached``)."""
+    for uri in uris:
+        caching = cached.get(uri)
+        if caching is None:
+            cached[uri] = [host]
+        else:
+            caching.append(host)
 
 
 def replica_slots(groups: list[WorkerGroup], job: PendingJob) -> int:
@@ -312,12 +322,8 @@ class Fleet:
             host = hosts[w.id] = WorkerState(w)
             group_of[w.id] = group
             host.index = indexes[i]
-            for uri in w.cached_uris:
-                caching = group.cached.get(uri)
-                if caching is None:
-                    group.cached[uri] = [host]
-                else:
-                    caching.append(host)
+            if w.cached_uris:
+                _note_cached(group.cached, host, w.cached_uris)
             group.members.append(host)
         self.groups = [groups[i] for i in layout.order]
         """Every group, sorted by (pool, GPU type, region, spot)."""
@@ -377,12 +383,7 @@ class Fleet:
             group = groups[i]
             group_of[w.id] = group
             if w.cached_uris:
-                for uri in w.cached_uris:
-                    caching = group.cached.get(uri)
-                    if caching is None:
-                        group.cached[uri] = [host]
-                    else:
-                        caching.append(host)
+                _note_cached(group.cached, host, w.cached_uris)
             group.members.append(host)
         self.moves = moves
         for buckets, keys in indexes:

@@ -45,6 +45,31 @@ class _Transfers:
         self.put.append(data)
 
 
+def _make(
+    spool: LogSpool,
+    rpc: _Rpc,
+    transfers: _Transfers,
+    *,
+    job_id: str = "j",
+    interval_s: float = 3600.0,
+    interval_max_s: float | None = None,
+    max_chunk_bytes: int = 1 << 20,
+) -> LogSealer:
+    return LogSealer(
+        rpc,  # type: ignore[arg-type]
+        transfers,  # type: ignore[arg-type]
+        spool,
+        job_id=job_id,
+        attempt=1,
+        lease_token="t",
+        seal_bytes=1 << 20,
+        interval_s=interval_s,
+        interval_max_s=interval_max_s,
+        max_chunk_bytes=max_chunk_bytes,
+        on_stale=lambda: None,
+    )
+
+
 def _run(
     tmp_path: Path,
     interval: float,
@@ -57,19 +82,7 @@ def _run(
     rpc = rpc or _Rpc()
     transfers = transfers or _Transfers()
     spool = LogSpool(tmp_path / "log", 1 << 20)
-    sealer = LogSealer(
-        rpc,  # type: ignore[arg-type]
-        transfers,  # type: ignore[arg-type]
-        spool,
-        job_id="j",
-        attempt=1,
-        lease_token="t",
-        seal_bytes=1 << 20,
-        interval_s=interval,
-        interval_max_s=interval_max,
-        max_chunk_bytes=1 << 20,
-        on_stale=lambda: None,
-    )
+    sealer = _make(spool, rpc, transfers, interval_s=interval, interval_max_s=interval_max)
     written = bytearray()
 
     async def main() -> None:
@@ -127,18 +140,7 @@ def test_a_seal_takes_what_is_there_and_leaves_what_arrives_during_its_uploads(t
 def test_finish_ends_when_the_spool_holds_less_than_it_counted(tmp_path: Path) -> None:
     rpc, transfers = _Rpc(), _Transfers()
     spool = LogSpool(tmp_path / "log", 1 << 20)
-    sealer = LogSealer(
-        rpc,  # type: ignore[arg-type]
-        transfers,  # type: ignore[arg-type]
-        spool,
-        job_id="j",
-        attempt=1,
-        lease_token="t",
-        seal_bytes=1 << 20,
-        interval_s=3600.0,
-        max_chunk_bytes=4,
-        on_stale=lambda: None,
-    )
+    sealer = _make(spool, rpc, transfers, max_chunk_bytes=4)
     spool.write(1, b"0123456789")
     with open(spool.path, "r+b") as f:
         f.truncate(6)  # its directory being cleaned away under it
@@ -164,21 +166,7 @@ def test_attempts_that_start_together_do_not_seal_together(
     monkeypatch.setattr(logship.random, "uniform", recording)
     rpc, transfers = _Rpc(), _Transfers()
     spools = [LogSpool(tmp_path / f"log{i}", 1 << 20) for i in range(20)]
-    sealers = [
-        LogSealer(
-            rpc,  # type: ignore[arg-type]
-            transfers,  # type: ignore[arg-type]
-            spool,
-            job_id=f"j{i}",
-            attempt=1,
-            lease_token="t",
-            seal_bytes=1 << 20,
-            interval_s=0.5,
-            max_chunk_bytes=1 << 20,
-            on_stale=lambda: None,
-        )
-        for i, spool in enumerate(spools)
-    ]
+    sealers = [_make(spool, rpc, transfers, job_id=f"j{i}", interval_s=0.5) for i, spool in enumerate(spools)]
 
     async def main() -> float:
         t0 = time.monotonic()
