@@ -20,6 +20,7 @@ document's CPU (a batch of one submission, three such rows, cost more CPU than a
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,6 +106,29 @@ def insert_many(conn: sa.Connection, insert: sa.Insert, rows: Sequence[dict[str,
     conn.exec_driver_sql(statement[0], (statement[1],))
 
 
+_thread = threading.local()
+
+
+def ends_transaction(armed: bool = True) -> None:
+    """Say (in this thread) that the next ``insert_together`` is the last statement of its
+    transaction, which then commits (``armed`` False: take that back). Where nothing ran in the
+    transaction before it, that statement runs on its own in autocommit: it is a transaction by
+    itself (all of it or nothing, its commit as durable), and PostgreSQL is spared the BEGIN and the
+    COMMIT, each a round trip of its own with psycopg, for two of a group-commit batch's three."""
+    _thread.ends = armed
+
+
+def _idle_psycopg(conn: sa.Connection) -> Any:
+    """The psycopg connection under ``conn`` when no transaction has begun on it; else None."""
+    dbapi: Any = conn.connection.dbapi_connection
+    pgconn = getattr(dbapi, "pgconn", None)
+    if pgconn is None or dbapi.autocommit:
+        return None
+    from psycopg.pq import TransactionStatus
+
+    return dbapi if pgconn.transaction_status == TransactionStatus.IDLE else None
+
+
 def insert_together(conn: sa.Connection, parts: Sequence[tuple[sa.Insert, Sequence[dict[str, Any]]]]) -> None:
     """``insert_many`` of each part in turn (parts with no rows are skipped), in one statement on
     PostgreSQL: ``WITH p0 AS (INSERT ...), p1 AS (INSERT ...) INSERT ...``, one round trip and one
@@ -115,7 +139,9 @@ def insert_together(conn: sa.Connection, parts: Sequence[tuple[sa.Insert, Sequen
     The parts' statements see the same snapshot, so no part may need to read another's rows (plain
     inserts of new rows do not; foreign keys are checked as the statement ends, as they would be
     for separate statements). Each table's rows go in the order given, as with ``insert_many``.
-    Where a part cannot go as a document, or off PostgreSQL, each part goes by ``insert_many``."""
+    Where a part cannot go as a document, or off PostgreSQL, each part goes by ``insert_many``.
+    After ``ends_transaction``, a statement that is all the transaction runs in autocommit."""
+    ends, _thread.ends = getattr(_thread, "ends", False), False
     parts = [(insert, rows) for insert, rows in parts if rows]
     if len(parts) < 2 or conn.dialect.name != "postgresql":
         for insert, rows in parts:
@@ -132,7 +158,16 @@ def insert_together(conn: sa.Connection, parts: Sequence[tuple[sa.Insert, Sequen
     if sql is None:
         ctes = ", ".join(f"p{i} AS ({part})" for i, part in enumerate(sqls[:-1]))
         sql = _together[sqls] = f"WITH {ctes} {sqls[-1]}"
-    conn.exec_driver_sql(sql, documents)
+    alone = _idle_psycopg(conn) if ends else None
+    if alone is None:
+        conn.exec_driver_sql(sql, documents)
+        return
+    # The transaction's commit that follows finds nothing begun and sends nothing.
+    alone.autocommit = True
+    try:
+        conn.exec_driver_sql(sql, documents)
+    finally:
+        alone.autocommit = False
 
 
 _together: dict[tuple[str, ...], str] = {}  # the statement of each combination of parts' plans

@@ -23,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from trainyard.store import migrate
+from trainyard.store.bulk import ends_transaction
 from trainyard.store.records import StoreConfig
 from trainyard.store.transitions import ROWS_BEFORE_EVENTS, buffered_events
 
@@ -241,12 +242,17 @@ class Db:
                     )
                 finally:
                     conn.info.pop(_DEFERRED, None)
+                # That statement is the transaction's last: where it is all of it (the ops only
+                # deferred rows, as plain submissions do), it goes alone, without BEGIN and COMMIT.
+                ends_transaction()
                 return results
         except sa.exc.OperationalError:
             raise  # the database is unreachable: every op fails alike
         except Exception:  # one op failed: below, each runs alone so the others still commit
             if len(ops) == 1:
                 raise
+        finally:
+            ends_transaction(False)
         out: list[tuple[bool, Any]] = []
         for op in ops:
             try:
