@@ -319,43 +319,44 @@ class Cycle:
 
     def _fair_pass(self, queues: dict[str, list[PendingJob]]) -> None:
         """Visit every queued job, the next from whichever team has the lowest weighted cost."""
-        heap: list[tuple[float, str]] = []
-        costed: dict[str, int] = {}  # team -> its ``changes`` when its heap entry was costed
+        # Each entry: (cost, team name, its state, its queue, its ``changes`` when costed). Names
+        # are unique, so a tie on cost never compares further.
+        heap: list[tuple[float, str, TeamState, list[PendingJob], int]] = []
         visit, cost, teams = self._visit, self.ledger.cost, self.teams
         inv, history_weight = self.ledger.inverse_capacity, self.ledger.history_weight
         for name, queue in queues.items():
             queue.reverse()  # pop() from the end is O(1)
             team = teams[name]
-            heap.append((cost(team), name))
-            costed[name] = team.changes
+            heap.append((cost(team), name, team, queue, team.changes))
         heapq.heapify(heap)
         while heap:
-            name = heap[0][1]
-            queue = queues[name]
-            team = teams[name]
-            visit(queue.pop(), team)
-            if not queue:
-                heapq.heappop(heap)
-                continue
-            changes = team.changes
-            if changes != costed[name]:
-                # TeamLedger.cost(team), inlined (the same floats): once per placement.
-                # and max() spelt out (see _queues)
-                u, gone = team.usage, team.leaving
-                share = (u[0] - gone[0]) * inv[0]
-                dominant = (u[1] - gone[1]) * inv[1]
-                if dominant > share:
-                    share = dominant
-                dominant = (u[2] - gone[2]) * inv[2]
-                if dominant > share:
-                    share = dominant
-                fair_share = team.fair_share
-                team_cost = (share + history_weight * team.history_share) / (
-                    EPS if fair_share < EPS else fair_share
-                )
-                heapq.heapreplace(heap, (team_cost, name))  # names are unique: no ties
-                costed[name] = changes
-            # else its cost is the one in its entry, which is still the smallest: it goes again
+            _, name, team, queue, costed = heap[0]
+            pop = queue.pop
+            while True:
+                visit(pop(), team)
+                if not queue:
+                    heapq.heappop(heap)
+                    break
+                changes = team.changes
+                if changes != costed:
+                    # TeamLedger.cost(team), inlined (the same floats): once per placement.
+                    # and max() spelt out (see _queues)
+                    u, gone = team.usage, team.leaving
+                    share = (u[0] - gone[0]) * inv[0]
+                    dominant = (u[1] - gone[1]) * inv[1]
+                    if dominant > share:
+                        share = dominant
+                    dominant = (u[2] - gone[2]) * inv[2]
+                    if dominant > share:
+                        share = dominant
+                    fair_share = team.fair_share
+                    team_cost = (share + history_weight * team.history_share) / (
+                        EPS if fair_share < EPS else fair_share
+                    )
+                    heapq.heapreplace(heap, (team_cost, name, team, queue, changes))
+                    break
+                # else its cost is the one in its entry, which is still the smallest: it goes
+                # again, without a look at the heap
 
     def _final_shares(self) -> dict[str, TeamShare]:
         """Each team's share after the cycle's placements and preemptions."""
@@ -519,13 +520,27 @@ class Cycle:
         host = fleet.best_fit(job, groups)
         if host is None:
             return False, None
-        if job.gpu and job.gpu_type is None:  # only then can a per-type quota stop it here
+        gpu = job.gpu
+        if gpu and job.gpu_type is None:  # only then can a per-type quota stop it here
             type_quota = gpu_type_quota_block(team, job, [host])
             if type_quota is not None:
                 return False, type_quota
         w = host.worker
         gpus = fleet.allocate(host, job)
-        self.ledger.add_usage(team, job.cpu, job.memory, job.gpu, w.gpu_type)
+        if self.undo.entries is None:
+            # TeamLedger.add_usage(), inlined (no attempt is open, so there is nothing to undo):
+            # once per placement, the same additions in the same order.
+            team.changes += 1
+            usage = team.usage
+            usage[0] += job.cpu
+            usage[1] += job.memory
+            usage[2] += gpu
+            gpu_type = w.gpu_type
+            if gpu and gpu_type:
+                by_type = team.gpus_by_type
+                by_type[gpu_type] = by_type.get(gpu_type, 0) + gpu
+        else:
+            self.ledger.add_usage(team, job.cpu, job.memory, gpu, w.gpu_type)
         cross = job.region is not None and w.region != job.region
         decisions = self.decisions
         decisions.cross_region += cross

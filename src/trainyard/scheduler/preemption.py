@@ -16,8 +16,8 @@ The work is bounded per cycle by ``max_preemption_attempts_per_cycle`` and
 
 from __future__ import annotations
 
-import itertools
 import operator
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState, groups_key
@@ -46,6 +46,25 @@ class _Rights:
     budget: int
     """Preemptions left this cycle."""
     no_victims_key: tuple[object, ...]
+
+
+class _SortedGangs(dict[str, list[RunningJob]]):
+    """Each running job's replicas, cut from the running replicas (sorted by id, replica, worker)
+    when first asked for: only victims' are, a few hundred of ~10,000 in a cold cycle, where
+    grouping them all was about 1 % of it (py-spy)."""
+
+    __slots__ = ("running",)
+
+    def __init__(self, running: list[RunningJob]) -> None:
+        super().__init__()
+        self.running = running
+
+    def __missing__(self, job_id: str) -> list[RunningJob]:
+        running = self.running
+        start = bisect_left(running, job_id, key=_by_id)
+        gang = running[start : bisect_right(running, job_id, lo=start, key=_by_id)]
+        self[job_id] = gang
+        return gang
 
 
 class Preemptor:
@@ -96,7 +115,7 @@ class Preemptor:
         if self.given_gangs is not None:
             self.gangs = self.given_gangs
         else:
-            self.gangs = {rid: list(replicas) for rid, replicas in itertools.groupby(self.running, _by_id)}
+            self.gangs = _SortedGangs(self.running)
 
     def _weigh_host(self, host: WorkerState) -> list[RunningJob]:
         """Work out the loss of each of the worker's victims and sort them by it, cheapest first (the
