@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -87,6 +88,21 @@ STARTED_COALESCE_S = 0.01
 other attempts are under way on the agent (a lone attempt reports it without waiting)."""
 
 
+SLOW_START_S = 1.0
+"""An attempt whose STARTED report is answered later than this after its lease arrived is logged,
+phase by phase: a slow start is the agent's side of a dispatch that took long."""
+
+
+def slow_start(key: tuple[str, int], marks: list[tuple[str, float]]) -> None:
+    """Log where the time went when the lease-to-STARTED path took longer than ``SLOW_START_S``."""
+    if marks[-1][1] - marks[0][1] <= SLOW_START_S:
+        return
+    phases = ", ".join(f"{name} {t - before:.2f}s" for (_, before), (name, t) in itertools.pairwise(marks))
+    log.warning(
+        "attempt %s/%d: started %.1fs after its lease arrived (%s)", *key, marks[-1][1] - marks[0][1], phases
+    )
+
+
 class AttemptRunner:
     """Runs one assignment. Stop requests may come at any time, before the spawn included."""
 
@@ -94,6 +110,8 @@ class AttemptRunner:
         self.ctx = ctx
         self.a = assignment
         self.key = (assignment.job_id, assignment.attempt)
+        self.marks: list[tuple[str, float]] = [("lease", time.monotonic())]
+        """When the attempt got from its lease to its STARTED answer, phase by phase (``slow_start``)."""
         self.dir = ctx.slots.acquire(assignment.job_id, assignment.attempt)
         self.restarted = restarted
         """The attempt ran under an earlier agent on this node (whose processes were killed at start-up)."""
@@ -261,7 +279,9 @@ class AttemptRunner:
             await self._finish_report(self.stop_outcome, self.stop_reason, None)
             return
         try:
+            self.marks.append(("setup", time.monotonic()))
             spec = await self._prepare()
+            self.marks.append(("prepare", time.monotonic()))
             if self.forgotten:
                 return
             if self.stop_outcome is not None:
@@ -272,6 +292,7 @@ class AttemptRunner:
             await self._finish_report(AttemptOutcome.START_FAILED, str(e), None)
             return
         self.handle = handle
+        self.marks.append(("spawn", time.monotonic()))
         if self.forgotten:
             handle.kill()
         elif self.stop_outcome is not None:
@@ -400,6 +421,7 @@ class AttemptRunner:
                 await asyncio.wait_for(exited.wait(), STARTED_COALESCE_S)
         if exited.is_set():
             return
+        self.marks.append(("coalesce", time.monotonic()))
         resp = await self.ctx.rpc.report(
             pb.ReportRequest(
                 job_id=self.a.job_id,
@@ -409,6 +431,8 @@ class AttemptRunner:
                 at=time.time(),
             )
         )
+        self.marks.append(("report", time.monotonic()))
+        slow_start(self.key, self.marks)
         if resp.result == pb.ReportResponse.STALE:
             log.warning("attempt %s/%d is stale: killing it", *self.key)
             self.kill_stale()
