@@ -77,6 +77,8 @@ class Platform:
         self.kick_relay = Kick()
         self.metrics = Metrics()
         self.writes = GroupCommit(self.store)
+        # Sealed log chunks: a lane of their own, so that a burst of seals never queues reports.
+        self.seal_writes = GroupCommit(self.store)
         # Submissions only insert new rows: on PostgreSQL several of their batches may be in flight.
         self.submit_writes = GroupCommit(self.store, writers=settings.submit_writer_count)
         self.leadership = leadership_for(settings.db_url, settings.home)
@@ -160,7 +162,9 @@ class Platform:
         self.jobs.archive = self.retention
         self.logs.archived_chunks = self.retention.archived_chunks
         self.files.archived_artifacts = self.retention.archived_artifacts
-        self.attempts = AttemptService(store, self.writes, self.logs, self.dispatcher, **kicks)
+        self.attempts = AttemptService(
+            store, self.writes, self.logs, self.dispatcher, seal_writes=self.seal_writes, **kicks
+        )
         self.fluent_bit = (
             FluentBitIngest(
                 store,
