@@ -43,7 +43,11 @@ MAX_URLS_AHEAD = 8
 asking for the next ones with this one makes that one RPC per eight chunks instead of one each. The
 count doubles from 1, so an attempt that seals once asks for one URL."""
 SEAL_JITTER = 0.2
-"""A periodic seal comes up to this share of its wait early, at random."""
+"""A periodic seal at the full cadence comes up to this share of its wait early, at random."""
+SEAL_SPREAD = 0.5
+"""While the cadence grows, and at its first full wait, a seal comes up to this share early: the
+attempts of a burst that started together draw their phases apart before they settle into the
+once-a-minute rhythm, which the smaller ``SEAL_JITTER`` then keeps apart."""
 URL_REUSE_S = 60.0
 """A URL asked for ahead is used only this long after it came (the control plane signs them for
 10 minutes by default); an expired one is refused with 403 and signed again (``AttemptObject``)."""
@@ -326,6 +330,8 @@ class LogSealer:
         self._finishing = False
         self._abandoned = False
         self._first_unsealed_at = 0.0
+        self._spreading = True
+        """Until the first wait at the full cadence is drawn: waits come up to ``SEAL_SPREAD`` early."""
         self._urls: dict[str, pb.SignedUrl] = {}
         self._urls_at = 0.0
         self._urls_ahead = 1
@@ -358,10 +364,14 @@ class LogSealer:
     async def _loop(self) -> None:
         try:
             while not self._finishing:
-                # Up to a fifth early, at random: the attempts of one burst of submissions start
-                # together, and without it their agents sealed together, every minute, in a storm
-                # that held up everything else those agents did (a probe's start by seconds).
-                deadline = self._first_unsealed_at + self._interval_s * random.uniform(1 - SEAL_JITTER, 1)
+                # Early, at random: the attempts of one burst of submissions start together, and
+                # without it they sealed together, in storms that held up the control plane's
+                # answers to everything else (at 2,000 running, a probe's start by seconds). A
+                # fifth early each time kept the storms: the phases drifted apart too slowly.
+                early = SEAL_SPREAD if self._spreading else SEAL_JITTER
+                if self._interval_s >= self._interval_max_s:
+                    self._spreading = False
+                deadline = self._first_unsealed_at + self._interval_s * random.uniform(1 - early, 1)
                 while self._spool.size - self.sealed < self._seal_bytes and not self._finishing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
