@@ -390,7 +390,7 @@ class JobService:
     def _wake_scheduler(self, pool: str | None) -> None:
         """Kick the scheduler for a new job: at once, or ``UNSERVED_KICK_DELAY_S`` later, together
         with the others submitted meanwhile, for a job in a pool no live worker serves."""
-        if wakes_now(pool, self.served_pools.current()):
+        if pool is None or wakes_now(pool, self.served_pools.current()):
             self.kick_scheduler.set()
             return
         loop = asyncio.get_running_loop()
