@@ -585,10 +585,13 @@ class Fleet:
                 continue  # nothing fits in this group, so no worker caching the data does either
             host = None
             buckets = index.buckets
-            # By position rather than over a slice: the search mostly ends in the first bucket or
-            # two, and a slice copies every key above the start.
-            for i in range(bisect_left(keys, start_key), len(keys)):
+            # By position rather than over a slice (or a range): the search mostly ends in the
+            # first bucket or two, and a slice copies every key above the start.
+            i = bisect_left(keys, start_key)
+            n = len(keys)
+            while i < n:
                 key = keys[i]
+                i += 1
                 if key % OCTAVE_SLOTS < octave_key:
                     continue  # more GPUs, but a cpu octave below the demand
                 for wid in buckets[key]:
@@ -725,9 +728,10 @@ class Fleet:
         cpu, mem, gpu = job.cpu, job.memory, job.gpu
         host.free_cpu -= cpu
         host.free_memory -= mem
-        free = host.free_gpus
-        taken = tuple(free[:gpu])
+        taken: tuple[int, ...] = ()
         if gpu:
+            free = host.free_gpus
+            taken = tuple(free[:gpu])
             host.free_gpus = free[gpu:]
         end = self.now + job.max_runtime_s
         host.added_holds.append((end, cpu, mem, gpu))
