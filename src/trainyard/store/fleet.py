@@ -46,6 +46,11 @@ _SCHEDULING_WORKERS = (
 )
 CHECKPOINTS_KEY = "checkpoints"
 """The ``scheduler_state`` row whose mark changes whenever checkpoint times are written."""
+_TOUCH = (
+    workers.update()
+    .where(workers.c.id == sa.bindparam("w_id"), workers.c.status != "DEAD")
+    .values(last_heartbeat=sa.bindparam("w_at"))
+)
 _LAST_BEAT = sa.select(workers.c.last_heartbeat).where(workers.c.id == sa.bindparam("w_id"))
 
 
@@ -215,13 +220,10 @@ class FleetRepo:
         """Persist last-heartbeat times (batched; the hot path keeps them in the cache)."""
         if not seen:
             return
+        # One statement for them all (psycopg pipelines its executemany): a statement each, built
+        # and compiled per worker, was most of an idle control plane's CPU at 400 agents.
         with self._db.tx() as conn:
-            for wid, at in seen.items():
-                conn.execute(
-                    workers.update()
-                    .where(workers.c.id == wid, workers.c.status != "DEAD")
-                    .values(last_heartbeat=at)
-                )
+            conn.execute(_TOUCH, [{"w_id": wid, "w_at": at} for wid, at in seen.items()])
 
     def record_heartbeat(self, worker_id: str, at: float) -> None:
         """Set one worker's last heartbeat (the cache's SQL fallback, while Redis is down)."""

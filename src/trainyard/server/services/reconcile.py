@@ -61,6 +61,8 @@ class Reconciler:
         self.absent = AbsentAttempts()  # RUNNING attempts a live worker stopped listing
         self._held: dict[tuple[str, int], float] = {}  # (job, attempt) -> last heartbeat that listed it
         self._beats_persisted = 0.0
+        self._beats_written: dict[str, float] = {}
+        """The heartbeat times last written to the workers table, by worker."""
         self._store_down = False
         self.beats: BeatBuffer | None = None
         """The fleet's batched beats (where the cache is shared), written out before a sweep reads."""
@@ -132,7 +134,11 @@ class Reconciler:
             self.auth.forget_worker(w.id)
         # Heartbeats live in the cache; the table's copy is for display, so refresh it only now and then.
         if now - self._beats_persisted >= HEARTBEAT_PERSIST_S:
-            self.store.touch_workers(beats)
+            # Only the beats that moved since they were last written (about half of them, with
+            # beats every 10 s and writes every 5 s); a failed write leaves them due next time.
+            moved = {w: at for w, at in beats.items() if self._beats_written.get(w) != at}
+            self.store.touch_workers(moved)
+            self._beats_written = beats
             self._beats_persisted = now
         return touched
 
