@@ -281,7 +281,12 @@ class Cycle:
         would make the claimant evict again, forever."""
         queues: dict[str, list[PendingJob]] = {}
         for job in self.snapshot.pending:
-            queues.setdefault(job.team, []).append(job)
+            # Not setdefault(team, []): that makes (and drops) an empty list per pending job.
+            queue = queues.get(job.team)
+            if queue is None:
+                queues[job.team] = [job]
+            else:
+                queue.append(job)
         first: dict[str, list[PendingJob]] = {}
         rest: dict[str, list[PendingJob]] = {}
         now, step, cap = self.now, self.config.aging_s_per_priority_step, self.config.aging_cap
