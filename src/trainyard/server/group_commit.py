@@ -5,6 +5,8 @@ single transaction. Under load this turns N BEGIN/COMMIT round trips
 and N thread hops into one, without delaying a lone request: an idle writer starts at once.
 
 On PostgreSQL a batch mostly waits: for each statement's round trip and for the commit's WAL flush.
+A batch of plain submissions is one statement, sent in autocommit (``Db.apply_batch``,
+``bulk.ends_transaction``): one round trip where BEGIN, the statement and COMMIT took three.
 With one batch in flight at a time, submissions were bound by that wait (626/s, the database and
 the control plane both half idle). ``writers`` lets several batches be in flight at once; it is
 meant for operations that only insert new rows (submissions), which concurrent transactions cannot
