@@ -871,7 +871,9 @@ def _measure(ctx: Ctx) -> dict[str, Any]:
     helpers = [threading.Thread(target=probe_loop, daemon=True)]
     if cfg.stream_rate > 0:
         helpers.append(threading.Thread(target=stream_loop, daemon=True))
-    followers = [Follower(bases[k % len(bases)], token, ids[(k * 7) % len(ids)], stop) for k in range(cfg.followers)]
+    followers = [
+        Follower(bases[k % len(bases)], token, ids[(k * 7) % len(ids)], stop) for k in range(cfg.followers)
+    ]
     for t in [*helpers, *followers]:
         t.start()
     killed: dict[str, Any] = {}
