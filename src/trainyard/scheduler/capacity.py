@@ -53,6 +53,17 @@ def cpu_octave(cpu: float) -> int:
     return math.frexp(cpu)[1] - 1
 
 
+def fit_keys(cpu: float, gpu: int) -> tuple[int, int]:
+    """A demand's (start key, octave key) in a group's bucket index: buckets below the start key
+    hold too few GPUs or too little cpu, and a bucket's octave (``key % OCTAVE_SLOTS``) below the
+    octave key too little cpu. The octave is the one ``Fleet.rebucket`` files a worker with that
+    much cpu under, raised to ``-OCTAVE_OFFSET`` at least."""
+    octave_key = frexp(cpu)[1] - 1 + OCTAVE_OFFSET if cpu > 0 else 0
+    if octave_key < 0:
+        octave_key = 0
+    return gpu * OCTAVE_SLOTS + octave_key, octave_key
+
+
 def groups_key(job: PendingJob) -> tuple[object, ...]:
     """Everything about a job that decides where it may run and whether it fits."""
     return (
@@ -153,7 +164,8 @@ class WorkerGroup:
     members: list[WorkerState] = field(default_factory=list)
     buckets: BucketIndex = field(default_factory=lambda: BucketIndex())
     cached: dict[str, list[WorkerState]] = field(default_factory=dict)
-    """Per dataset URI, the members that cache it, in id order."""
+    """Per dataset URI, the members that cache it, less those that left every bucket this cycle
+    (``Fleet._uncache``), in no particular order."""
     shapes: dict[tuple[float, int, int], int] = field(default_factory=dict)
     """Distinct worker capacities (cpu, memory, gpu) and how many workers have each."""
     max_gpu: int = 0
@@ -458,9 +470,35 @@ class Fleet:
             else:
                 now[wid] = None
             host.order = key << 32 | self.moves
+            if old is None and host.worker.cached_uris:
+                self._recache(host)  # back in a bucket (an attempt rolled back)
         else:
             host.order = -1
+            if host.worker.cached_uris:
+                self._uncache(host)
         host.bucket_key = key
+
+    def _uncache(self, host: WorkerState) -> None:
+        """Take a worker that left every bucket out of its group's lists of workers caching data.
+
+        A worker in no bucket never fits (``order`` -1 is below any search's start), so the
+        searches among those lists need not visit it; at 10k pending, workers filled during the
+        cycle were about a fifth of the visits. Only a rollback brings one back
+        (:meth:`_recache`). The order of a list does not matter: a search takes the least
+        ``order``, and no two workers share one."""
+        cached = self.group_of[host.worker.id].cached
+        for uri in host.worker.cached_uris:
+            caching = cached[uri]
+            if host in caching:
+                caching.remove(host)
+
+    def _recache(self, host: WorkerState) -> None:
+        """Put a worker back in its group's lists of workers caching data (see :meth:`_uncache`)."""
+        cached = self.group_of[host.worker.id].cached
+        for uri in host.worker.cached_uris:
+            caching = cached[uri]
+            if host not in caching:
+                caching.append(host)
 
     def undo_point(self, host: WorkerState) -> Undo:
         """How to put the worker's capacity (and its reservation's spare) back as it is now."""
@@ -515,7 +553,7 @@ class Fleet:
         """The distinct worker capacities (cpu, memory, gpu) across the groups, with how many
         workers have each (the first group's first, in order). Do not change it: it is shared."""
         # Every new demand shape asks, over a few distinct lists of groups. Keyed by the list's id,
-        # the entry keeping the list alive (see _by_fixed_cost).
+        # the entry keeping the list alive (see ranked).
         hit = self._shapes_memo.get(id(groups))
         if hit is not None and hit[0] is groups:
             return hit[1]
@@ -530,7 +568,7 @@ class Fleet:
         """The most free GPUs any worker of the groups has with some cpu and memory free (-1: no
         such worker)."""
         # Asked for every GPU job that waits for capacity, many in a row with nothing moved in
-        # between. Keyed by the list's id, the entry keeping the list alive (see _by_fixed_cost).
+        # between. Keyed by the list's id, the entry keeping the list alive (see ranked).
         hit = self._largest_memo.get(id(groups))
         if hit is not None and hit[0] is groups and hit[1] == self.moves:
             return hit[2]
@@ -551,12 +589,25 @@ class Fleet:
 
         Lowest cost wins: fragmentation left behind plus the soft costs (region, spot) minus the
         cached-data credit; ties go to the lower worker id. With ``use_reservations``, a reserved
-        worker is used only if the reservation admits the job (backfill).
+        worker is used only if the reservation admits the job (backfill). See :meth:`fit`."""
+        start_key, octave_key = fit_keys(job.cpu, job.gpu)
+        return self.fit(job, self.ranked(job, groups), start_key, octave_key, use_reservations)
+
+    def fit(
+        self,
+        job: PendingJob,
+        ranked: list[tuple[float, WorkerGroup, bool, bool]],
+        start_key: int,
+        octave_key: int,
+        use_reservations: bool = True,
+    ) -> WorkerState | None:
+        """:meth:`best_fit`, given the job's groups ranked by :meth:`ranked` and its keys from
+        :func:`fit_keys`: the cycle keeps both per job shape, so a placement works out neither.
 
         This is the innermost loop of a cycle (once per replica placed, ~8,000 times at 10k
-        pending), so the first fit per group, the memo of ranked groups and the fit cost are written
-        out here rather than called (that, and walking the buckets by position rather than over a
-        slice, took about 2.5 % off a cold cycle, measured in alternating pairs)."""
+        pending), so the first fit per group and the fit cost are written out here rather than
+        called (that, and walking the buckets by position rather than over a slice, took about
+        2.5 % off a cold cycle, measured in alternating pairs)."""
         best: WorkerState | None = None
         best_cost = math.inf
         best_id = ""
@@ -564,18 +615,10 @@ class Fleet:
         cfg = self.config
         bonus = cfg.cache_bonus if uris else 0.0
         cpu, mem, gpu = job.cpu, job.memory, job.gpu
-        # As in bucket keys (cpu_octave(), inlined, its octave raised to -OCTAVE_OFFSET at least).
-        octave_key = frexp(cpu)[1] - 1 + OCTAVE_OFFSET if cpu > 0 else 0
-        if octave_key < 0:
-            octave_key = 0
-        start_key = gpu * OCTAVE_SLOTS + octave_key
         use_reservations = use_reservations and self.has_reservations  # none made: nothing to check
         region_cost, spot_cost = cfg.region_cost, cfg.spot_preference_cost
         hosts = self.workers
-        ranked = self._ranked_memo.get((id(groups), job.region, job.preemptible))
-        if ranked is None or ranked[0] is not groups:
-            ranked = (groups, self._by_fixed_cost(job, groups))
-        for fixed_cost, group, far, on_demand in ranked[1]:
+        for fixed_cost, group, far, on_demand in ranked:
             if fixed_cost - bonus > best_cost:
                 break  # fragmentation and the cache credit cannot make up the group's fixed cost
             # The first fit in the group's index: fewest free GPUs, then the smallest cpu octave,
@@ -632,14 +675,16 @@ class Fleet:
                 best, best_cost, best_id = host, cost, w.id
             # Cached data can outweigh best fit: also the best fit among the workers holding it.
             # That search keeps the group's order, so when the group's best fit caches the URI, it
-            # is that search's best fit too: nothing to search.
+            # is that search's best fit too: nothing to search. Else it starts past the group's
+            # best fit: the walk above visited workers in ``order`` and none before it fitted.
+            after = host.order + 1
             for uri in uris:
                 if uri in cached:
                     continue
                 caching = group.cached.get(uri)
                 if caching is None:
                     continue
-                host = self._first_fit_among(caching, job, start_key, octave_key, use_reservations)
+                host = self._first_fit_among(caching, job, after, octave_key, use_reservations)
                 if host is None:
                     continue
                 # The fit cost again, the same terms in the same order (so the same floats).
@@ -664,24 +709,23 @@ class Fleet:
         self,
         hosts: list[WorkerState],
         job: PendingJob,
-        start_key: int,
+        after: int,
         octave_key: int,
         use_reservations: bool,
     ) -> WorkerState | None:
-        """What the first fit in :meth:`best_fit` would find in a bucket index over these workers
-        alone: the one that fits in the lowest bucket from ``start_key`` (octave at least
-        ``octave_key``), the earliest to enter it on a tie.
+        """What the first fit in :meth:`fit` would find in a bucket index over these workers alone,
+        among those whose ``order`` is ``after`` or more: the one that fits in the lowest bucket
+        (octave at least ``octave_key``), the earliest to enter it on a tie.
 
         A bucket index per cached URI gave the same answer, but each placement then moved its
         worker in four indexes rather than one; a URI's workers in a group are a handful."""
         best: WorkerState | None = None
         best_order = 1 << 60  # above any order (an int: comparing an int with inf is slower)
-        start = start_key << 32
         cpu, mem = job.cpu, job.memory
         for host in hosts:
             order = host.order
             if (
-                start <= order < best_order
+                after <= order < best_order
                 and (order >> 32) % OCTAVE_SLOTS >= octave_key
                 and host.free_memory >= mem
                 and host.free_cpu + EPS >= cpu
@@ -692,7 +736,7 @@ class Fleet:
                 best, best_order = host, order
         return best
 
-    def _by_fixed_cost(
+    def ranked(
         self, job: PendingJob, groups: list[WorkerGroup]
     ) -> list[tuple[float, WorkerGroup, bool, bool]]:
         """The job's groups with their fixed soft cost (region, spot), cheapest first, each with

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState
+from trainyard.scheduler.capacity import EPS, Fleet, WorkerGroup, WorkerState, fit_keys
 from trainyard.scheduler.charged import RunningCharge, charged_for
 from trainyard.scheduler.charged import charge_host as _charge_host
 from trainyard.scheduler.decisions import Decisions, ReasonCode, placement
@@ -140,6 +140,16 @@ class JobShape:
     within a cycle, so this stays true once found."""
     capacity_reasons: dict[int, str] = field(default_factory=dict)
     """The "waiting for capacity" texts, by the largest free GPU count they name (-1: none)."""
+    start_key: int = 0
+    octave_key: int = 0
+    """The shape's keys in a group's bucket index (``capacity.fit_keys``)."""
+    ranked: dict[str | None, list[tuple[float, WorkerGroup, bool, bool]]] = field(default_factory=dict)
+    """``groups`` ranked by their fixed soft cost (``Fleet.ranked``), by the job's preferred region
+    (the shape fixes the rest): what best fit starts from, without a look-up keyed by a tuple."""
+    failed: set[object] = field(default_factory=set)
+    """Jobs of the shape that found no room this cycle, by max runtime (with the team, as a tuple,
+    where a per-type quota makes success depend on it): free capacity only shrinks, so a later job
+    of the same kind skips the search. On the shape, so a visit builds no key tuple to look it up."""
 
 
 class Cycle:
@@ -174,9 +184,6 @@ class Cycle:
         fleet.index_all()
         self.reservations = Reservations(fleet, config, now, decisions.reservations, self.preemptor.doomed)
         self.shapes: dict[tuple[object, ...], JobShape] = {}
-        self.failed: set[tuple[object, ...]] = set()
-        """(shape, max runtime, team if it has per-type quotas) that found no room this cycle: free
-        capacity only shrinks, so a later job of the same kind skips the search."""
         self.visited = decisions.order.append
         self.subsets: dict[tuple[int, ...], list[WorkerGroup]] = {}
         """The per-type quota subsets of groups met so far (keyed by the fleet's groups, which live
@@ -428,7 +435,7 @@ class Cycle:
         groups = shape.groups
         typed_quota = gpu > 0 and job.gpu_type is None and quota is not None and bool(quota.gpu_by_type)
         # A per-type quota makes success depend on the team, not just the shape.
-        failed_key = (shape, job.max_runtime_s, job.team if typed_quota else None)
+        failed_key: object = (job.max_runtime_s, job.team) if typed_quota else job.max_runtime_s
         if typed_quota:
             groups, blocked = groups_within_type_quotas(team, job, groups)
             if blocked is not None:
@@ -438,9 +445,10 @@ class Cycle:
             groups = self.subsets.setdefault(tuple(map(id, groups)), groups)
         # ``fits_nowhere`` speaks for the shape's own groups only, not for a per-type quota's subset.
         fits_nowhere = shape.fits_nowhere and groups is shape.groups
-        if failed_key not in self.failed:
+        failed = shape.failed
+        if failed_key not in failed:
             if not fits_nowhere:
-                placed, type_quota = self._place_now(job, team, groups)
+                placed, type_quota = self._place_now(job, team, groups, shape)
                 if placed:
                     return
                 if type_quota is not None:
@@ -448,7 +456,7 @@ class Cycle:
                     return
                 if job.replicas == 1 and not self.decisions.reservations and groups is shape.groups:
                     shape.fits_nowhere = fits_nowhere = True  # no reservation was in the way
-            self.failed.add(failed_key)
+            failed.add(failed_key)
         self._wait_for_capacity(job, shape, groups, fits_nowhere)
 
     def _array_full(self, job: PendingJob) -> bool:
@@ -511,18 +519,21 @@ class Cycle:
             (job.region,) if job.require_region else None,
         )
         groups = self.fleet.groups_for(constraints, job)
-        return JobShape(groups, never_fits_reason(self.fleet, groups, job))
+        start_key, octave_key = fit_keys(job.cpu, job.gpu)
+        return JobShape(
+            groups, never_fits_reason(self.fleet, groups, job), start_key=start_key, octave_key=octave_key
+        )
 
     def _place_now(
-        self, job: PendingJob, team: TeamState, groups: list[WorkerGroup]
+        self, job: PendingJob, team: TeamState, groups: list[WorkerGroup], shape: JobShape
     ) -> tuple[bool, str | None]:
-        """Start every replica of the job now if they all fit: (placed, the per-GPU-type quota that
-        stopped it, if that is why not)."""
+        """Start every replica of the job (of this shape) now if they all fit: (placed, the
+        per-GPU-type quota that stopped it, if that is why not)."""
         if job.replicas > 1:
             return self._place_gang(job, team, groups)
         # The common case needs no undo log: nothing changes unless the job is placed.
         fleet = self.fleet
-        host = fleet.best_fit(job, groups)
+        host = fleet.fit(job, self._ranked(job, groups, shape), shape.start_key, shape.octave_key)
         if host is None:
             return False, None
         gpu = job.gpu
@@ -553,6 +564,17 @@ class Cycle:
         if job.array_id is not None:
             self._placed_task(job)
         return True, None
+
+    def _ranked(
+        self, job: PendingJob, groups: list[WorkerGroup], shape: JobShape
+    ) -> list[tuple[float, WorkerGroup, bool, bool]]:
+        """``Fleet.ranked(job, groups)``, from the shape's own memo where these are its groups."""
+        if groups is not shape.groups:
+            return self.fleet.ranked(job, groups)  # a per-type quota's subset
+        ranked = shape.ranked.get(job.region)
+        if ranked is None:
+            ranked = shape.ranked[job.region] = self.fleet.ranked(job, groups)
+        return ranked
 
     def _place_gang(
         self, job: PendingJob, team: TeamState, groups: list[WorkerGroup]
@@ -590,7 +612,8 @@ class Cycle:
         """The job whose reservation holds the capacity this job would fit in now, if any."""
         if not self.decisions.reservations or fits_nowhere:
             return None
-        host = self.fleet.best_fit(job, groups, use_reservations=False)
+        ranked = self._ranked(job, groups, shape)
+        host = self.fleet.fit(job, ranked, shape.start_key, shape.octave_key, use_reservations=False)
         if host is None:
             if groups is shape.groups:
                 shape.fits_nowhere = True

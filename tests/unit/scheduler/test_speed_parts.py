@@ -93,16 +93,50 @@ def test_search_among_a_uris_workers_finds_what_a_bucket_index_over_them_would(s
             f"j{step}", "t", cpu=float(rng.choice((1, 2, 4, 8))), memory=rng.choice((4, 64)) * GIB, gpu=gpu
         )
         for group in fleet.groups:
+            everyone = {h.worker.id for h in group.members}
+            first = _reference_first_fit(fleet, group.buckets.keys, group.buckets.buckets, everyone, job)
             for uri, caching in group.cached.items():
                 octave_key = cpu_octave(job.cpu) + OCTAVE_OFFSET
                 start_key = job.gpu * OCTAVE_SLOTS + octave_key
-                got = fleet._first_fit_among(caching, job, start_key, octave_key, False)
-                among = {h.worker.id for h in caching}
+                got = fleet._first_fit_among(caching, job, start_key << 32, octave_key, False)
+                # Every member caching the URI, those taken off the list (in no bucket) included.
+                among = {h.worker.id for h in group.members if uri in h.worker.cached_uris}
+                assert {h.worker.id for h in caching} <= among
                 want = _reference_first_fit(fleet, group.buckets.keys, group.buckets.buckets, among, job)
                 assert got is want, (uri, step)
                 checked += want is not None
+                if first is not None and uri not in first.worker.cached_uris:
+                    # As best fit searches: from just past the group's own first fit.
+                    after = fleet._first_fit_among(caching, job, first.order + 1, octave_key, False)
+                    assert after is want, (uri, step)
         # Move workers around as a cycle does (placements that fit), so buckets fill and reorder.
         host = rng.choice(hosts)
         if host.free_cpu >= job.cpu and host.free_memory >= job.memory and len(host.free_gpus) >= gpu:
             fleet.allocate(host, job)
     assert checked > 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_worker_leaves_the_caching_lists_when_full_and_comes_back_on_rollback(seed: int) -> None:
+    rng = random.Random(seed)
+    undo = UndoLog()
+    fleet = Fleet(tuple(synthetic_fleet(60, rng)), SchedulerConfig(), 0.0, undo)
+    fleet.index_all()
+
+    def listed(host: WorkerState) -> set[str]:
+        cached = fleet.group_of[host.worker.id].cached
+        return {uri for uri in host.worker.cached_uris if any(h is host for h in cached[uri])}
+
+    hosts = [h for h in fleet.workers.values() if h.worker.cached_uris]
+    host = rng.choice(hosts)
+    everything = PendingJob("all", "t", cpu=host.free_cpu, memory=int(host.free_memory))
+    assert listed(host) == set(host.worker.cached_uris)
+    undo.begin()
+    fleet.allocate(host, everything)
+    assert host.order == -1 and listed(host) == set()
+    undo.rollback()
+    assert host.order != -1 and listed(host) == set(host.worker.cached_uris)
+    for uri in host.worker.cached_uris:  # once each, not twice
+        assert sum(h is host for h in fleet.group_of[host.worker.id].cached[uri]) == 1
+    fleet.allocate(host, everything)  # committed: it stays off
+    assert listed(host) == set()
