@@ -533,7 +533,11 @@ class Cycle:
             return self._place_gang(job, team, groups)
         # The common case needs no undo log: nothing changes unless the job is placed.
         fleet = self.fleet
-        host = fleet.fit(job, self._ranked(job, groups, shape), shape.start_key, shape.octave_key)
+        # self._ranked(), inlined: once per placement.
+        ranked = shape.ranked.get(job.region) if groups is shape.groups else None
+        if ranked is None:
+            ranked = self._ranked(job, groups, shape)
+        host = fleet.fit(job, ranked, shape.start_key, shape.octave_key)
         if host is None:
             return False, None
         gpu = job.gpu
