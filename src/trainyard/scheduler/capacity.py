@@ -16,20 +16,19 @@ Free capacity only shrinks within a cycle, except when an attempt is rolled back
 from __future__ import annotations
 
 import math
-import operator
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from math import frexp
 from typing import TYPE_CHECKING
 
-from trainyard.scheduler.snapshot import PendingJob, ResourceVector, RunningJob, SchedulerConfig, Worker
+from trainyard.scheduler.layout import fleet_layout
+from trainyard.scheduler.snapshot import PendingJob, RunningJob, SchedulerConfig, Worker
 from trainyard.scheduler.undo import Undo, UndoLog
 
 if TYPE_CHECKING:
     from trainyard.scheduler.reservations import WorkerReservation
 
-_by_id = operator.attrgetter("id")
 
 EPS = 1e-9
 """Slack for comparing cpu (fractional cores) and float sums."""
@@ -193,83 +192,6 @@ def replica_slots(groups: list[WorkerGroup], job: PendingJob) -> int:
             )
             slots += per * n
     return slots
-
-
-@dataclass(frozen=True, slots=True)
-class FleetLayout:
-    """What the workers alone decide, before any job is charged: the groups, their members and
-    capacities. The simulator hands every cycle the same workers until one leaves or comes back,
-    so :func:`fleet_layout` keeps the last one worked out."""
-
-    workers: tuple[Worker, ...]
-    """The snapshot's tuple it was worked out from (the key: the same object)."""
-    gpu_type_of: dict[str, str | None]
-    """GPU type of every registered worker (see ``Fleet.gpu_type_of``); never changed."""
-    members: tuple[tuple[Worker, int], ...]
-    """The schedulable workers, each id once, in id order, with the index of its group."""
-    specs: tuple[tuple[str, str | None, str | None, bool], ...]
-    """Each group's (pool, GPU type, region, spot), in the order first met."""
-    shapes: tuple[dict[tuple[float, int, int], int], ...]
-    """Each group's ``WorkerGroup.shapes``; never changed (a fleet copies them)."""
-    max_gpu: tuple[int, ...]
-    order: tuple[int, ...]
-    """The groups' indexes sorted by (pool, GPU type, region, spot)."""
-    capacity: ResourceVector
-
-
-_last_layout: list[FleetLayout] = []
-"""The last layout worked out (one entry): swapped whole, so a concurrent cycle sees an old or a new
-one, each complete."""
-
-
-def fleet_layout(workers: tuple[Worker, ...]) -> FleetLayout:
-    """The layout of these workers: the last one if it was worked out from this very tuple."""
-    last = _last_layout[:1]
-    if last and last[0].workers is workers:
-        return last[0]
-    in_id_order = sorted(workers, key=_by_id)
-    seen: set[str] = set()
-    index: dict[tuple[str, str | None, str | None, bool], int] = {}
-    members: list[tuple[Worker, int]] = []
-    shapes: list[dict[tuple[float, int, int], int]] = []
-    max_gpu: list[int] = []
-    total = [0.0, 0.0, 0.0]
-    for w in in_id_order:
-        if not w.schedulable or w.id in seen:
-            continue
-        seen.add(w.id)
-        constraints = (w.pool, w.gpu_type, w.region, w.spot)
-        i = index.get(constraints)
-        if i is None:
-            i = index[constraints] = len(shapes)
-            shapes.append({})
-            max_gpu.append(0)
-        members.append((w, i))
-        shape = (float(w.cpu), w.memory, w.gpu)
-        shapes[i][shape] = shapes[i].get(shape, 0) + 1
-        if w.gpu > max_gpu[i]:  # max(), without the builtin's keyword parsing
-            max_gpu[i] = w.gpu
-        total[0] += w.cpu
-        total[1] += w.memory
-        total[2] += w.gpu
-    specs = tuple(index)
-    layout = FleetLayout(
-        workers=workers,
-        gpu_type_of={w.id: w.gpu_type for w in in_id_order},
-        members=tuple(members),
-        specs=specs,
-        shapes=tuple(shapes),
-        max_gpu=tuple(max_gpu),
-        order=tuple(sorted(range(len(specs)), key=lambda i: _group_order(specs[i]))),
-        capacity=ResourceVector(*total),
-    )
-    _last_layout[:] = [layout]
-    return layout
-
-
-def _group_order(spec: tuple[str, str | None, str | None, bool]) -> tuple[str, str, str, bool]:
-    pool, gpu_type, region, spot = spec
-    return (pool, gpu_type or "", region or "", spot)
 
 
 class Fleet:
@@ -673,37 +595,59 @@ class Fleet:
                 cost -= bonus * covered / len(uris)
             if cost < best_cost or (cost == best_cost and w.id < best_id):
                 best, best_cost, best_id = host, cost, w.id
-            # Cached data can outweigh best fit: also the best fit among the workers holding it.
-            # That search keeps the group's order, so when the group's best fit caches the URI, it
-            # is that search's best fit too: nothing to search. Else it starts past the group's
-            # best fit: the walk above visited workers in ``order`` and none before it fitted.
-            after = host.order + 1
-            for uri in uris:
-                if uri in cached:
-                    continue
-                caching = group.cached.get(uri)
-                if caching is None:
-                    continue
-                host = self._first_fit_among(caching, job, after, octave_key, use_reservations)
-                if host is None:
-                    continue
-                # The fit cost again, the same terms in the same order (so the same floats).
-                w = host.worker
-                cost = float(len(host.free_gpus) - gpu)
-                cost += (host.free_cpu - cpu) / w.cpu if w.cpu > 0 else 0.0
-                if far:
-                    cost += region_cost
-                if on_demand:
-                    cost += spot_cost
-                if w.cached_uris:
-                    covered = 0
-                    for u in uris:
-                        if u in w.cached_uris:
-                            covered += 1
-                    cost -= bonus * covered / len(uris)
-                if cost < best_cost or (cost == best_cost and w.id < best_id):
-                    best, best_cost, best_id = host, cost, w.id
+            if uris:
+                best, best_cost, best_id = self._best_caching(
+                    job, group, host, far, on_demand, octave_key, use_reservations, best, best_cost, best_id
+                )
         return best
+
+    def _best_caching(
+        self,
+        job: PendingJob,
+        group: WorkerGroup,
+        first: WorkerState,
+        far: bool,
+        on_demand: bool,
+        octave_key: int,
+        use_reservations: bool,
+        best: WorkerState | None,
+        best_cost: float,
+        best_id: str,
+    ) -> tuple[WorkerState | None, float, str]:
+        """:meth:`fit`'s best so far (worker, cost, id), bettered by the first fit among the group's
+        workers caching each of the job's data URIs: cached data can outweigh best fit.
+
+        That search keeps the group's order, so where the group's ``first`` fit caches the URI, it is
+        that search's first fit too: nothing to search. Else it starts past ``first``: the bucket
+        walk visited workers in ``order`` and none before it fitted. The fit cost is :meth:`fit`'s,
+        the same terms in the same order (so the same floats)."""
+        uris, cached, after = job.data_uris, first.worker.cached_uris, first.order + 1
+        cfg = self.config
+        for uri in uris:
+            if uri in cached:
+                continue
+            caching = group.cached.get(uri)
+            if caching is None:
+                continue
+            host = self._first_fit_among(caching, job, after, octave_key, use_reservations)
+            if host is None:
+                continue
+            w = host.worker
+            cost = float(len(host.free_gpus) - job.gpu)
+            cost += (host.free_cpu - job.cpu) / w.cpu if w.cpu > 0 else 0.0
+            if far:
+                cost += cfg.region_cost
+            if on_demand:
+                cost += cfg.spot_preference_cost
+            if w.cached_uris:
+                covered = 0
+                for u in uris:
+                    if u in w.cached_uris:
+                        covered += 1
+                cost -= cfg.cache_bonus * covered / len(uris)
+            if cost < best_cost or (cost == best_cost and w.id < best_id):
+                best, best_cost, best_id = host, cost, w.id
+        return best, best_cost, best_id
 
     def _first_fit_among(
         self,

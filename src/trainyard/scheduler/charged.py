@@ -37,7 +37,8 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trainyard.scheduler.capacity import FleetLayout, WorkerState, fleet_layout
+from trainyard.scheduler.capacity import WorkerState
+from trainyard.scheduler.layout import FleetLayout, fleet_layout
 from trainyard.scheduler.snapshot import ResourceVector, RunningJob, Snapshot, Worker
 
 _EXACT_LIMIT = 1 << 53

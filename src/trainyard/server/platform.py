@@ -176,6 +176,26 @@ class Platform:
             if s.fluent_bit_prefix
             else None
         )
+        self._worker_services(s)
+        self.budgets = BudgetWatch(store, self.metrics, background=True)
+        self.usage = UsageService(store, self.budgets, self.kick_scheduler)
+        self.scheduler = SchedulerLoop(
+            store,
+            self.replica,
+            self.boards,
+            self.metrics,
+            config=SchedulerConfig(half_life_s=s.fair_share_half_life),
+            # A victim that has not stopped within the grace (plus slack) may be chosen and told again.
+            stop_grace_s=s.cancel_grace + 3 * hb + 10,
+            demand=self.demand,
+            budgets=self.budgets,
+        )
+        self.relay = EventRelay(store, self.bus, self.metrics)
+        self.health = Health(store, self.replica, self.metrics)
+
+    def _worker_services(self, s: Settings) -> None:
+        """What serves the agents' side: liveness (the reconciler) and heartbeats (the fleet)."""
+        store, hb = self.store, s.heartbeat_interval
         self.reconciler = Reconciler(
             store,
             self.cache,
@@ -200,21 +220,6 @@ class Platform:
         if s.redis_url:
             # A shared cache is a round trip away: beats go in batches, off the event loop.
             self.fleet.beats = self.reconciler.beats = BeatBuffer(self.cache, 3 * hb)
-        self.budgets = BudgetWatch(store, self.metrics, background=True)
-        self.usage = UsageService(store, self.budgets, self.kick_scheduler)
-        self.scheduler = SchedulerLoop(
-            store,
-            self.replica,
-            self.boards,
-            self.metrics,
-            config=SchedulerConfig(half_life_s=s.fair_share_half_life),
-            # A victim that has not stopped within the grace (plus slack) may be chosen and told again.
-            stop_grace_s=s.cancel_grace + 3 * hb + 10,
-            demand=self.demand,
-            budgets=self.budgets,
-        )
-        self.relay = EventRelay(store, self.bus, self.metrics)
-        self.health = Health(store, self.replica, self.metrics)
 
     def close(self) -> None:
         """Release what the control plane holds: the bus, the leadership, the store's connections."""

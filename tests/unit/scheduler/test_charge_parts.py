@@ -127,8 +127,8 @@ def test_charging_per_worker_matches_the_per_replica_loop(seed: int) -> None:
 
 def test_a_fleet_built_from_the_last_layout_is_the_one_built_afresh() -> None:
     from tests.unit.scheduler.test_decide_equivalence import digest
-    from trainyard.scheduler.capacity import _last_layout
     from trainyard.scheduler.core import decide
+    from trainyard.scheduler.layout import _last_layout
 
     a, b = _varied(1), _varied(2)
     b = replace(
