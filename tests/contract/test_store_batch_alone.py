@@ -109,13 +109,20 @@ def test_a_failing_lone_statement_leaves_nothing_and_the_connection_transactiona
     assert [j.id for j in listed] == [kept.id]
 
 
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[SqlStore]:
+    """PostgreSQL's store alone: autocommit is its path, so the next test has no SQLite variant."""
+    s = SqlStore(pg_url)
+    yield s
+    s.close()
+
+
 def test_only_an_armed_call_goes_alone_and_the_arming_is_spent(
-    store: SqlStore, commands: list[bytes]
+    pg_store: SqlStore, commands: list[bytes]
 ) -> None:
     """``ends_transaction`` covers the next ``insert_together`` of this thread, and only where nothing
     ran before it in the transaction."""
-    if store.dialect != "postgresql":
-        pytest.skip("autocommit is PostgreSQL's")
+    store = pg_store
 
     def parts(prefix: str) -> list[tuple[sa.Insert, list[dict[str, Any]]]]:
         events = [_event(i, f"{prefix}{i}") for i in range(2)]
