@@ -221,7 +221,7 @@ class FleetRepo:
         if not seen:
             return
         # One statement for them all (psycopg pipelines its executemany): a statement each, built
-        # and compiled per worker, was most of an idle control plane's CPU at 400 agents.
+        # and compiled per worker, was a quarter of an idle replica's Python samples at 400 agents.
         with self._db.tx() as conn:
             conn.execute(_TOUCH, [{"w_id": wid, "w_at": at} for wid, at in seen.items()])
 
