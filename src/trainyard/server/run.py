@@ -187,13 +187,10 @@ class LeaderLoops:
             return
         scheduler, dispatcher = self.p.scheduler, self.p.dispatcher
         started = time.monotonic()
-        leases, cpu = await asyncio.to_thread(_with_cpu, scheduler.place_once)
-        # The leases go out before the cycle's board, demand and pending reasons are written (its
-        # publishing, several writes): a worker has nothing to wait for in those.
+        leases, cpu = await asyncio.to_thread(_with_cpu, scheduler.schedule_once)
         notes = dispatcher.dispatch(leases) + dispatcher.preempt(scheduler.take_preemptions())
         if notes:
             await asyncio.to_thread(self.p.notifier.send, notes)
-        cpu += (await asyncio.to_thread(_with_cpu, scheduler.publish_cycle))[1]
         if scheduler.estimate_due() and (self._estimating is None or self._estimating.done()):
             # Apart from the cycle: an estimate runs the scheduler forward many times.
             self._estimating = asyncio.create_task(

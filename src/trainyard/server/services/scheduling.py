@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainyard.model.states import JobStatus, Priority
@@ -63,19 +62,6 @@ ETA_MAX_JOBS = 1000  # the first jobs of the global queue order are estimated
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
 
-@dataclass(frozen=True)
-class _Unpublished:
-    """A cycle whose leases are granted, whose board, demand and reasons are not written yet."""
-
-    t0: float
-    now: float
-    snapshot: Snapshot
-    decisions: Decisions
-    pending: list[Any]
-    waiting: set[str]
-    leases: list[Lease]
-
-
 class SchedulerLoop:
     """One scheduler cycle at a time (blocking methods: the leader runs them in a thread)."""
 
@@ -108,8 +94,6 @@ class SchedulerLoop:
         self._preempting: dict[str, float] = {}  # job -> when its preempt command was issued
         self._preempt_queue: list[WorkerCommand] = []
         self._claims: dict[str, tuple[str, ...]] = {}  # job -> workers held for it (see schedule_once)
-        self._unpublished: _Unpublished | None = None
-        """The last cycle placed and not yet published (``place_once``, ``publish_cycle``)."""
         self._board_published = 0.0
         self._last_cycle: tuple[Snapshot, Decisions] | None = None  # input of the next estimate
         self._picture: Picture | None = None  # pending jobs and live attempts between cycles
@@ -148,17 +132,8 @@ class SchedulerLoop:
 
     def schedule_once(self) -> list[Lease]:
         """One scheduler cycle: snapshot → pure decisions → guarded leases, and preempt commands
-        queued for ``take_preemptions``; then the cycle's queue board, demand and pending reasons."""
-        leases = self.place_once()
-        self.publish_cycle()
-        return leases
-
-    def place_once(self) -> list[Lease]:
-        """The first part of :meth:`schedule_once`: the leases granted and the preemptions queued.
-        What the cycle tells people (its board, demand and pending reasons, several writes) is left
-        to :meth:`publish_cycle`, so that the leader sends the leases to their workers first."""
+        queued for ``take_preemptions``."""
         t0 = time.perf_counter()
-        self._unpublished = None
         # Jobs waiting for others first: those whose dependencies are met join this cycle's queue,
         # those whose dependencies can never be met end FAILED.
         released = self.store.resolve_dependencies().touched
@@ -196,26 +171,17 @@ class SchedulerLoop:
         )
         self._queue_preemptions(decisions, running, now)
         self.shares = decisions.shares
-        self._unpublished = _Unpublished(t0, now, snapshot, decisions, pending, waiting, leases)
-        return leases
-
-    def publish_cycle(self) -> None:
-        """The rest of the last :meth:`place_once` (nothing if it had nothing pending, or was
-        published already): the queue board, demand and pending reasons, and the wait metrics."""
-        cycle, self._unpublished = self._unpublished, None
-        if cycle is None:
-            return
-        now, decisions, pending, waiting = cycle.now, cycle.decisions, cycle.pending, cycle.waiting
         self._post_cycle_board(decisions, pending, waiting, now)
-        self.demand.post(cycle_demand(cycle.snapshot, decisions), now)
+        self.demand.post(cycle_demand(snapshot, decisions), now)
         oldest = min((r.queued_at for r in pending if r.id in waiting), default=now)
-        self._last_cycle = (cycle.snapshot, decisions) if now - oldest >= ESTIMATE_AFTER_S else None
+        self._last_cycle = (snapshot, decisions) if now - oldest >= ESTIMATE_AFTER_S else None
         # Write only reasons that changed since the last cycle; most cycles change few.
         changed = {j: r for j, r in decisions.reasons.items() if self._reasons.get(j) != r}
         self.store.set_pending_reasons(changed)
         self._reasons = dict(decisions.reasons)
-        self._observe_waits(decisions, pending, cycle.leases, now)
-        self.metrics.cycle.observe(time.perf_counter() - cycle.t0)
+        self._observe_waits(decisions, pending, leases, now)
+        self.metrics.cycle.observe(time.perf_counter() - t0)
+        return leases
 
     def _queue_preemptions(self, decisions: Decisions, running: list[Any], now: float) -> None:
         by_id = {r.id: r for r in running}
