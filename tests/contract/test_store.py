@@ -572,3 +572,14 @@ def test_a_preempted_or_lost_gang_keeps_its_place_in_the_queue(store: SqlStore) 
     j = store.get_job(gang.id)
     assert j is not None and j.attempts[1].outcome == "preempted" and j.queued_at == 1000.0
     assert queue() == [gang.id, later.id]
+
+
+def test_worker_pools_are_those_of_workers_not_dead(store: SqlStore) -> None:
+    assert store.worker_pools() == frozenset()
+    worker(store, "a1", pool="a")
+    worker(store, "a2", pool="a")
+    draining = worker(store, "b1", pool="b")
+    dead = worker(store, "c1", pool="c")
+    assert store.drain_worker(draining, None) is not None
+    store.mark_worker_dead(dead)
+    assert store.worker_pools() == {"a", "b"}

@@ -44,6 +44,7 @@ _SCHEDULING_WORKERS = (
     .where(workers.c.status != "DEAD")
     .order_by(workers.c.name)
 )
+_WORKER_POOLS = sa.select(workers.c.pool).where(workers.c.status != "DEAD").distinct()
 CHECKPOINTS_KEY = "checkpoints"
 """The ``scheduler_state`` row whose mark changes whenever checkpoint times are written."""
 _TOUCH = (
@@ -139,6 +140,11 @@ class FleetRepo:
         changes)."""
         with self._db.read() as conn:
             return [tuple(r) for r in conn.execute(_SCHEDULING_WORKERS)]
+
+    def worker_pools(self) -> frozenset[str]:
+        """The pools that workers not dead serve (draining ones included)."""
+        with self._db.read() as conn:
+            return frozenset(conn.execute(_WORKER_POOLS).scalars())
 
     def drain_worker(self, ref: str, deadline: float | None) -> Worker | None:
         """Mark a worker (by id or name) DRAINING: nothing new is placed there, and from ``deadline``

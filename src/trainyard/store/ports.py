@@ -389,6 +389,10 @@ class HealthStore(Protocol):
 class JobsStore(Protocol):
     """What ``server/services/jobs.py`` uses of the store."""
 
+    def worker_pools(self) -> frozenset[str]:
+        """The pools that workers not dead serve (draining ones included)."""
+        ...
+
     def array_tasks(
         self, array_id: str, limit: int = ..., cursor: str | None = ..., statuses: Iterable[str] = ...
     ) -> tuple[list[Job], str | None]:

@@ -235,6 +235,7 @@ class SqlStore:
         self.get_worker = fleet.get_worker
         self.drain_worker = fleet.drain_worker
         self.scheduling_workers = fleet.scheduling_workers
+        self.worker_pools = fleet.worker_pools
         self.command_events = fleet.command_events
         self.checkpoint_mark = fleet.checkpoint_mark
         self.list_workers = fleet.list_workers

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.unit.server.plane import Plane
 from trainyard.server.hub import Kick
-from trainyard.server.services.jobs import UNSERVED_KICK_DELAY_S, ServedPools, served_pools, wakes_now
+from trainyard.server.services.jobs import UNSERVED_KICK_DELAY_S, ServedPools, wakes_now
 
 pools = st.text("abc", min_size=1, max_size=3)
 
@@ -22,19 +22,13 @@ def test_only_a_job_in_a_pool_known_unserved_waits(pool: str | None, served: fro
     assert wakes_now(pool, served) is not waits
 
 
-def test_served_pools_are_the_rows_sixth_field() -> None:
-    rows = [("w1", 4, 1, 0, None, "a", None, "ALIVE"), ("w2", 4, 1, 0, None, "b", None, "DRAINING")]
-    assert served_pools(rows) == {"a", "b"}
-    assert served_pools([]) == frozenset()
-
-
 def test_a_read_is_trusted_for_its_ttl_only() -> None:
     now = [100.0]
     reads: list[int] = []
 
-    def read() -> list[tuple[str, ...]]:
+    def read() -> frozenset[str]:
         reads.append(1)
-        return [("w1", "", "", "", "", "gpu")]
+        return frozenset({"gpu"})
 
     async def main() -> None:
         pools = ServedPools(read, ttl_s=1.0, clock=lambda: now[0])
@@ -51,7 +45,7 @@ def test_a_read_is_trusted_for_its_ttl_only() -> None:
 
 
 def test_a_failing_read_leaves_every_job_waking_at_once() -> None:
-    def read() -> list[tuple[str, ...]]:
+    def read() -> frozenset[str]:
         raise OSError("database down")
 
     async def main() -> None:

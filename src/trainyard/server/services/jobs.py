@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -51,16 +51,6 @@ per submission, each over the whole growing queue (at the submit bench's 2,000 j
 ms back to back, a quarter of the control plane's time)."""
 
 
-@runtime_checkable
-class _WorkerRows(Protocol):
-    def scheduling_workers(self) -> list[tuple[Any, ...]]: ...
-
-
-def served_pools(rows: Sequence[tuple[Any, ...]]) -> frozenset[str]:
-    """The pools of ``scheduling_workers`` rows (pool is the sixth field)."""
-    return frozenset(row[5] for row in rows)
-
-
 def wakes_now(pool: str | None, served: frozenset[str] | None) -> bool:
     """Whether a new job in ``pool`` should wake the scheduler at once: unless a fresh read of the
     workers (``served``; None: none at hand) shows that none serves its pool, a cycle might place it.
@@ -74,7 +64,7 @@ class ServedPools:
 
     def __init__(
         self,
-        read: Callable[[], Sequence[tuple[Any, ...]]] | None,
+        read: Callable[[], frozenset[str]] | None,
         ttl_s: float = SERVED_POOLS_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,12 +87,12 @@ class ServedPools:
         assert self._read is not None
         started = self._clock()
         try:
-            rows = await off_loop(self._read)
+            pools = await off_loop(self._read)
         except Exception as e:  # the next stale look tries again; until then every job wakes at once
             log.debug("reading the served pools failed: %s", e)
             return
         # As of when the read began: a worker registered during it may be missing.
-        self._pools, self._at = served_pools(rows), started
+        self._pools, self._at = pools, started
 
 
 class RateLimited(Exception):
@@ -205,7 +195,7 @@ class JobService:
         self.tiers = tiers
         self.kick_scheduler = kick_scheduler
         self.kick_relay = kick_relay
-        self.served_pools = ServedPools(store.scheduling_workers if isinstance(store, _WorkerRows) else None)
+        self.served_pools = ServedPools(store.worker_pools)
         # The loop a late kick waits on, and its handle (a loop that has ended never runs it).
         self._late_kick: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
         self.archive: RetentionService | None = None
