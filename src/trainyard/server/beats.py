@@ -41,15 +41,21 @@ class BeatBuffer:
             self._task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
+        written = False
         try:
             await asyncio.sleep(self.delay_s)
             await asyncio.to_thread(self.flush)
+            written = True
         except Exception:
             # The cache's own fallback handles an unreachable Redis; anything else must not end
             # the buffering: the beats stay due and the next note() tries again.
             log.exception("writing heartbeats failed")
         finally:
             self._task = None
+        if written and self.pending:
+            # Beats noted while that write was under way: they would otherwise wait for the next
+            # note(), an interval later on a replica that few agents beat to.
+            self._task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     def flush(self) -> int:
         """Write every beat noted so far (blocking: any thread); how many."""

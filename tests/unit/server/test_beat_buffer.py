@@ -95,3 +95,28 @@ def test_a_failed_write_keeps_the_beats_due() -> None:
     asyncio.run(main())
     assert cache.calls and cache.calls[-1][0] == ["a", "b"]
     assert buf.pending == 0
+
+
+def test_a_beat_noted_during_a_write_is_written_without_another_beat() -> None:
+    cache = _Recording()
+    buf = BeatBuffer(cache, 30.0, delay_s=0.01)
+    writing, release = threading.Event(), threading.Event()
+    heartbeats = cache.heartbeats
+
+    def slow(worker_ids: Sequence[str], ttl_s: float) -> None:
+        writing.set()
+        assert release.wait(5)
+        heartbeats(worker_ids, ttl_s)
+
+    cache.heartbeats = slow  # type: ignore[method-assign]
+
+    async def main() -> None:
+        buf.note("a")
+        assert await asyncio.to_thread(writing.wait, 5)
+        buf.note("b")  # while "a" is being written: no new task starts here
+        release.set()
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    assert [ids for ids, _, _ in cache.calls] == [["a"], ["b"]]
+    assert buf.pending == 0
