@@ -99,11 +99,17 @@ def _statement(insert: sa.Insert, rows: Sequence[dict[str, Any]]) -> tuple[str, 
 def insert_many(conn: sa.Connection, insert: sa.Insert, rows: Sequence[dict[str, Any]]) -> None:
     """``conn.execute(insert, rows)`` for a plain ``table.insert()`` whose rows all have the same
     keys: one statement on PostgreSQL, SQLAlchemy's executemany elsewhere."""
-    statement = _statement(insert, rows) if conn.dialect.name == "postgresql" else None
+    _insert(conn, insert, rows, _statement(insert, rows) if conn.dialect.name == "postgresql" else None)
+
+
+def _insert(
+    conn: sa.Connection, insert: sa.Insert, rows: Sequence[dict[str, Any]], statement: tuple[str, str] | None
+) -> None:
+    """``rows`` by their document ``statement`` where there is one, else by SQLAlchemy's executemany."""
     if statement is None:
         conn.execute(insert, rows)
-        return
-    conn.exec_driver_sql(statement[0], (statement[1],))
+    else:
+        conn.exec_driver_sql(statement[0], (statement[1],))
 
 
 _thread = threading.local()
@@ -149,8 +155,8 @@ def insert_together(conn: sa.Connection, parts: Sequence[tuple[sa.Insert, Sequen
         return
     statements = [_statement(insert, rows) for insert, rows in parts]
     if any(st is None for st in statements):
-        for insert, rows in parts:
-            insert_many(conn, insert, rows)
+        for (insert, rows), statement in zip(parts, statements, strict=True):
+            _insert(conn, insert, rows, statement)  # each part's document made once
         return
     sqls = tuple(st[0] for st in statements if st is not None)
     documents = tuple(st[1] for st in statements if st is not None)
