@@ -7,6 +7,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import os
 import shutil
 import time
@@ -91,16 +92,38 @@ other attempts are under way on the agent (a lone attempt reports it without wai
 SLOW_START_S = 1.0
 """An attempt whose STARTED report is answered later than this after its lease arrived is logged,
 phase by phase: a slow start is the agent's side of a dispatch that took long."""
+SLOW_START_LOG_EVERY_S = 10.0
+"""At most one such line this often: a burst of thousands of attempts starts slowly all together."""
 
 
-def slow_start(key: tuple[str, int], marks: list[tuple[str, float]]) -> None:
-    """Log where the time went when the lease-to-STARTED path took longer than ``SLOW_START_S``."""
-    if marks[-1][1] - marks[0][1] <= SLOW_START_S:
-        return
-    phases = ", ".join(f"{name} {t - before:.2f}s" for (_, before), (name, t) in itertools.pairwise(marks))
-    log.warning(
-        "attempt %s/%d: started %.1fs after its lease arrived (%s)", *key, marks[-1][1] - marks[0][1], phases
-    )
+class SlowStarts:
+    """Logs slow starts (``SLOW_START_S``), one line per ``SLOW_START_LOG_EVERY_S`` at most, which
+    counts those left out since the last; the others go to the debug log."""
+
+    def __init__(self) -> None:
+        self._logged_at = -math.inf
+        self._left_out = 0
+
+    def note(self, key: tuple[str, int], marks: list[tuple[str, float]]) -> bool:
+        """Whether ``marks`` (phase, monotonic time; the first is the lease's arrival) made a line."""
+        took = marks[-1][1] - marks[0][1]
+        if took <= SLOW_START_S:
+            return False
+        phases = ", ".join(
+            f"{name} {t - before:.2f}s" for (_, before), (name, t) in itertools.pairwise(marks)
+        )
+        line = "attempt %s/%d: started %.1fs after its lease arrived (%s)"
+        at = marks[-1][1]
+        if at - self._logged_at < SLOW_START_LOG_EVERY_S:
+            self._left_out += 1
+            log.debug(line, *key, took, phases)
+            return False
+        left_out, self._left_out, self._logged_at = self._left_out, 0, at
+        log.warning(line + "; %d more slow starts since the last such line", *key, took, phases, left_out)
+        return True
+
+
+_slow_starts = SlowStarts()
 
 
 class AttemptRunner:
@@ -432,7 +455,7 @@ class AttemptRunner:
             )
         )
         self.marks.append(("report", time.monotonic()))
-        slow_start(self.key, self.marks)
+        _slow_starts.note(self.key, self.marks)
         if resp.result == pb.ReportResponse.STALE:
             log.warning("attempt %s/%d is stale: killing it", *self.key)
             self.kill_stale()
